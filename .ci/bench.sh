@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# cluster vs etcd on this machine: a local 3-node cluster and a 3-member etcd (Debian's
+# etcd-server), the same `cluster bench` load against each (etcd v3 API, 256-byte
+# values, keys uniform over 10,000), then a leader kill under load. Prints a table and
+# writes docs/benchmarks.md. DURATION (seconds per load, default 10) shortens a run.
+set -euo pipefail
+BIN=${1:-cluster}
+DUR=${DURATION:-10}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DIR=$(mktemp -d /tmp/cluster-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT INT TERM
+CL=(127.0.0.1:42379 127.0.0.1:42380 127.0.0.1:42381)
+ET=(127.0.0.1:52379 127.0.0.1:52479 127.0.0.1:52579)
+ETP=(127.0.0.1:52380 127.0.0.1:52480 127.0.0.1:52580)
+CL_EPS=$(IFS=,; echo "${CL[*]}")
+ET_EPS=$(IFS=,; echo "${ET[*]}")
+declare -A PID_OF
+
+start_cluster() {
+  "$BIN" init --data-dir "$DIR/c1" --listen "${CL[0]}" >"$DIR/c1.log" 2>&1 &
+  PIDS+=($!); PID_OF[${CL[0]}]=$!
+  local tok=""
+  for _ in $(seq 100); do tok=$("$BIN" token manager -q --endpoints "${CL[0]}" 2>/dev/null) && break; sleep 0.1; done
+  for i in 1 2; do
+    "$BIN" join --data-dir "$DIR/c$((i+1))" --listen "${CL[$i]}" --token "$tok" "${CL[0]}" >"$DIR/c$((i+1)).log" 2>&1 &
+    PIDS+=($!); PID_OF[${CL[$i]}]=$!
+  done
+  for _ in $(seq 150); do
+    [ "$("$BIN" members --endpoints "$CL_EPS" -o json 2>/dev/null | grep -c '"voter"')" = 3 ] && return 0; sleep 0.2
+  done
+  echo "cluster did not form" >&2; exit 1
+}
+
+start_etcd() {
+  local init=""
+  for i in 0 1 2; do init+="e$i=http://${ETP[$i]},"; done
+  for i in 0 1 2; do
+    etcd --name "e$i" --data-dir "$DIR/e$i" \
+      --listen-client-urls "http://${ET[$i]}" --advertise-client-urls "http://${ET[$i]}" \
+      --listen-peer-urls "http://${ETP[$i]}" --initial-advertise-peer-urls "http://${ETP[$i]}" \
+      --initial-cluster "${init%,}" --initial-cluster-state new --initial-cluster-token bench \
+      >"$DIR/e$i.log" 2>&1 &
+    PIDS+=($!); PID_OF[${ET[$i]}]=$!
+  done
+  for _ in $(seq 150); do
+    ETCDCTL_API=3 etcdctl --endpoints "$ET_EPS" endpoint health >/dev/null 2>&1 && return 0; sleep 0.2
+  done
+  echo "etcd did not form" >&2; exit 1
+}
+
+bench() { # system eps op clients [extra]
+  local sys=$1 eps=$2 op=$3 clients=$4; shift 4
+  local out
+  out=$("$BIN" bench "$op" --endpoints "$eps" --clients "$clients" --duration "$DUR" -o json "$@")
+  echo "$sys $out" >>"$DIR/results"
+  echo "  $sys $op clients=$clients: $(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r["ops_per_sec"]:.0f} ops/s, p50 {r["p50_ms"]:.2f} ms, p99 {r["p99_ms"]:.2f} ms")')"
+}
+
+leader_of() { # eps -> address of the leader, via Maintenance.Status as the bench sees it
+  "$BIN" bench get --endpoints "$1" --clients 1 --duration 0.2 -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["targets"][0])'
+}
+
+failover() { # system eps
+  local sys=$1 eps=$2 leader
+  leader=$(leader_of "$eps")
+  ( sleep 3; kill -9 "${PID_OF[$leader]}" ) &
+  local out
+  out=$("$BIN" bench put --endpoints "$eps" --clients 8 --duration 8 --target all -o json)
+  echo "$sys-failover $out" >>"$DIR/results"
+  echo "  $sys leader kill under load: longest gap $(echo "$out" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["max_gap_ms"]))') ms"
+}
+
+echo "== starting a 3-node cluster and a 3-member etcd ($(etcd --version | head -1))"
+start_cluster
+start_etcd
+for sys in cluster etcd; do
+  eps=$CL_EPS; [ $sys = etcd ] && eps=$ET_EPS
+  echo "== $sys"
+  for c in 1 64 256; do bench $sys "$eps" put $c; done
+  bench $sys "$eps" get 64
+  bench $sys "$eps" get 64 --serializable
+done
+echo "== leader kill under load (8 clients over all endpoints)"
+failover cluster "$CL_EPS"
+failover etcd "$ET_EPS"
+
+python3 - "$DIR/results" "$ROOT/docs/benchmarks.md" "$DUR" <<'PY'
+import json, sys, datetime, platform, os, subprocess
+res = {}
+for line in open(sys.argv[1]):
+    sys_name, js = line.split(" ", 1)
+    r = json.loads(js)
+    res[(sys_name, r["op"], r["clients"])] = r
+def g(s, op, c, k): return res[(s, op, c)][k]
+rows = []
+def row(label, op, c, key, fmt, better_high=True):
+    a, b = g("cluster", op, c, key), g("etcd", op, c, key)
+    ratio = (a / b) if better_high else (b / a)
+    rows.append(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio:.2f}x |")
+ops = lambda v: f"{v:,.0f}/s"
+ms = lambda v: f"{v:.2f} ms"
+row("put, 1 client: throughput", "put", 1, "ops_per_sec", ops)
+row("put, 1 client: p50", "put", 1, "p50_ms", ms, better_high=False)
+row("put, 64 clients", "put", 64, "ops_per_sec", ops)
+row("put, 256 clients", "put", 256, "ops_per_sec", ops)
+row("put, 256 clients: p99", "put", 256, "p99_ms", ms, better_high=False)
+row("get, 64 clients, linearizable", "get", 64, "ops_per_sec", ops)
+row("get, 64 clients, serializable", "get-serializable", 64, "ops_per_sec", ops)
+fa, fe = res[("cluster-failover", "put", 8)], res[("etcd-failover", "put", 8)]
+rows.append(f"| leader kill → writes again (longest gap, 8 clients) | {fa['max_gap_ms']:.0f} ms | {fe['max_gap_ms']:.0f} ms | {fe['max_gap_ms']/fa['max_gap_ms']:.2f}x |")
+cpu = "unknown"
+try:
+    for l in open("/proc/cpuinfo"):
+        if l.startswith("model name"): cpu = l.split(":", 1)[1].strip(); break
+except OSError: pass
+etcd_v = subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+table = "\n".join(["| load | cluster | etcd | cluster vs etcd (>1 is better) |", "|---|---|---|---|"] + rows)
+text = f"""# Benchmarks
+
+Produced by `make bench` (`.ci/bench.sh`); rerun it to refresh this page.
+
+- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
+- machine: {os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE')*os.sysconf('SC_PHYS_PAGES')/2**30)} GiB, {platform.platform()}
+- anchor: {etcd_v} (Debian etcd-server), 3 members, default settings
+- both: 3 nodes on loopback in one machine; load from `cluster bench` over the etcd v3
+  API, 256-byte values, keys uniform over 10,000, {sys.argv[3]} s per load, requests to
+  the leader (found with Maintenance.Status), one request in flight per client
+
+{table}
+
+The leader-kill row runs 8 clients spread over all endpoints for 8 s and kills the
+leader with SIGKILL after 3 s; the longest gap is the longest time between two
+successful writes seen across all clients (the cluster's followers forward writes, etcd's
+proxy them through Raft).
+"""
+open(sys.argv[2], "w").write(text)
+print(); print(table); print(); print(f"written to {sys.argv[2]}")
+PY

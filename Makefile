@@ -1,0 +1,35 @@
+# The single entry point. Every target installs what it needs first (.ci/install-deps).
+# One shared target dir keeps librocksdb-sys compiled across runs and checkouts.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
+BIN := $(CARGO_TARGET_DIR)/release/cluster
+
+.PHONY: deps build demo test bench fmt clippy
+
+deps:
+	bash .ci/install-deps
+
+build: deps
+	cargo build --release --locked --bin cluster
+
+## A local 3-master cluster you can watch: init, two joins, writes, a leader kill.
+demo: build
+	bash .ci/demo.sh "$(BIN)"
+
+## Every test. The multi-process tests run one at a time because they time elections.
+test: deps
+	cargo fmt --all -- --check
+	cargo build --release --locked --workspace --all-targets
+	cargo test --release --locked --workspace --exclude agent
+	cargo test --release --locked -p agent -- --test-threads=1
+
+## cluster vs etcd (Debian's etcd-server) on this machine; writes docs/benchmarks.md.
+bench:
+	bash .ci/install-deps --bench
+	cargo build --release --locked --bin cluster
+	bash .ci/bench.sh "$(BIN)"
+
+fmt:
+	cargo fmt --all
+
+clippy:
+	cargo clippy --release --workspace --all-targets -- -D warnings

@@ -1,0 +1,225 @@
+//! Command-line arguments. A command parses its arguments and calls into `daemon`,
+//! `commands` or `bench`; nothing else happens here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// cluster: a cluster manager whose masters coordinate through their own Raft log.
+///
+/// Start a cluster with `cluster init` on the first machine; it prints join tokens.
+/// Add masters and workers with `cluster join --token TOKEN ADDR`. Every master serves
+/// the etcd v3 API on its listen address, so `etcdctl` works against it.
+#[derive(Parser, Debug)]
+#[command(name = "cluster", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// Comma-separated host:port list of masters to talk to. Any master works; the
+    /// client follows the leader.
+    #[arg(long, env = "CLUSTER_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379", global = true)]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Directory for this node's data (Raft log, state machine, snapshots). `init` and
+    /// `join` need it empty or absent.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// host:port to serve gRPC (Raft, cluster admin and the etcd v3 API) on.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub listen: String,
+    /// host:port other nodes and clients use to reach this node [default: --listen].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Name shown in member lists [default: node-<id>].
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new cluster with this node as its only master, and print join tokens.
+    ///
+    /// Runs the node in the foreground. Refuses a non-empty data dir: to restart a node
+    /// use `cluster start`.
+    Init {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Join an existing cluster through any member at SEED_ADDR.
+    ///
+    /// A manager token makes this node a Raft learner that is promoted to voter once it
+    /// has caught up (up to 5 voters; later ones stay learners). A worker token makes it a
+    /// worker agent. Runs the node in the foreground.
+    Join {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Join token printed by `cluster init` or `cluster token`.
+        #[arg(long, env = "CLUSTER_TOKEN")]
+        token: String,
+        /// host:port of any member of the cluster.
+        seed_addr: String,
+    },
+    /// Restart a node from its data dir; it rejoins its cluster silently.
+    Start {
+        /// Directory the node was initialized or joined with.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Override the listen address recorded at init/join.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Print the join token for a role.
+    Token {
+        #[arg(value_enum)]
+        role: TokenRole,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show the leader, term, commit and applied index, and each member's lag.
+    Status {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List the Raft members (masters) with role and replication lag.
+    Members {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove a master from the Raft group. Without NODE_ID, the node at the first
+    /// endpoint leaves. The removed node process exits.
+    Leave {
+        node_id: Option<u64>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Read and write the key-value store (the same store etcdctl sees).
+    Kv {
+        #[command(subcommand)]
+        op: KvOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Load generator speaking the etcd v3 API: works against cluster and etcd alike.
+    Bench(BenchArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRole {
+    Manager,
+    Worker,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvOp {
+    /// Write VALUE under KEY.
+    Put { key: String, value: String },
+    /// Read KEY (or every key with prefix KEY).
+    Get {
+        key: String,
+        /// Treat KEY as a prefix.
+        #[arg(long)]
+        prefix: bool,
+        /// Read at this revision (0: newest).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        /// Answer from the contacted member without confirming leadership (may be stale).
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Delete KEY (or every key with prefix KEY).
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub op: BenchOp,
+    /// Comma-separated etcd v3 endpoints (cluster or etcd).
+    #[arg(long, env = "CLUSTER_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// gRPC connections shared by the clients [default: min(clients, 8)].
+    #[arg(long)]
+    pub conns: Option<usize>,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Keys are drawn uniformly from this many.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Reads answered locally without confirming leadership.
+    #[arg(long)]
+    pub serializable: bool,
+    /// Send requests to the leader only (found with Maintenance.Status), or spread them
+    /// over all endpoints.
+    #[arg(long, value_enum, default_value_t = BenchTarget::Leader)]
+    pub target: BenchTarget,
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchOp {
+    Put,
+    Get,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchTarget {
+    Leader,
+    All,
+}
+
+impl Cli {
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Init { .. } | Command::Join { .. } | Command::Start { .. } => "info,openraft=warn",
+            _ => "warn",
+        }
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Init { node } => crate::daemon::init(node).await,
+            Command::Join { node, token, seed_addr } => crate::daemon::join(node, token, seed_addr).await,
+            Command::Start { data_dir, listen } => crate::daemon::start(data_dir, listen).await,
+            Command::Token { role, quiet, client } => crate::commands::token(&client, role, quiet).await,
+            Command::Status { client } => crate::commands::status(&client).await,
+            Command::Members { client } => crate::commands::members(&client).await,
+            Command::Leave { node_id, client } => crate::commands::leave(&client, node_id).await,
+            Command::Kv { op, client } => crate::commands::kv(&client, op).await,
+            Command::Bench(args) => crate::bench::run(args).await,
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Running a node: `init`, `join` and `start`. Each runs in the foreground until
+//! Ctrl-C/SIGTERM, or until the node is removed from the cluster.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use coord::{CoordConfig, CoordNode, InitSecrets, NodeOptions};
+use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
+use proto::clusterpb::JoinRequest;
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::cli::NodeArgs;
+
+const NODE_FILE: &str = "node.json";
+
+/// What a node must remember across restarts, besides its RocksDB.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeFile {
+    node_id: u64,
+    name: String,
+    cluster_id: String,
+    /// "manager" or "worker".
+    role: String,
+    listen: String,
+    advertise: String,
+    /// Only on the node that ran `init`, until its identity is committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    init: Option<InitFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InitFile {
+    manager_secret: String,
+    worker_secret: String,
+}
+
+fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join("node.json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(serde_json::to_string_pretty(f)?.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(NODE_FILE))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn read_node_file(dir: &Path) -> anyhow::Result<NodeFile> {
+    let p = dir.join(NODE_FILE);
+    let b = std::fs::read(&p).with_context(|| {
+        format!("{} not found: {} is not a node data dir (create one with `cluster init` or `cluster join`)", p.display(), dir.display())
+    })?;
+    serde_json::from_slice(&b).with_context(|| format!("corrupt {}", p.display()))
+}
+
+/// `init` and `join` need a fresh data dir; anything in it means a node lived there.
+fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!(
+            "data dir {} is not empty; to restart the node that lives there use `cluster start --data-dir {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
+}
+
+fn resolve_addrs(node: &NodeArgs) -> anyhow::Result<(String, String)> {
+    let listen: SocketAddr = node.listen.parse().with_context(|| format!("--listen {:?} is not IP:PORT", node.listen))?;
+    let advertise = node.advertise.clone().unwrap_or_else(|| node.listen.clone());
+    let adv: SocketAddr = advertise.parse().with_context(|| format!("--advertise {advertise:?} is not IP:PORT"))?;
+    if adv.ip().is_unspecified() {
+        bail!("--listen {listen} is a wildcard address; give --advertise with the address other nodes should use");
+    }
+    Ok((listen.to_string(), advertise))
+}
+
+async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))
+}
+
+fn secret() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 26)
+}
+
+pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
+    let (listen, advertise) = resolve_addrs(&node)?;
+    require_empty_dir(&node.data_dir)?;
+    let listener = bind(&listen).await?;
+    let file = NodeFile {
+        node_id: 1,
+        name: node.name.clone().unwrap_or_else(|| "node-1".into()),
+        cluster_id: hex_id(),
+        role: "manager".into(),
+        listen,
+        advertise,
+        init: Some(InitFile { manager_secret: secret(), worker_secret: secret() }),
+    };
+    write_node_file(&node.data_dir, &file)?;
+    let coord = open(&node.data_dir, &file).await?;
+    coord.initialize().await.context("initialize the Raft group")?;
+    let serving = serve(coord.clone(), listener);
+    wait_for_identity(&coord).await?;
+    let st = coord.state.read().expect("sm lock").cluster.clone();
+    let mt = coord::token::format_token(&st.cluster_id, &st.manager_secret);
+    let wt = coord::token::format_token(&st.cluster_id, &st.worker_secret);
+    println!("Cluster {} initialized; this is node 1 ({}), its leader.", st.cluster_id, file.advertise);
+    println!();
+    println!("To add a manager (master), run on the other machine:");
+    println!("    cluster join --data-dir DIR --listen IP:PORT --token {mt} {}", file.advertise);
+    println!();
+    println!("To add a worker:");
+    println!("    cluster join --data-dir DIR --listen IP:PORT --token {wt} {}", file.advertise);
+    println!();
+    println!("etcdctl works too: ETCDCTL_API=3 etcdctl --endpoints {} member list", file.advertise);
+    serving.await
+}
+
+fn hex_id() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn wait_for_identity(coord: &CoordNode) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if !coord.state.read().expect("sm lock").cluster.cluster_id.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the cluster identity was not committed within 10 s")
+}
+
+pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result<()> {
+    let (listen, advertise) = resolve_addrs(&node)?;
+    coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
+    require_empty_dir(&node.data_dir)?;
+    let listener = bind(&listen).await?;
+    let resp = match join_rpc(&seed, &token, &advertise, node.name.clone().unwrap_or_default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Leave nothing behind: the directory must stay usable for another attempt.
+            let _ = std::fs::remove_dir(&node.data_dir);
+            return Err(e);
+        }
+    };
+    let file = NodeFile {
+        node_id: resp.node_id,
+        name: node.name.clone().unwrap_or_else(|| format!("node-{}", resp.node_id)),
+        cluster_id: resp.cluster_id.clone(),
+        role: resp.role.clone(),
+        listen,
+        advertise,
+        init: None,
+    };
+    write_node_file(&node.data_dir, &file)?;
+    println!("Joined cluster {} as node {} ({}).", resp.cluster_id, resp.node_id, resp.role);
+    run(&node.data_dir, file, listener).await
+}
+
+async fn join_rpc(seed: &str, token: &str, advertise: &str, name: String) -> anyhow::Result<proto::clusterpb::JoinResponse> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{seed}"))
+        .with_context(|| format!("bad seed address {seed:?}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {seed}"))?;
+    let mut c = ClusterAdminClient::new(ch);
+    let req = JoinRequest { token: token.to_string(), advertise_addr: advertise.to_string(), name };
+    // A cluster that just started may still be committing its identity.
+    let mut attempts = 0;
+    loop {
+        match c.join(req.clone()).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(s) => bail!("join refused by {seed}: {}", s.message()),
+        }
+    }
+}
+
+pub async fn start(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
+    let mut file = read_node_file(&data_dir)?;
+    if let Some(l) = listen {
+        file.listen = l;
+    }
+    let listener = bind(&file.listen).await?;
+    info!(node = file.node_id, role = %file.role, "restarting node from {}", data_dir.display());
+    run(&data_dir, file, listener).await
+}
+
+async fn run(dir: &Path, file: NodeFile, listener: TcpListener) -> anyhow::Result<()> {
+    if file.role == "worker" {
+        return run_worker(file).await;
+    }
+    let coord = open(dir, &file).await?;
+    serve(coord, listener).await
+}
+
+/// Worker agents register with the masters; running tasks arrives with the registry.
+async fn run_worker(file: NodeFile) -> anyhow::Result<()> {
+    info!(node = file.node_id, "worker agent up; waiting for Ctrl-C");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn open(dir: &Path, file: &NodeFile) -> anyhow::Result<Arc<CoordNode>> {
+    let opts = NodeOptions {
+        node_id: file.node_id,
+        name: file.name.clone(),
+        data_dir: dir.to_path_buf(),
+        advertise_addr: file.advertise.clone(),
+        config: CoordConfig::default(),
+        init: file.init.as_ref().map(|i| InitSecrets {
+            cluster_id: file.cluster_id.clone(),
+            manager_secret: i.manager_secret.clone(),
+            worker_secret: i.worker_secret.clone(),
+        }),
+    };
+    Ok(CoordNode::open(opts).await?)
+}
+
+/// Serves until Ctrl-C, SIGTERM or removal from the cluster, then shuts Raft down.
+fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Future<Output = anyhow::Result<()>> {
+    let mut removed = coord.removed();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(coord::grpc::serve(coord.clone(), listener, async move {
+        let _ = stop_rx.await;
+    }));
+    async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let reason = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+            _ = removed.wait_for(|r| *r) => "removed from the cluster",
+            r = server => {
+                r??;
+                "server stopped"
+            }
+        };
+        info!("shutting down: {reason}");
+        let _ = stop_tx.send(());
+        if tokio::time::timeout(Duration::from_secs(3), coord.shutdown()).await.is_err() {
+            warn!("raft shutdown timed out");
+        }
+        Ok(())
+    }
+}

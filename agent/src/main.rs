@@ -1,0 +1,31 @@
+//! `cluster`: the node daemon and command-line interface.
+//!
+//! - [`cli`]: argument parsing (clap derive; doc comments are the `--help`);
+//! - [`daemon`]: `init`, `join` and `start`: run a node in the foreground;
+//! - [`client`]: endpoint list and leader following for client commands;
+//! - [`commands`]: the client commands (`status`, `members`, `kv`, …);
+//! - [`bench`]: an etcd v3 load generator that drives cluster and etcd alike.
+
+mod bench;
+mod cli;
+mod client;
+mod commands;
+mod daemon;
+mod output;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter()));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(cli.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Starts and kills `cluster` processes in temporary data dirs.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
+use proto::clusterpb::StatusRequest;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cluster")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Node {
+    pub addr: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub tmp: tempfile::TempDir,
+    pub manager_token: String,
+    pub worker_token: String,
+}
+
+/// Runs `cluster ARGS` to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run cluster")
+}
+
+impl Cluster {
+    /// `init` on node 0, `join` on the others, until all are voters.
+    pub async fn start(n: usize) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Cluster { nodes: Vec::new(), tmp, manager_token: String::new(), worker_token: String::new() };
+        for i in 0..n {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let dir = c.tmp.path().join(format!("n{i}"));
+            let log = c.tmp.path().join(format!("n{i}.log"));
+            c.nodes.push(Node { addr, dir, log, child: None });
+        }
+        let n0 = &c.nodes[0];
+        let (dir, addr) = (n0.dir.to_str().unwrap().to_string(), n0.addr.clone());
+        c.spawn(0, &["init", "--data-dir", &dir, "--listen", &addr]);
+        c.manager_token = c.token("manager").await;
+        c.worker_token = c.token("worker").await;
+        for i in 1..n {
+            c.join(i).await;
+        }
+        c.wait_voters(n).await;
+        c
+    }
+
+    pub fn spawn(&mut self, i: usize, args: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.nodes[i].log).unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .env("CLUSTER_LOG", "info,openraft=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn cluster");
+        self.nodes[i].child = Some(child);
+    }
+
+    pub async fn join(&mut self, i: usize) {
+        let (dir, addr) = (self.nodes[i].dir.to_str().unwrap().to_string(), self.nodes[i].addr.clone());
+        let seed = self.nodes[0].addr.clone();
+        let token = self.manager_token.clone();
+        self.spawn(i, &["join", "--data-dir", &dir, "--listen", &addr, "--token", &token, &seed]);
+    }
+
+    async fn token(&self, role: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = cli(&["token", role, "-q", "--endpoints", &self.nodes[0].addr]);
+            if o.status.success() {
+                return String::from_utf8(o.stdout).unwrap().trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "no token: {}", String::from_utf8_lossy(&o.stderr));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn alive(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_some()).collect()
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let dir = self.nodes[i].dir.to_str().unwrap().to_string();
+        self.spawn(i, &["start", "--data-dir", &dir]);
+    }
+
+    pub async fn status(&self, i: usize) -> Option<proto::clusterpb::StatusResponse> {
+        let ch = agent_channel(&self.nodes[i].addr).await?;
+        let r = tokio::time::timeout(Duration::from_secs(1), ClusterAdminClient::new(ch).status(StatusRequest {})).await;
+        r.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// Index of the node that reports itself leader, waiting up to `within`.
+    pub async fn leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            for i in self.alive() {
+                if let Some(s) = self.status(i).await {
+                    if s.state == "leader" {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {within:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_voters(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let l = self.leader(Duration::from_secs(10)).await;
+            if let Some(s) = self.status(l).await {
+                if s.members.iter().filter(|m| m.role == "voter").count() == n {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "cluster did not reach {n} voters\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until node `i` has applied at least what the leader has committed.
+    pub async fn wait_caught_up(&self, i: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let l = self.leader(within).await;
+            if let (Some(ls), Some(s)) = (self.status(l).await, self.status(i).await) {
+                if s.applied_index.is_some() && s.applied_index >= ls.commit_index {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "node {i} did not catch up\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            s += &format!("--- node {i} ({}) last lines:\n", n.addr);
+            for l in tail.into_iter().rev() {
+                s += l;
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+pub async fn agent_channel(addr: &str) -> Option<tonic::transport::Channel> {
+    let e = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_millis(300));
+    e.connect().await.ok()
+}
+
+/// An etcd-client connection to one member.
+pub async fn etcd(addr: &str) -> etcd_client::Client {
+    etcd_client::Client::connect([format!("http://{addr}")], None).await.expect("etcd client connect")
+}

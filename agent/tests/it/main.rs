@@ -1,0 +1,7 @@
+//! Multi-process tests of the `cluster` binary: real processes, real sockets, kill -9.
+//! Run them one at a time (`--test-threads=1`): they time leader elections.
+
+mod harness;
+mod t10_etcd_api;
+mod t20_failover;
+mod t30_bad_input;

@@ -1,0 +1,82 @@
+//! The one `Command` enum that is the Raft log payload, and what applying it returns.
+//!
+//! Each state-machine area owns its commands' semantics: KV commands are applied by
+//! [`crate::kv`], cluster commands by [`crate::store::state_machine`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::types::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+};
+use crate::types::NodeId;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// First entry after `initialize`: the cluster's identity and join secrets.
+    InitCluster {
+        cluster_id: String,
+        manager_secret: String,
+        worker_secret: String,
+    },
+    /// Hands out the next node id. Ids are never reused, even if the join fails later.
+    AllocNodeId { addr: String },
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    /// Discards history below `revision`, at most `max_revisions` revisions per entry.
+    Compact { revision: i64 },
+}
+
+impl Command {
+    /// Short name for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::InitCluster { .. } => "init_cluster",
+            Command::AllocNodeId { .. } => "alloc_node_id",
+            Command::Put(_) => "put",
+            Command::DeleteRange(_) => "delete_range",
+            Command::Txn(_) => "txn",
+            Command::Compact { .. } => "compact",
+        }
+    }
+}
+
+/// What applying a [`Command`] produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The store revision after the entry was applied.
+    pub revision: i64,
+    pub result: Result<Output, ApplyError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Output {
+    Unit,
+    NodeId(NodeId),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+/// Deterministic refusals: every member reaches the same verdict for the same entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: request is too large")]
+    TooLarge,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("cluster already initialized")]
+    AlreadyInitialized,
+    #[error("{0}")]
+    Other(String),
+}

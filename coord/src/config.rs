@@ -1,0 +1,103 @@
+//! Tunables of a coord node, with units in every name and a `validate()`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordConfig {
+    /// Leader heartbeat period. Default 100 ms (etcd's default).
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in [min, max] starts an
+    /// election (after a pre-vote). Defaults 300 and 600 ms: a killed leader is replaced
+    /// well within a second, and a busy 2-core machine does not trigger false elections.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a write or a linearizable read may wait for a leader and a quorum before
+    /// it fails with `unavailable`. Default 5,000 ms.
+    pub request_timeout_ms: u64,
+    /// A snapshot is built after this many applied entries. Default 10,000.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind the snapshot, so a briefly lagging follower can
+    /// catch up without a snapshot. Default 1,000.
+    pub log_entries_kept_after_snapshot: u64,
+    /// The leader compacts KV history older than this many revisions. 0 disables it.
+    /// Default 100,000.
+    pub history_retention_revisions: i64,
+    /// A learner whose matched index is within this many entries of the leader's last
+    /// log index is promoted to voter. Default 100.
+    pub promote_lag_entries: u64,
+    /// Voters beyond this count stay learners. Default 5.
+    pub max_voters: usize,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        CoordConfig {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            request_timeout_ms: 5_000,
+            snapshot_every_entries: 10_000,
+            log_entries_kept_after_snapshot: 1_000,
+            history_retention_revisions: 100_000,
+            promote_lag_entries: 100,
+            max_voters: 5,
+        }
+    }
+}
+
+impl CoordConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err("heartbeat_interval_ms must be > 0".into());
+        }
+        if self.election_timeout_min_ms < 2 * self.heartbeat_interval_ms {
+            return Err("election_timeout_min_ms must be at least twice heartbeat_interval_ms".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("election_timeout_max_ms must be greater than election_timeout_min_ms".into());
+        }
+        if self.request_timeout_ms < self.election_timeout_max_ms {
+            return Err("request_timeout_ms must be at least election_timeout_max_ms".into());
+        }
+        if self.snapshot_every_entries == 0 {
+            return Err("snapshot_every_entries must be > 0".into());
+        }
+        if self.history_retention_revisions < 0 {
+            return Err("history_retention_revisions must be >= 0".into());
+        }
+        if !(1..=7).contains(&self.max_voters) {
+            return Err("max_voters must be between 1 and 7".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn raft_config(&self) -> Result<openraft::Config, String> {
+        let c = openraft::Config {
+            cluster_name: "cluster".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        c.validate().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_bad_ones_are_refused() {
+        CoordConfig::default().validate().unwrap();
+        CoordConfig::default().raft_config().unwrap();
+        let bad = CoordConfig { election_timeout_max_ms: 100, ..Default::default() };
+        assert!(bad.validate().is_err());
+        let bad = CoordConfig { heartbeat_interval_ms: 0, ..Default::default() };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! The gRPC face of a coord node: etcd v3 (KV, Cluster, Maintenance), Raft traffic and
+//! cluster administration, all on one listen address.
+//!
+//! Writes and linearizable reads that reach a follower are forwarded to the leader once
+//! (marked with [`FORWARDED_HEADER`] so they never bounce); a second hop answers
+//! `unavailable` with the leader's address in metadata.
+
+mod admin;
+mod convert;
+mod etcd;
+mod raft_service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use proto::clusterpb::cluster_admin_server::ClusterAdminServer;
+use proto::etcdserverpb::cluster_server::ClusterServer;
+use proto::etcdserverpb::kv_server::KvServer;
+use proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use proto::raftpb::raft_server::RaftServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Server;
+use tonic::Request;
+
+use crate::node::CoordNode;
+
+pub const FORWARDED_HEADER: &str = "x-cluster-forwarded";
+/// Largest gRPC message accepted; above etcd's 1.5 MiB request limit, so an oversized
+/// value gets etcd's "request is too large" rather than a transport error.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub(crate) fn is_forwarded<T>(r: &Request<T>) -> bool {
+    r.metadata().contains_key(FORWARDED_HEADER)
+}
+
+pub(crate) fn forwarded_request<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    r
+}
+
+/// Serves every service of `node` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<CoordNode>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?local, node = node.id, "serving gRPC");
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(RaftServer::new(raft_service::RaftService::new(node.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(KvServer::new(etcd::EtcdKv::new(node.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(ClusterServer::new(etcd::EtcdCluster::new(node.clone())))
+        .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(node.clone())))
+        .add_service(ClusterAdminServer::new(admin::Admin::new(node)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,66 @@
+//! Server side of Raft traffic: decodes openraft messages and hands them to the local Raft.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use proto::raftpb::raft_server::Raft as RaftRpc;
+use proto::raftpb::{snapshot_chunk, RaftPayload, SnapshotChunk};
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::CoordNode;
+use crate::store::codec::{decode, encode};
+use crate::types::{Snapshot, SnapshotMeta, Vote};
+
+pub struct RaftService {
+    node: Arc<CoordNode>,
+}
+
+impl RaftService {
+    pub fn new(node: Arc<CoordNode>) -> Self {
+        RaftService { node }
+    }
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
+    let r: Result<T, String> = r.map_err(|e| e.to_string());
+    let data = encode(&r).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+fn payload<T: serde::de::DeserializeOwned>(r: Request<RaftPayload>) -> Result<T, Status> {
+    decode(&r.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        reply(self.node.raft.append_entries(payload(req)?).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        reply(self.node.raft.vote(payload(req)?).await)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        reply(self.node.raft.pre_vote(payload(req)?).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let mut head: Option<(Vote, SnapshotMeta)> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk?.chunk {
+                Some(snapshot_chunk::Chunk::Meta(m)) => {
+                    head = Some(decode(&m).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?)
+                }
+                Some(snapshot_chunk::Chunk::Data(d)) => data.extend_from_slice(&d),
+                None => {}
+            }
+        }
+        let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("snapshot stream without meta"))?;
+        tracing::info!(bytes = data.len(), last = ?meta.last_log_id, "received snapshot");
+        reply(self.node.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await)
+    }
+}

@@ -1,0 +1,464 @@
+//! The etcd-style multi-version key-value store inside the state machine.
+//!
+//! The newest version of every live key is held in memory ([`KvStore`]), so current
+//! reads never touch disk. Every write is also recorded through a [`History`], which
+//! the RocksDB store persists; reads at an older revision and compaction go through it.
+//! Revisions follow etcd: the store starts at revision 1, every write request (a put,
+//! a delete that removed something, a txn that wrote) takes the next revision, and all
+//! writes of one txn share it.
+
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::ApplyError;
+use types::*;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// The newest version of a live key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Vec<u8>,
+}
+
+impl Live {
+    fn to_kv(&self, key: &[u8]) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: self.value.clone(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// Durable record of old versions, implemented by the RocksDB store (and by a
+/// `BTreeMap` in tests).
+pub trait History {
+    /// Record that `kv` was written at `kv.mod_revision`.
+    fn record_put(&mut self, kv: &KeyValue);
+    /// Record that `key` was deleted at `revision`.
+    fn record_delete(&mut self, key: &[u8], revision: i64);
+    /// Every key in `range` that was live at `revision`, ascending by key.
+    fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>>;
+}
+
+/// A key range in etcd's encoding, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    /// Exclusive end; `None` means unbounded.
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// etcd: empty `range_end` is the single key; `"\0"` is every key >= `key`.
+    pub fn new(key: &[u8], range_end: &[u8]) -> KeyRange {
+        if range_end.is_empty() {
+            let mut end = key.to_vec();
+            end.push(0);
+            KeyRange { start: key.to_vec(), end: Some(end) }
+        } else if range_end == [0] {
+            KeyRange { start: key.to_vec(), end: None }
+        } else {
+            KeyRange { start: key.to_vec(), end: Some(range_end.to_vec()) }
+        }
+    }
+
+    pub fn contains(&self, k: &[u8]) -> bool {
+        k >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| k < e)
+    }
+
+    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        let end = match &self.end {
+            Some(e) => Bound::Excluded(e.as_slice()),
+            None => Bound::Unbounded,
+        };
+        (Bound::Included(self.start.as_slice()), end)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.end.as_deref().is_some_and(|e| e <= self.start.as_slice())
+    }
+}
+
+/// Returns the smallest key greater than every key that starts with `prefix`, as etcd's
+/// `clientv3.GetPrefixRangeEnd` does; `"\0"` when no such key exists.
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.last_mut() {
+        if *last < 0xff {
+            *last += 1;
+            return end;
+        }
+        end.pop();
+    }
+    vec![0]
+}
+
+/// The live keys and revision counters. Deterministic: only `BTreeMap`s.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KvStore {
+    pub live: BTreeMap<Vec<u8>, Live>,
+    pub revision: i64,
+    pub compact_revision: i64,
+}
+
+impl KvStore {
+    pub fn new() -> KvStore {
+        KvStore { live: BTreeMap::new(), revision: 1, compact_revision: 0 }
+    }
+
+    /// Validates a request before it is proposed or applied; bad input changes nothing.
+    pub fn validate_put(req: &PutRequest) -> Result<(), ApplyError> {
+        if req.key.is_empty() {
+            return Err(ApplyError::EmptyKey);
+        }
+        if req.key.len() + req.value.len() > MAX_REQUEST_BYTES {
+            return Err(ApplyError::TooLarge);
+        }
+        Ok(())
+    }
+
+    pub fn validate_range_key(key: &[u8]) -> Result<(), ApplyError> {
+        if key.is_empty() {
+            return Err(ApplyError::EmptyKey);
+        }
+        Ok(())
+    }
+
+    pub fn validate_txn(req: &TxnRequest) -> Result<(), ApplyError> {
+        if req.success.len() > MAX_TXN_OPS || req.failure.len() > MAX_TXN_OPS {
+            return Err(ApplyError::TooManyOps);
+        }
+        for c in &req.compare {
+            Self::validate_range_key(&c.key)?;
+        }
+        for ops in [&req.success, &req.failure] {
+            let mut put_keys = BTreeSet::new();
+            let mut del_ranges = Vec::new();
+            for op in ops {
+                match op {
+                    RequestOp::Range(r) => Self::validate_range_key(&r.key)?,
+                    RequestOp::Put(p) => {
+                        Self::validate_put(p)?;
+                        if !put_keys.insert(p.key.clone()) {
+                            return Err(ApplyError::DuplicateKey);
+                        }
+                    }
+                    RequestOp::DeleteRange(d) => {
+                        Self::validate_range_key(&d.key)?;
+                        del_ranges.push(KeyRange::new(&d.key, &d.range_end));
+                    }
+                    RequestOp::Txn(t) => Self::validate_txn(t)?,
+                }
+            }
+            // etcd refuses a txn that both puts and deletes the same key.
+            if put_keys.iter().any(|k| del_ranges.iter().any(|r| r.contains(k))) {
+                return Err(ApplyError::DuplicateKey);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read-only Range against this store (current or, through `history`, past revision).
+    pub fn range(
+        &self,
+        req: &RangeRequest,
+        history: &mut dyn History,
+    ) -> Result<RangeResponse, ApplyError> {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let mut kvs = if req.revision <= 0 || req.revision == self.revision {
+            // BTreeMap::range panics on an inverted range; etcd answers it with nothing.
+            if range.is_empty() {
+                Vec::new()
+            } else {
+                self.live.range::<[u8], _>(range.bounds()).map(|(k, l)| l.to_kv(k)).collect::<Vec<_>>()
+            }
+        } else if req.revision > self.revision {
+            return Err(ApplyError::FutureRevision);
+        } else if req.revision < self.compact_revision {
+            return Err(ApplyError::Compacted);
+        } else {
+            history.scan_at(&range, req.revision).map_err(|e| ApplyError::Other(e.to_string()))?
+        };
+        Ok(Self::finish_range(req, &mut kvs))
+    }
+
+    fn finish_range(req: &RangeRequest, kvs: &mut Vec<KeyValue>) -> RangeResponse {
+        kvs.retain(|kv| {
+            (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+        });
+        let count = kvs.len() as i64;
+        if req.count_only {
+            return RangeResponse { kvs: Vec::new(), more: false, count };
+        }
+        let order = match (req.sort_order, req.sort_target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (o, _) => o,
+        };
+        if order != SortOrder::None {
+            // A stable sort keeps key order among equal targets, as etcd does.
+            match req.sort_target {
+                SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+                SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+                SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+            }
+            if order == SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in kvs.iter_mut() {
+                kv.value.clear();
+            }
+        }
+        RangeResponse { kvs: std::mem::take(kvs), more, count }
+    }
+
+    pub fn apply_put(
+        &mut self,
+        req: &PutRequest,
+        history: &mut dyn History,
+    ) -> Result<PutResponse, ApplyError> {
+        Self::validate_put(req)?;
+        self.check_put_refs(req)?;
+        let rev = self.revision + 1;
+        let resp = self.put_at(req, rev, history);
+        self.revision = rev;
+        Ok(resp)
+    }
+
+    pub fn apply_delete(
+        &mut self,
+        req: &DeleteRangeRequest,
+        history: &mut dyn History,
+    ) -> Result<DeleteRangeResponse, ApplyError> {
+        Self::validate_range_key(&req.key)?;
+        let rev = self.revision + 1;
+        let resp = self.delete_at(req, rev, history);
+        if resp.deleted > 0 {
+            self.revision = rev;
+        }
+        Ok(resp)
+    }
+
+    pub fn apply_txn(
+        &mut self,
+        req: &TxnRequest,
+        history: &mut dyn History,
+    ) -> Result<TxnResponse, ApplyError> {
+        Self::validate_txn(req)?;
+        let rev = self.revision + 1;
+        // Check every op before executing any, so a refused txn changes nothing.
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        let ops = if succeeded { &req.success } else { &req.failure };
+        self.check_ops(ops)?;
+        let mut wrote = false;
+        let responses = self.exec_ops(ops, rev, &mut wrote, history)?;
+        if wrote {
+            self.revision = rev;
+        }
+        Ok(TxnResponse { succeeded, responses })
+    }
+
+    fn check_ops(&self, ops: &[RequestOp]) -> Result<(), ApplyError> {
+        for op in ops {
+            match op {
+                RequestOp::Range(r) => {
+                    if r.revision > self.revision {
+                        return Err(ApplyError::FutureRevision);
+                    }
+                    if r.revision > 0 && r.revision < self.compact_revision {
+                        return Err(ApplyError::Compacted);
+                    }
+                }
+                RequestOp::Put(p) => self.check_put_refs(p)?,
+                RequestOp::DeleteRange(_) => {}
+                // Nested txns are checked against the state they will see; compares of a
+                // nested txn may depend on earlier ops, so only its static parts are
+                // checked here (as etcd does).
+                RequestOp::Txn(t) => {
+                    self.check_ops(&t.success)?;
+                    self.check_ops(&t.failure)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_ops(
+        &mut self,
+        ops: &[RequestOp],
+        rev: i64,
+        wrote: &mut bool,
+        history: &mut dyn History,
+    ) -> Result<Vec<ResponseOp>, ApplyError> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match op {
+                RequestOp::Range(r) => {
+                    // Reads inside a txn see the txn's own earlier writes.
+                    let mut r = r.clone();
+                    if *wrote && r.revision == 0 {
+                        r.revision = rev;
+                    }
+                    let saved = self.revision;
+                    if *wrote {
+                        self.revision = rev;
+                    }
+                    let res = self.range(&r, history);
+                    self.revision = saved;
+                    ResponseOp::Range(res?)
+                }
+                RequestOp::Put(p) => {
+                    *wrote = true;
+                    ResponseOp::Put(self.put_at(p, rev, history))
+                }
+                RequestOp::DeleteRange(d) => {
+                    let resp = self.delete_at(d, rev, history);
+                    *wrote |= resp.deleted > 0;
+                    ResponseOp::DeleteRange(resp)
+                }
+                RequestOp::Txn(t) => {
+                    let ok = t.compare.iter().all(|c| self.compare(c));
+                    let inner = if ok { &t.success } else { &t.failure };
+                    let responses = self.exec_ops(inner, rev, wrote, history)?;
+                    ResponseOp::Txn(TxnResponse { succeeded: ok, responses })
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    fn check_put_refs(&self, req: &PutRequest) -> Result<(), ApplyError> {
+        // Leases are not served yet, so no lease id exists.
+        if req.lease != 0 && !req.ignore_lease {
+            return Err(ApplyError::LeaseNotFound);
+        }
+        if (req.ignore_value || req.ignore_lease) && !self.live.contains_key(&req.key) {
+            return Err(ApplyError::Other("etcdserver: key not found".into()));
+        }
+        Ok(())
+    }
+
+    fn put_at(&mut self, req: &PutRequest, rev: i64, history: &mut dyn History) -> PutResponse {
+        let prev = self.live.get(&req.key).cloned();
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev, 1),
+        };
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let live = Live { create_revision, mod_revision: rev, version, lease, value };
+        history.record_put(&live.to_kv(&req.key));
+        self.live.insert(req.key.clone(), live);
+        PutResponse { prev_kv: if req.prev_kv { prev.map(|p| p.to_kv(&req.key)) } else { None } }
+    }
+
+    fn delete_at(
+        &mut self,
+        req: &DeleteRangeRequest,
+        rev: i64,
+        history: &mut dyn History,
+    ) -> DeleteRangeResponse {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        if range.is_empty() {
+            return DeleteRangeResponse::default();
+        }
+        let keys: Vec<Vec<u8>> =
+            self.live.range::<[u8], _>(range.bounds()).map(|(k, _)| k.clone()).collect();
+        let mut prev_kvs = Vec::new();
+        for k in &keys {
+            let old = self.live.remove(k).expect("key listed from the live map");
+            history.record_delete(k, rev);
+            if req.prev_kv {
+                prev_kvs.push(old.to_kv(k));
+            }
+        }
+        DeleteRangeResponse { deleted: keys.len() as i64, prev_kvs }
+    }
+
+    /// etcd's compare: every key in the range must satisfy it; a missing key compares as
+    /// all-zero, except that a value compare on a missing key is false.
+    pub fn compare(&self, c: &Compare) -> bool {
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let matched: Vec<&Live> = if range.is_empty() {
+            Vec::new()
+        } else {
+            self.live.range::<[u8], _>(range.bounds()).map(|(_, l)| l).collect()
+        };
+        if matched.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return false;
+            }
+            let zero = Live { create_revision: 0, mod_revision: 0, version: 0, lease: 0, value: vec![] };
+            return Self::compare_one(c, &zero);
+        }
+        matched.into_iter().all(|l| Self::compare_one(c, l))
+    }
+
+    fn compare_one(c: &Compare, l: &Live) -> bool {
+        use std::cmp::Ordering;
+        let ord: Ordering = match &c.target {
+            CompareTarget::Version(v) => l.version.cmp(v),
+            CompareTarget::CreateRevision(v) => l.create_revision.cmp(v),
+            CompareTarget::ModRevision(v) => l.mod_revision.cmp(v),
+            CompareTarget::Value(v) => l.value.as_slice().cmp(v.as_slice()),
+            CompareTarget::Lease(v) => l.lease.cmp(v),
+        };
+        match c.result {
+            CompareResult::Equal => ord == Ordering::Equal,
+            CompareResult::NotEqual => ord != Ordering::Equal,
+            CompareResult::Greater => ord == Ordering::Greater,
+            CompareResult::Less => ord == Ordering::Less,
+        }
+    }
+
+    /// Marks history below `revision` as discarded. The caller removes the old versions.
+    pub fn apply_compact(&mut self, revision: i64) -> Result<i64, ApplyError> {
+        if revision <= self.compact_revision {
+            return Err(ApplyError::Compacted);
+        }
+        if revision > self.revision {
+            return Err(ApplyError::FutureRevision);
+        }
+        let prev = self.compact_revision;
+        self.compact_revision = revision;
+        Ok(prev)
+    }
+}
+
+#[cfg(test)]
+mod tests;

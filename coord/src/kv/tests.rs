@@ -1,0 +1,144 @@
+//! KV semantics against an in-memory history.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// (key, revision) -> Some(kv) for a put, None for a delete.
+#[derive(Default)]
+struct MemHistory(BTreeMap<(Vec<u8>, i64), Option<KeyValue>>);
+
+impl History for MemHistory {
+    fn record_put(&mut self, kv: &KeyValue) {
+        self.0.insert((kv.key.clone(), kv.mod_revision), Some(kv.clone()));
+    }
+    fn record_delete(&mut self, key: &[u8], revision: i64) {
+        self.0.insert((key.to_vec(), revision), None);
+    }
+    fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
+        let mut latest: BTreeMap<Vec<u8>, Option<KeyValue>> = BTreeMap::new();
+        for ((k, r), v) in &self.0 {
+            if range.contains(k) && *r <= revision {
+                latest.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(latest.into_values().flatten().collect())
+    }
+}
+
+fn put(s: &mut KvStore, h: &mut MemHistory, k: &str, v: &str) -> PutResponse {
+    s.apply_put(&PutRequest { key: k.into(), value: v.into(), prev_kv: true, ..Default::default() }, h).unwrap()
+}
+
+fn get(s: &KvStore, h: &mut MemHistory, k: &str, end: &[u8], rev: i64) -> Result<RangeResponse, ApplyError> {
+    s.range(&RangeRequest { key: k.into(), range_end: end.to_vec(), revision: rev, ..Default::default() }, h)
+}
+
+#[test]
+fn revisions_versions_and_create_revision_follow_etcd() {
+    let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+    assert_eq!(s.revision, 1);
+    put(&mut s, &mut h, "a", "1");
+    let r = put(&mut s, &mut h, "a", "2");
+    assert_eq!(r.prev_kv.unwrap().value, b"1");
+    let kv = &get(&s, &mut h, "a", b"", 0).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    // Deleting nothing does not take a revision.
+    s.apply_delete(&DeleteRangeRequest { key: b"zz".to_vec(), ..Default::default() }, &mut h).unwrap();
+    assert_eq!(s.revision, 3);
+    s.apply_delete(&DeleteRangeRequest { key: b"a".to_vec(), ..Default::default() }, &mut h).unwrap();
+    assert_eq!(s.revision, 4);
+    put(&mut s, &mut h, "a", "3");
+    let kv = &get(&s, &mut h, "a", b"", 0).unwrap().kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    // Past revisions read from history.
+    assert_eq!(get(&s, &mut h, "a", b"", 2).unwrap().kvs[0].value, b"1");
+    assert!(get(&s, &mut h, "a", b"", 4).unwrap().kvs.is_empty());
+    assert_eq!(get(&s, &mut h, "a", b"", 99), Err(ApplyError::FutureRevision));
+}
+
+#[test]
+fn prefix_ranges_limits_and_counts() {
+    let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+    for k in ["p/1", "p/2", "p/3", "q"] {
+        put(&mut s, &mut h, k, "v");
+    }
+    let end = prefix_range_end(b"p/");
+    let r = s
+        .range(&RangeRequest { key: b"p/".to_vec(), range_end: end.clone(), limit: 2, ..Default::default() }, &mut h)
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 3));
+    let all = get(&s, &mut h, "\0", b"\0", 0).unwrap();
+    assert_eq!(all.count, 4);
+    assert_eq!(prefix_range_end(b"a\xff"), b"b");
+    assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
+}
+
+#[test]
+fn txn_compares_choose_the_branch_and_refused_txns_change_nothing() {
+    let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+    put(&mut s, &mut h, "k", "v1");
+    let cas = |expect: &str, new: &str| TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Value(expect.into()),
+            key: b"k".to_vec(),
+            range_end: vec![],
+        }],
+        success: vec![RequestOp::Put(PutRequest { key: b"k".to_vec(), value: new.into(), ..Default::default() })],
+        failure: vec![RequestOp::Range(RangeRequest { key: b"k".to_vec(), ..Default::default() })],
+    };
+    assert!(s.apply_txn(&cas("v1", "v2"), &mut h).unwrap().succeeded);
+    let r = s.apply_txn(&cas("v1", "v3"), &mut h).unwrap();
+    assert!(!r.succeeded);
+    assert_eq!(s.revision, 3, "a txn that only read takes no revision");
+    let dup = TxnRequest {
+        success: vec![
+            RequestOp::Put(PutRequest { key: b"x".to_vec(), ..Default::default() }),
+            RequestOp::Put(PutRequest { key: b"x".to_vec(), ..Default::default() }),
+        ],
+        ..Default::default()
+    };
+    let before = s.clone();
+    assert_eq!(s.apply_txn(&dup, &mut h), Err(ApplyError::DuplicateKey));
+    assert_eq!(s, before);
+    // Version compare on a missing key compares against 0.
+    let create_if_absent = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Version(0),
+            key: b"new".to_vec(),
+            range_end: vec![],
+        }],
+        success: vec![RequestOp::Put(PutRequest { key: b"new".to_vec(), value: b"1".to_vec(), ..Default::default() })],
+        failure: vec![],
+    };
+    assert!(s.apply_txn(&create_if_absent, &mut h).unwrap().succeeded);
+    assert!(!s.apply_txn(&create_if_absent, &mut h).unwrap().succeeded);
+}
+
+#[test]
+fn bad_input_is_refused_without_change() {
+    let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+    let before = s.clone();
+    let empty = PutRequest::default();
+    assert_eq!(s.apply_put(&empty, &mut h), Err(ApplyError::EmptyKey));
+    let big = PutRequest { key: b"k".to_vec(), value: vec![0; MAX_REQUEST_BYTES], ..Default::default() };
+    assert_eq!(s.apply_put(&big, &mut h), Err(ApplyError::TooLarge));
+    let leased = PutRequest { key: b"k".to_vec(), lease: 5, ..Default::default() };
+    assert_eq!(s.apply_put(&leased, &mut h), Err(ApplyError::LeaseNotFound));
+    assert_eq!(s, before);
+}
+
+#[test]
+fn compacted_revisions_are_refused() {
+    let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+    for i in 0..5 {
+        put(&mut s, &mut h, "k", &i.to_string());
+    }
+    s.apply_compact(4).unwrap();
+    assert_eq!(get(&s, &mut h, "k", b"", 3), Err(ApplyError::Compacted));
+    assert!(get(&s, &mut h, "k", b"", 4).is_ok());
+    assert_eq!(s.apply_compact(4), Err(ApplyError::Compacted));
+    assert_eq!(s.apply_compact(100), Err(ApplyError::FutureRevision));
+}

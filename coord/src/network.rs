@@ -1,0 +1,149 @@
+//! Raft RPCs between masters over gRPC. openraft's messages travel as bincode inside
+//! `cluster.raft.v1` payloads; snapshots are streamed in chunks.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::OptionalSend;
+use proto::raftpb::raft_client::RaftClient;
+use proto::raftpb::{snapshot_chunk, RaftPayload, SnapshotChunk};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::store::codec::{decode, encode};
+use crate::types::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
+
+/// Snapshot data is sent in chunks of this size.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Creates one [`Connection`] per peer.
+#[derive(Clone, Default)]
+pub struct Network {}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
+        Connection::new(target, &node.addr)
+    }
+}
+
+pub struct Connection {
+    target: NodeId,
+    client: Option<RaftClient<Channel>>,
+    addr: String,
+}
+
+impl Connection {
+    fn new(target: NodeId, addr: &str) -> Connection {
+        let client = endpoint(addr).ok().map(|e| RaftClient::new(e.connect_lazy()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20));
+        Connection { target, client, addr: addr.to_string() }
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
+        self.client
+            .clone()
+            .ok_or_else(|| Unreachable::from_string(format!("invalid address of node {}: {}", self.target, self.addr)))
+    }
+
+    async fn call<Req, Resp, F, Fut>(&self, req: &Req, option: &RPCOption, f: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let client = self.client()?;
+        let fut = f(client, RaftPayload { data });
+        let resp = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Err(_) => return Err(RPCError::Unreachable(Unreachable::from_string("rpc timed out"))),
+            Ok(Err(status)) => return Err(status_to_rpc_error(status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let res: Result<Resp, String> = decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}"))))
+    }
+}
+
+pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+fn status_to_rpc_error(s: tonic::Status) -> RPCError<TypeConfig> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::from_string(s.to_string()))
+        }
+        _ => RPCError::Network(NetworkError::from_string(s.to_string())),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Connection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, p| async move { c.append_entries(p).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, p| async move { c.vote(p).await }).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, p| async move { c.pre_vote(p).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let meta = encode(&(vote, snapshot.meta.clone())).map_err(|e| NetworkError::new(&e))?;
+        let mut chunks = vec![SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) }];
+        for c in snapshot.snapshot.chunks(SNAPSHOT_CHUNK_BYTES) {
+            chunks.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) });
+        }
+        let send = client.install_snapshot(futures::stream::iter(chunks));
+        let resp = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(option.hard_ttl().max(Duration::from_secs(30)), send) => r,
+        };
+        let resp = match resp {
+            Err(_) => return Err(Unreachable::from_string("snapshot transfer timed out").into()),
+            Ok(Err(s)) => return Err(NetworkError::from_string(s.to_string()).into()),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let res: Result<SnapshotResponse<TypeConfig>, String> =
+            decode(&resp.data).map_err(|e| NetworkError::new(&e))?;
+        res.map_err(|e| NetworkError::from_string(format!("remote snapshot install failed: {e}")).into())
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // A dead peer is retried every 100 ms rather than hammered.
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(100))))
+    }
+}

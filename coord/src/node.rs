@@ -1,0 +1,355 @@
+//! A running coord node: the Raft instance over the RocksDB store, the write path
+//! (leader-stamped, bounded wait), the read barrier (ReadIndex) and the leader's
+//! background duties (promoting caught-up learners, finishing `init`, compacting history).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use rocksdb::DB;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::command::{Command, Response};
+use crate::config::CoordConfig;
+use crate::error::{CoordError, Result};
+use crate::network::{endpoint, Network};
+use crate::store::{open_db, LogStore, SmState, StateMachineStore};
+use crate::types::{LogEntry, NodeId, NodeInfo, Raft, TypeConfig};
+
+/// Cluster identity the `init` node proposes once it leads, until it is committed.
+#[derive(Debug, Clone)]
+pub struct InitSecrets {
+    pub cluster_id: String,
+    pub manager_secret: String,
+    pub worker_secret: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_id: NodeId,
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// host:port others reach this node at.
+    pub advertise_addr: String,
+    pub config: CoordConfig,
+    pub init: Option<InitSecrets>,
+}
+
+pub struct CoordNode {
+    pub id: NodeId,
+    pub name: String,
+    pub raft: Raft,
+    pub state: Arc<RwLock<SmState>>,
+    pub db: Arc<DB>,
+    pub config: CoordConfig,
+    pub advertise_addr: String,
+    init: Option<InitSecrets>,
+    channels: Mutex<BTreeMap<String, Channel>>,
+    removed_tx: watch::Sender<bool>,
+}
+
+/// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl CoordNode {
+    pub async fn open(opts: NodeOptions) -> Result<Arc<CoordNode>> {
+        opts.config.validate().map_err(CoordError::InvalidArgument)?;
+        let raft_config = Arc::new(opts.config.raft_config().map_err(CoordError::InvalidArgument)?);
+        let db = open_db(&opts.data_dir.join("db")).map_err(|e| CoordError::Internal(format!("open RocksDB: {e}")))?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachineStore::new(db.clone(), opts.data_dir.join("snapshot"))
+            .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
+        let state = sm.state();
+        let raft = Raft::new(opts.node_id, raft_config, Network::default(), log, sm)
+            .await
+            .map_err(|e| CoordError::Internal(format!("start raft: {e}")))?;
+        let (removed_tx, _) = watch::channel(false);
+        let node = Arc::new(CoordNode {
+            id: opts.node_id,
+            name: opts.name,
+            raft,
+            state,
+            db,
+            config: opts.config,
+            advertise_addr: opts.advertise_addr,
+            init: opts.init,
+            channels: Mutex::new(BTreeMap::new()),
+            removed_tx,
+        });
+        node.spawn_background();
+        Ok(node)
+    }
+
+    /// Makes this node the single voter of a new cluster. Refused on a node that has
+    /// any Raft state, so a wiped or restarted node can never start a second cluster.
+    pub async fn initialize(&self) -> Result<()> {
+        let mut members = BTreeMap::new();
+        members.insert(self.id, NodeInfo { addr: self.advertise_addr.clone(), name: self.name.clone() });
+        self.raft.initialize(members).await.map_err(|e| CoordError::FailedPrecondition(format!("initialize: {e}")))
+    }
+
+    /// Resolves when this node has been removed from the cluster.
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.removed_tx.subscribe()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// A copy of the current Raft metrics.
+    pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let m = self.metrics();
+        let id = m.current_leader;
+        let addr = id.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+        (id, addr)
+    }
+
+    /// A cached gRPC channel to `addr` (connects lazily, reconnects by itself).
+    pub fn channel(&self, addr: &str) -> Result<Channel> {
+        let mut ch = self.channels.lock().expect("channel cache lock");
+        if let Some(c) = ch.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = endpoint(addr).map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?.connect_lazy();
+        ch.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn not_leader_or_wait(&self, leader: Option<NodeId>) -> Option<CoordError> {
+        match leader {
+            Some(id) if id != self.id => {
+                let (_, addr) = self.leader();
+                Some(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr })
+            }
+            _ => None,
+        }
+    }
+
+    /// Proposes `cmd` stamped with this node's clock and waits until it is applied.
+    /// Waits at most `request_timeout_ms` for a leader and a quorum.
+    pub async fn write(&self, cmd: Command) -> Result<Response> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let entry = LogEntry { time_ms: now_ms(), cmd: cmd.clone() };
+            match tokio::time::timeout_at(deadline, self.raft.client_write(entry)).await {
+                Err(_) => {
+                    return Err(CoordError::Unavailable(format!(
+                        "etcdserver: request timed out: not committed within {} ms (no quorum?); it may still be applied",
+                        self.config.request_timeout_ms
+                    )))
+                }
+                Ok(Ok(resp)) => return Ok(resp.data),
+                Ok(Err(e)) => {
+                    let Some(fwd) = e.forward_to_leader() else {
+                        return Err(CoordError::Unavailable(format!("write failed, outcome unknown: {e}")));
+                    };
+                    if let Some(err) = self.not_leader_or_wait(fwd.leader_id) {
+                        return Err(err);
+                    }
+                    if Instant::now() + Duration::from_millis(50) >= deadline {
+                        return Err(CoordError::Unavailable("etcdserver: no leader".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until a read of the local state is linearizable: this node is the leader,
+    /// a quorum confirmed it (ReadIndex), and everything up to the read index is applied.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+                Err(_) => return Err(CoordError::Unavailable("etcdserver: request timed out: leadership not confirmed by a quorum".into())),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => {
+                    let Some(fwd) = e.forward_to_leader() else {
+                        return Err(CoordError::Unavailable(format!("read barrier failed: {e}")));
+                    };
+                    if let Some(err) = self.not_leader_or_wait(fwd.leader_id) {
+                        return Err(err);
+                    }
+                    if Instant::now() + Duration::from_millis(50) >= deadline {
+                        return Err(CoordError::Unavailable("etcdserver: no leader".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    fn spawn_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut seen_self = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut last_compact_check = Instant::now();
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                let m = node.metrics();
+                if m.state == ServerState::Shutdown {
+                    return;
+                }
+                let membership = m.membership_config.membership();
+                let member = membership.get_node(&node.id).is_some();
+                if member {
+                    seen_self = true;
+                } else if seen_self && !*node.removed_tx.borrow() {
+                    info!(node = node.id, "this node was removed from the cluster");
+                    let _ = node.removed_tx.send(true);
+                }
+                if m.state != ServerState::Leader {
+                    continue;
+                }
+                node.finish_init().await;
+                node.promote_learners(&m).await;
+                if last_compact_check.elapsed() >= Duration::from_secs(5) {
+                    last_compact_check = Instant::now();
+                    node.auto_compact().await;
+                }
+            }
+        });
+    }
+
+    async fn finish_init(&self) {
+        let Some(init) = &self.init else { return };
+        if !self.state.read().expect("sm lock").cluster.cluster_id.is_empty() {
+            return;
+        }
+        let cmd = Command::InitCluster {
+            cluster_id: init.cluster_id.clone(),
+            manager_secret: init.manager_secret.clone(),
+            worker_secret: init.worker_secret.clone(),
+        };
+        if let Err(e) = self.write(cmd).await {
+            warn!("recording cluster identity failed, will retry: {e}");
+        }
+    }
+
+    async fn promote_learners(&self, m: &openraft::RaftMetrics<crate::types::TypeConfig>) {
+        let membership = m.membership_config.membership();
+        // Only from a settled (non-joint) configuration.
+        if membership.get_joint_config().len() != 1 {
+            return;
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.len() >= self.config.max_voters {
+            return;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let Some(repl) = &m.replication else { return };
+        for learner in membership.learner_ids() {
+            let matched = repl.get(&learner).cloned().flatten().map(|l| l.index).unwrap_or(0);
+            if matched + self.config.promote_lag_entries >= last && matched > 0 {
+                info!(learner, matched, last, "promoting caught-up learner to voter");
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
+                if let Err(e) = self.raft.change_membership(change, false).await {
+                    warn!(learner, "promotion failed: {e}");
+                }
+                return;
+            }
+        }
+    }
+
+    async fn auto_compact(&self) {
+        let retention = self.config.history_retention_revisions;
+        if retention == 0 {
+            return;
+        }
+        let (rev, compacted) = {
+            let st = self.state.read().expect("sm lock");
+            (st.kv.revision, st.kv.compact_revision)
+        };
+        let target = rev - retention;
+        // Compact in steps of at most 10,000 revisions so one entry's apply stays short.
+        if target > compacted + retention / 10 {
+            let step = target.min(compacted + 10_000);
+            if let Err(e) = self.write(Command::Compact { revision: step }).await {
+                warn!("auto compaction to {step} failed: {e}");
+            }
+        }
+    }
+
+    /// Runs a membership change, retrying while a previous one is still in progress
+    /// (concurrent joins, a promotion), within `request_timeout_ms`.
+    async fn change_membership<F, Fut>(&self, what: &str, f: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<openraft::raft::ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
+    {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            match tokio::time::timeout_at(deadline, f()).await {
+                Err(_) => return Err(CoordError::Unavailable(format!("{what} was not committed in time"))),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => {
+                    let in_progress = matches!(
+                        e.api_error(),
+                        Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))
+                    );
+                    if in_progress && Instant::now() + Duration::from_millis(100) < deadline {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    return Err(match e.forward_to_leader() {
+                        Some(f) => self
+                            .not_leader_or_wait(f.leader_id)
+                            .unwrap_or(CoordError::Unavailable("no leader".into())),
+                        None => CoordError::FailedPrecondition(format!("{what}: {e}")),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Adds a node as a learner (non-blocking: replication to it starts in the background).
+    pub async fn add_learner(&self, id: NodeId, info: NodeInfo) -> Result<()> {
+        self.change_membership("adding the learner", || self.raft.add_learner(id, info.clone(), false)).await
+    }
+
+    /// Leaves the Raft group: removes `node_id` (voter or learner) from the membership.
+    pub async fn remove_member(&self, node_id: NodeId) -> Result<()> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&node_id).is_none() {
+            return Err(CoordError::NotFound(format!("node {node_id} is not a member")));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&node_id) {
+            if voters.len() == 1 {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "node {node_id} is the last voter; removing it would destroy the cluster"
+                )));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        self.change_membership("removing the member", || self.raft.change_membership(change.clone(), false)).await
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

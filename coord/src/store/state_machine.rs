@@ -1,0 +1,507 @@
+//! The replicated state machine on RocksDB: applies committed entries, builds and
+//! installs snapshots.
+//!
+//! Keys of the `sm` column family:
+//! - `m/…`: applied log id, membership, revisions, cluster identity;
+//! - `h/<escaped key><rev>`: a version of a key (a put or a tombstone) for reads at past
+//!   revisions;
+//! - `r/<rev><n>`: the key written at revision `rev`, in write order, so compaction visits
+//!   only the revisions it discards.
+//!
+//! Each entry is applied as one `WriteBatch` holding its data and `m/applied`, under the
+//! write lock of [`SmState`], so a reader never sees memory and disk disagree.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use super::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
+use super::{io_err, CF_SM};
+use crate::command::{ApplyError, Command, Output, Response};
+use crate::kv::types::KeyValue;
+use crate::kv::{History, KeyRange, KvStore};
+use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+
+const KEY_APPLIED: &[u8] = b"m/applied";
+const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+const KEY_REVISION: &[u8] = b"m/revision";
+const KEY_COMPACT: &[u8] = b"m/compact";
+const KEY_CLUSTER: &[u8] = b"m/cluster";
+const PREFIX_HIST: u8 = b'h';
+const PREFIX_REV: u8 = b'r';
+
+/// Cluster identity, replicated so every master can check join tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    pub cluster_id: String,
+    pub manager_secret: String,
+    pub worker_secret: String,
+    /// Next node id to hand out; ids are never reused. Node 1 is the initial node.
+    pub next_node_id: u64,
+}
+
+/// What readers see: the applied state, consistent between memory and disk.
+#[derive(Debug, Default)]
+pub struct SmState {
+    pub kv: KvStore,
+    pub cluster: ClusterMeta,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// A stored version of a key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum HistRecord {
+    Put { create_revision: i64, version: i64, lease: i64, value: Vec<u8> },
+    Delete,
+}
+
+fn hist_key(key: &[u8], rev: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 11);
+    k.push(PREFIX_HIST);
+    escape_key(&mut k, key);
+    k.extend_from_slice(&u64_key(rev as u64));
+    k
+}
+
+fn hist_prefix(key: &[u8]) -> Vec<u8> {
+    let mut k = vec![PREFIX_HIST];
+    escape_key(&mut k, key);
+    k
+}
+
+fn rev_key(rev: i64, n: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(PREFIX_REV);
+    k.extend_from_slice(&u64_key(rev as u64));
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Splits an `h/` key into user key and revision.
+fn parse_hist_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
+    let (key, rest) = unescape_key(k.get(1..)?)?;
+    (rest.len() == 8).then(|| (key, key_u64(rest) as i64))
+}
+
+/// [`History`] over the DB (reads) and the entry's batch (writes).
+struct DbHistory<'a> {
+    db: &'a DB,
+    batch: &'a mut WriteBatch,
+    n: u32,
+}
+
+impl DbHistory<'_> {
+    fn cf(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_SM).expect("sm column family")
+    }
+
+    fn index(&mut self, key: &[u8], rev: i64) {
+        let rk = rev_key(rev, self.n);
+        self.n += 1;
+        let cf = self.db.cf_handle(CF_SM).expect("sm column family");
+        self.batch.put_cf(cf, rk, key);
+    }
+}
+
+impl History for DbHistory<'_> {
+    fn record_put(&mut self, kv: &KeyValue) {
+        let rec = HistRecord::Put {
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+            value: kv.value.clone(),
+        };
+        let v = encode(&rec).expect("encode history record");
+        let cf = self.db.cf_handle(CF_SM).expect("sm column family");
+        self.batch.put_cf(cf, hist_key(&kv.key, kv.mod_revision), v);
+        self.index(&kv.key, kv.mod_revision);
+    }
+
+    fn record_delete(&mut self, key: &[u8], revision: i64) {
+        let v = encode(&HistRecord::Delete).expect("encode history record");
+        let cf = self.db.cf_handle(CF_SM).expect("sm column family");
+        self.batch.put_cf(cf, hist_key(key, revision), v);
+        self.index(key, revision);
+    }
+
+    fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
+        scan_history(self.db, self.cf(), None, range, revision)
+    }
+}
+
+/// Reads every key in `range` as of `revision` from the `h/` records.
+fn scan_history(
+    db: &DB,
+    cf: &rocksdb::ColumnFamily,
+    snap: Option<&SnapshotWithThreadMode<'_, DB>>,
+    range: &KeyRange,
+    revision: i64,
+) -> io::Result<Vec<KeyValue>> {
+    let start = hist_prefix(&range.start);
+    let end = match &range.end {
+        Some(e) => hist_prefix(e),
+        None => vec![PREFIX_HIST + 1],
+    };
+    let mut ro = ReadOptions::default();
+    if let Some(s) = snap {
+        ro.set_snapshot(s);
+    }
+    ro.set_iterate_upper_bound(end);
+    let mut out: Vec<KeyValue> = Vec::new();
+    // The newest version <= revision of the key being scanned.
+    let mut cur: Option<(Vec<u8>, i64, HistRecord)> = None;
+    let flush = |cur: Option<(Vec<u8>, i64, HistRecord)>, out: &mut Vec<KeyValue>| {
+        if let Some((key, rev, HistRecord::Put { create_revision, version, lease, value })) = cur {
+            out.push(KeyValue { key, create_revision, mod_revision: rev, version, value, lease });
+        }
+    };
+    let it = db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward));
+    for item in it {
+        let (k, v) = item.map_err(io_err)?;
+        let (key, rev) = parse_hist_key(&k).ok_or_else(|| io_err("corrupt history key"))?;
+        if cur.as_ref().is_some_and(|(ck, _, _)| *ck != key) {
+            flush(cur.take(), &mut out);
+        }
+        if rev <= revision {
+            cur = Some((key, rev, decode(&v)?));
+        }
+    }
+    flush(cur, &mut out);
+    Ok(out)
+}
+
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    state: Arc<RwLock<SmState>>,
+    snapshot_dir: PathBuf,
+}
+
+/// A consistent view of the DB taken when a snapshot build starts.
+struct DbView {
+    // Declared first so it is dropped before the DB it borrows.
+    snap: SnapshotWithThreadMode<'static, DB>,
+    db: Arc<DB>,
+}
+
+impl DbView {
+    fn new(db: Arc<DB>) -> DbView {
+        let snap = db.snapshot();
+        // SAFETY: `snap` borrows the DB behind `db`; the Arc keeps that DB alive and at the
+        // same address for as long as this struct lives, and `snap` is dropped first.
+        let snap = unsafe {
+            std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(snap)
+        };
+        DbView { snap, db }
+    }
+}
+
+pub struct SnapshotBuilder {
+    view: DbView,
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: SnapshotData,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine over `db`, loading the applied state into memory.
+    pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<StateMachineStore> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let state = load_state(&db)?;
+        Ok(StateMachineStore { db, state: Arc::new(RwLock::new(state)), snapshot_dir })
+    }
+
+    /// Shared handle for readers (gRPC handlers).
+    pub fn state(&self) -> Arc<RwLock<SmState>> {
+        self.state.clone()
+    }
+
+    /// Reads a range at a past revision from disk.
+    pub fn db(&self) -> Arc<DB> {
+        self.db.clone()
+    }
+
+    fn cf(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_SM).expect("sm column family")
+    }
+
+    fn apply_one(&self, st: &mut SmState, log_id: &LogId, payload: &EntryPayload<LogEntry, NodeId, crate::types::NodeInfo>) -> io::Result<Response> {
+        let cf = self.cf();
+        let mut batch = WriteBatch::default();
+        let mut out = Output::Unit;
+        let mut result: Result<(), ApplyError> = Ok(());
+        match payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(m) => {
+                st.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
+                batch.put_cf(cf, KEY_MEMBERSHIP, encode(&st.membership)?);
+            }
+            EntryPayload::Normal(LogEntry { time_ms: _, cmd }) => {
+                let rev_before = st.kv.revision;
+                let mut hist = DbHistory { db: &self.db, batch: &mut batch, n: 0 };
+                let r: Result<Output, ApplyError> = match cmd {
+                    Command::InitCluster { cluster_id, manager_secret, worker_secret } => {
+                        if !st.cluster.cluster_id.is_empty() {
+                            Err(ApplyError::AlreadyInitialized)
+                        } else {
+                            st.cluster = ClusterMeta {
+                                cluster_id: cluster_id.clone(),
+                                manager_secret: manager_secret.clone(),
+                                worker_secret: worker_secret.clone(),
+                                next_node_id: 2,
+                            };
+                            Ok(Output::Unit)
+                        }
+                    }
+                    Command::AllocNodeId { .. } => {
+                        let id = st.cluster.next_node_id.max(2);
+                        st.cluster.next_node_id = id + 1;
+                        Ok(Output::NodeId(id))
+                    }
+                    Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
+                    Command::DeleteRange(d) => st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange),
+                    Command::Txn(t) => st.kv.apply_txn(t, &mut hist).map(Output::Txn),
+                    Command::Compact { revision } => match st.kv.apply_compact(*revision) {
+                        Ok(prev) => {
+                            self.compact(prev, *revision, &mut batch)?;
+                            Ok(Output::Unit)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match r {
+                    Ok(o) => out = o,
+                    Err(e) => result = Err(e),
+                }
+                if matches!(cmd, Command::InitCluster { .. } | Command::AllocNodeId { .. }) {
+                    batch.put_cf(cf, KEY_CLUSTER, encode(&st.cluster)?);
+                }
+                if st.kv.revision != rev_before {
+                    batch.put_cf(cf, KEY_REVISION, u64_key(st.kv.revision as u64));
+                }
+                batch.put_cf(cf, KEY_COMPACT, u64_key(st.kv.compact_revision as u64));
+            }
+        }
+        st.last_applied = Some(log_id.clone());
+        batch.put_cf(cf, KEY_APPLIED, encode(&st.last_applied)?);
+        self.db.write(batch).map_err(io_err)?;
+        Ok(Response { revision: st.kv.revision, result: result.map(|_| out) })
+    }
+
+    /// Removes versions that no read at or after `to` can see: for each key written in
+    /// (`from`, `to`], every version but the newest at or below `to`, and that one too
+    /// if it is a tombstone. Work is proportional to the revisions discarded.
+    fn compact(&self, from: i64, to: i64, batch: &mut WriteBatch) -> io::Result<()> {
+        let cf = self.cf();
+        let mut touched: BTreeMap<Vec<u8>, Vec<i64>> = BTreeMap::new();
+        let start = rev_key(from.max(0), 0);
+        let end = rev_key(to + 1, 0);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.clone());
+        for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            let (k, v) = item.map_err(io_err)?;
+            let rev = key_u64(&k[1..9]) as i64;
+            touched.entry(v.to_vec()).or_default().push(rev);
+        }
+        for (key, _) in touched {
+            // Every stored version of the key at or below `to`, oldest first.
+            let prefix = hist_prefix(&key);
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(hist_key(&key, to + 1));
+            let mut versions: Vec<(Vec<u8>, bool)> = Vec::new();
+            for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+                let (k, v) = item.map_err(io_err)?;
+                let tomb = matches!(decode::<HistRecord>(&v)?, HistRecord::Delete);
+                versions.push((k.to_vec(), tomb));
+            }
+            if let Some((_, newest_is_tomb)) = versions.last().cloned() {
+                let keep = if newest_is_tomb { 0 } else { 1 };
+                for (k, _) in &versions[..versions.len() - keep] {
+                    batch.delete_cf(cf, k);
+                }
+            }
+        }
+        batch.delete_range_cf(cf, start, end);
+        Ok(())
+    }
+
+    fn save_snapshot(dir: &std::path::Path, file: &SnapshotFile) -> io::Result<()> {
+        use std::io::Write;
+        let tmp = dir.join("current.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encode(file)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join("current"))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    fn load_snapshot(&self) -> io::Result<Option<SnapshotFile>> {
+        match std::fs::read(self.snapshot_dir.join("current")) {
+            Ok(b) => Ok(Some(decode(&b)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Rebuilds the in-memory state from the `sm` column family.
+fn load_state(db: &DB) -> io::Result<SmState> {
+    let cf = db.cf_handle(CF_SM).expect("sm column family");
+    let get = |k: &[u8]| db.get_cf(cf, k).map_err(io_err);
+    let mut st = SmState { kv: KvStore::new(), ..Default::default() };
+    if let Some(b) = get(KEY_APPLIED)? {
+        st.last_applied = decode(&b)?;
+    }
+    if let Some(b) = get(KEY_MEMBERSHIP)? {
+        st.membership = decode(&b)?;
+    }
+    if let Some(b) = get(KEY_REVISION)? {
+        st.kv.revision = key_u64(&b) as i64;
+    }
+    if let Some(b) = get(KEY_COMPACT)? {
+        st.kv.compact_revision = key_u64(&b) as i64;
+    }
+    if let Some(b) = get(KEY_CLUSTER)? {
+        st.cluster = decode(&b)?;
+    }
+    let all = KeyRange { start: Vec::new(), end: None };
+    for kv in scan_history(db, cf, None, &all, i64::MAX)? {
+        st.kv.live.insert(
+            kv.key.clone(),
+            crate::kv::Live {
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+                value: kv.value,
+            },
+        );
+    }
+    Ok(st)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    #[instrument(level = "info", skip(self))]
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let view = &self.view;
+        let cf = view.db.cf_handle(CF_SM).expect("sm column family");
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&view.snap);
+        for item in view.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+            let (k, v) = item.map_err(io_err)?;
+            pairs.push((k.to_vec(), v.to_vec()));
+        }
+        let find = |key: &[u8]| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let last_applied: Option<LogId> = match find(KEY_APPLIED) {
+            Some(b) => decode(&b)?,
+            None => None,
+        };
+        let membership: StoredMembership = match find(KEY_MEMBERSHIP) {
+            Some(b) => decode(&b)?,
+            None => StoredMembership::default(),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership };
+        let data = encode(&pairs)?;
+        let file = SnapshotFile { meta: meta.clone(), data };
+        StateMachineStore::save_snapshot(&self.dir, &file)?;
+        tracing::info!(bytes = file.data.len(), keys = pairs.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: file.data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let st = self.state.read().expect("sm lock");
+        Ok((st.last_applied.clone(), st.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id.clone();
+            let span = tracing::debug_span!("apply", index = log_id.index);
+            let _g = span.enter();
+            let resp = {
+                let mut st = self.state.write().expect("sm lock");
+                self.apply_one(&mut st, &log_id, &entry.payload)?
+            };
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { view: DbView::new(self.db.clone()), dir: self.snapshot_dir.clone() }
+    }
+
+    #[instrument(level = "info", skip(self, snapshot), fields(last = ?meta.last_log_id))]
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
+        let cf = self.cf();
+        let mut batch = WriteBatch::default();
+        // Replace the whole column family in one atomic, synced batch.
+        batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
+        for (k, v) in &pairs {
+            batch.put_cf(cf, k, v);
+        }
+        batch.put_cf(cf, KEY_APPLIED, encode(&meta.last_log_id)?);
+        batch.put_cf(cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let mut st = self.state.write().expect("sm lock");
+        self.db.write_opt(batch, &wo).map_err(io_err)?;
+        *st = load_state(&self.db)?;
+        drop(st);
+        Self::save_snapshot(&self.snapshot_dir, &SnapshotFile { meta: meta.clone(), data: snapshot })?;
+        tracing::info!(keys = pairs.len(), "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.load_snapshot()?.map(|f| Snapshot { meta: f.meta, snapshot: f.data }))
+    }
+}
+
+/// Reads keys at a past revision for a gRPC Range (outside apply).
+pub fn range_at_revision(db: &DB, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
+    let cf = db.cf_handle(CF_SM).expect("sm column family");
+    scan_history(db, cf, None, range, revision)
+}
+
+/// Reading a past revision outside apply goes through this [`History`], which refuses writes.
+pub struct ReadOnlyHistory<'a>(pub &'a DB);
+
+impl History for ReadOnlyHistory<'_> {
+    fn record_put(&mut self, _: &KeyValue) {
+        unreachable!("read-only history used for a write")
+    }
+    fn record_delete(&mut self, _: &[u8], _: i64) {
+        unreachable!("read-only history used for a write")
+    }
+    fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
+        range_at_revision(self.0, range, revision)
+    }
+}

@@ -1,0 +1,4 @@
+//! coord integration tests: the RocksDB store through openraft's traits.
+
+mod t10_storage_suite;
+mod t20_state_machine;

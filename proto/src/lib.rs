@@ -1,0 +1,21 @@
+//! Generated gRPC code for every service cluster speaks.
+//!
+//! - [`etcdserverpb`] and [`mvccpb`]: the etcd v3 subset (KV, Cluster, Maintenance).
+//! - [`raftpb`]: Raft traffic between masters.
+//! - [`clusterpb`]: join, leave, members, status and tokens.
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod raftpb {
+    tonic::include_proto!("cluster.raft.v1");
+}
+
+pub mod clusterpb {
+    tonic::include_proto!("cluster.v1");
+}

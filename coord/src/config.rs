@@ -4,11 +4,14 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoordConfig {
-    /// Leader heartbeat period. Default 100 ms (etcd's default).
+    /// Leader heartbeat period. Default 50 ms.
     pub heartbeat_interval_ms: u64,
     /// A follower that hears no leader for a random time in [min, max] starts an
-    /// election (after a pre-vote). Defaults 300 and 600 ms: a killed leader is replaced
-    /// well within a second, and a busy 2-core machine does not trigger false elections.
+    /// election (after a pre-vote). Defaults 200 and 400 ms. openraft's followers refuse
+    /// votes until `max` has passed since the last heartbeat (the leader lease), so the
+    /// first candidate is usually refused and a killed leader is replaced after about
+    /// 2×min to 2×max: 0.3–0.6 s here. A single slow follower cannot force an
+    /// election: the others refuse it while the leader's lease holds.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// How long a write or a linearizable read may wait for a leader and a quorum before
@@ -32,9 +35,9 @@ pub struct CoordConfig {
 impl Default for CoordConfig {
     fn default() -> Self {
         CoordConfig {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             request_timeout_ms: 5_000,
             snapshot_every_entries: 10_000,
             log_entries_kept_after_snapshot: 1_000,

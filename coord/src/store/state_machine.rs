@@ -399,22 +399,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let view = &self.view;
         let cf = view.db.cf_handle(CF_SM).expect("sm column family");
+        // The applied log id and membership travel in the snapshot meta, not in the data,
+        // so the data of a snapshot of an installed snapshot is byte-identical.
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut last_applied: Option<LogId> = None;
+        let mut membership = StoredMembership::default();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&view.snap);
         for item in view.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
             let (k, v) = item.map_err(io_err)?;
-            pairs.push((k.to_vec(), v.to_vec()));
+            match &*k {
+                KEY_APPLIED => last_applied = decode(&v)?,
+                KEY_MEMBERSHIP => membership = decode(&v)?,
+                _ => pairs.push((k.to_vec(), v.to_vec())),
+            }
         }
-        let find = |key: &[u8]| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let last_applied: Option<LogId> = match find(KEY_APPLIED) {
-            Some(b) => decode(&b)?,
-            None => None,
-        };
-        let membership: StoredMembership = match find(KEY_MEMBERSHIP) {
-            Some(b) => decode(&b)?,
-            None => StoredMembership::default(),
-        };
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership };
         let data = encode(&pairs)?;
         let file = SnapshotFile { meta: meta.clone(), data };

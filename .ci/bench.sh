@@ -34,7 +34,7 @@ start_cluster() {
   for _ in $(seq 150); do
     [ "$("$BIN" members --endpoints "$CL_EPS" -o json 2>/dev/null | grep -c '"voter"')" = 3 ] && return 0; sleep 0.2
   done
-  echo "cluster did not form" >&2; exit 1
+  echo "cluster did not form; node logs:" >&2; tail -n 20 "$DIR"/c*.log >&2; exit 1
 }
 
 start_etcd() {
@@ -51,7 +51,7 @@ start_etcd() {
   for _ in $(seq 150); do
     ETCDCTL_API=3 etcdctl --endpoints "$ET_EPS" endpoint health >/dev/null 2>&1 && return 0; sleep 0.2
   done
-  echo "etcd did not form" >&2; exit 1
+  echo "etcd did not form; member logs:" >&2; tail -n 20 "$DIR"/e*.log >&2; exit 1
 }
 
 bench() { # system eps op clients [extra]
@@ -59,7 +59,7 @@ bench() { # system eps op clients [extra]
   local out
   out=$("$BIN" bench "$op" --endpoints "$eps" --clients "$clients" --duration "$DUR" -o json "$@")
   echo "$sys $out" >>"$DIR/results"
-  echo "  $sys $op clients=$clients: $(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r["ops_per_sec"]:.0f} ops/s, p50 {r["p50_ms"]:.2f} ms, p99 {r["p99_ms"]:.2f} ms")')"
+  echo "  $sys $op clients=$clients: $(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f ops/s, p50 %.2f ms, p99 %.2f ms" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"]))')"
 }
 
 leader_of() { # eps -> address of the leader, via Maintenance.Status as the bench sees it
@@ -76,6 +76,11 @@ failover() { # system eps
   echo "  $sys leader kill under load: longest gap $(echo "$out" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["max_gap_ms"]))') ms"
 }
 
+for a in "${CL[@]}" "${ET[@]}" "${ETP[@]}"; do
+  if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
+    echo "port ${a#*:} is in use (a previous bench still running?); stop it first" >&2; exit 1
+  fi
+done
 echo "== starting a 3-node cluster and a 3-member etcd ($(etcd --version | head -1))"
 start_cluster
 start_etcd

@@ -7,7 +7,7 @@ pub struct CoordConfig {
     /// Leader heartbeat period. Default 50 ms.
     pub heartbeat_interval_ms: u64,
     /// A follower that hears no leader for a random time in [min, max] starts an
-    /// election (after a pre-vote). Defaults 200 and 400 ms. openraft's followers refuse
+    /// election (after a pre-vote). Defaults 150 and 300 ms (openraft's own). Followers refuse
     /// votes until `max` has passed since the last heartbeat (the leader lease), so the
     /// first candidate is usually refused and a killed leader is replaced after about
     /// 2×min to 2×max: 0.3–0.6 s here. A single slow follower cannot force an

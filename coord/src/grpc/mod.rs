@@ -19,8 +19,8 @@ use proto::etcdserverpb::kv_server::KvServer;
 use proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use proto::raftpb::raft_server::RaftServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::MetadataValue;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::Request;
 
@@ -49,8 +49,10 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?local, node = node.id, "serving gRPC");
+    // Nagle must be off on accepted sockets, or a small response waits for the client's
+    // delayed ACK (40 ms). Server::tcp_nodelay does not reach a listener we bound.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(RaftServer::new(raft_service::RaftService::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -58,6 +60,6 @@ pub async fn serve(
         .add_service(ClusterServer::new(etcd::EtcdCluster::new(node.clone())))
         .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(node.clone())))
         .add_service(ClusterAdminServer::new(admin::Admin::new(node)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -49,6 +49,30 @@ pub struct NodeArgs {
     /// Name shown in member lists [default: node-<id>].
     #[arg(long)]
     pub name: Option<String>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Raft and storage tuning; the defaults suit most clusters.
+#[derive(Args, Debug, Clone)]
+pub struct Tuning {
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_every_entries: u64,
+    /// How long a write or a linearizable read waits for a leader and a quorum before it
+    /// fails with `unavailable`.
+    #[arg(long, default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+}
+
+impl Tuning {
+    pub fn config(&self) -> coord::CoordConfig {
+        coord::CoordConfig {
+            snapshot_every_entries: self.snapshot_every_entries,
+            request_timeout_ms: self.request_timeout_ms,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +107,8 @@ pub enum Command {
         /// Override the listen address recorded at init/join.
         #[arg(long)]
         listen: Option<String>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Print the join token for a role.
     Token {
@@ -213,7 +239,7 @@ impl Cli {
         match self.command {
             Command::Init { node } => crate::daemon::init(node).await,
             Command::Join { node, token, seed_addr } => crate::daemon::join(node, token, seed_addr).await,
-            Command::Start { data_dir, listen } => crate::daemon::start(data_dir, listen).await,
+            Command::Start { data_dir, listen, tuning } => crate::daemon::start(data_dir, listen, tuning).await,
             Command::Token { role, quiet, client } => crate::commands::token(&client, role, quiet).await,
             Command::Status { client } => crate::commands::status(&client).await,
             Command::Members { client } => crate::commands::members(&client).await,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use coord::{CoordConfig, CoordNode, InitSecrets, NodeOptions};
+use coord::{CoordNode, InitSecrets, NodeOptions};
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
 use proto::clusterpb::JoinRequest;
 use rand::distr::{Alphanumeric, SampleString};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::cli::NodeArgs;
+use crate::cli::{NodeArgs, Tuning};
 
 const NODE_FILE: &str = "node.json";
 
@@ -103,7 +103,7 @@ pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
         init: Some(InitFile { manager_secret: secret(), worker_secret: secret() }),
     };
     write_node_file(&node.data_dir, &file)?;
-    let coord = open(&node.data_dir, &file).await?;
+    let coord = open(&node.data_dir, &file, &node.tuning).await?;
     coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
     wait_for_identity(&coord).await?;
@@ -162,7 +162,7 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
     };
     write_node_file(&node.data_dir, &file)?;
     println!("Joined cluster {} as node {} ({}).", resp.cluster_id, resp.node_id, resp.role);
-    run(&node.data_dir, file, listener).await
+    run(&node.data_dir, file, listener, &node.tuning).await
 }
 
 async fn join_rpc(seed: &str, token: &str, advertise: &str, name: String) -> anyhow::Result<proto::clusterpb::JoinResponse> {
@@ -188,21 +188,21 @@ async fn join_rpc(seed: &str, token: &str, advertise: &str, name: String) -> any
     }
 }
 
-pub async fn start(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
+pub async fn start(data_dir: PathBuf, listen: Option<String>, tuning: Tuning) -> anyhow::Result<()> {
     let mut file = read_node_file(&data_dir)?;
     if let Some(l) = listen {
         file.listen = l;
     }
     let listener = bind(&file.listen).await?;
     info!(node = file.node_id, role = %file.role, "restarting node from {}", data_dir.display());
-    run(&data_dir, file, listener).await
+    run(&data_dir, file, listener, &tuning).await
 }
 
-async fn run(dir: &Path, file: NodeFile, listener: TcpListener) -> anyhow::Result<()> {
+async fn run(dir: &Path, file: NodeFile, listener: TcpListener, tuning: &Tuning) -> anyhow::Result<()> {
     if file.role == "worker" {
         return run_worker(file).await;
     }
-    let coord = open(dir, &file).await?;
+    let coord = open(dir, &file, tuning).await?;
     serve(coord, listener).await
 }
 
@@ -213,13 +213,13 @@ async fn run_worker(file: NodeFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(dir: &Path, file: &NodeFile) -> anyhow::Result<Arc<CoordNode>> {
+async fn open(dir: &Path, file: &NodeFile, tuning: &Tuning) -> anyhow::Result<Arc<CoordNode>> {
     let opts = NodeOptions {
         node_id: file.node_id,
         name: file.name.clone(),
         data_dir: dir.to_path_buf(),
         advertise_addr: file.advertise.clone(),
-        config: CoordConfig::default(),
+        config: tuning.config(),
         init: file.init.as_ref().map(|i| InitSecrets {
             cluster_id: file.cluster_id.clone(),
             manager_secret: i.manager_secret.clone(),

@@ -21,7 +21,11 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("CLUSTER_WORKER_THREADS").ok().and_then(|v| v.parse().ok()) {
+        b.worker_threads(n);
+    }
+    let rt = b.enable_all().build().expect("tokio runtime");
     match rt.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

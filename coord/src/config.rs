@@ -17,7 +17,9 @@ pub struct CoordConfig {
     /// How long a write or a linearizable read may wait for a leader and a quorum before
     /// it fails with `unavailable`. Default 5,000 ms.
     pub request_timeout_ms: u64,
-    /// A snapshot is built after this many applied entries. Default 10,000.
+    /// A snapshot is built after this many applied entries. Default 100,000 (etcd's
+    /// `--snapshot-count`): a snapshot holds the retained KV history, so building one
+    /// often costs more than it saves.
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind the snapshot, so a briefly lagging follower can
     /// catch up without a snapshot. Default 1,000.
@@ -39,7 +41,7 @@ impl Default for CoordConfig {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             request_timeout_ms: 5_000,
-            snapshot_every_entries: 10_000,
+            snapshot_every_entries: 100_000,
             log_entries_kept_after_snapshot: 1_000,
             history_retention_revisions: 100_000,
             promote_lag_entries: 100,
@@ -84,6 +86,8 @@ impl CoordConfig {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             enable_pre_vote: Some(true),
+            // Followers get new entries while the leader's own fsync is still running.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         c.validate().map_err(|e| e.to_string())

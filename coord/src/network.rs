@@ -1,12 +1,18 @@
 //! Raft RPCs between masters over gRPC. openraft's messages travel as bincode inside
-//! `cluster.raft.v1` payloads; snapshots are streamed in chunks.
+//! `cluster.raft.v1` payloads. Replication uses one long-lived bidirectional stream per
+//! follower, so appends are pipelined rather than one unary call at a time; snapshots are
+//! streamed in chunks.
 
 use std::future::Future;
 use std::time::Duration;
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+};
 use openraft::OptionalSend;
 use proto::raftpb::raft_client::RaftClient;
 use proto::raftpb::{snapshot_chunk, RaftPayload, SnapshotChunk};
@@ -96,6 +102,33 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(&rpc, &option, |mut c, p| async move { c.append_entries(p).await }).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            // Entries are plain data: encoding them cannot fail.
+            let reqs = input.map(|r| RaftPayload { data: encode(&r).expect("encode AppendEntries") });
+            let resp = match tokio::time::timeout(option.hard_ttl(), client.stream_append(reqs)).await {
+                Err(_) => return Err(RPCError::Unreachable(Unreachable::from_string("stream_append open timed out"))),
+                Ok(Err(status)) => return Err(status_to_rpc_error(status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let out = resp.map(|item| {
+                let p = item.map_err(status_to_rpc_error)?;
+                let r: Result<StreamAppendResult<TypeConfig>, String> =
+                    decode(&p.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+                r.map_err(|e| RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}"))))
+            });
+            Ok(Box::pin(out) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(

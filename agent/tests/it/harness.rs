@@ -24,6 +24,8 @@ pub struct Node {
 }
 
 pub struct Cluster {
+    /// Extra flags for every init/join/start (tuning).
+    pub extra: Vec<String>,
     pub nodes: Vec<Node>,
     pub tmp: tempfile::TempDir,
     pub manager_token: String,
@@ -38,8 +40,14 @@ pub fn cli(args: &[&str]) -> Output {
 impl Cluster {
     /// `init` on node 0, `join` on the others, until all are voters.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra node flags such as `--snapshot-every-entries`.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = Cluster { nodes: Vec::new(), tmp, manager_token: String::new(), worker_token: String::new() };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut c = Cluster { extra, nodes: Vec::new(), tmp, manager_token: String::new(), worker_token: String::new() };
         for i in 0..n {
             let addr = format!("127.0.0.1:{}", free_port());
             let dir = c.tmp.path().join(format!("n{i}"));
@@ -62,6 +70,7 @@ impl Cluster {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.nodes[i].log).unwrap();
         let child = Command::new(bin())
             .args(args)
+            .args(&self.extra)
             .env("CLUSTER_LOG", "info,openraft=warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -133,7 +133,7 @@ async fn killed_leader_is_replaced_within_1s_and_no_acked_write_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_far_behind_catches_up_by_snapshot_install() {
-    let mut c = Cluster::start(3).await;
+    let mut c = Cluster::start_with(3, &["--snapshot-every-entries", "5000"]).await;
     let l = c.leader(Duration::from_secs(5)).await;
     let victim = (l + 1) % 3;
     c.kill9(victim);
@@ -145,11 +145,11 @@ async fn node_far_behind_catches_up_by_snapshot_install() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let acked = writers.stop().await;
-    // A snapshot is built every 10,000 entries and 1,000 entries are kept behind it, so
-    // the entries the stopped node needs next are purged.
+    // A snapshot is built every 5,000 entries here and 1,000 entries are kept behind it,
+    // so the entries the stopped node needs next are purged.
     let ls = c.status(l).await.unwrap();
     let snap = ls.snapshot_index.unwrap_or(0);
-    assert!(snap >= 9_999, "leader built no snapshot: {ls:?}");
+    assert!(snap >= 9_999, "leader built no second snapshot: {ls:?}");
     c.restart(victim);
     c.wait_caught_up(victim, Duration::from_secs(60)).await;
     let vs = c.status(victim).await.unwrap();

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use proto::raftpb::raft_server::Raft as RaftRpc;
 use proto::raftpb::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use serde::Serialize;
@@ -10,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::CoordNode;
 use crate::store::codec::{decode, encode};
-use crate::types::{Snapshot, SnapshotMeta, Vote};
+use crate::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 pub struct RaftService {
     node: Arc<CoordNode>,
@@ -32,8 +35,34 @@ fn payload<T: serde::de::DeserializeOwned>(r: Request<RaftPayload>) -> Result<T,
     decode(&r.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
 }
 
+type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    type StreamAppendStream = PayloadStream;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // A broken or undecodable message ends the stream; the leader reopens it.
+        let input = req.into_inner().take_while(|r| futures::future::ready(r.is_ok())).filter_map(|r| async move {
+            let p = r.ok()?;
+            match decode::<AppendEntriesRequest<TypeConfig>>(&p.data) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!("undecodable AppendEntries in stream: {e}");
+                    None
+                }
+            }
+        });
+        let out = self.node.raft.stream_append(input).map(|r| {
+            let r: Result<StreamAppendResult<TypeConfig>, String> = r.map_err(|e| e.to_string());
+            encode(&r).map(|data| RaftPayload { data }).map_err(|e| Status::internal(e.to_string()))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         reply(self.node.raft.append_entries(payload(req)?).await)
     }

@@ -2,14 +2,18 @@
 //!
 //! A dedicated sync thread does the fsync: every append waiting at the time shares one
 //! `flush_wal(true)` (group commit), so many small appends cost one fdatasync.
+//! The newest entries are also kept in memory ([`Recent`]): replication to each follower
+//! reads them right after they are appended, and should not decode them from disk again.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::collections::VecDeque;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::entry::RaftEntry;
 use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
@@ -19,12 +23,66 @@ use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
-const KEY_COMMITTED: &[u8] = b"committed";
+
+/// How many of the newest entries are kept in memory.
+const RECENT_ENTRIES_MAX: usize = 8192;
+
+/// The newest appended entries, with contiguous indexes, exactly as on disk.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(RaftEntry::index)
+    }
+
+    fn push(&mut self, e: Entry) {
+        let idx = e.index();
+        if self.entries.back().is_some_and(|b| b.index() + 1 != idx) {
+            self.entries.clear();
+        }
+        self.entries.push_back(e);
+        if self.entries.len() > RECENT_ENTRIES_MAX {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Entries `start..end` if all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.index();
+        if start < first || end == 0 || end - 1 > last || start >= end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        Some(self.entries.range(from..from + (end - start) as usize).cloned().collect())
+    }
+
+    fn truncate_after(&mut self, keep_through: Option<u64>) {
+        match keep_through {
+            None => self.entries.clear(),
+            Some(k) => {
+                while self.entries.back().is_some_and(|b| b.index() > k) {
+                    self.entries.pop_back();
+                }
+            }
+        }
+    }
+
+    fn purge_through(&mut self, idx: u64) {
+        while self.entries.front().is_some_and(|f| f.index() <= idx) {
+            self.entries.pop_front();
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl LogStore {
@@ -44,7 +102,7 @@ impl LogStore {
                 }
             })
             .expect("spawn raft-log-sync thread");
-        LogStore { db, syncer: tx }
+        LogStore { db, syncer: tx, recent: Arc::default() }
     }
 
     fn cf_log(&self) -> &rocksdb::ColumnFamily {
@@ -79,6 +137,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x + 1,
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.checked_add(1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end {
+            if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end) {
+                return Ok(hit);
+            }
+        }
         let mut out = Vec::new();
         let it = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&u64_key(start), Direction::Forward));
         for item in it {
@@ -89,7 +157,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             let entry: Entry = decode(&v)?;
             // Check what came back from disk is the entry that was asked for.
-            assert_eq!(openraft::entry::RaftEntry::index(&entry), idx, "log entry stored under a wrong index");
+            assert_eq!(entry.index(), idx, "log entry stored under a wrong index");
             out.push(entry);
         }
         Ok(out)
@@ -109,7 +177,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(item) => {
                 let (_, v) = item.map_err(io_err)?;
                 let e: Entry = decode(&v)?;
-                Some(openraft::entry::RaftEntry::log_id(&e))
+                Some(e.log_id())
             }
             None => last_purged.clone(),
         };
@@ -124,40 +192,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta_synced(KEY_VOTE, vote)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced: a lost committed index is recomputed from the quorum.
-        let b = encode(&committed)?;
-        self.db.put_cf(self.cf_meta(), KEY_COMMITTED, b).map_err(io_err)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
-    }
-
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
-        for e in entries {
-            let idx = openraft::entry::RaftEntry::index(&e);
-            batch.put_cf(self.cf_log(), u64_key(idx), encode(&e)?);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        for e in &entries {
+            batch.put_cf(self.cf_log(), u64_key(e.index()), encode(e)?);
         }
         // Written (readable) before returning, durable only when the callback fires.
         self.db.write(batch).map_err(io_err)?;
+        let mut recent = self.recent.lock().expect("recent lock");
+        for e in entries {
+            recent.push(e);
+        }
+        drop(recent);
         self.syncer.send(callback).map_err(|_| io::Error::other("log sync thread stopped"))
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
-        let from = last.map(|l| l.index + 1).unwrap_or(0);
-        self.db.delete_range_cf(self.cf_log(), u64_key(from), u64_key(u64::MAX)).map_err(io_err)
+        let from = last.as_ref().map(|l| l.index + 1).unwrap_or(0);
+        self.db.delete_range_cf(self.cf_log(), u64_key(from), u64_key(u64::MAX)).map_err(io_err)?;
+        self.recent.lock().expect("recent lock").truncate_after(last.map(|l| l.index));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // The purge mark goes first: entries at or below it are ignored from then on,
         // so a crash between the two writes is harmless.
         self.put_meta_synced(KEY_PURGED, &log_id)?;
-        self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index + 1)).map_err(io_err)
+        self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index + 1)).map_err(io_err)?;
+        self.recent.lock().expect("recent lock").purge_through(log_id.index);
+        Ok(())
     }
 }

@@ -8,15 +8,16 @@
 //! - `r/<rev><n>`: the key written at revision `rev`, in write order, so compaction visits
 //!   only the revisions it discards.
 //!
-//! Each entry is applied as one `WriteBatch` holding its data and `m/applied`, under the
-//! write lock of [`SmState`], so a reader never sees memory and disk disagree.
+//! Entries that arrive together are applied under the write lock of [`SmState`] and
+//! written as one `WriteBatch` holding their data and `m/applied`, so a reader never
+//! sees memory and disk disagree.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
@@ -26,7 +27,7 @@ use tracing::instrument;
 use super::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
 use super::{io_err, CF_SM};
 use crate::command::{ApplyError, Command, Output, Response};
-use crate::kv::types::KeyValue;
+use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore};
 use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -237,9 +238,10 @@ impl StateMachineStore {
         self.db.cf_handle(CF_SM).expect("sm column family")
     }
 
-    fn apply_one(&self, st: &mut SmState, log_id: &LogId, payload: &EntryPayload<LogEntry, NodeId, crate::types::NodeInfo>) -> io::Result<Response> {
+    /// Applies one entry to memory and adds its writes to `batch`; the caller writes the
+    /// batch (with `m/applied`) after the last entry of the group.
+    fn apply_one(&self, st: &mut SmState, log_id: &LogId, payload: &Payload, batch: &mut WriteBatch) -> io::Result<Response> {
         let cf = self.cf();
-        let mut batch = WriteBatch::default();
         let mut out = Output::Unit;
         let mut result: Result<(), ApplyError> = Ok(());
         match payload {
@@ -249,8 +251,7 @@ impl StateMachineStore {
                 batch.put_cf(cf, KEY_MEMBERSHIP, encode(&st.membership)?);
             }
             EntryPayload::Normal(LogEntry { time_ms: _, cmd }) => {
-                let rev_before = st.kv.revision;
-                let mut hist = DbHistory { db: &self.db, batch: &mut batch, n: 0 };
+                let mut hist = DbHistory { db: &self.db, batch, n: 0 };
                 let r: Result<Output, ApplyError> = match cmd {
                     Command::InitCluster { cluster_id, manager_secret, worker_secret } => {
                         if !st.cluster.cluster_id.is_empty() {
@@ -275,7 +276,7 @@ impl StateMachineStore {
                     Command::Txn(t) => st.kv.apply_txn(t, &mut hist).map(Output::Txn),
                     Command::Compact { revision } => match st.kv.apply_compact(*revision) {
                         Ok(prev) => {
-                            self.compact(prev, *revision, &mut batch)?;
+                            self.compact(prev, *revision, hist.batch)?;
                             Ok(Output::Unit)
                         }
                         Err(e) => Err(e),
@@ -288,16 +289,19 @@ impl StateMachineStore {
                 if matches!(cmd, Command::InitCluster { .. } | Command::AllocNodeId { .. }) {
                     batch.put_cf(cf, KEY_CLUSTER, encode(&st.cluster)?);
                 }
-                if st.kv.revision != rev_before {
-                    batch.put_cf(cf, KEY_REVISION, u64_key(st.kv.revision as u64));
-                }
-                batch.put_cf(cf, KEY_COMPACT, u64_key(st.kv.compact_revision as u64));
             }
         }
         st.last_applied = Some(log_id.clone());
-        batch.put_cf(cf, KEY_APPLIED, encode(&st.last_applied)?);
-        self.db.write(batch).map_err(io_err)?;
         Ok(Response { revision: st.kv.revision, result: result.map(|_| out) })
+    }
+
+    /// Writes `batch` with the counters and `m/applied` of `st`, atomically.
+    fn flush(&self, st: &SmState, batch: &mut WriteBatch) -> io::Result<()> {
+        let cf = self.cf();
+        batch.put_cf(cf, KEY_REVISION, u64_key(st.kv.revision as u64));
+        batch.put_cf(cf, KEY_COMPACT, u64_key(st.kv.compact_revision as u64));
+        batch.put_cf(cf, KEY_APPLIED, encode(&st.last_applied)?);
+        self.db.write(std::mem::take(batch)).map_err(io_err)
     }
 
     /// Removes versions that no read at or after `to` can see: for each key written in
@@ -353,6 +357,24 @@ impl StateMachineStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+type Payload = EntryPayload<LogEntry, NodeId, crate::types::NodeInfo>;
+
+/// True for entries whose apply reads old versions from the DB.
+fn reads_history(p: &Payload) -> bool {
+    fn past_read(list: &[RequestOp]) -> bool {
+        list.iter().any(|op| match op {
+            RequestOp::Range(r) => r.revision != 0,
+            RequestOp::Txn(t) => past_read(&t.success) || past_read(&t.failure),
+            _ => false,
+        })
+    }
+    match p {
+        EntryPayload::Normal(LogEntry { cmd: Command::Compact { .. }, .. }) => true,
+        EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
+        _ => false,
     }
 }
 
@@ -436,17 +458,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let log_id = entry.log_id.clone();
-            let span = tracing::debug_span!("apply", index = log_id.index);
-            let _g = span.enter();
-            let resp = {
+        // Entries that are ready together are applied under one lock and written in one
+        // batch: one RocksDB write per group instead of per entry.
+        while let Some(first) = entries.next().await {
+            let mut group = vec![first?];
+            while group.len() < 4096 {
+                match entries.next().now_or_never() {
+                    Some(Some(item)) => group.push(item?),
+                    _ => break,
+                }
+            }
+            let mut replies = Vec::with_capacity(group.len());
+            {
                 let mut st = self.state.write().expect("sm lock");
-                self.apply_one(&mut st, &log_id, &entry.payload)?
-            };
-            if let Some(r) = responder {
-                r.send(resp);
+                let mut batch = WriteBatch::default();
+                for (entry, responder) in group {
+                    let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();
+                    // Compaction and reads of past revisions look at the DB: it must hold
+                    // every earlier entry first.
+                    if reads_history(&entry.payload) && !batch.is_empty() {
+                        self.flush(&st, &mut batch)?;
+                    }
+                    let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
+                    replies.push((responder, resp));
+                }
+                self.flush(&st, &mut batch)?;
+            }
+            for (responder, resp) in replies {
+                if let Some(r) = responder {
+                    r.send(resp);
+                }
             }
         }
         Ok(())

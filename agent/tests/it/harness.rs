@@ -160,8 +160,9 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let l = self.leader(within).await;
+            // Caught up: the leader committed its whole log and node i applied all of it.
             if let (Some(ls), Some(s)) = (self.status(l).await, self.status(i).await) {
-                if s.applied_index.is_some() && s.applied_index >= ls.commit_index {
+                if ls.commit_index == ls.last_log_index && s.applied_index.is_some() && s.applied_index >= ls.last_log_index {
                     return;
                 }
             }

@@ -85,8 +85,18 @@ async fn assert_all_acked_and_equal(c: &Cluster, acked: &BTreeSet<String>) {
     let keys: BTreeSet<String> = first.iter().map(|(k, ..)| k.clone()).collect();
     let missing: Vec<&String> = acked.difference(&keys).collect();
     assert!(missing.is_empty(), "{} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    // Replicas converge: every node holds exactly node 0's data (allowing a moment for
+    // the last commit to reach all of them).
+    let deadline = Instant::now() + Duration::from_secs(10);
     for i in 1..c.nodes.len() {
-        assert!(dump(c, i).await == first, "node {i}'s data differs from node 0's");
+        loop {
+            let (a, b) = (dump(c, 0).await, dump(c, i).await);
+            if a == b {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i}'s data differs from node 0's ({} vs {} keys)", b.len(), a.len());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 set -euo pipefail
 BIN=${1:-cluster}
 DIR=$(mktemp -d /tmp/cluster-demo.XXXXXX)
-PORTS=(2379 22379 32379)
+# All below 32768, outside the ephemeral port range.
+PORTS=(2379 12379 22379)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done

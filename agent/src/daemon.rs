@@ -72,9 +72,17 @@ fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn resolve_addrs(node: &NodeArgs) -> anyhow::Result<(String, String)> {
-    let listen: SocketAddr = node.listen.parse().with_context(|| format!("--listen {:?} is not IP:PORT", node.listen))?;
-    let advertise = node.advertise.clone().unwrap_or_else(|| node.listen.clone());
-    let adv: SocketAddr = advertise.parse().with_context(|| format!("--advertise {advertise:?} is not IP:PORT"))?;
+    let listen: SocketAddr = node
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} is not IP:PORT", node.listen))?;
+    let advertise = node
+        .advertise
+        .clone()
+        .unwrap_or_else(|| node.listen.clone());
+    let adv: SocketAddr = advertise
+        .parse()
+        .with_context(|| format!("--advertise {advertise:?} is not IP:PORT"))?;
     if adv.ip().is_unspecified() {
         bail!("--listen {listen} is a wildcard address; give --advertise with the address other nodes should use");
     }
@@ -82,7 +90,9 @@ fn resolve_addrs(node: &NodeArgs) -> anyhow::Result<(String, String)> {
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
 }
 
 fn secret() -> String {
@@ -100,25 +110,43 @@ pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
         role: "manager".into(),
         listen,
         advertise,
-        init: Some(InitFile { manager_secret: secret(), worker_secret: secret() }),
+        init: Some(InitFile {
+            manager_secret: secret(),
+            worker_secret: secret(),
+        }),
     };
     write_node_file(&node.data_dir, &file)?;
     let coord = open(&node.data_dir, &file, &node.tuning).await?;
-    coord.initialize().await.context("initialize the Raft group")?;
+    coord
+        .initialize()
+        .await
+        .context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
     wait_for_identity(&coord).await?;
     let st = coord.state.read().expect("sm lock").cluster.clone();
     let mt = coord::token::format_token(&st.cluster_id, &st.manager_secret);
     let wt = coord::token::format_token(&st.cluster_id, &st.worker_secret);
-    println!("Cluster {} initialized; this is node 1 ({}), its leader.", st.cluster_id, file.advertise);
+    println!(
+        "Cluster {} initialized; this is node 1 ({}), its leader.",
+        st.cluster_id, file.advertise
+    );
     println!();
     println!("To add a manager (master), run on the other machine:");
-    println!("    cluster join --data-dir DIR --listen IP:PORT --token {mt} {}", file.advertise);
+    println!(
+        "    cluster join --data-dir DIR --listen IP:PORT --token {mt} {}",
+        file.advertise
+    );
     println!();
     println!("To add a worker:");
-    println!("    cluster join --data-dir DIR --listen IP:PORT --token {wt} {}", file.advertise);
+    println!(
+        "    cluster join --data-dir DIR --listen IP:PORT --token {wt} {}",
+        file.advertise
+    );
     println!();
-    println!("etcdctl works too: ETCDCTL_API=3 etcdctl --endpoints {} member list", file.advertise);
+    println!(
+        "etcdctl works too: ETCDCTL_API=3 etcdctl --endpoints {} member list",
+        file.advertise
+    );
     serving.await
 }
 
@@ -130,7 +158,14 @@ fn hex_id() -> String {
 
 async fn wait_for_identity(coord: &CoordNode) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if !coord.state.read().expect("sm lock").cluster.cluster_id.is_empty() {
+        if !coord
+            .state
+            .read()
+            .expect("sm lock")
+            .cluster
+            .cluster_id
+            .is_empty()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -143,7 +178,14 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
     coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
-    let resp = match join_rpc(&seed, &token, &advertise, node.name.clone().unwrap_or_default()).await {
+    let resp = match join_rpc(
+        &seed,
+        &token,
+        &advertise,
+        node.name.clone().unwrap_or_default(),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             // Leave nothing behind: the directory must stay usable for another attempt.
@@ -153,7 +195,10 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
     };
     let file = NodeFile {
         node_id: resp.node_id,
-        name: node.name.clone().unwrap_or_else(|| format!("node-{}", resp.node_id)),
+        name: node
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", resp.node_id)),
         cluster_id: resp.cluster_id.clone(),
         role: resp.role.clone(),
         listen,
@@ -161,11 +206,19 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
         init: None,
     };
     write_node_file(&node.data_dir, &file)?;
-    println!("Joined cluster {} as node {} ({}).", resp.cluster_id, resp.node_id, resp.role);
+    println!(
+        "Joined cluster {} as node {} ({}).",
+        resp.cluster_id, resp.node_id, resp.role
+    );
     run(&node.data_dir, file, listener, &node.tuning).await
 }
 
-async fn join_rpc(seed: &str, token: &str, advertise: &str, name: String) -> anyhow::Result<proto::clusterpb::JoinResponse> {
+async fn join_rpc(
+    seed: &str,
+    token: &str,
+    advertise: &str,
+    name: String,
+) -> anyhow::Result<proto::clusterpb::JoinResponse> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{seed}"))
         .with_context(|| format!("bad seed address {seed:?}"))?
         .connect_timeout(Duration::from_secs(3))
@@ -173,7 +226,11 @@ async fn join_rpc(seed: &str, token: &str, advertise: &str, name: String) -> any
         .await
         .with_context(|| format!("cannot reach {seed}"))?;
     let mut c = ClusterAdminClient::new(ch);
-    let req = JoinRequest { token: token.to_string(), advertise_addr: advertise.to_string(), name };
+    let req = JoinRequest {
+        token: token.to_string(),
+        advertise_addr: advertise.to_string(),
+        name,
+    };
     // A cluster that just started may still be committing its identity.
     let mut attempts = 0;
     loop {
@@ -188,7 +245,11 @@ async fn join_rpc(seed: &str, token: &str, advertise: &str, name: String) -> any
     }
 }
 
-pub async fn start(data_dir: PathBuf, listen: Option<String>, tuning: Tuning) -> anyhow::Result<()> {
+pub async fn start(
+    data_dir: PathBuf,
+    listen: Option<String>,
+    tuning: Tuning,
+) -> anyhow::Result<()> {
     let mut file = read_node_file(&data_dir)?;
     if let Some(l) = listen {
         file.listen = l;
@@ -198,7 +259,12 @@ pub async fn start(data_dir: PathBuf, listen: Option<String>, tuning: Tuning) ->
     run(&data_dir, file, listener, &tuning).await
 }
 
-async fn run(dir: &Path, file: NodeFile, listener: TcpListener, tuning: &Tuning) -> anyhow::Result<()> {
+async fn run(
+    dir: &Path,
+    file: NodeFile,
+    listener: TcpListener,
+    tuning: &Tuning,
+) -> anyhow::Result<()> {
     if file.role == "worker" {
         return run_worker(file).await;
     }
@@ -230,7 +296,10 @@ async fn open(dir: &Path, file: &NodeFile, tuning: &Tuning) -> anyhow::Result<Ar
 }
 
 /// Serves until Ctrl-C, SIGTERM or removal from the cluster, then shuts Raft down.
-fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Future<Output = anyhow::Result<()>> {
+fn serve(
+    coord: Arc<CoordNode>,
+    listener: TcpListener,
+) -> impl std::future::Future<Output = anyhow::Result<()>> {
     let mut removed = coord.removed();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(coord::grpc::serve(coord.clone(), listener, async move {
@@ -249,7 +318,10 @@ fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Futu
         };
         info!("shutting down: {reason}");
         let _ = stop_tx.send(());
-        if tokio::time::timeout(Duration::from_secs(3), coord.shutdown()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), coord.shutdown())
+            .await
+            .is_err()
+        {
             warn!("raft shutdown timed out");
         }
         Ok(())

@@ -15,14 +15,26 @@ mod output;
 
 use clap::Parser;
 
+// glibc malloc took ~10% of a busy leader's CPU profile; mimalloc is cheaper per call.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLUSTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_filter()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("CLUSTER_WORKER_THREADS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("CLUSTER_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         b.worker_threads(n);
     }
     let rt = b.enable_all().build().expect("tokio runtime");

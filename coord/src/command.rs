@@ -19,12 +19,16 @@ pub enum Command {
         worker_secret: String,
     },
     /// Hands out the next node id. Ids are never reused, even if the join fails later.
-    AllocNodeId { addr: String },
+    AllocNodeId {
+        addr: String,
+    },
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     /// Discards history below `revision`, at most `max_revisions` revisions per entry.
-    Compact { revision: i64 },
+    Compact {
+        revision: i64,
+    },
 }
 
 impl Command {

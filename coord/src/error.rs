@@ -14,7 +14,10 @@ pub const LEADER_ID_HEADER: &str = "x-cluster-leader-id";
 pub enum CoordError {
     /// This node is not the leader; the answer names the leader when known.
     #[error("not the leader{}", leader_addr.as_ref().map(|a| format!("; leader is {a}")).unwrap_or_default())]
-    NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String> },
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error("{0}")]
@@ -36,13 +39,23 @@ pub enum CoordError {
 impl From<CoordError> for Status {
     fn from(e: CoordError) -> Status {
         match e {
-            CoordError::NotLeader { leader_id, leader_addr } => {
-                let mut s = Status::unavailable(CoordError::NotLeader { leader_id, leader_addr: leader_addr.clone() }.to_string());
+            CoordError::NotLeader {
+                leader_id,
+                leader_addr,
+            } => {
+                let mut s = Status::unavailable(
+                    CoordError::NotLeader {
+                        leader_id,
+                        leader_addr: leader_addr.clone(),
+                    }
+                    .to_string(),
+                );
                 if let Some(a) = leader_addr.and_then(|a| MetadataValue::try_from(a).ok()) {
                     s.metadata_mut().insert(LEADER_ADDR_HEADER, a);
                 }
                 if let Some(id) = leader_id {
-                    s.metadata_mut().insert(LEADER_ID_HEADER, MetadataValue::from(id));
+                    s.metadata_mut()
+                        .insert(LEADER_ID_HEADER, MetadataValue::from(id));
                 }
                 s
             }
@@ -56,7 +69,9 @@ impl From<CoordError> for Status {
                     _ => Code::InvalidArgument,
                 };
                 let msg = match a {
-                    ApplyError::Compacted | ApplyError::FutureRevision => format!("etcdserver: {a}"),
+                    ApplyError::Compacted | ApplyError::FutureRevision => {
+                        format!("etcdserver: {a}")
+                    }
                     _ => a.to_string(),
                 };
                 Status::new(code, msg)

@@ -52,18 +52,30 @@ pub struct CoordNode {
     init: Option<InitSecrets>,
     channels: Mutex<BTreeMap<String, Channel>>,
     removed_tx: watch::Sender<bool>,
+    /// The etcd header's 64-bit cluster id, once the identity is committed.
+    cluster_id_u64: std::sync::OnceLock<u64>,
 }
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl CoordNode {
     pub async fn open(opts: NodeOptions) -> Result<Arc<CoordNode>> {
-        opts.config.validate().map_err(CoordError::InvalidArgument)?;
-        let raft_config = Arc::new(opts.config.raft_config().map_err(CoordError::InvalidArgument)?);
-        let db = open_db(&opts.data_dir.join("db")).map_err(|e| CoordError::Internal(format!("open RocksDB: {e}")))?;
+        opts.config
+            .validate()
+            .map_err(CoordError::InvalidArgument)?;
+        let raft_config = Arc::new(
+            opts.config
+                .raft_config()
+                .map_err(CoordError::InvalidArgument)?,
+        );
+        let db = open_db(&opts.data_dir.join("db"))
+            .map_err(|e| CoordError::Internal(format!("open RocksDB: {e}")))?;
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::new(db.clone(), opts.data_dir.join("snapshot"))
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
@@ -83,6 +95,7 @@ impl CoordNode {
             init: opts.init,
             channels: Mutex::new(BTreeMap::new()),
             removed_tx,
+            cluster_id_u64: std::sync::OnceLock::new(),
         });
         node.spawn_background();
         Ok(node)
@@ -92,8 +105,17 @@ impl CoordNode {
     /// any Raft state, so a wiped or restarted node can never start a second cluster.
     pub async fn initialize(&self) -> Result<()> {
         let mut members = BTreeMap::new();
-        members.insert(self.id, NodeInfo { addr: self.advertise_addr.clone(), name: self.name.clone() });
-        self.raft.initialize(members).await.map_err(|e| CoordError::FailedPrecondition(format!("initialize: {e}")))
+        members.insert(
+            self.id,
+            NodeInfo {
+                addr: self.advertise_addr.clone(),
+                name: self.name.clone(),
+            },
+        );
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| CoordError::FailedPrecondition(format!("initialize: {e}")))
     }
 
     /// Resolves when this node has been removed from the cluster.
@@ -111,11 +133,42 @@ impl CoordNode {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// The current Raft term, without copying all metrics (it is on every etcd response).
+    pub fn current_term(&self) -> u64 {
+        use openraft::async_runtime::watch::WatchReceiver;
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// The cluster id as the 64-bit number etcd headers carry; 0 until it is committed.
+    pub fn cluster_id_u64(&self) -> u64 {
+        if let Some(v) = self.cluster_id_u64.get() {
+            return *v;
+        }
+        let id = self
+            .state
+            .read()
+            .expect("sm lock")
+            .cluster
+            .cluster_id
+            .clone();
+        if id.is_empty() {
+            return 0;
+        }
+        *self
+            .cluster_id_u64
+            .get_or_init(|| crate::token::cluster_id_u64(&id))
+    }
+
     /// The leader this node knows of, with its address.
     pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
         let m = self.metrics();
         let id = m.current_leader;
-        let addr = id.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+        let addr = id.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
         (id, addr)
     }
 
@@ -125,7 +178,9 @@ impl CoordNode {
         if let Some(c) = ch.get(addr) {
             return Ok(c.clone());
         }
-        let c = endpoint(addr).map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?.connect_lazy();
+        let c = endpoint(addr)
+            .map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?
+            .connect_lazy();
         ch.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -134,7 +189,10 @@ impl CoordNode {
         match leader {
             Some(id) if id != self.id => {
                 let (_, addr) = self.leader();
-                Some(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr })
+                Some(CoordError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: addr,
+                })
             }
             _ => None,
         }
@@ -145,7 +203,10 @@ impl CoordNode {
     pub async fn write(&self, cmd: Command) -> Result<Response> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
-            let entry = LogEntry { time_ms: now_ms(), cmd: cmd.clone() };
+            let entry = LogEntry {
+                time_ms: now_ms(),
+                cmd: cmd.clone(),
+            };
             match tokio::time::timeout_at(deadline, self.raft.client_write(entry)).await {
                 Err(_) => {
                     return Err(CoordError::Unavailable(format!(
@@ -175,8 +236,18 @@ impl CoordNode {
     pub async fn read_barrier(&self) -> Result<()> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
-            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
-                Err(_) => return Err(CoordError::Unavailable("etcdserver: request timed out: leadership not confirmed by a quorum".into())),
+            match tokio::time::timeout_at(
+                deadline,
+                self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(CoordError::Unavailable(
+                        "etcdserver: request timed out: leadership not confirmed by a quorum"
+                            .into(),
+                    ))
+                }
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => {
                     let Some(fwd) = e.forward_to_leader() else {
@@ -224,7 +295,7 @@ impl CoordNode {
                 }
                 node.finish_init().await;
                 node.promote_learners(&m).await;
-                if last_compact_check.elapsed() >= Duration::from_secs(5) {
+                if last_compact_check.elapsed() >= Duration::from_secs(1) {
                     last_compact_check = Instant::now();
                     node.auto_compact().await;
                 }
@@ -234,7 +305,14 @@ impl CoordNode {
 
     async fn finish_init(&self) {
         let Some(init) = &self.init else { return };
-        if !self.state.read().expect("sm lock").cluster.cluster_id.is_empty() {
+        if !self
+            .state
+            .read()
+            .expect("sm lock")
+            .cluster
+            .cluster_id
+            .is_empty()
+        {
             return;
         }
         let cmd = Command::InitCluster {
@@ -260,9 +338,17 @@ impl CoordNode {
         let last = m.last_log_index.unwrap_or(0);
         let Some(repl) = &m.replication else { return };
         for learner in membership.learner_ids() {
-            let matched = repl.get(&learner).cloned().flatten().map(|l| l.index).unwrap_or(0);
+            let matched = repl
+                .get(&learner)
+                .cloned()
+                .flatten()
+                .map(|l| l.index)
+                .unwrap_or(0);
             if matched + self.config.promote_lag_entries >= last && matched > 0 {
-                info!(learner, matched, last, "promoting caught-up learner to voter");
+                info!(
+                    learner,
+                    matched, last, "promoting caught-up learner to voter"
+                );
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
                 if let Err(e) = self.raft.change_membership(change, false).await {
                     warn!(learner, "promotion failed: {e}");
@@ -277,16 +363,21 @@ impl CoordNode {
         if retention == 0 {
             return;
         }
-        let (rev, compacted) = {
-            let st = self.state.read().expect("sm lock");
-            (st.kv.revision, st.kv.compact_revision)
-        };
-        let target = rev - retention;
-        // Compact in steps of at most 10,000 revisions so one entry's apply stays short.
-        if target > compacted + retention / 10 {
-            let step = target.min(compacted + 10_000);
+        // Small steps keep each compaction entry's apply short (a few ms); several steps
+        // per check keep up with a fast writer.
+        for _ in 0..16 {
+            let (rev, compacted) = {
+                let st = self.state.read().expect("sm lock");
+                (st.kv.revision, st.kv.compact_revision)
+            };
+            let target = rev - retention;
+            if target <= compacted + retention / 10 {
+                return;
+            }
+            let step = target.min(compacted + 2_000);
             if let Err(e) = self.write(Command::Compact { revision: step }).await {
                 warn!("auto compaction to {step} failed: {e}");
+                return;
             }
         }
     }
@@ -296,17 +387,28 @@ impl CoordNode {
     async fn change_membership<F, Fut>(&self, what: &str, f: F) -> Result<()>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<openraft::raft::ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
+        Fut: std::future::Future<
+            Output = Result<
+                openraft::raft::ClientWriteResponse<TypeConfig>,
+                RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+            >,
+        >,
     {
         let deadline = Instant::now() + self.request_timeout();
         loop {
             match tokio::time::timeout_at(deadline, f()).await {
-                Err(_) => return Err(CoordError::Unavailable(format!("{what} was not committed in time"))),
+                Err(_) => {
+                    return Err(CoordError::Unavailable(format!(
+                        "{what} was not committed in time"
+                    )))
+                }
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => {
                     let in_progress = matches!(
                         e.api_error(),
-                        Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))
+                        Some(ClientWriteError::ChangeMembershipError(
+                            ChangeMembershipError::InProgress(_)
+                        ))
                     );
                     if in_progress && Instant::now() + Duration::from_millis(100) < deadline {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -325,7 +427,10 @@ impl CoordNode {
 
     /// Adds a node as a learner (non-blocking: replication to it starts in the background).
     pub async fn add_learner(&self, id: NodeId, info: NodeInfo) -> Result<()> {
-        self.change_membership("adding the learner", || self.raft.add_learner(id, info.clone(), false)).await
+        self.change_membership("adding the learner", || {
+            self.raft.add_learner(id, info.clone(), false)
+        })
+        .await
     }
 
     /// Leaves the Raft group: removes `node_id` (voter or learner) from the membership.
@@ -333,7 +438,9 @@ impl CoordNode {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&node_id).is_none() {
-            return Err(CoordError::NotFound(format!("node {node_id} is not a member")));
+            return Err(CoordError::NotFound(format!(
+                "node {node_id} is not a member"
+            )));
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let change = if voters.contains(&node_id) {
@@ -346,7 +453,10 @@ impl CoordNode {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
         };
-        self.change_membership("removing the member", || self.raft.change_membership(change.clone(), false)).await
+        self.change_membership("removing the member", || {
+            self.raft.change_membership(change.clone(), false)
+        })
+        .await
     }
 
     pub async fn shutdown(&self) {

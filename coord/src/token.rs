@@ -32,9 +32,13 @@ pub fn cluster_id_u64(cluster_id: &str) -> u64 {
 }
 
 pub fn parse_token(s: &str) -> Result<JoinToken, String> {
-    let bad = || format!("malformed token: expected {PREFIX}-{VERSION}-<32 hex digits>-<secret>, as printed by `cluster token`");
+    let bad = || {
+        format!("malformed token: expected {PREFIX}-{VERSION}-<32 hex digits>-<secret>, as printed by `cluster token`")
+    };
     let mut parts = s.trim().splitn(4, '-');
-    let (Some(p), Some(v), Some(d), Some(secret)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(p), Some(v), Some(d), Some(secret)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad());
     };
     if p != PREFIX || v != VERSION {
@@ -46,7 +50,10 @@ pub fn parse_token(s: &str) -> Result<JoinToken, String> {
     if secret.len() < 16 || !secret.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(bad());
     }
-    Ok(JoinToken { digest: d.to_ascii_lowercase(), secret: secret.to_string() })
+    Ok(JoinToken {
+        digest: d.to_ascii_lowercase(),
+        secret: secret.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -59,8 +66,14 @@ mod tests {
         let p = parse_token(&t).unwrap();
         assert_eq!(p.digest, cluster_digest("abc"));
         assert_eq!(p.secret, "s3cr3tS3cr3tS3cr3t");
-        for bad in ["", "CLTKN-1", "SWMTKN-1-aaaa-bbbb", "CLTKN-2-00000000000000000000000000000000-abcdefghijklmnopq",
-            "CLTKN-1-zz000000000000000000000000000000-abcdefghijklmnopq", "CLTKN-1-00000000000000000000000000000000-short"] {
+        for bad in [
+            "",
+            "CLTKN-1",
+            "SWMTKN-1-aaaa-bbbb",
+            "CLTKN-2-00000000000000000000000000000000-abcdefghijklmnopq",
+            "CLTKN-1-zz000000000000000000000000000000-abcdefghijklmnopq",
+            "CLTKN-1-00000000000000000000000000000000-short",
+        ] {
             assert!(parse_token(bad).is_err(), "{bad} accepted");
         }
     }

@@ -5,3 +5,4 @@ mod harness;
 mod t10_etcd_api;
 mod t20_failover;
 mod t30_bad_input;
+mod t40_membership;

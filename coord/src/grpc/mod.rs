@@ -37,7 +37,8 @@ pub(crate) fn is_forwarded<T>(r: &Request<T>) -> bool {
 
 pub(crate) fn forwarded_request<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    r.metadata_mut()
+        .insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     r
 }
 
@@ -53,12 +54,19 @@ pub async fn serve(
     // delayed ACK (40 ms). Server::tcp_nodelay does not reach a listener we bound.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
-        .add_service(RaftServer::new(raft_service::RaftService::new(node.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(KvServer::new(etcd::EtcdKv::new(node.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            RaftServer::new(raft_service::RaftService::new(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            KvServer::new(etcd::EtcdKv::new(node.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(ClusterServer::new(etcd::EtcdCluster::new(node.clone())))
-        .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(node.clone())))
+        .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(
+            node.clone(),
+        )))
         .add_service(ClusterAdminServer::new(admin::Admin::new(node)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

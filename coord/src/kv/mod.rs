@@ -71,11 +71,20 @@ impl KeyRange {
         if range_end.is_empty() {
             let mut end = key.to_vec();
             end.push(0);
-            KeyRange { start: key.to_vec(), end: Some(end) }
+            KeyRange {
+                start: key.to_vec(),
+                end: Some(end),
+            }
         } else if range_end == [0] {
-            KeyRange { start: key.to_vec(), end: None }
+            KeyRange {
+                start: key.to_vec(),
+                end: None,
+            }
         } else {
-            KeyRange { start: key.to_vec(), end: Some(range_end.to_vec()) }
+            KeyRange {
+                start: key.to_vec(),
+                end: Some(range_end.to_vec()),
+            }
         }
     }
 
@@ -92,7 +101,9 @@ impl KeyRange {
     }
 
     fn is_empty(&self) -> bool {
-        self.end.as_deref().is_some_and(|e| e <= self.start.as_slice())
+        self.end
+            .as_deref()
+            .is_some_and(|e| e <= self.start.as_slice())
     }
 }
 
@@ -120,7 +131,11 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn new() -> KvStore {
-        KvStore { live: BTreeMap::new(), revision: 1, compact_revision: 0 }
+        KvStore {
+            live: BTreeMap::new(),
+            revision: 1,
+            compact_revision: 0,
+        }
     }
 
     /// Validates a request before it is proposed or applied; bad input changes nothing.
@@ -168,7 +183,10 @@ impl KvStore {
                 }
             }
             // etcd refuses a txn that both puts and deletes the same key.
-            if put_keys.iter().any(|k| del_ranges.iter().any(|r| r.contains(k))) {
+            if put_keys
+                .iter()
+                .any(|k| del_ranges.iter().any(|r| r.contains(k)))
+            {
                 return Err(ApplyError::DuplicateKey);
             }
         }
@@ -187,14 +205,19 @@ impl KvStore {
             if range.is_empty() {
                 Vec::new()
             } else {
-                self.live.range::<[u8], _>(range.bounds()).map(|(k, l)| l.to_kv(k)).collect::<Vec<_>>()
+                self.live
+                    .range::<[u8], _>(range.bounds())
+                    .map(|(k, l)| l.to_kv(k))
+                    .collect::<Vec<_>>()
             }
         } else if req.revision > self.revision {
             return Err(ApplyError::FutureRevision);
         } else if req.revision < self.compact_revision {
             return Err(ApplyError::Compacted);
         } else {
-            history.scan_at(&range, req.revision).map_err(|e| ApplyError::Other(e.to_string()))?
+            history
+                .scan_at(&range, req.revision)
+                .map_err(|e| ApplyError::Other(e.to_string()))?
         };
         Ok(Self::finish_range(req, &mut kvs))
     }
@@ -208,7 +231,11 @@ impl KvStore {
         });
         let count = kvs.len() as i64;
         if req.count_only {
-            return RangeResponse { kvs: Vec::new(), more: false, count };
+            return RangeResponse {
+                kvs: Vec::new(),
+                more: false,
+                count,
+            };
         }
         let order = match (req.sort_order, req.sort_target) {
             (SortOrder::None, SortTarget::Key) => SortOrder::None,
@@ -238,7 +265,11 @@ impl KvStore {
                 kv.value.clear();
             }
         }
-        RangeResponse { kvs: std::mem::take(kvs), more, count }
+        RangeResponse {
+            kvs: std::mem::take(kvs),
+            more,
+            count,
+        }
     }
 
     pub fn apply_put(
@@ -277,14 +308,21 @@ impl KvStore {
         let rev = self.revision + 1;
         // Check every op before executing any, so a refused txn changes nothing.
         let succeeded = req.compare.iter().all(|c| self.compare(c));
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         self.check_ops(ops)?;
         let mut wrote = false;
         let responses = self.exec_ops(ops, rev, &mut wrote, history)?;
         if wrote {
             self.revision = rev;
         }
-        Ok(TxnResponse { succeeded, responses })
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
     }
 
     fn check_ops(&self, ops: &[RequestOp]) -> Result<(), ApplyError> {
@@ -349,7 +387,10 @@ impl KvStore {
                     let ok = t.compare.iter().all(|c| self.compare(c));
                     let inner = if ok { &t.success } else { &t.failure };
                     let responses = self.exec_ops(inner, rev, wrote, history)?;
-                    ResponseOp::Txn(TxnResponse { succeeded: ok, responses })
+                    ResponseOp::Txn(TxnResponse {
+                        succeeded: ok,
+                        responses,
+                    })
                 }
             });
         }
@@ -381,10 +422,22 @@ impl KvStore {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
-        let live = Live { create_revision, mod_revision: rev, version, lease, value };
+        let live = Live {
+            create_revision,
+            mod_revision: rev,
+            version,
+            lease,
+            value,
+        };
         history.record_put(&live.to_kv(&req.key));
         self.live.insert(req.key.clone(), live);
-        PutResponse { prev_kv: if req.prev_kv { prev.map(|p| p.to_kv(&req.key)) } else { None } }
+        PutResponse {
+            prev_kv: if req.prev_kv {
+                prev.map(|p| p.to_kv(&req.key))
+            } else {
+                None
+            },
+        }
     }
 
     fn delete_at(
@@ -397,8 +450,11 @@ impl KvStore {
         if range.is_empty() {
             return DeleteRangeResponse::default();
         }
-        let keys: Vec<Vec<u8>> =
-            self.live.range::<[u8], _>(range.bounds()).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<Vec<u8>> = self
+            .live
+            .range::<[u8], _>(range.bounds())
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut prev_kvs = Vec::new();
         for k in &keys {
             let old = self.live.remove(k).expect("key listed from the live map");
@@ -407,7 +463,10 @@ impl KvStore {
                 prev_kvs.push(old.to_kv(k));
             }
         }
-        DeleteRangeResponse { deleted: keys.len() as i64, prev_kvs }
+        DeleteRangeResponse {
+            deleted: keys.len() as i64,
+            prev_kvs,
+        }
     }
 
     /// etcd's compare: every key in the range must satisfy it; a missing key compares as
@@ -417,13 +476,22 @@ impl KvStore {
         let matched: Vec<&Live> = if range.is_empty() {
             Vec::new()
         } else {
-            self.live.range::<[u8], _>(range.bounds()).map(|(_, l)| l).collect()
+            self.live
+                .range::<[u8], _>(range.bounds())
+                .map(|(_, l)| l)
+                .collect()
         };
         if matched.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
                 return false;
             }
-            let zero = Live { create_revision: 0, mod_revision: 0, version: 0, lease: 0, value: vec![] };
+            let zero = Live {
+                create_revision: 0,
+                mod_revision: 0,
+                version: 0,
+                lease: 0,
+                value: vec![],
+            };
             return Self::compare_one(c, &zero);
         }
         matched.into_iter().all(|l| Self::compare_one(c, l))

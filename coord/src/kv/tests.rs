@@ -10,7 +10,8 @@ struct MemHistory(BTreeMap<(Vec<u8>, i64), Option<KeyValue>>);
 
 impl History for MemHistory {
     fn record_put(&mut self, kv: &KeyValue) {
-        self.0.insert((kv.key.clone(), kv.mod_revision), Some(kv.clone()));
+        self.0
+            .insert((kv.key.clone(), kv.mod_revision), Some(kv.clone()));
     }
     fn record_delete(&mut self, key: &[u8], revision: i64) {
         self.0.insert((key.to_vec(), revision), None);
@@ -27,11 +28,34 @@ impl History for MemHistory {
 }
 
 fn put(s: &mut KvStore, h: &mut MemHistory, k: &str, v: &str) -> PutResponse {
-    s.apply_put(&PutRequest { key: k.into(), value: v.into(), prev_kv: true, ..Default::default() }, h).unwrap()
+    s.apply_put(
+        &PutRequest {
+            key: k.into(),
+            value: v.into(),
+            prev_kv: true,
+            ..Default::default()
+        },
+        h,
+    )
+    .unwrap()
 }
 
-fn get(s: &KvStore, h: &mut MemHistory, k: &str, end: &[u8], rev: i64) -> Result<RangeResponse, ApplyError> {
-    s.range(&RangeRequest { key: k.into(), range_end: end.to_vec(), revision: rev, ..Default::default() }, h)
+fn get(
+    s: &KvStore,
+    h: &mut MemHistory,
+    k: &str,
+    end: &[u8],
+    rev: i64,
+) -> Result<RangeResponse, ApplyError> {
+    s.range(
+        &RangeRequest {
+            key: k.into(),
+            range_end: end.to_vec(),
+            revision: rev,
+            ..Default::default()
+        },
+        h,
+    )
 }
 
 #[test]
@@ -44,9 +68,23 @@ fn revisions_versions_and_create_revision_follow_etcd() {
     let kv = &get(&s, &mut h, "a", b"", 0).unwrap().kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     // Deleting nothing does not take a revision.
-    s.apply_delete(&DeleteRangeRequest { key: b"zz".to_vec(), ..Default::default() }, &mut h).unwrap();
+    s.apply_delete(
+        &DeleteRangeRequest {
+            key: b"zz".to_vec(),
+            ..Default::default()
+        },
+        &mut h,
+    )
+    .unwrap();
     assert_eq!(s.revision, 3);
-    s.apply_delete(&DeleteRangeRequest { key: b"a".to_vec(), ..Default::default() }, &mut h).unwrap();
+    s.apply_delete(
+        &DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        },
+        &mut h,
+    )
+    .unwrap();
     assert_eq!(s.revision, 4);
     put(&mut s, &mut h, "a", "3");
     let kv = &get(&s, &mut h, "a", b"", 0).unwrap().kvs[0];
@@ -54,7 +92,10 @@ fn revisions_versions_and_create_revision_follow_etcd() {
     // Past revisions read from history.
     assert_eq!(get(&s, &mut h, "a", b"", 2).unwrap().kvs[0].value, b"1");
     assert!(get(&s, &mut h, "a", b"", 4).unwrap().kvs.is_empty());
-    assert_eq!(get(&s, &mut h, "a", b"", 99), Err(ApplyError::FutureRevision));
+    assert_eq!(
+        get(&s, &mut h, "a", b"", 99),
+        Err(ApplyError::FutureRevision)
+    );
 }
 
 #[test]
@@ -65,7 +106,15 @@ fn prefix_ranges_limits_and_counts() {
     }
     let end = prefix_range_end(b"p/");
     let r = s
-        .range(&RangeRequest { key: b"p/".to_vec(), range_end: end.clone(), limit: 2, ..Default::default() }, &mut h)
+        .range(
+            &RangeRequest {
+                key: b"p/".to_vec(),
+                range_end: end.clone(),
+                limit: 2,
+                ..Default::default()
+            },
+            &mut h,
+        )
         .unwrap();
     assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 3));
     let all = get(&s, &mut h, "\0", b"\0", 0).unwrap();
@@ -85,8 +134,15 @@ fn txn_compares_choose_the_branch_and_refused_txns_change_nothing() {
             key: b"k".to_vec(),
             range_end: vec![],
         }],
-        success: vec![RequestOp::Put(PutRequest { key: b"k".to_vec(), value: new.into(), ..Default::default() })],
-        failure: vec![RequestOp::Range(RangeRequest { key: b"k".to_vec(), ..Default::default() })],
+        success: vec![RequestOp::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: new.into(),
+            ..Default::default()
+        })],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })],
     };
     assert!(s.apply_txn(&cas("v1", "v2"), &mut h).unwrap().succeeded);
     let r = s.apply_txn(&cas("v1", "v3"), &mut h).unwrap();
@@ -94,8 +150,14 @@ fn txn_compares_choose_the_branch_and_refused_txns_change_nothing() {
     assert_eq!(s.revision, 3, "a txn that only read takes no revision");
     let dup = TxnRequest {
         success: vec![
-            RequestOp::Put(PutRequest { key: b"x".to_vec(), ..Default::default() }),
-            RequestOp::Put(PutRequest { key: b"x".to_vec(), ..Default::default() }),
+            RequestOp::Put(PutRequest {
+                key: b"x".to_vec(),
+                ..Default::default()
+            }),
+            RequestOp::Put(PutRequest {
+                key: b"x".to_vec(),
+                ..Default::default()
+            }),
         ],
         ..Default::default()
     };
@@ -110,7 +172,11 @@ fn txn_compares_choose_the_branch_and_refused_txns_change_nothing() {
             key: b"new".to_vec(),
             range_end: vec![],
         }],
-        success: vec![RequestOp::Put(PutRequest { key: b"new".to_vec(), value: b"1".to_vec(), ..Default::default() })],
+        success: vec![RequestOp::Put(PutRequest {
+            key: b"new".to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })],
         failure: vec![],
     };
     assert!(s.apply_txn(&create_if_absent, &mut h).unwrap().succeeded);
@@ -123,9 +189,17 @@ fn bad_input_is_refused_without_change() {
     let before = s.clone();
     let empty = PutRequest::default();
     assert_eq!(s.apply_put(&empty, &mut h), Err(ApplyError::EmptyKey));
-    let big = PutRequest { key: b"k".to_vec(), value: vec![0; MAX_REQUEST_BYTES], ..Default::default() };
+    let big = PutRequest {
+        key: b"k".to_vec(),
+        value: vec![0; MAX_REQUEST_BYTES],
+        ..Default::default()
+    };
     assert_eq!(s.apply_put(&big, &mut h), Err(ApplyError::TooLarge));
-    let leased = PutRequest { key: b"k".to_vec(), lease: 5, ..Default::default() };
+    let leased = PutRequest {
+        key: b"k".to_vec(),
+        lease: 5,
+        ..Default::default()
+    };
     assert_eq!(s.apply_put(&leased, &mut h), Err(ApplyError::LeaseNotFound));
     assert_eq!(s, before);
 }

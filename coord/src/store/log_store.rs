@@ -5,15 +5,15 @@
 //! The newest entries are also kept in memory ([`Recent`]): replication to each follower
 //! reads them right after they are appended, and should not decode them from disk again.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
@@ -57,7 +57,12 @@ impl Recent {
             return None;
         }
         let from = (start - first) as usize;
-        Some(self.entries.range(from..from + (end - start) as usize).cloned().collect())
+        Some(
+            self.entries
+                .range(from..from + (end - start) as usize)
+                .cloned()
+                .collect(),
+        )
     }
 
     fn truncate_after(&mut self, keep_through: Option<u64>) {
@@ -97,12 +102,20 @@ impl LogStore {
                     waiting.extend(rx.try_iter());
                     let res = sync_db.flush_wal(true).map_err(io_err);
                     for cb in waiting {
-                        cb.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
+                        cb.io_completed(
+                            res.as_ref()
+                                .map(|_| ())
+                                .map_err(|e| io::Error::other(e.to_string())),
+                        );
                     }
                 }
             })
             .expect("spawn raft-log-sync thread");
-        LogStore { db, syncer: tx, recent: Arc::default() }
+        LogStore {
+            db,
+            syncer: tx,
+            recent: Arc::default(),
+        }
     }
 
     fn cf_log(&self) -> &rocksdb::ColumnFamily {
@@ -110,7 +123,9 @@ impl LogStore {
     }
 
     fn cf_meta(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_RAFT_META).expect("raft_meta column family")
+        self.db
+            .cf_handle(CF_RAFT_META)
+            .expect("raft_meta column family")
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -123,7 +138,9 @@ impl LogStore {
     fn put_meta_synced<T: serde::Serialize>(&self, key: &[u8], v: &T) -> io::Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.put_cf_opt(self.cf_meta(), key, encode(v)?, &wo).map_err(io_err)
+        self.db
+            .put_cf_opt(self.cf_meta(), key, encode(v)?, &wo)
+            .map_err(io_err)
     }
 }
 
@@ -148,7 +165,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
         }
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&u64_key(start), Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf_log(),
+            IteratorMode::From(&u64_key(start), Direction::Forward),
+        );
         for item in it {
             let (k, v) = item.map_err(io_err)?;
             let idx = key_u64(&k);
@@ -181,7 +201,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => last_purged.clone(),
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -192,7 +215,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta_synced(KEY_VOTE, vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -209,13 +236,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             recent.push(e);
         }
         drop(recent);
-        self.syncer.send(callback).map_err(|_| io::Error::other("log sync thread stopped"))
+        self.syncer
+            .send(callback)
+            .map_err(|_| io::Error::other("log sync thread stopped"))
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
         let from = last.as_ref().map(|l| l.index + 1).unwrap_or(0);
-        self.db.delete_range_cf(self.cf_log(), u64_key(from), u64_key(u64::MAX)).map_err(io_err)?;
-        self.recent.lock().expect("recent lock").truncate_after(last.map(|l| l.index));
+        self.db
+            .delete_range_cf(self.cf_log(), u64_key(from), u64_key(u64::MAX))
+            .map_err(io_err)?;
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .truncate_after(last.map(|l| l.index));
         Ok(())
     }
 
@@ -223,8 +257,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The purge mark goes first: entries at or below it are ignored from then on,
         // so a crash between the two writes is harmless.
         self.put_meta_synced(KEY_PURGED, &log_id)?;
-        self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index + 1)).map_err(io_err)?;
-        self.recent.lock().expect("recent lock").purge_through(log_id.index);
+        self.db
+            .delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index + 1))
+            .map_err(io_err)?;
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .purge_through(log_id.index);
         Ok(())
     }
 }

@@ -29,7 +29,9 @@ use super::{io_err, CF_SM};
 use crate::command::{ApplyError, Command, Output, Response};
 use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore};
-use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{
+    LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 const KEY_APPLIED: &[u8] = b"m/applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
@@ -61,7 +63,12 @@ pub struct SmState {
 /// A stored version of a key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum HistRecord {
-    Put { create_revision: i64, version: i64, lease: i64, value: Vec<u8> },
+    Put {
+        create_revision: i64,
+        version: i64,
+        lease: i64,
+        value: Vec<u8>,
+    },
     Delete,
 }
 
@@ -88,6 +95,19 @@ fn rev_key(rev: i64, n: u32) -> Vec<u8> {
 }
 
 /// Splits an `h/` key into user key and revision.
+/// Whether a stored version is a tombstone, from the enum tag alone (bincode writes the
+/// variant index first), without decoding the value.
+fn is_tombstone(v: &[u8]) -> io::Result<bool> {
+    match v.first() {
+        Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "corrupt history record",
+        )),
+    }
+}
+
 fn parse_hist_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     let (key, rest) = unescape_key(k.get(1..)?)?;
     (rest.len() == 8).then(|| (key, key_u64(rest) as i64))
@@ -161,11 +181,32 @@ fn scan_history(
     // The newest version <= revision of the key being scanned.
     let mut cur: Option<(Vec<u8>, i64, HistRecord)> = None;
     let flush = |cur: Option<(Vec<u8>, i64, HistRecord)>, out: &mut Vec<KeyValue>| {
-        if let Some((key, rev, HistRecord::Put { create_revision, version, lease, value })) = cur {
-            out.push(KeyValue { key, create_revision, mod_revision: rev, version, value, lease });
+        if let Some((
+            key,
+            rev,
+            HistRecord::Put {
+                create_revision,
+                version,
+                lease,
+                value,
+            },
+        )) = cur
+        {
+            out.push(KeyValue {
+                key,
+                create_revision,
+                mod_revision: rev,
+                version,
+                value,
+                lease,
+            });
         }
     };
-    let it = db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward));
+    let it = db.iterator_cf_opt(
+        cf,
+        ro,
+        IteratorMode::From(&start, rocksdb::Direction::Forward),
+    );
     for item in it {
         let (k, v) = item.map_err(io_err)?;
         let (key, rev) = parse_hist_key(&k).ok_or_else(|| io_err("corrupt history key"))?;
@@ -199,18 +240,19 @@ impl DbView {
         // SAFETY: `snap` borrows the DB behind `db`; the Arc keeps that DB alive and at the
         // same address for as long as this struct lives, and `snap` is dropped first.
         let snap = unsafe {
-            std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(snap)
+            std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(
+                snap,
+            )
         };
         DbView { snap, db }
     }
 }
 
 pub struct SnapshotBuilder {
-    view: DbView,
+    view: Option<DbView>,
     dir: PathBuf,
 }
 
-#[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta,
     data: SnapshotData,
@@ -221,7 +263,11 @@ impl StateMachineStore {
     pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let state = load_state(&db)?;
-        Ok(StateMachineStore { db, state: Arc::new(RwLock::new(state)), snapshot_dir })
+        Ok(StateMachineStore {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            snapshot_dir,
+        })
     }
 
     /// Shared handle for readers (gRPC handlers).
@@ -240,7 +286,13 @@ impl StateMachineStore {
 
     /// Applies one entry to memory and adds its writes to `batch`; the caller writes the
     /// batch (with `m/applied`) after the last entry of the group.
-    fn apply_one(&self, st: &mut SmState, log_id: &LogId, payload: &Payload, batch: &mut WriteBatch) -> io::Result<Response> {
+    fn apply_one(
+        &self,
+        st: &mut SmState,
+        log_id: &LogId,
+        payload: &Payload,
+        batch: &mut WriteBatch,
+    ) -> io::Result<Response> {
         let cf = self.cf();
         let mut out = Output::Unit;
         let mut result: Result<(), ApplyError> = Ok(());
@@ -251,9 +303,17 @@ impl StateMachineStore {
                 batch.put_cf(cf, KEY_MEMBERSHIP, encode(&st.membership)?);
             }
             EntryPayload::Normal(LogEntry { time_ms: _, cmd }) => {
-                let mut hist = DbHistory { db: &self.db, batch, n: 0 };
+                let mut hist = DbHistory {
+                    db: &self.db,
+                    batch,
+                    n: 0,
+                };
                 let r: Result<Output, ApplyError> = match cmd {
-                    Command::InitCluster { cluster_id, manager_secret, worker_secret } => {
+                    Command::InitCluster {
+                        cluster_id,
+                        manager_secret,
+                        worker_secret,
+                    } => {
                         if !st.cluster.cluster_id.is_empty() {
                             Err(ApplyError::AlreadyInitialized)
                         } else {
@@ -272,7 +332,9 @@ impl StateMachineStore {
                         Ok(Output::NodeId(id))
                     }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
-                    Command::DeleteRange(d) => st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange),
+                    Command::DeleteRange(d) => {
+                        st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange)
+                    }
                     Command::Txn(t) => st.kv.apply_txn(t, &mut hist).map(Output::Txn),
                     Command::Compact { revision } => match st.kv.apply_compact(*revision) {
                         Ok(prev) => {
@@ -286,13 +348,19 @@ impl StateMachineStore {
                     Ok(o) => out = o,
                     Err(e) => result = Err(e),
                 }
-                if matches!(cmd, Command::InitCluster { .. } | Command::AllocNodeId { .. }) {
+                if matches!(
+                    cmd,
+                    Command::InitCluster { .. } | Command::AllocNodeId { .. }
+                ) {
                     batch.put_cf(cf, KEY_CLUSTER, encode(&st.cluster)?);
                 }
             }
         }
         st.last_applied = Some(log_id.clone());
-        Ok(Response { revision: st.kv.revision, result: result.map(|_| out) })
+        Ok(Response {
+            revision: st.kv.revision,
+            result: result.map(|_| out),
+        })
     }
 
     /// Writes `batch` with the counters and `m/applied` of `st`, atomically.
@@ -314,22 +382,33 @@ impl StateMachineStore {
         let end = rev_key(to + 1, 0);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end.clone());
-        for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(
+            cf,
+            ro,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
             let (k, v) = item.map_err(io_err)?;
             let rev = key_u64(&k[1..9]) as i64;
             touched.entry(v.to_vec()).or_default().push(rev);
         }
+        // One raw iterator, re-seeked per key: creating an iterator per key costs more
+        // than the scan itself.
+        let mut it = self.db.raw_iterator_cf(cf);
         for (key, _) in touched {
             // Every stored version of the key at or below `to`, oldest first.
             let prefix = hist_prefix(&key);
-            let mut ro = ReadOptions::default();
-            ro.set_iterate_upper_bound(hist_key(&key, to + 1));
+            let upper = hist_key(&key, to + 1);
             let mut versions: Vec<(Vec<u8>, bool)> = Vec::new();
-            for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
-                let (k, v) = item.map_err(io_err)?;
-                let tomb = matches!(decode::<HistRecord>(&v)?, HistRecord::Delete);
+            it.seek(&prefix);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if k >= upper.as_slice() {
+                    break;
+                }
+                let tomb = is_tombstone(v)?;
                 versions.push((k.to_vec(), tomb));
+                it.next();
             }
+            it.status().map_err(io_err)?;
             if let Some((_, newest_is_tomb)) = versions.last().cloned() {
                 let keep = if newest_is_tomb { 0 } else { 1 };
                 for (k, _) in &versions[..versions.len() - keep] {
@@ -341,11 +420,17 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// File layout: u32 length of the encoded meta, the meta, then the data as is (so
+    /// saving does not copy the data once more).
     fn save_snapshot(dir: &std::path::Path, file: &SnapshotFile) -> io::Result<()> {
         use std::io::Write;
         let tmp = dir.join("current.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(file)?)?;
+        let meta = encode(&file.meta)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        f.write_all(&(meta.len() as u32).to_be_bytes())?;
+        f.write_all(&meta)?;
+        f.write_all(&file.data)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join("current"))?;
         std::fs::File::open(dir)?.sync_all()
@@ -353,7 +438,16 @@ impl StateMachineStore {
 
     fn load_snapshot(&self) -> io::Result<Option<SnapshotFile>> {
         match std::fs::read(self.snapshot_dir.join("current")) {
-            Ok(b) => Ok(Some(decode(&b)?)),
+            Ok(mut b) => {
+                let corrupt =
+                    || io::Error::new(io::ErrorKind::InvalidData, "corrupt snapshot file");
+                let n = u32::from_be_bytes(
+                    b.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes"),
+                ) as usize;
+                let meta: SnapshotMeta = decode(b.get(4..4 + n).ok_or_else(corrupt)?)?;
+                let data = b.split_off(4 + n);
+                Ok(Some(SnapshotFile { meta, data }))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -372,8 +466,14 @@ fn reads_history(p: &Payload) -> bool {
         })
     }
     match p {
-        EntryPayload::Normal(LogEntry { cmd: Command::Compact { .. }, .. }) => true,
-        EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
+        EntryPayload::Normal(LogEntry {
+            cmd: Command::Compact { .. },
+            ..
+        }) => true,
+        EntryPayload::Normal(LogEntry {
+            cmd: Command::Txn(t),
+            ..
+        }) => past_read(&t.success) || past_read(&t.failure),
         _ => false,
     }
 }
@@ -382,7 +482,10 @@ fn reads_history(p: &Payload) -> bool {
 fn load_state(db: &DB) -> io::Result<SmState> {
     let cf = db.cf_handle(CF_SM).expect("sm column family");
     let get = |k: &[u8]| db.get_cf(cf, k).map_err(io_err);
-    let mut st = SmState { kv: KvStore::new(), ..Default::default() };
+    let mut st = SmState {
+        kv: KvStore::new(),
+        ..Default::default()
+    };
     if let Some(b) = get(KEY_APPLIED)? {
         st.last_applied = decode(&b)?;
     }
@@ -398,7 +501,10 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     if let Some(b) = get(KEY_CLUSTER)? {
         st.cluster = decode(&b)?;
     }
-    let all = KeyRange { start: Vec::new(), end: None };
+    let all = KeyRange {
+        start: Vec::new(),
+        end: None,
+    };
     for kv in scan_history(db, cf, None, &all, i64::MAX)? {
         st.kv.live.insert(
             kv.key.clone(),
@@ -419,30 +525,55 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     #[instrument(level = "info", skip(self))]
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let view = &self.view;
-        let cf = view.db.cf_handle(CF_SM).expect("sm column family");
-        // The applied log id and membership travel in the snapshot meta, not in the data,
-        // so the data of a snapshot of an installed snapshot is byte-identical.
-        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut last_applied: Option<LogId> = None;
-        let mut membership = StoredMembership::default();
-        let mut ro = ReadOptions::default();
-        ro.set_snapshot(&view.snap);
-        for item in view.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
-            let (k, v) = item.map_err(io_err)?;
-            match &*k {
-                KEY_APPLIED => last_applied = decode(&v)?,
-                KEY_MEMBERSHIP => membership = decode(&v)?,
-                _ => pairs.push((k.to_vec(), v.to_vec())),
-            }
-        }
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership };
-        let data = encode(&pairs)?;
-        let file = SnapshotFile { meta: meta.clone(), data };
-        StateMachineStore::save_snapshot(&self.dir, &file)?;
-        tracing::info!(bytes = file.data.len(), keys = pairs.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: file.data })
+        let view = self
+            .view
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+        let dir = self.dir.clone();
+        // Scanning and encoding take long: keep them off the async workers that serve
+        // requests.
+        tokio::task::spawn_blocking(move || build_snapshot_blocking(&view, &dir))
+            .await
+            .map_err(io_err)?
     }
+}
+
+fn build_snapshot_blocking(view: &DbView, dir: &std::path::Path) -> io::Result<Snapshot> {
+    let cf = view.db.cf_handle(CF_SM).expect("sm column family");
+    // The applied log id and membership travel in the snapshot meta, not in the data,
+    // so the data of a snapshot of an installed snapshot is byte-identical.
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut last_applied: Option<LogId> = None;
+    let mut membership = StoredMembership::default();
+    let mut ro = ReadOptions::default();
+    ro.set_snapshot(&view.snap);
+    for item in view.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+        let (k, v) = item.map_err(io_err)?;
+        match &*k {
+            KEY_APPLIED => last_applied = decode(&v)?,
+            KEY_MEMBERSHIP => membership = decode(&v)?,
+            _ => pairs.push((k.to_vec(), v.to_vec())),
+        }
+    }
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+    };
+    let data = encode(&pairs)?;
+    let file = SnapshotFile {
+        meta: meta.clone(),
+        data,
+    };
+    StateMachineStore::save_snapshot(dir, &file)?;
+    tracing::info!(
+        bytes = file.data.len(),
+        keys = pairs.len(),
+        "snapshot built"
+    );
+    Ok(Snapshot {
+        meta,
+        snapshot: file.data,
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -479,7 +610,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     if reads_history(&entry.payload) && !batch.is_empty() {
                         self.flush(&st, &mut batch)?;
                     }
-                    let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
+                    let resp =
+                        self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
                     replies.push((responder, resp));
                 }
                 self.flush(&st, &mut batch)?;
@@ -494,35 +626,72 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { view: DbView::new(self.db.clone()), dir: self.snapshot_dir.clone() }
+        SnapshotBuilder {
+            view: Some(DbView::new(self.db.clone())),
+            dir: self.snapshot_dir.clone(),
+        }
     }
 
     #[instrument(level = "info", skip(self, snapshot), fields(last = ?meta.last_log_id))]
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
-        let cf = self.cf();
-        let mut batch = WriteBatch::default();
-        // Replace the whole column family in one atomic, synced batch.
-        batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
-        for (k, v) in &pairs {
-            batch.put_cf(cf, k, v);
-        }
-        batch.put_cf(cf, KEY_APPLIED, encode(&meta.last_log_id)?);
-        batch.put_cf(cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        let mut st = self.state.write().expect("sm lock");
-        self.db.write_opt(batch, &wo).map_err(io_err)?;
-        *st = load_state(&self.db)?;
-        drop(st);
-        Self::save_snapshot(&self.snapshot_dir, &SnapshotFile { meta: meta.clone(), data: snapshot })?;
-        tracing::info!(keys = pairs.len(), "snapshot installed");
-        Ok(())
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let (db, state, dir, meta) = (
+            self.db.clone(),
+            self.state.clone(),
+            self.snapshot_dir.clone(),
+            meta.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            install_snapshot_blocking(&db, &state, &dir, &meta, snapshot)
+        })
+        .await
+        .map_err(io_err)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.load_snapshot()?.map(|f| Snapshot { meta: f.meta, snapshot: f.data }))
+        Ok(self.load_snapshot()?.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: f.data,
+        }))
     }
+}
+
+/// Replaces the whole `sm` column family with a snapshot in one atomic, synced batch,
+/// then reloads memory; readers wait on the state lock meanwhile.
+fn install_snapshot_blocking(
+    db: &DB,
+    state: &RwLock<SmState>,
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    snapshot: SnapshotData,
+) -> io::Result<()> {
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
+    let cf = db.cf_handle(CF_SM).expect("sm column family");
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
+    for (k, v) in &pairs {
+        batch.put_cf(cf, k, v);
+    }
+    batch.put_cf(cf, KEY_APPLIED, encode(&meta.last_log_id)?);
+    batch.put_cf(cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    let mut st = state.write().expect("sm lock");
+    db.write_opt(batch, &wo).map_err(io_err)?;
+    *st = load_state(db)?;
+    drop(st);
+    StateMachineStore::save_snapshot(
+        dir,
+        &SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot,
+        },
+    )?;
+    tracing::info!(keys = pairs.len(), "snapshot installed");
+    Ok(())
 }
 
 /// Reads keys at a past revision for a gRPC Range (outside apply).
@@ -543,5 +712,25 @@ impl History for ReadOnlyHistory<'_> {
     }
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
         range_at_revision(self.0, range, revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstone_tag_matches_the_encoding() {
+        let put = encode(&HistRecord::Put {
+            create_revision: 1,
+            version: 1,
+            lease: 0,
+            value: vec![1],
+        })
+        .unwrap();
+        let del = encode(&HistRecord::Delete).unwrap();
+        assert!(!is_tombstone(&put).unwrap());
+        assert!(is_tombstone(&del).unwrap());
+        assert!(is_tombstone(&[]).is_err());
     }
 }

@@ -118,6 +118,11 @@ impl CoordNode {
             .map_err(|e| CoordError::FailedPrecondition(format!("initialize: {e}")))
     }
 
+    /// Records that this node was removed from the cluster (its process then exits).
+    pub fn mark_removed(&self) {
+        let _ = self.removed_tx.send(true);
+    }
+
     /// Resolves when this node has been removed from the cluster.
     pub fn removed(&self) -> watch::Receiver<bool> {
         self.removed_tx.subscribe()

@@ -186,9 +186,62 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         if let Some(mut c) = self.forward_target(forwarded)? {
             return c.leave(forwarded_request(r)).await;
         }
+        let addr = self
+            .node
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&r.node_id)
+            .map(|n| n.addr.clone());
         self.node.remove_member(r.node_id).await?;
         info!(removed = r.node_id, "member left");
+        // Best effort: if the removed node is down it learns on restart that no one replicates to it.
+        if let Some(addr) = addr.filter(|_| r.node_id != self.node.id) {
+            let cluster_id = self
+                .node
+                .state
+                .read()
+                .expect("sm lock")
+                .cluster
+                .cluster_id
+                .clone();
+            if let Ok(ch) = self.node.channel(&addr) {
+                let req = pb::RemovedRequest {
+                    node_id: r.node_id,
+                    cluster_id,
+                };
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    ClusterAdminClient::new(ch).removed(req),
+                )
+                .await;
+            }
+        }
         Ok(Response::new(pb::LeaveResponse {}))
+    }
+
+    async fn removed(
+        &self,
+        req: Request<pb::RemovedRequest>,
+    ) -> Result<Response<pb::RemovedResponse>, Status> {
+        let r = req.into_inner();
+        let cluster_id = self
+            .node
+            .state
+            .read()
+            .expect("sm lock")
+            .cluster
+            .cluster_id
+            .clone();
+        if r.node_id != self.node.id || r.cluster_id != cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {} of cluster {cluster_id}, not node {} of cluster {}",
+                self.node.id, r.node_id, r.cluster_id
+            )));
+        }
+        info!("told by the leader that this node was removed from the cluster");
+        self.node.mark_removed();
+        Ok(Response::new(pb::RemovedResponse {}))
     }
 
     async fn members(

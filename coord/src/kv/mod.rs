@@ -49,10 +49,11 @@ impl Live {
 /// Durable record of old versions, implemented by the RocksDB store (and by a
 /// `BTreeMap` in tests).
 pub trait History {
-    /// Record that `kv` was written at `kv.mod_revision`.
-    fn record_put(&mut self, kv: &KeyValue);
-    /// Record that `key` was deleted at `revision`.
-    fn record_delete(&mut self, key: &[u8], revision: i64);
+    /// Record that `kv` was written at `kv.mod_revision`; `prev_revision` is the
+    /// revision of the version it replaces (0 if the key did not exist).
+    fn record_put(&mut self, kv: &KeyValue, prev_revision: i64);
+    /// Record that `key`, last written at `prev_revision`, was deleted at `revision`.
+    fn record_delete(&mut self, key: &[u8], revision: i64, prev_revision: i64);
     /// Every key in `range` that was live at `revision`, ascending by key.
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>>;
 }
@@ -429,7 +430,7 @@ impl KvStore {
             lease,
             value,
         };
-        history.record_put(&live.to_kv(&req.key));
+        history.record_put(&live.to_kv(&req.key), prev.as_ref().map_or(0, |p| p.mod_revision));
         self.live.insert(req.key.clone(), live);
         PutResponse {
             prev_kv: if req.prev_kv {
@@ -458,7 +459,7 @@ impl KvStore {
         let mut prev_kvs = Vec::new();
         for k in &keys {
             let old = self.live.remove(k).expect("key listed from the live map");
-            history.record_delete(k, rev);
+            history.record_delete(k, rev, old.mod_revision);
             if req.prev_kv {
                 prev_kvs.push(old.to_kv(k));
             }

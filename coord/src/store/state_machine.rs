@@ -40,6 +40,8 @@ const KEY_COMPACT: &[u8] = b"m/compact";
 const KEY_CLUSTER: &[u8] = b"m/cluster";
 const PREFIX_HIST: u8 = b'h';
 const PREFIX_REV: u8 = b'r';
+const OP_PUT: u8 = 0;
+const OP_DELETE: u8 = 1;
 
 /// Cluster identity, replicated so every master can check join tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,19 +97,6 @@ fn rev_key(rev: i64, n: u32) -> Vec<u8> {
 }
 
 /// Splits an `h/` key into user key and revision.
-/// Whether a stored version is a tombstone, from the enum tag alone (bincode writes the
-/// variant index first), without decoding the value.
-fn is_tombstone(v: &[u8]) -> io::Result<bool> {
-    match v.first() {
-        Some(0) => Ok(false),
-        Some(1) => Ok(true),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "corrupt history record",
-        )),
-    }
-}
-
 fn parse_hist_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     let (key, rest) = unescape_key(k.get(1..)?)?;
     (rest.len() == 8).then(|| (key, key_u64(rest) as i64))
@@ -125,16 +114,22 @@ impl DbHistory<'_> {
         self.db.cf_handle(CF_SM).expect("sm column family")
     }
 
-    fn index(&mut self, key: &[u8], rev: i64) {
+    /// `r/<rev><n>` → op byte (`OP_PUT`/`OP_DELETE`) ++ previous revision of the key
+    /// (8 bytes, 0 if none) ++ key.
+    fn index(&mut self, key: &[u8], rev: i64, op: u8, prev_rev: i64) {
         let rk = rev_key(rev, self.n);
         self.n += 1;
         let cf = self.db.cf_handle(CF_SM).expect("sm column family");
-        self.batch.put_cf(cf, rk, key);
+        let mut v = Vec::with_capacity(key.len() + 9);
+        v.push(op);
+        v.extend_from_slice(&u64_key(prev_rev as u64));
+        v.extend_from_slice(key);
+        self.batch.put_cf(cf, rk, v);
     }
 }
 
 impl History for DbHistory<'_> {
-    fn record_put(&mut self, kv: &KeyValue) {
+    fn record_put(&mut self, kv: &KeyValue, prev_revision: i64) {
         let rec = HistRecord::Put {
             create_revision: kv.create_revision,
             version: kv.version,
@@ -144,14 +139,14 @@ impl History for DbHistory<'_> {
         let v = encode(&rec).expect("encode history record");
         let cf = self.db.cf_handle(CF_SM).expect("sm column family");
         self.batch.put_cf(cf, hist_key(&kv.key, kv.mod_revision), v);
-        self.index(&kv.key, kv.mod_revision);
+        self.index(&kv.key, kv.mod_revision, OP_PUT, prev_revision);
     }
 
-    fn record_delete(&mut self, key: &[u8], revision: i64) {
+    fn record_delete(&mut self, key: &[u8], revision: i64, prev_revision: i64) {
         let v = encode(&HistRecord::Delete).expect("encode history record");
         let cf = self.db.cf_handle(CF_SM).expect("sm column family");
         self.batch.put_cf(cf, hist_key(key, revision), v);
-        self.index(key, revision);
+        self.index(key, revision, OP_DELETE, prev_revision);
     }
 
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
@@ -373,50 +368,48 @@ impl StateMachineStore {
     }
 
     /// Removes versions that no read at or after `to` can see: for each key written in
-    /// (`from`, `to`], every version but the newest at or below `to`, and that one too
-    /// if it is a tombstone. Work is proportional to the revisions discarded.
+    /// (`from`, `to`], every version older than the newest at or below `to`, and that one
+    /// too if it is a tombstone. The `r/` index lists the writes of the window with each
+    /// write's previous revision, so the dead versions are known without reading any
+    /// `h/` record, and are removed with point deletes (range tombstones would slow every
+    /// later iterator). Work is proportional to the revisions discarded.
     fn compact(&self, from: i64, to: i64, batch: &mut WriteBatch) -> io::Result<()> {
+        struct Touched {
+            /// Revision of the version before the window's first write (0: none).
+            before: i64,
+            revs: Vec<i64>,
+            last_deleted: bool,
+        }
         let cf = self.cf();
-        let mut touched: BTreeMap<Vec<u8>, Vec<i64>> = BTreeMap::new();
-        let start = rev_key(from.max(0), 0);
+        let mut touched: BTreeMap<Vec<u8>, Touched> = BTreeMap::new();
+        let start = rev_key(from + 1, 0);
         let end = rev_key(to + 1, 0);
         let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(end.clone());
-        for item in self.db.iterator_cf_opt(
-            cf,
-            ro,
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
+        ro.set_iterate_upper_bound(end);
+        for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
             let (k, v) = item.map_err(io_err)?;
             let rev = key_u64(&k[1..9]) as i64;
-            touched.entry(v.to_vec()).or_default().push(rev);
-        }
-        // One raw iterator, re-seeked per key: creating an iterator per key costs more
-        // than the scan itself.
-        let mut it = self.db.raw_iterator_cf(cf);
-        for (key, _) in touched {
-            // Every stored version of the key at or below `to`, oldest first.
-            let prefix = hist_prefix(&key);
-            let upper = hist_key(&key, to + 1);
-            let mut versions: Vec<(Vec<u8>, bool)> = Vec::new();
-            it.seek(&prefix);
-            while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                if k >= upper.as_slice() {
-                    break;
-                }
-                let tomb = is_tombstone(v)?;
-                versions.push((k.to_vec(), tomb));
-                it.next();
+            if v.len() < 9 {
+                return Err(io_err("corrupt revision index entry"));
             }
-            it.status().map_err(io_err)?;
-            if let Some((_, newest_is_tomb)) = versions.last().cloned() {
-                let keep = if newest_is_tomb { 0 } else { 1 };
-                for (k, _) in &versions[..versions.len() - keep] {
-                    batch.delete_cf(cf, k);
-                }
+            let (op, prev, key) = (v[0], key_u64(&v[1..9]) as i64, &v[9..]);
+            // Revisions come in order: the first seen per key carries the version before
+            // the window, the last one is the newest.
+            let t = touched.entry(key.to_vec()).or_insert(Touched { before: prev, revs: Vec::new(), last_deleted: false });
+            t.revs.push(rev);
+            t.last_deleted = op == OP_DELETE;
+            batch.delete_cf(cf, &k);
+        }
+        for (key, t) in touched {
+            let newest = *t.revs.last().expect("at least one revision");
+            let older = t.revs[..t.revs.len() - 1].iter().copied().chain((t.before > 0).then_some(t.before));
+            for r in older.filter(|r| *r != newest) {
+                batch.delete_cf(cf, hist_key(&key, r));
+            }
+            if t.last_deleted {
+                batch.delete_cf(cf, hist_key(&key, newest));
             }
         }
-        batch.delete_range_cf(cf, start, end);
         Ok(())
     }
 
@@ -704,10 +697,10 @@ pub fn range_at_revision(db: &DB, range: &KeyRange, revision: i64) -> io::Result
 pub struct ReadOnlyHistory<'a>(pub &'a DB);
 
 impl History for ReadOnlyHistory<'_> {
-    fn record_put(&mut self, _: &KeyValue) {
+    fn record_put(&mut self, _: &KeyValue, _: i64) {
         unreachable!("read-only history used for a write")
     }
-    fn record_delete(&mut self, _: &[u8], _: i64) {
+    fn record_delete(&mut self, _: &[u8], _: i64, _: i64) {
         unreachable!("read-only history used for a write")
     }
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
@@ -715,22 +708,3 @@ impl History for ReadOnlyHistory<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tombstone_tag_matches_the_encoding() {
-        let put = encode(&HistRecord::Put {
-            create_revision: 1,
-            version: 1,
-            lease: 0,
-            value: vec![1],
-        })
-        .unwrap();
-        let del = encode(&HistRecord::Delete).unwrap();
-        assert!(!is_tombstone(&put).unwrap());
-        assert!(is_tombstone(&del).unwrap());
-        assert!(is_tombstone(&[]).is_err());
-    }
-}

@@ -430,7 +430,10 @@ impl KvStore {
             lease,
             value,
         };
-        history.record_put(&live.to_kv(&req.key), prev.as_ref().map_or(0, |p| p.mod_revision));
+        history.record_put(
+            &live.to_kv(&req.key),
+            prev.as_ref().map_or(0, |p| p.mod_revision),
+        );
         self.live.insert(req.key.clone(), live);
         PutResponse {
             prev_kv: if req.prev_kv {

@@ -386,7 +386,11 @@ impl StateMachineStore {
         let end = rev_key(to + 1, 0);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end);
-        for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(
+            cf,
+            ro,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
             let (k, v) = item.map_err(io_err)?;
             let rev = key_u64(&k[1..9]) as i64;
             if v.len() < 9 {
@@ -395,14 +399,21 @@ impl StateMachineStore {
             let (op, prev, key) = (v[0], key_u64(&v[1..9]) as i64, &v[9..]);
             // Revisions come in order: the first seen per key carries the version before
             // the window, the last one is the newest.
-            let t = touched.entry(key.to_vec()).or_insert(Touched { before: prev, revs: Vec::new(), last_deleted: false });
+            let t = touched.entry(key.to_vec()).or_insert(Touched {
+                before: prev,
+                revs: Vec::new(),
+                last_deleted: false,
+            });
             t.revs.push(rev);
             t.last_deleted = op == OP_DELETE;
             batch.delete_cf(cf, &k);
         }
         for (key, t) in touched {
             let newest = *t.revs.last().expect("at least one revision");
-            let older = t.revs[..t.revs.len() - 1].iter().copied().chain((t.before > 0).then_some(t.before));
+            let older = t.revs[..t.revs.len() - 1]
+                .iter()
+                .copied()
+                .chain((t.before > 0).then_some(t.before));
             for r in older.filter(|r| *r != newest) {
                 batch.delete_cf(cf, hist_key(&key, r));
             }
@@ -707,4 +718,3 @@ impl History for ReadOnlyHistory<'_> {
         range_at_revision(self.0, range, revision)
     }
 }
-

@@ -192,7 +192,13 @@ async fn snapshot_install_reproduces_the_state_byte_for_byte() {
 async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
     use std::collections::BTreeMap;
     let dir = tempfile::tempdir().unwrap();
-    let open = || StateMachineStore::new(open_db(&dir.path().join("db")).unwrap(), dir.path().join("snap")).unwrap();
+    let open = || {
+        StateMachineStore::new(
+            open_db(&dir.path().join("db")).unwrap(),
+            dir.path().join("snap"),
+        )
+        .unwrap()
+    };
     let mut sm = open();
     // states[r] = the store at revision r (revision 1 is empty).
     let mut states: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(), BTreeMap::new()];
@@ -207,8 +213,15 @@ async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
     let check = |sm: &StateMachineStore, states: &Vec<BTreeMap<String, String>>, compacted: i64| {
         let current = states.len() as i64 - 1;
         for r in compacted.max(1)..=current {
-            let want: Vec<String> = states[r as usize].iter().map(|(k, v)| format!("{k}={v}")).collect();
-            assert_eq!(read(sm, "k", r).unwrap(), want, "read at revision {r} (compacted {compacted})");
+            let want: Vec<String> = states[r as usize]
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            assert_eq!(
+                read(sm, "k", r).unwrap(),
+                want,
+                "read at revision {r} (compacted {compacted})"
+            );
         }
         if compacted > 1 {
             assert!(read(sm, "k", compacted - 1).is_err());
@@ -223,7 +236,10 @@ async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
             apply(&mut sm, vec![put_entry(index, &key, &format!("v{index}"))]).await;
             states.push(next);
         } else if roll < 90 {
-            let del = coord::kv::types::DeleteRangeRequest { key: key.clone().into_bytes(), ..Default::default() };
+            let del = coord::kv::types::DeleteRangeRequest {
+                key: key.clone().into_bytes(),
+                ..Default::default()
+            };
             apply(&mut sm, vec![cmd_entry(index, Command::DeleteRange(del))]).await;
             if next.remove(&key).is_some() {
                 states.push(next);
@@ -232,7 +248,11 @@ async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
             let current = states.len() as i64 - 1;
             if current > compacted {
                 let to = compacted + 1 + rnd((current - compacted) as u64) as i64;
-                apply(&mut sm, vec![cmd_entry(index, Command::Compact { revision: to })]).await;
+                apply(
+                    &mut sm,
+                    vec![cmd_entry(index, Command::Compact { revision: to })],
+                )
+                .await;
                 compacted = to;
                 check(&sm, &states, compacted);
             } else {

@@ -24,10 +24,7 @@ async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
     for _ in 0..50 {
         for e in endpoints {
             let Ok(ch) = channel(e) else { continue };
-            if let Ok(r) = MaintenanceClient::new(ch)
-                .status(epb::StatusRequest {})
-                .await
-            {
+            if let Ok(r) = MaintenanceClient::new(ch).status(epb::StatusRequest {}).await {
                 let r = r.into_inner();
                 if r.leader != 0 && r.header.map(|h| h.member_id) == Some(r.leader) {
                     return Ok(e.clone());
@@ -68,8 +65,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let channels: Vec<Channel> = (0..conns)
         .map(|i| {
             // connect_lazy shares nothing between Channels, so each is its own TCP connection.
-            channel(&targets[i % targets.len()])
-                .map_err(|s| anyhow::anyhow!(s.message().to_string()))
+            channel(&targets[i % targets.len()]).map_err(|s| anyhow::anyhow!(s.message().to_string()))
         })
         .collect::<anyhow::Result<_>>()?;
     let shared = Arc::new(Shared {
@@ -82,8 +78,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let value = vec![b'x'; a.value_size];
     let mut tasks = Vec::new();
     for i in 0..a.clients {
-        let mut kv =
-            KvClient::new(channels[i % channels.len()].clone()).max_decoding_message_size(64 << 20);
+        let mut kv = KvClient::new(channels[i % channels.len()].clone()).max_decoding_message_size(64 << 20);
         let shared = shared.clone();
         let value = value.clone();
         let (op, keys, serializable) = (a.op, a.keys, a.serializable);
@@ -93,22 +88,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 let key = format!("bench/{:08}", rand::rng().random_range(0..keys)).into_bytes();
                 let t = Instant::now();
                 let res = match op {
-                    BenchOp::Put => kv
-                        .put(epb::PutRequest {
-                            key,
-                            value: value.clone(),
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ()),
-                    BenchOp::Get => kv
-                        .range(epb::RangeRequest {
-                            key,
-                            serializable,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ()),
+                    BenchOp::Put => {
+                        kv.put(epb::PutRequest { key, value: value.clone(), ..Default::default() }).await.map(|_| ())
+                    }
+                    BenchOp::Get => {
+                        kv.range(epb::RangeRequest { key, serializable, ..Default::default() }).await.map(|_| ())
+                    }
                 };
                 match res {
                     Ok(()) => {

@@ -21,13 +21,7 @@ pub struct Cli {
 pub struct ClientOpts {
     /// Comma-separated host:port list of masters to talk to. Any master works; the
     /// client follows the leader.
-    #[arg(
-        long,
-        env = "CLUSTER_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:2379",
-        global = true
-    )]
+    #[arg(long, env = "CLUSTER_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379", global = true)]
     pub endpoints: Vec<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, global = true)]
@@ -193,12 +187,7 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub op: BenchOp,
     /// Comma-separated etcd v3 endpoints (cluster or etcd).
-    #[arg(
-        long,
-        env = "CLUSTER_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:2379"
-    )]
+    #[arg(long, env = "CLUSTER_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
     pub endpoints: Vec<String>,
     /// Concurrent clients, each with one request in flight.
     #[arg(long, default_value_t = 1)]
@@ -241,9 +230,7 @@ pub enum BenchTarget {
 impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Init { .. } | Command::Join { .. } | Command::Start { .. } => {
-                "info,openraft=warn"
-            }
+            Command::Init { .. } | Command::Join { .. } | Command::Start { .. } => "info,openraft=warn",
             _ => "warn",
         }
     }
@@ -251,21 +238,9 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Init { node } => crate::daemon::init(node).await,
-            Command::Join {
-                node,
-                token,
-                seed_addr,
-            } => crate::daemon::join(node, token, seed_addr).await,
-            Command::Start {
-                data_dir,
-                listen,
-                tuning,
-            } => crate::daemon::start(data_dir, listen, tuning).await,
-            Command::Token {
-                role,
-                quiet,
-                client,
-            } => crate::commands::token(&client, role, quiet).await,
+            Command::Join { node, token, seed_addr } => crate::daemon::join(node, token, seed_addr).await,
+            Command::Start { data_dir, listen, tuning } => crate::daemon::start(data_dir, listen, tuning).await,
+            Command::Token { role, quiet, client } => crate::commands::token(&client, role, quiet).await,
             Command::Status { client } => crate::commands::status(&client).await,
             Command::Members { client } => crate::commands::members(&client).await,
             Command::Leave { node_id, client } => crate::commands::leave(&client, node_id).await,

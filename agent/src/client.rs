@@ -32,11 +32,7 @@ where
         match f(channel(&addr)?).await {
             Ok(v) => return Ok(v),
             Err(s) if s.code() == Code::Unavailable => {
-                if let Some(leader) = s
-                    .metadata()
-                    .get(LEADER_ADDR_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                {
+                if let Some(leader) = s.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()) {
                     if !queue[i + 1..].iter().any(|q| q == leader) {
                         queue.insert(i + 1, leader.to_string());
                     }

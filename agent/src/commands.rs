@@ -17,9 +17,7 @@ pub async fn token(c: &ClientOpts, role: TokenRole, quiet: bool) -> anyhow::Resu
         TokenRole::Worker => "worker",
     };
     let t = call(&c.endpoints, |ch| async move {
-        ClusterAdminClient::new(ch)
-            .token(cpb::TokenRequest { role: role.into() })
-            .await
+        ClusterAdminClient::new(ch).token(cpb::TokenRequest { role: role.into() }).await
     })
     .await
     .map_err(status_err)?
@@ -31,32 +29,21 @@ pub async fn token(c: &ClientOpts, role: TokenRole, quiet: bool) -> anyhow::Resu
         json(&json!({ "role": role, "token": t }));
     } else {
         println!("To add a {role} to this cluster, run:");
-        println!(
-            "    cluster join --data-dir DIR --listen IP:PORT --token {t} {}",
-            c.endpoints[0]
-        );
+        println!("    cluster join --data-dir DIR --listen IP:PORT --token {t} {}", c.endpoints[0]);
     }
     Ok(())
 }
 
 async fn fetch_status(c: &ClientOpts) -> anyhow::Result<cpb::StatusResponse> {
-    let s = call(&c.endpoints, |ch| async move {
-        ClusterAdminClient::new(ch)
-            .status(cpb::StatusRequest {})
-            .await
-    })
-    .await
-    .map_err(status_err)?
-    .into_inner();
+    let s = call(&c.endpoints, |ch| async move { ClusterAdminClient::new(ch).status(cpb::StatusRequest {}).await })
+        .await
+        .map_err(status_err)?
+        .into_inner();
     // The leader knows each member's replication lag: prefer its view.
     if !s.from_leader && !s.leader_addr.is_empty() {
         let leader = vec![s.leader_addr.clone()];
-        if let Ok(l) = call(&leader, |ch| async move {
-            ClusterAdminClient::new(ch)
-                .status(cpb::StatusRequest {})
-                .await
-        })
-        .await
+        if let Ok(l) =
+            call(&leader, |ch| async move { ClusterAdminClient::new(ch).status(cpb::StatusRequest {}).await }).await
         {
             return Ok(l.into_inner());
         }
@@ -77,11 +64,7 @@ fn member_rows(ms: &[cpb::Member]) -> Vec<Vec<String>> {
                 m.name.clone(),
                 m.addr.clone(),
                 m.role.clone(),
-                if m.is_leader {
-                    "*".into()
-                } else {
-                    String::new()
-                },
+                if m.is_leader { "*".into() } else { String::new() },
                 opt(m.matched_index),
                 opt(m.lag),
             ]
@@ -117,28 +100,19 @@ pub async fn status(c: &ClientOpts) -> anyhow::Result<()> {
         opt(s.applied_index),
         opt(s.snapshot_index)
     );
-    println!(
-        "revision:  {} (compacted below {})",
-        s.revision, s.compact_revision
-    );
+    println!("revision:  {} (compacted below {})", s.revision, s.compact_revision);
     println!();
     table(&MEMBER_HEADER, &member_rows(&s.members));
     Ok(())
 }
 
 pub async fn members(c: &ClientOpts) -> anyhow::Result<()> {
-    let m = call(&c.endpoints, |ch| async move {
-        ClusterAdminClient::new(ch)
-            .members(cpb::MembersRequest {})
-            .await
-    })
-    .await
-    .map_err(status_err)?
-    .into_inner();
+    let m = call(&c.endpoints, |ch| async move { ClusterAdminClient::new(ch).members(cpb::MembersRequest {}).await })
+        .await
+        .map_err(status_err)?
+        .into_inner();
     if c.output == OutputFormat::Json {
-        json(
-            &json!({"leader_id": m.leader_id, "members": m.members.iter().map(member_json).collect::<Vec<_>>()}),
-        );
+        json(&json!({"leader_id": m.leader_id, "members": m.members.iter().map(member_json).collect::<Vec<_>>()}));
     } else {
         table(&MEMBER_HEADER, &member_rows(&m.members));
     }
@@ -150,24 +124,16 @@ pub async fn leave(c: &ClientOpts, node_id: Option<u64>) -> anyhow::Result<()> {
         Some(id) => id,
         None => {
             let first = vec![c.endpoints[0].clone()];
-            call(&first, |ch| async move {
-                ClusterAdminClient::new(ch)
-                    .status(cpb::StatusRequest {})
-                    .await
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner()
-            .node_id
+            call(&first, |ch| async move { ClusterAdminClient::new(ch).status(cpb::StatusRequest {}).await })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .node_id
         }
     };
-    call(&c.endpoints, |ch| async move {
-        ClusterAdminClient::new(ch)
-            .leave(cpb::LeaveRequest { node_id: id })
-            .await
-    })
-    .await
-    .map_err(status_err)?;
+    call(&c.endpoints, |ch| async move { ClusterAdminClient::new(ch).leave(cpb::LeaveRequest { node_id: id }).await })
+        .await
+        .map_err(status_err)?;
     if c.output == OutputFormat::Json {
         json(&json!({"removed": id}));
     } else {
@@ -183,11 +149,7 @@ fn lossy(b: &[u8]) -> String {
 pub async fn kv(c: &ClientOpts, op: KvOp) -> anyhow::Result<()> {
     match op {
         KvOp::Put { key, value } => {
-            let req = epb::PutRequest {
-                key: key.into_bytes(),
-                value: value.into_bytes(),
-                ..Default::default()
-            };
+            let req = epb::PutRequest { key: key.into_bytes(), value: value.into_bytes(), ..Default::default() };
             let r = call(&c.endpoints, |ch| {
                 let req = req.clone();
                 async move { KvClient::new(ch).put(req).await }
@@ -202,21 +164,11 @@ pub async fn kv(c: &ClientOpts, op: KvOp) -> anyhow::Result<()> {
                 println!("OK (revision {rev})");
             }
         }
-        KvOp::Get {
-            key,
-            prefix,
-            rev,
-            keys_only,
-            serializable,
-        } => {
+        KvOp::Get { key, prefix, rev, keys_only, serializable } => {
             if key.is_empty() {
                 bail!("key must not be empty");
             }
-            let range_end = if prefix {
-                coord::kv::prefix_range_end(key.as_bytes())
-            } else {
-                vec![]
-            };
+            let range_end = if prefix { coord::kv::prefix_range_end(key.as_bytes()) } else { vec![] };
             let req = epb::RangeRequest {
                 key: key.into_bytes(),
                 range_end,
@@ -236,12 +188,12 @@ pub async fn kv(c: &ClientOpts, op: KvOp) -> anyhow::Result<()> {
                 let kvs: Vec<_> = r
                     .kvs
                     .iter()
-                    .map(|kv| json!({"key": lossy(&kv.key), "value": lossy(&kv.value), "create_revision": kv.create_revision,
-                                     "mod_revision": kv.mod_revision, "version": kv.version, "lease": kv.lease}))
+                    .map(|kv| {
+                        json!({"key": lossy(&kv.key), "value": lossy(&kv.value), "create_revision": kv.create_revision,
+                                     "mod_revision": kv.mod_revision, "version": kv.version, "lease": kv.lease})
+                    })
                     .collect();
-                json(
-                    &json!({"revision": r.header.map(|h| h.revision), "count": r.count, "kvs": kvs}),
-                );
+                json(&json!({"revision": r.header.map(|h| h.revision), "count": r.count, "kvs": kvs}));
             } else if keys_only {
                 for kv in &r.kvs {
                     println!("{}", lossy(&kv.key));
@@ -251,28 +203,15 @@ pub async fn kv(c: &ClientOpts, op: KvOp) -> anyhow::Result<()> {
                     .kvs
                     .iter()
                     .map(|kv| {
-                        vec![
-                            lossy(&kv.key),
-                            lossy(&kv.value),
-                            kv.mod_revision.to_string(),
-                            kv.version.to_string(),
-                        ]
+                        vec![lossy(&kv.key), lossy(&kv.value), kv.mod_revision.to_string(), kv.version.to_string()]
                     })
                     .collect();
                 table(&["KEY", "VALUE", "MOD_REVISION", "VERSION"], &rows);
             }
         }
         KvOp::Del { key, prefix } => {
-            let range_end = if prefix {
-                coord::kv::prefix_range_end(key.as_bytes())
-            } else {
-                vec![]
-            };
-            let req = epb::DeleteRangeRequest {
-                key: key.into_bytes(),
-                range_end,
-                prev_kv: false,
-            };
+            let range_end = if prefix { coord::kv::prefix_range_end(key.as_bytes()) } else { vec![] };
+            let req = epb::DeleteRangeRequest { key: key.into_bytes(), range_end, prev_kv: false };
             let r = call(&c.endpoints, |ch| {
                 let req = req.clone();
                 async move { KvClient::new(ch).delete_range(req).await }

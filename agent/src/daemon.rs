@@ -54,7 +54,11 @@ fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
 fn read_node_file(dir: &Path) -> anyhow::Result<NodeFile> {
     let p = dir.join(NODE_FILE);
     let b = std::fs::read(&p).with_context(|| {
-        format!("{} not found: {} is not a node data dir (create one with `cluster init` or `cluster join`)", p.display(), dir.display())
+        format!(
+            "{} not found: {} is not a node data dir (create one with `cluster init` or `cluster join`)",
+            p.display(),
+            dir.display()
+        )
     })?;
     serde_json::from_slice(&b).with_context(|| format!("corrupt {}", p.display()))
 }
@@ -72,17 +76,10 @@ fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn resolve_addrs(node: &NodeArgs) -> anyhow::Result<(String, String)> {
-    let listen: SocketAddr = node
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {:?} is not IP:PORT", node.listen))?;
-    let advertise = node
-        .advertise
-        .clone()
-        .unwrap_or_else(|| node.listen.clone());
-    let adv: SocketAddr = advertise
-        .parse()
-        .with_context(|| format!("--advertise {advertise:?} is not IP:PORT"))?;
+    let listen: SocketAddr =
+        node.listen.parse().with_context(|| format!("--listen {:?} is not IP:PORT", node.listen))?;
+    let advertise = node.advertise.clone().unwrap_or_else(|| node.listen.clone());
+    let adv: SocketAddr = advertise.parse().with_context(|| format!("--advertise {advertise:?} is not IP:PORT"))?;
     if adv.ip().is_unspecified() {
         bail!("--listen {listen} is a wildcard address; give --advertise with the address other nodes should use");
     }
@@ -90,9 +87,7 @@ fn resolve_addrs(node: &NodeArgs) -> anyhow::Result<(String, String)> {
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))
+    TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))
 }
 
 fn secret() -> String {
@@ -110,43 +105,25 @@ pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
         role: "manager".into(),
         listen,
         advertise,
-        init: Some(InitFile {
-            manager_secret: secret(),
-            worker_secret: secret(),
-        }),
+        init: Some(InitFile { manager_secret: secret(), worker_secret: secret() }),
     };
     write_node_file(&node.data_dir, &file)?;
     let coord = open(&node.data_dir, &file, &node.tuning).await?;
-    coord
-        .initialize()
-        .await
-        .context("initialize the Raft group")?;
+    coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
     wait_for_identity(&coord).await?;
-    let st = coord.state.read().expect("sm lock").cluster.clone();
+    let st = coord.cluster();
     let mt = coord::token::format_token(&st.cluster_id, &st.manager_secret);
     let wt = coord::token::format_token(&st.cluster_id, &st.worker_secret);
-    println!(
-        "Cluster {} initialized; this is node 1 ({}), its leader.",
-        st.cluster_id, file.advertise
-    );
+    println!("Cluster {} initialized; this is node 1 ({}), its leader.", st.cluster_id, file.advertise);
     println!();
     println!("To add a manager (master), run on the other machine:");
-    println!(
-        "    cluster join --data-dir DIR --listen IP:PORT --token {mt} {}",
-        file.advertise
-    );
+    println!("    cluster join --data-dir DIR --listen IP:PORT --token {mt} {}", file.advertise);
     println!();
     println!("To add a worker:");
-    println!(
-        "    cluster join --data-dir DIR --listen IP:PORT --token {wt} {}",
-        file.advertise
-    );
+    println!("    cluster join --data-dir DIR --listen IP:PORT --token {wt} {}", file.advertise);
     println!();
-    println!(
-        "etcdctl works too: ETCDCTL_API=3 etcdctl --endpoints {} member list",
-        file.advertise
-    );
+    println!("etcdctl works too: ETCDCTL_API=3 etcdctl --endpoints {} member list", file.advertise);
     serving.await
 }
 
@@ -158,14 +135,7 @@ fn hex_id() -> String {
 
 async fn wait_for_identity(coord: &CoordNode) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if !coord
-            .state
-            .read()
-            .expect("sm lock")
-            .cluster
-            .cluster_id
-            .is_empty()
-        {
+        if !coord.cluster_id().is_empty() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -178,14 +148,7 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
     coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
-    let resp = match join_rpc(
-        &seed,
-        &token,
-        &advertise,
-        node.name.clone().unwrap_or_default(),
-    )
-    .await
-    {
+    let resp = match join_rpc(&seed, &token, &advertise, node.name.clone().unwrap_or_default()).await {
         Ok(r) => r,
         Err(e) => {
             // Leave nothing behind: the directory must stay usable for another attempt.
@@ -195,10 +158,7 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
     };
     let file = NodeFile {
         node_id: resp.node_id,
-        name: node
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("node-{}", resp.node_id)),
+        name: node.name.clone().unwrap_or_else(|| format!("node-{}", resp.node_id)),
         cluster_id: resp.cluster_id.clone(),
         role: resp.role.clone(),
         listen,
@@ -206,10 +166,7 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
         init: None,
     };
     write_node_file(&node.data_dir, &file)?;
-    println!(
-        "Joined cluster {} as node {} ({}).",
-        resp.cluster_id, resp.node_id, resp.role
-    );
+    println!("Joined cluster {} as node {} ({}).", resp.cluster_id, resp.node_id, resp.role);
     run(&node.data_dir, file, listener, &node.tuning).await
 }
 
@@ -226,11 +183,7 @@ async fn join_rpc(
         .await
         .with_context(|| format!("cannot reach {seed}"))?;
     let mut c = ClusterAdminClient::new(ch);
-    let req = JoinRequest {
-        token: token.to_string(),
-        advertise_addr: advertise.to_string(),
-        name,
-    };
+    let req = JoinRequest { token: token.to_string(), advertise_addr: advertise.to_string(), name };
     // A cluster that just started may still be committing its identity.
     let mut attempts = 0;
     loop {
@@ -245,11 +198,7 @@ async fn join_rpc(
     }
 }
 
-pub async fn start(
-    data_dir: PathBuf,
-    listen: Option<String>,
-    tuning: Tuning,
-) -> anyhow::Result<()> {
+pub async fn start(data_dir: PathBuf, listen: Option<String>, tuning: Tuning) -> anyhow::Result<()> {
     let mut file = read_node_file(&data_dir)?;
     if let Some(l) = listen {
         file.listen = l;
@@ -259,12 +208,7 @@ pub async fn start(
     run(&data_dir, file, listener, &tuning).await
 }
 
-async fn run(
-    dir: &Path,
-    file: NodeFile,
-    listener: TcpListener,
-    tuning: &Tuning,
-) -> anyhow::Result<()> {
+async fn run(dir: &Path, file: NodeFile, listener: TcpListener, tuning: &Tuning) -> anyhow::Result<()> {
     if file.role == "worker" {
         return run_worker(file).await;
     }
@@ -296,10 +240,7 @@ async fn open(dir: &Path, file: &NodeFile, tuning: &Tuning) -> anyhow::Result<Ar
 }
 
 /// Serves until Ctrl-C, SIGTERM or removal from the cluster, then shuts Raft down.
-fn serve(
-    coord: Arc<CoordNode>,
-    listener: TcpListener,
-) -> impl std::future::Future<Output = anyhow::Result<()>> {
+fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Future<Output = anyhow::Result<()>> {
     let mut removed = coord.removed();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(coord::grpc::serve(coord.clone(), listener, async move {
@@ -318,10 +259,7 @@ fn serve(
         };
         info!("shutting down: {reason}");
         let _ = stop_tx.send(());
-        if tokio::time::timeout(Duration::from_secs(3), coord.shutdown())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(3), coord.shutdown()).await.is_err() {
             warn!("raft shutdown timed out");
         }
         Ok(())

@@ -31,10 +31,7 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("CLUSTER_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = std::env::var("CLUSTER_WORKER_THREADS").ok().and_then(|v| v.parse().ok()) {
         b.worker_threads(n);
     }
     let rt = b.enable_all().build().expect("tokio runtime");

@@ -5,9 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::types::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
-};
+use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 use crate::types::NodeId;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,4 +81,8 @@ pub enum ApplyError {
     AlreadyInitialized,
     #[error("{0}")]
     Other(String),
+    /// Reading the node's own storage failed. Not a verdict on the request: apply stops
+    /// the node rather than answer differently from the other members.
+    #[error("storage error: {0}")]
+    Storage(String),
 }

@@ -56,14 +56,10 @@ impl CoordConfig {
             return Err("heartbeat_interval_ms must be > 0".into());
         }
         if self.election_timeout_min_ms < 2 * self.heartbeat_interval_ms {
-            return Err(
-                "election_timeout_min_ms must be at least twice heartbeat_interval_ms".into(),
-            );
+            return Err("election_timeout_min_ms must be at least twice heartbeat_interval_ms".into());
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err(
-                "election_timeout_max_ms must be greater than election_timeout_min_ms".into(),
-            );
+            return Err("election_timeout_max_ms must be greater than election_timeout_min_ms".into());
         }
         if self.request_timeout_ms < self.election_timeout_max_ms {
             return Err("request_timeout_ms must be at least election_timeout_max_ms".into());
@@ -106,15 +102,9 @@ mod tests {
     fn default_config_is_valid_and_bad_ones_are_refused() {
         CoordConfig::default().validate().unwrap();
         CoordConfig::default().raft_config().unwrap();
-        let bad = CoordConfig {
-            election_timeout_max_ms: 100,
-            ..Default::default()
-        };
+        let bad = CoordConfig { election_timeout_max_ms: 100, ..Default::default() };
         assert!(bad.validate().is_err());
-        let bad = CoordConfig {
-            heartbeat_interval_ms: 0,
-            ..Default::default()
-        };
+        let bad = CoordConfig { heartbeat_interval_ms: 0, ..Default::default() };
         assert!(bad.validate().is_err());
     }
 }

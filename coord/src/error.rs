@@ -14,10 +14,7 @@ pub const LEADER_ID_HEADER: &str = "x-cluster-leader-id";
 pub enum CoordError {
     /// This node is not the leader; the answer names the leader when known.
     #[error("not the leader{}", leader_addr.as_ref().map(|a| format!("; leader is {a}")).unwrap_or_default())]
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
+    NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String> },
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error("{0}")]
@@ -39,23 +36,15 @@ pub enum CoordError {
 impl From<CoordError> for Status {
     fn from(e: CoordError) -> Status {
         match e {
-            CoordError::NotLeader {
-                leader_id,
-                leader_addr,
-            } => {
+            CoordError::NotLeader { leader_id, leader_addr } => {
                 let mut s = Status::unavailable(
-                    CoordError::NotLeader {
-                        leader_id,
-                        leader_addr: leader_addr.clone(),
-                    }
-                    .to_string(),
+                    CoordError::NotLeader { leader_id, leader_addr: leader_addr.clone() }.to_string(),
                 );
                 if let Some(a) = leader_addr.and_then(|a| MetadataValue::try_from(a).ok()) {
                     s.metadata_mut().insert(LEADER_ADDR_HEADER, a);
                 }
                 if let Some(id) = leader_id {
-                    s.metadata_mut()
-                        .insert(LEADER_ID_HEADER, MetadataValue::from(id));
+                    s.metadata_mut().insert(LEADER_ID_HEADER, MetadataValue::from(id));
                 }
                 s
             }
@@ -66,6 +55,7 @@ impl From<CoordError> for Status {
                     ApplyError::LeaseNotFound => Code::NotFound,
                     ApplyError::AlreadyInitialized => Code::AlreadyExists,
                     ApplyError::Other(_) => Code::FailedPrecondition,
+                    ApplyError::Storage(_) => Code::Internal,
                     _ => Code::InvalidArgument,
                 };
                 let msg = match a {

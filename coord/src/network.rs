@@ -11,8 +11,7 @@ use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
 use proto::raftpb::raft_client::RaftClient;
@@ -48,32 +47,18 @@ pub struct Connection {
 impl Connection {
     fn new(target: NodeId, addr: &str) -> Connection {
         let client = endpoint(addr).ok().map(|e| {
-            RaftClient::new(e.connect_lazy())
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20)
+            RaftClient::new(e.connect_lazy()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
         });
-        Connection {
-            target,
-            client,
-            addr: addr.to_string(),
-        }
+        Connection { target, client, addr: addr.to_string() }
     }
 
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
-        self.client.clone().ok_or_else(|| {
-            Unreachable::from_string(format!(
-                "invalid address of node {}: {}",
-                self.target, self.addr
-            ))
-        })
+        self.client
+            .clone()
+            .ok_or_else(|| Unreachable::from_string(format!("invalid address of node {}: {}", self.target, self.addr)))
     }
 
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        req: &Req,
-        option: &RPCOption,
-        f: F,
-    ) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp, F, Fut>(&self, req: &Req, option: &RPCOption, f: F) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -84,19 +69,12 @@ impl Connection {
         let client = self.client()?;
         let fut = f(client, RaftPayload { data });
         let resp = match tokio::time::timeout(option.hard_ttl(), fut).await {
-            Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::from_string(
-                    "rpc timed out",
-                )))
-            }
+            Err(_) => return Err(RPCError::Unreachable(Unreachable::from_string("rpc timed out"))),
             Ok(Err(status)) => return Err(status_to_rpc_error(status)),
             Ok(Ok(r)) => r.into_inner(),
         };
-        let res: Result<Resp, String> =
-            decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        res.map_err(|e| {
-            RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}")))
-        })
+        let res: Result<Resp, String> = decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}"))))
     }
 }
 
@@ -125,10 +103,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, p| async move {
-            c.append_entries(p).await
-        })
-        .await
+        self.call(&rpc, &option, |mut c, p| async move { c.append_entries(p).await }).await
     }
 
     fn stream_append<'s, S>(
@@ -137,10 +112,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> BoxFuture<
         's,
-        Result<
-            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
-            RPCError<TypeConfig>,
-        >,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
     >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
@@ -148,26 +120,17 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         Box::pin(async move {
             let mut client = self.client()?;
             // Entries are plain data: encoding them cannot fail.
-            let reqs = input.map(|r| RaftPayload {
-                data: encode(&r).expect("encode AppendEntries"),
-            });
-            let resp =
-                match tokio::time::timeout(option.hard_ttl(), client.stream_append(reqs)).await {
-                    Err(_) => {
-                        return Err(RPCError::Unreachable(Unreachable::from_string(
-                            "stream_append open timed out",
-                        )))
-                    }
-                    Ok(Err(status)) => return Err(status_to_rpc_error(status)),
-                    Ok(Ok(r)) => r.into_inner(),
-                };
+            let reqs = input.map(|r| RaftPayload { data: encode(&r).expect("encode AppendEntries") });
+            let resp = match tokio::time::timeout(option.hard_ttl(), client.stream_append(reqs)).await {
+                Err(_) => return Err(RPCError::Unreachable(Unreachable::from_string("stream_append open timed out"))),
+                Ok(Err(status)) => return Err(status_to_rpc_error(status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
             let out = resp.map(|item| {
                 let p = item.map_err(status_to_rpc_error)?;
                 let r: Result<StreamAppendResult<TypeConfig>, String> =
                     decode(&p.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-                r.map_err(|e| {
-                    RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}")))
-                })
+                r.map_err(|e| RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}"))))
             });
             Ok(Box::pin(out) as BoxStream<'s, _>)
         })
@@ -178,8 +141,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, p| async move { c.vote(p).await })
-            .await
+        self.call(&rpc, &option, |mut c, p| async move { c.vote(p).await }).await
     }
 
     async fn pre_vote(
@@ -187,8 +149,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, p| async move { c.pre_vote(p).await })
-            .await
+        self.call(&rpc, &option, |mut c, p| async move { c.pre_vote(p).await }).await
     }
 
     async fn full_snapshot(
@@ -200,18 +161,16 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
         let meta = encode(&(vote, snapshot.meta.clone())).map_err(|e| NetworkError::new(&e))?;
-        let mut chunks = vec![SnapshotChunk {
-            chunk: Some(snapshot_chunk::Chunk::Meta(meta)),
-        }];
+        let len_mib = snapshot.snapshot.len() >> 20;
+        let mut chunks = vec![SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) }];
         for c in snapshot.snapshot.chunks(SNAPSHOT_CHUNK_BYTES) {
-            chunks.push(SnapshotChunk {
-                chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())),
-            });
+            chunks.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) });
         }
         let send = client.install_snapshot(futures::stream::iter(chunks));
         let resp = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
-            r = tokio::time::timeout(option.hard_ttl().max(Duration::from_secs(30)), send) => r,
+            // Generous and growing with size: a large snapshot must be able to finish.
+            r = tokio::time::timeout(option.hard_ttl().max(Duration::from_secs(30)) + Duration::from_secs(1) * (len_mib as u32), send) => r,
         };
         let resp = match resp {
             Err(_) => return Err(Unreachable::from_string("snapshot transfer timed out").into()),
@@ -220,9 +179,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         };
         let res: Result<SnapshotResponse<TypeConfig>, String> =
             decode(&resp.data).map_err(|e| NetworkError::new(&e))?;
-        res.map_err(|e| {
-            NetworkError::from_string(format!("remote snapshot install failed: {e}")).into()
-        })
+        res.map_err(|e| NetworkError::from_string(format!("remote snapshot install failed: {e}")).into())
     }
 
     fn backoff(&self) -> Option<Backoff> {

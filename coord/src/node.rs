@@ -19,6 +19,7 @@ use crate::command::{Command, Response};
 use crate::config::CoordConfig;
 use crate::error::{CoordError, Result};
 use crate::network::{endpoint, Network};
+use crate::store::state_machine::ClusterMeta;
 use crate::store::{open_db, LogStore, SmState, StateMachineStore};
 use crate::types::{LogEntry, NodeId, NodeInfo, Raft, TypeConfig};
 
@@ -58,24 +59,14 @@ pub struct CoordNode {
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl CoordNode {
     pub async fn open(opts: NodeOptions) -> Result<Arc<CoordNode>> {
-        opts.config
-            .validate()
-            .map_err(CoordError::InvalidArgument)?;
-        let raft_config = Arc::new(
-            opts.config
-                .raft_config()
-                .map_err(CoordError::InvalidArgument)?,
-        );
-        let db = open_db(&opts.data_dir.join("db"))
-            .map_err(|e| CoordError::Internal(format!("open RocksDB: {e}")))?;
+        opts.config.validate().map_err(CoordError::InvalidArgument)?;
+        let raft_config = Arc::new(opts.config.raft_config().map_err(CoordError::InvalidArgument)?);
+        let db = open_db(&opts.data_dir.join("db")).map_err(|e| CoordError::Internal(format!("open RocksDB: {e}")))?;
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::new(db.clone(), opts.data_dir.join("snapshot"))
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
@@ -105,17 +96,8 @@ impl CoordNode {
     /// any Raft state, so a wiped or restarted node can never start a second cluster.
     pub async fn initialize(&self) -> Result<()> {
         let mut members = BTreeMap::new();
-        members.insert(
-            self.id,
-            NodeInfo {
-                addr: self.advertise_addr.clone(),
-                name: self.name.clone(),
-            },
-        );
-        self.raft
-            .initialize(members)
-            .await
-            .map_err(|e| CoordError::FailedPrecondition(format!("initialize: {e}")))
+        members.insert(self.id, NodeInfo { addr: self.advertise_addr.clone(), name: self.name.clone() });
+        self.raft.initialize(members).await.map_err(|e| CoordError::FailedPrecondition(format!("initialize: {e}")))
     }
 
     /// Records that this node was removed from the cluster (its process then exits).
@@ -144,36 +126,33 @@ impl CoordNode {
         self.raft.metrics().borrow_watched().current_term
     }
 
+    /// The committed cluster identity and join secrets (empty id until `init` recorded it).
+    pub fn cluster(&self) -> ClusterMeta {
+        self.state.read().expect("sm lock").cluster.clone()
+    }
+
+    /// The committed cluster id; empty until `init` recorded it.
+    pub fn cluster_id(&self) -> String {
+        self.state.read().expect("sm lock").cluster.cluster_id.clone()
+    }
+
     /// The cluster id as the 64-bit number etcd headers carry; 0 until it is committed.
     pub fn cluster_id_u64(&self) -> u64 {
         if let Some(v) = self.cluster_id_u64.get() {
             return *v;
         }
-        let id = self
-            .state
-            .read()
-            .expect("sm lock")
-            .cluster
-            .cluster_id
-            .clone();
+        let id = self.cluster_id();
         if id.is_empty() {
             return 0;
         }
-        *self
-            .cluster_id_u64
-            .get_or_init(|| crate::token::cluster_id_u64(&id))
+        *self.cluster_id_u64.get_or_init(|| crate::token::cluster_id_u64(&id))
     }
 
     /// The leader this node knows of, with its address.
     pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
         let m = self.metrics();
         let id = m.current_leader;
-        let addr = id.and_then(|id| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone())
-        });
+        let addr = id.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
         (id, addr)
     }
 
@@ -183,9 +162,7 @@ impl CoordNode {
         if let Some(c) = ch.get(addr) {
             return Ok(c.clone());
         }
-        let c = endpoint(addr)
-            .map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?
-            .connect_lazy();
+        let c = endpoint(addr).map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?.connect_lazy();
         ch.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -194,10 +171,7 @@ impl CoordNode {
         match leader {
             Some(id) if id != self.id => {
                 let (_, addr) = self.leader();
-                Some(CoordError::NotLeader {
-                    leader_id: Some(id),
-                    leader_addr: addr,
-                })
+                Some(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr })
             }
             _ => None,
         }
@@ -208,18 +182,22 @@ impl CoordNode {
     pub async fn write(&self, cmd: Command) -> Result<Response> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
-            let entry = LogEntry {
-                time_ms: now_ms(),
-                cmd: cmd.clone(),
-            };
+            let entry = LogEntry { time_ms: now_ms(), cmd: cmd.clone() };
             match tokio::time::timeout_at(deadline, self.raft.client_write(entry)).await {
                 Err(_) => {
                     return Err(CoordError::Unavailable(format!(
-                        "etcdserver: request timed out: not committed within {} ms (no quorum?); it may still be applied",
-                        self.config.request_timeout_ms
-                    )))
+                    "etcdserver: request timed out: not committed within {} ms (no quorum?); it may still be applied",
+                    self.config.request_timeout_ms
+                )))
                 }
                 Ok(Ok(resp)) => return Ok(resp.data),
+                // The entry was appended here and then dropped by a leader change: it may
+                // still commit through the new leader, so retrying could apply it twice.
+                Ok(Err(e)) if matches!(e.api_error(), Some(ClientWriteError::LogEntryDiscarded(_))) => {
+                    return Err(CoordError::Unavailable(format!(
+                        "etcdserver: leader changed while the write was in flight; its outcome is unknown ({e})"
+                    )));
+                }
                 Ok(Err(e)) => {
                     let Some(fwd) = e.forward_to_leader() else {
                         return Err(CoordError::Unavailable(format!("write failed, outcome unknown: {e}")));
@@ -241,16 +219,10 @@ impl CoordNode {
     pub async fn read_barrier(&self) -> Result<()> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
-            match tokio::time::timeout_at(
-                deadline,
-                self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-            )
-            .await
-            {
+            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
                 Err(_) => {
                     return Err(CoordError::Unavailable(
-                        "etcdserver: request timed out: leadership not confirmed by a quorum"
-                            .into(),
+                        "etcdserver: request timed out: leadership not confirmed by a quorum".into(),
                     ))
                 }
                 Ok(Ok(_)) => return Ok(()),
@@ -310,14 +282,7 @@ impl CoordNode {
 
     async fn finish_init(&self) {
         let Some(init) = &self.init else { return };
-        if !self
-            .state
-            .read()
-            .expect("sm lock")
-            .cluster
-            .cluster_id
-            .is_empty()
-        {
+        if !self.cluster_id().is_empty() {
             return;
         }
         let cmd = Command::InitCluster {
@@ -343,17 +308,9 @@ impl CoordNode {
         let last = m.last_log_index.unwrap_or(0);
         let Some(repl) = &m.replication else { return };
         for learner in membership.learner_ids() {
-            let matched = repl
-                .get(&learner)
-                .cloned()
-                .flatten()
-                .map(|l| l.index)
-                .unwrap_or(0);
+            let matched = repl.get(&learner).cloned().flatten().map(|l| l.index).unwrap_or(0);
             if matched + self.config.promote_lag_entries >= last && matched > 0 {
-                info!(
-                    learner,
-                    matched, last, "promoting caught-up learner to voter"
-                );
+                info!(learner, matched, last, "promoting caught-up learner to voter");
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
                 if let Err(e) = self.raft.change_membership(change, false).await {
                     warn!(learner, "promotion failed: {e}");
@@ -402,27 +359,21 @@ impl CoordNode {
         let deadline = Instant::now() + self.request_timeout();
         loop {
             match tokio::time::timeout_at(deadline, f()).await {
-                Err(_) => {
-                    return Err(CoordError::Unavailable(format!(
-                        "{what} was not committed in time"
-                    )))
-                }
+                Err(_) => return Err(CoordError::Unavailable(format!("{what} was not committed in time"))),
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => {
                     let in_progress = matches!(
                         e.api_error(),
-                        Some(ClientWriteError::ChangeMembershipError(
-                            ChangeMembershipError::InProgress(_)
-                        ))
+                        Some(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))
                     );
                     if in_progress && Instant::now() + Duration::from_millis(100) < deadline {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                     return Err(match e.forward_to_leader() {
-                        Some(f) => self
-                            .not_leader_or_wait(f.leader_id)
-                            .unwrap_or(CoordError::Unavailable("no leader".into())),
+                        Some(f) => {
+                            self.not_leader_or_wait(f.leader_id).unwrap_or(CoordError::Unavailable("no leader".into()))
+                        }
                         None => CoordError::FailedPrecondition(format!("{what}: {e}")),
                     });
                 }
@@ -432,10 +383,7 @@ impl CoordNode {
 
     /// Adds a node as a learner (non-blocking: replication to it starts in the background).
     pub async fn add_learner(&self, id: NodeId, info: NodeInfo) -> Result<()> {
-        self.change_membership("adding the learner", || {
-            self.raft.add_learner(id, info.clone(), false)
-        })
-        .await
+        self.change_membership("adding the learner", || self.raft.add_learner(id, info.clone(), false)).await
     }
 
     /// Leaves the Raft group: removes `node_id` (voter or learner) from the membership.
@@ -443,9 +391,7 @@ impl CoordNode {
         let m = self.metrics();
         let membership = m.membership_config.membership();
         if membership.get_node(&node_id).is_none() {
-            return Err(CoordError::NotFound(format!(
-                "node {node_id} is not a member"
-            )));
+            return Err(CoordError::NotFound(format!("node {node_id} is not a member")));
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let change = if voters.contains(&node_id) {
@@ -458,10 +404,7 @@ impl CoordNode {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
         };
-        self.change_membership("removing the member", || {
-            self.raft.change_membership(change.clone(), false)
-        })
-        .await
+        self.change_membership("removing the member", || self.raft.change_membership(change.clone(), false)).await
     }
 
     pub async fn shutdown(&self) {

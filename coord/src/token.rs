@@ -36,9 +36,7 @@ pub fn parse_token(s: &str) -> Result<JoinToken, String> {
         format!("malformed token: expected {PREFIX}-{VERSION}-<32 hex digits>-<secret>, as printed by `cluster token`")
     };
     let mut parts = s.trim().splitn(4, '-');
-    let (Some(p), Some(v), Some(d), Some(secret)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(p), Some(v), Some(d), Some(secret)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
     if p != PREFIX || v != VERSION {
@@ -50,10 +48,7 @@ pub fn parse_token(s: &str) -> Result<JoinToken, String> {
     if secret.len() < 16 || !secret.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(bad());
     }
-    Ok(JoinToken {
-        digest: d.to_ascii_lowercase(),
-        secret: secret.to_string(),
-    })
+    Ok(JoinToken { digest: d.to_ascii_lowercase(), secret: secret.to_string() })
 }
 
 #[cfg(test)]

@@ -15,9 +15,7 @@ pub struct Resources {
 impl Resources {
     /// True when `demand` fits in `self` on every dimension.
     pub fn fits(&self, demand: &Resources) -> bool {
-        demand.cpus_milli <= self.cpus_milli
-            && demand.memory_mb <= self.memory_mb
-            && demand.disk_mb <= self.disk_mb
+        demand.cpus_milli <= self.cpus_milli && demand.memory_mb <= self.memory_mb && demand.disk_mb <= self.disk_mb
     }
 
     /// What is left after `demand` is placed, or `None` if it does not fit.
@@ -36,40 +34,13 @@ mod tests {
 
     #[test]
     fn a_demand_fits_only_if_every_dimension_fits() {
-        let node = Resources {
-            cpus_milli: 2000,
-            memory_mb: 1024,
-            disk_mb: 10,
-        };
-        assert!(node.fits(&Resources {
-            cpus_milli: 2000,
-            memory_mb: 1024,
-            disk_mb: 10
-        }));
-        assert!(!node.fits(&Resources {
-            cpus_milli: 1,
-            memory_mb: 1025,
-            disk_mb: 0
-        }));
+        let node = Resources { cpus_milli: 2000, memory_mb: 1024, disk_mb: 10 };
+        assert!(node.fits(&Resources { cpus_milli: 2000, memory_mb: 1024, disk_mb: 10 }));
+        assert!(!node.fits(&Resources { cpus_milli: 1, memory_mb: 1025, disk_mb: 0 }));
+        assert_eq!(node.checked_sub(&Resources { cpus_milli: 0, memory_mb: 0, disk_mb: 11 }), None);
         assert_eq!(
-            node.checked_sub(&Resources {
-                cpus_milli: 0,
-                memory_mb: 0,
-                disk_mb: 11
-            }),
-            None
-        );
-        assert_eq!(
-            node.checked_sub(&Resources {
-                cpus_milli: 500,
-                memory_mb: 24,
-                disk_mb: 10
-            }),
-            Some(Resources {
-                cpus_milli: 1500,
-                memory_mb: 1000,
-                disk_mb: 0
-            })
+            node.checked_sub(&Resources { cpus_milli: 500, memory_mb: 24, disk_mb: 10 }),
+            Some(Resources { cpus_milli: 1500, memory_mb: 1000, disk_mb: 0 })
         );
     }
 }

@@ -13,11 +13,7 @@ pub fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct Node {
@@ -38,10 +34,7 @@ pub struct Cluster {
 
 /// Runs `cluster ARGS` to completion.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run cluster")
+    Command::new(bin()).args(args).output().expect("run cluster")
 }
 
 impl Cluster {
@@ -54,23 +47,13 @@ impl Cluster {
     pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut c = Cluster {
-            extra,
-            nodes: Vec::new(),
-            tmp,
-            manager_token: String::new(),
-            worker_token: String::new(),
-        };
+        let mut c =
+            Cluster { extra, nodes: Vec::new(), tmp, manager_token: String::new(), worker_token: String::new() };
         for i in 0..n {
             let addr = format!("127.0.0.1:{}", free_port());
             let dir = c.tmp.path().join(format!("n{i}"));
             let log = c.tmp.path().join(format!("n{i}.log"));
-            c.nodes.push(Node {
-                addr,
-                dir,
-                log,
-                child: None,
-            });
+            c.nodes.push(Node { addr, dir, log, child: None });
         }
         let n0 = &c.nodes[0];
         let (dir, addr) = (n0.dir.to_str().unwrap().to_string(), n0.addr.clone());
@@ -90,22 +73,13 @@ impl Cluster {
         let addr = format!("127.0.0.1:{}", free_port());
         let dir = self.tmp.path().join(format!("n{i}"));
         let log = self.tmp.path().join(format!("n{i}.log"));
-        self.nodes.push(Node {
-            addr,
-            dir,
-            log,
-            child: None,
-        });
+        self.nodes.push(Node { addr, dir, log, child: None });
         self.join(i).await;
         i
     }
 
     /// Waits for node `i`'s process to exit on its own; returns its exit status.
-    pub async fn wait_exit(
-        &mut self,
-        i: usize,
-        within: Duration,
-    ) -> Option<std::process::ExitStatus> {
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(c) = self.nodes[i].child.as_mut() {
@@ -120,11 +94,7 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize, args: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.nodes[i].log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.nodes[i].log).unwrap();
         let child = Command::new(bin())
             .args(args)
             .args(&self.extra)
@@ -138,25 +108,10 @@ impl Cluster {
     }
 
     pub async fn join(&mut self, i: usize) {
-        let (dir, addr) = (
-            self.nodes[i].dir.to_str().unwrap().to_string(),
-            self.nodes[i].addr.clone(),
-        );
+        let (dir, addr) = (self.nodes[i].dir.to_str().unwrap().to_string(), self.nodes[i].addr.clone());
         let seed = self.nodes[0].addr.clone();
         let token = self.manager_token.clone();
-        self.spawn(
-            i,
-            &[
-                "join",
-                "--data-dir",
-                &dir,
-                "--listen",
-                &addr,
-                "--token",
-                &token,
-                &seed,
-            ],
-        );
+        self.spawn(i, &["join", "--data-dir", &dir, "--listen", &addr, "--token", &token, &seed]);
     }
 
     async fn token(&self, role: &str) -> String {
@@ -166,11 +121,7 @@ impl Cluster {
             if o.status.success() {
                 return String::from_utf8(o.stdout).unwrap().trim().to_string();
             }
-            assert!(
-                Instant::now() < deadline,
-                "no token: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            assert!(Instant::now() < deadline, "no token: {}", String::from_utf8_lossy(&o.stderr));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -180,9 +131,7 @@ impl Cluster {
     }
 
     pub fn alive(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].child.is_some())
-            .collect()
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_some()).collect()
     }
 
     pub fn kill9(&mut self, i: usize) {
@@ -199,11 +148,8 @@ impl Cluster {
 
     pub async fn status(&self, i: usize) -> Option<proto::clusterpb::StatusResponse> {
         let ch = agent_channel(&self.nodes[i].addr).await?;
-        let r = tokio::time::timeout(
-            Duration::from_secs(1),
-            ClusterAdminClient::new(ch).status(StatusRequest {}),
-        )
-        .await;
+        let r =
+            tokio::time::timeout(Duration::from_secs(1), ClusterAdminClient::new(ch).status(StatusRequest {})).await;
         r.ok()?.ok().map(|r| r.into_inner())
     }
 
@@ -218,11 +164,7 @@ impl Cluster {
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within {within:?}\n{}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "no leader within {within:?}\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -236,11 +178,7 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "cluster did not reach {n} voters\n{}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "cluster did not reach {n} voters\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -259,11 +197,7 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} did not catch up\n{}",
-                self.logs()
-            );
+            assert!(Instant::now() < deadline, "node {i} did not catch up\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -300,7 +234,5 @@ pub async fn agent_channel(addr: &str) -> Option<tonic::transport::Channel> {
 
 /// An etcd-client connection to one member.
 pub async fn etcd(addr: &str) -> etcd_client::Client {
-    etcd_client::Client::connect([format!("http://{addr}")], None)
-        .await
-        .expect("etcd client connect")
+    etcd_client::Client::connect([format!("http://{addr}")], None).await.expect("etcd client connect")
 }

@@ -22,36 +22,16 @@ async fn etcd_client_crate_works_against_three_node_cluster() {
     e.put("app/b", "3", None).await.unwrap();
     e.put("other", "x", None).await.unwrap();
 
-    let r = e
-        .get("app/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    let got: Vec<(&str, &str)> = r
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key_str().unwrap(), kv.value_str().unwrap()))
-        .collect();
+    let r = e.get("app/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let got: Vec<(&str, &str)> = r.kvs().iter().map(|kv| (kv.key_str().unwrap(), kv.value_str().unwrap())).collect();
     assert_eq!(got, vec![("app/a", "2"), ("app/b", "3")]);
     assert_eq!(r.kvs()[0].version(), 2);
     assert_eq!(r.kvs()[0].create_revision(), rev_a1);
 
-    let r = e
-        .get("app/a", Some(GetOptions::new().with_revision(rev_a1)))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.kvs()[0].value_str().unwrap(),
-        "1",
-        "read at an old revision"
-    );
+    let r = e.get("app/a", Some(GetOptions::new().with_revision(rev_a1))).await.unwrap();
+    assert_eq!(r.kvs()[0].value_str().unwrap(), "1", "read at an old revision");
 
-    let r = e
-        .get(
-            "app/",
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )
-        .await
-        .unwrap();
+    let r = e.get("app/", Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
     assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
     assert_eq!(r.kvs().len(), 2);
 
@@ -64,23 +44,13 @@ async fn etcd_client_crate_works_against_three_node_cluster() {
     };
     assert!(e.txn(cas("2", "cas-1")).await.unwrap().succeeded());
     assert!(!e.txn(cas("2", "cas-2")).await.unwrap().succeeded());
-    let by_version = Txn::new()
-        .when([Compare::version("app/a", CompareOp::Equal, 3)])
-        .and_then([TxnOp::put("app/a", "v4", None)]);
+    let by_version =
+        Txn::new().when([Compare::version("app/a", CompareOp::Equal, 3)]).and_then([TxnOp::put("app/a", "v4", None)]);
     assert!(e.txn(by_version).await.unwrap().succeeded());
     let r = e.get("app/a", None).await.unwrap();
-    assert_eq!(
-        (r.kvs()[0].value_str().unwrap(), r.kvs()[0].version()),
-        ("v4", 4)
-    );
+    assert_eq!((r.kvs()[0].value_str().unwrap(), r.kvs()[0].version()), ("v4", 4));
 
-    let d = e
-        .delete(
-            "app/",
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    let d = e.delete("app/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
     assert_eq!(d.deleted(), 2);
     assert!(e.get("app/a", None).await.unwrap().kvs().is_empty());
 
@@ -95,43 +65,21 @@ async fn etcd_client_crate_works_against_three_node_cluster() {
     // A linearizable read on a follower sees the write just made through another member.
     let mut e2 = crate::harness::etcd(&c.nodes[l].addr).await;
     e2.put("fresh", "yes", None).await.unwrap();
-    assert_eq!(
-        e.get("fresh", None).await.unwrap().kvs()[0]
-            .value_str()
-            .unwrap(),
-        "yes"
-    );
+    assert_eq!(e.get("fresh", None).await.unwrap().kvs()[0].value_str().unwrap(), "yes");
 }
 
 fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> String {
     let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .expect("etcdctl must be installed (run .ci/install-deps)");
+    cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints={endpoints}")).args(args);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("etcdctl must be installed (run .ci/install-deps)");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
     let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "etcdctl {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -142,10 +90,7 @@ async fn etcdctl_works_against_three_node_cluster() {
     assert_eq!(etcdctl(&eps, &["put", "foo", "bar"], None).trim(), "OK");
     assert_eq!(etcdctl(&eps, &["put", "foo2", "baz"], None).trim(), "OK");
     let out = etcdctl(&eps, &["get", "foo", "--prefix"], None);
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        vec!["foo", "bar", "foo2", "baz"]
-    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["foo", "bar", "foo2", "baz"]);
 
     let json = etcdctl(&eps, &["get", "foo", "-w", "json"], None);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -155,10 +100,7 @@ async fn etcdctl_works_against_three_node_cluster() {
     assert_eq!(old.lines().collect::<Vec<_>>(), vec!["foo", "bar"]);
 
     let keys = etcdctl(&eps, &["get", "foo", "--prefix", "--keys-only"], None);
-    assert_eq!(
-        keys.split_whitespace().collect::<Vec<_>>(),
-        vec!["foo", "foo2"]
-    );
+    assert_eq!(keys.split_whitespace().collect::<Vec<_>>(), vec!["foo", "foo2"]);
 
     // txn: compares, blank line, success ops, blank line, failure ops.
     let txn = "value(\"foo\") = \"newer\"\nversion(\"foo\") = \"2\"\n\nput foo swapped\n\nput foo failed\n\n";
@@ -166,10 +108,7 @@ async fn etcdctl_works_against_three_node_cluster() {
     assert!(out.starts_with("SUCCESS"), "txn output: {out}");
     let out = etcdctl(&eps, &["txn"], Some(txn));
     assert!(out.starts_with("FAILURE"), "txn output: {out}");
-    assert_eq!(
-        etcdctl(&eps, &["get", "foo", "--print-value-only"], None).trim(),
-        "failed"
-    );
+    assert_eq!(etcdctl(&eps, &["get", "foo", "--print-value-only"], None).trim(), "failed");
 
     assert_eq!(etcdctl(&eps, &["del", "foo"], None).trim(), "1");
     assert_eq!(etcdctl(&eps, &["get", "foo"], None).trim(), "");
@@ -177,23 +116,13 @@ async fn etcdctl_works_against_three_node_cluster() {
     let members = etcdctl(&eps, &["member", "list"], None);
     assert_eq!(members.lines().count(), 3, "member list: {members}");
     for n in &c.nodes {
-        assert!(
-            members.contains(&n.addr),
-            "member list lacks {}: {members}",
-            n.addr
-        );
+        assert!(members.contains(&n.addr), "member list lacks {}: {members}", n.addr);
     }
     let status = etcdctl(&eps, &["endpoint", "status", "-w", "json"], None);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     let arr = v.as_array().unwrap();
     assert_eq!(arr.len(), 3);
-    let leaders: std::collections::BTreeSet<u64> = arr
-        .iter()
-        .map(|s| s["Status"]["leader"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        leaders.len(),
-        1,
-        "all endpoints agree on one leader: {status}"
-    );
+    let leaders: std::collections::BTreeSet<u64> =
+        arr.iter().map(|s| s["Status"]["leader"].as_u64().unwrap()).collect();
+    assert_eq!(leaders.len(), 1, "all endpoints agree on one leader: {status}");
 }

@@ -74,24 +74,14 @@ async fn dump(c: &Cluster, i: usize) -> Vec<(String, String, i64, i64)> {
     let ch = agent_channel(&c.nodes[i].addr).await.expect("connect");
     let r = KvClient::new(ch)
         .max_decoding_message_size(256 << 20)
-        .range(RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            serializable: true,
-            ..Default::default()
-        })
+        .range(RangeRequest { key: vec![0], range_end: vec![0], serializable: true, ..Default::default() })
         .await
         .expect("range")
         .into_inner();
     r.kvs
         .into_iter()
         .map(|kv| {
-            (
-                String::from_utf8(kv.key).unwrap(),
-                String::from_utf8(kv.value).unwrap(),
-                kv.mod_revision,
-                kv.version,
-            )
+            (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap(), kv.mod_revision, kv.version)
         })
         .collect()
 }
@@ -129,14 +119,8 @@ async fn assert_all_acked_and_equal(c: &Cluster, acked: &BTreeSet<String>) {
 async fn put_via_any(c: &Cluster, nodes: &[usize], key: &str) -> bool {
     for &i in nodes {
         if let Some(ch) = agent_channel(&c.nodes[i].addr).await {
-            let req = PutRequest {
-                key: key.into(),
-                value: b"p".to_vec(),
-                ..Default::default()
-            };
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_millis(500), KvClient::new(ch).put(req)).await
-            {
+            let req = PutRequest { key: key.into(), value: b"p".to_vec(), ..Default::default() };
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), KvClient::new(ch).put(req)).await {
                 return true;
             }
         }
@@ -156,27 +140,16 @@ async fn killed_leader_is_replaced_within_1s_and_no_acked_write_is_lost() {
     let mut n = 0;
     while !put_via_any(&c, &survivors, &format!("probe/{n}")).await {
         n += 1;
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(10),
-            "no write succeeded 10 s after the kill\n{}",
-            c.logs()
-        );
+        assert!(killed_at.elapsed() < Duration::from_secs(10), "no write succeeded 10 s after the kill\n{}", c.logs());
     }
     let took = killed_at.elapsed();
     eprintln!("first write after leader kill: {took:?}");
-    assert!(
-        took < Duration::from_secs(1),
-        "new leader served a write only {took:?} after the kill"
-    );
+    assert!(took < Duration::from_secs(1), "new leader served a write only {took:?} after the kill");
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.restart(old);
     c.wait_caught_up(old, Duration::from_secs(30)).await;
     let acked = writers.stop().await;
-    assert!(
-        acked.len() > 100,
-        "writers made too little progress: {}",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "writers made too little progress: {}", acked.len());
     // Let the last commits reach every node.
     for i in 0..3 {
         c.wait_caught_up(i, Duration::from_secs(30)).await;
@@ -212,10 +185,7 @@ async fn node_far_behind_catches_up_by_snapshot_install() {
         vs.snapshot_index
     );
     let log = std::fs::read_to_string(&c.nodes[victim].log).unwrap();
-    assert!(
-        log.contains("snapshot installed"),
-        "no snapshot install in the lagging node's log"
-    );
+    assert!(log.contains("snapshot installed"), "no snapshot install in the lagging node's log");
     assert_all_acked_and_equal(&c, &acked).await;
 }
 
@@ -228,11 +198,7 @@ async fn kill9_of_every_node_during_writes_loses_no_acknowledged_write() {
         c.kill9(i);
     }
     let acked = writers.stop().await;
-    assert!(
-        acked.len() > 100,
-        "writers made too little progress: {}",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "writers made too little progress: {}", acked.len());
     for i in 0..3 {
         c.restart(i);
     }

@@ -17,22 +17,10 @@ async fn bad_tokens_duplicate_joins_and_used_data_dirs_are_refused() {
     let seed = c.nodes[0].addr.clone();
     let dir = c.tmp.path().join("joiner");
     let d = dir.to_str().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
     let try_join = |token: &str, extra: &[&str]| {
-        let mut args = vec![
-            "join",
-            "--data-dir",
-            d,
-            "--listen",
-            &listen,
-            "--token",
-            token,
-        ];
+        let mut args = vec!["join", "--data-dir", d, "--listen", &listen, "--token", token];
         args.extend_from_slice(extra);
         args.push(&seed);
         cli(&args)
@@ -40,40 +28,23 @@ async fn bad_tokens_duplicate_joins_and_used_data_dirs_are_refused() {
 
     let o = try_join("not-a-token", &[]);
     assert!(!o.status.success());
-    assert!(
-        stderr_of(&o).contains("malformed token"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert!(stderr_of(&o).contains("malformed token"), "{}", stderr_of(&o));
 
-    let other_cluster =
-        coord::token::format_token("some-other-cluster", "abcdefghijklmnopqrstuvwxyz");
+    let other_cluster = coord::token::format_token("some-other-cluster", "abcdefghijklmnopqrstuvwxyz");
     let o = try_join(&other_cluster, &[]);
     assert!(!o.status.success());
-    assert!(
-        stderr_of(&o).contains("different cluster"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert!(stderr_of(&o).contains("different cluster"), "{}", stderr_of(&o));
 
     let digest = c.manager_token.split('-').nth(2).unwrap();
     let wrong_secret = format!("CLTKN-1-{digest}-abcdefghijklmnopqrstuvwxyz");
     let o = try_join(&wrong_secret, &[]);
     assert!(!o.status.success());
-    assert!(
-        stderr_of(&o).contains("invalid join token"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert!(stderr_of(&o).contains("invalid join token"), "{}", stderr_of(&o));
 
     // A node claiming the address of an existing member.
     let o = try_join(&c.manager_token, &["--advertise", &seed]);
     assert!(!o.status.success());
-    assert!(
-        stderr_of(&o).contains("already member"),
-        "{}",
-        stderr_of(&o)
-    );
+    assert!(stderr_of(&o).contains("already member"), "{}", stderr_of(&o));
 
     // None of that left a trace: the joiner's dir is reusable and membership unchanged.
     assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
@@ -85,16 +56,7 @@ async fn bad_tokens_duplicate_joins_and_used_data_dirs_are_refused() {
     let o = cli(&["init", "--data-dir", used, "--listen", &listen]);
     assert!(!o.status.success());
     assert!(stderr_of(&o).contains("cluster start"), "{}", stderr_of(&o));
-    let o = cli(&[
-        "join",
-        "--data-dir",
-        used,
-        "--listen",
-        &listen,
-        "--token",
-        &c.manager_token,
-        &seed,
-    ]);
+    let o = cli(&["join", "--data-dir", used, "--listen", &listen, "--token", &c.manager_token, &seed]);
     assert!(!o.status.success());
     assert!(stderr_of(&o).contains("cluster start"), "{}", stderr_of(&o));
 }
@@ -102,96 +64,32 @@ async fn bad_tokens_duplicate_joins_and_used_data_dirs_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_kv_requests_get_etcd_errors_and_change_nothing() {
     let c = Cluster::start(1).await;
-    let mut kv = KvClient::new(agent_channel(&c.nodes[0].addr).await.unwrap())
-        .max_encoding_message_size(64 << 20);
+    let mut kv = KvClient::new(agent_channel(&c.nodes[0].addr).await.unwrap()).max_encoding_message_size(64 << 20);
     for i in 0..5 {
-        kv.put(PutRequest {
-            key: b"k".to_vec(),
-            value: format!("{i}").into_bytes(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        kv.put(PutRequest { key: b"k".to_vec(), value: format!("{i}").into_bytes(), ..Default::default() })
+            .await
+            .unwrap();
     }
     let rev = |r: &proto::etcdserverpb::RangeResponse| r.header.unwrap().revision;
-    let before = kv
-        .range(RangeRequest {
-            key: b"k".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let before = kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.unwrap().into_inner();
 
-    let e = kv
-        .put(PutRequest {
-            key: vec![],
-            value: b"v".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = kv.put(PutRequest { key: vec![], value: b"v".to_vec(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(
-        e.message().contains("key is not provided"),
-        "{}",
-        e.message()
-    );
+    assert!(e.message().contains("key is not provided"), "{}", e.message());
 
     let big = vec![b'x'; 2 << 20];
-    let e = kv
-        .put(PutRequest {
-            key: b"k".to_vec(),
-            value: big,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        e.message().contains("request is too large"),
-        "{}",
-        e.message()
-    );
+    let e = kv.put(PutRequest { key: b"k".to_vec(), value: big, ..Default::default() }).await.unwrap_err();
+    assert!(e.message().contains("request is too large"), "{}", e.message());
 
-    kv.compact(CompactionRequest {
-        revision: rev(&before) - 1,
-        physical: false,
-    })
-    .await
-    .unwrap();
-    let e = kv
-        .range(RangeRequest {
-            key: b"k".to_vec(),
-            revision: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    kv.compact(CompactionRequest { revision: rev(&before) - 1, physical: false }).await.unwrap();
+    let e = kv.range(RangeRequest { key: b"k".to_vec(), revision: 2, ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::OutOfRange);
     assert!(e.message().contains("compacted"), "{}", e.message());
-    let e = kv
-        .range(RangeRequest {
-            key: b"k".to_vec(),
-            revision: 1_000_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = kv.range(RangeRequest { key: b"k".to_vec(), revision: 1_000_000, ..Default::default() }).await.unwrap_err();
     assert!(e.message().contains("future revision"), "{}", e.message());
 
-    let after = kv
-        .range(RangeRequest {
-            key: b"k".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        rev(&after),
-        rev(&before),
-        "refused requests took no revision"
-    );
+    let after = kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(rev(&after), rev(&before), "refused requests took no revision");
     assert_eq!(after.kvs, before.kvs);
 }
 
@@ -205,31 +103,12 @@ async fn write_without_quorum_fails_unavailable_after_a_bounded_wait() {
     }
     let mut kv = KvClient::new(agent_channel(&c.nodes[l].addr).await.unwrap());
     let t = Instant::now();
-    let e = kv
-        .put(PutRequest {
-            key: b"q".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = kv.put(PutRequest { key: b"q".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.unwrap_err();
     let took = t.elapsed();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(took < Duration::from_secs(8), "the write hung for {took:?}");
     // Linearizable reads are refused the same way; serializable ones still answer.
-    let e = kv
-        .range(RangeRequest {
-            key: b"q".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = kv.range(RangeRequest { key: b"q".to_vec(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable);
-    kv.range(RangeRequest {
-        key: b"q".to_vec(),
-        serializable: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    kv.range(RangeRequest { key: b"q".to_vec(), serializable: true, ..Default::default() }).await.unwrap();
 }

@@ -18,11 +18,7 @@ async fn wait_for<F: Fn(&[(String, String)]) -> bool>(c: &Cluster, what: &str, o
         if ok(&r) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: members are {r:?}\n{}",
-            c.logs()
-        );
+        assert!(Instant::now() < deadline, "{what}: members are {r:?}\n{}", c.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -35,8 +31,7 @@ async fn sixth_master_stays_learner_until_a_voter_leaves() {
     wait_for(&c, "six members, the sixth a learner", |r| {
         r.len() == 6
             && r.iter().filter(|(_, role)| role == "voter").count() == 5
-            && r.iter()
-                .any(|(a, role)| *a == sixth_addr && role == "learner")
+            && r.iter().any(|(a, role)| *a == sixth_addr && role == "learner")
     })
     .await;
     // The sixth node holds the data although it does not vote.
@@ -49,16 +44,9 @@ async fn sixth_master_stays_learner_until_a_voter_leaves() {
     let leaver = (0..5).find(|i| *i != l).unwrap();
     let leaver_id = c.status(leaver).await.unwrap().node_id.to_string();
     let o = cli(&["leave", &leaver_id, "--endpoints", &c.nodes[l].addr]);
-    assert!(
-        o.status.success(),
-        "leave failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "leave failed: {}", String::from_utf8_lossy(&o.stderr));
     let st = c.wait_exit(leaver, Duration::from_secs(10)).await;
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "the removed node did not exit cleanly: {st:?}"
-    );
+    assert!(st.is_some_and(|s| s.success()), "the removed node did not exit cleanly: {st:?}");
 
     let leaver_addr = c.nodes[leaver].addr.clone();
     wait_for(&c, "the learner promoted into the free seat", |r| {
@@ -72,10 +60,6 @@ async fn sixth_master_stays_learner_until_a_voter_leaves() {
     // Leaving twice is refused with a clear error and changes nothing.
     let o = cli(&["leave", &leaver_id, "--endpoints", &c.nodes[l].addr]);
     assert!(!o.status.success());
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("not a member"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a member"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(roles(&c).await.len(), 5);
 }

@@ -27,10 +27,7 @@ impl Admin {
     }
 
     /// The leader's admin client when this node is not the leader and may forward.
-    fn forward_target(
-        &self,
-        forwarded: bool,
-    ) -> Result<Option<ClusterAdminClient<Channel>>, Status> {
+    fn forward_target(&self, forwarded: bool) -> Result<Option<ClusterAdminClient<Channel>>, Status> {
         if self.node.is_leader() {
             return Ok(None);
         }
@@ -38,15 +35,10 @@ impl Admin {
             (Some(id), Some(addr)) if id != self.node.id && !forwarded => {
                 Ok(Some(ClusterAdminClient::new(self.node.channel(&addr)?)))
             }
-            (Some(id), addr) if id != self.node.id => Err(CoordError::NotLeader {
-                leader_id: Some(id),
-                leader_addr: addr,
+            (Some(id), addr) if id != self.node.id => {
+                Err(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr }.into())
             }
-            .into()),
-            _ => Err(CoordError::Unavailable(
-                "no leader: the cluster is electing or has lost quorum".into(),
-            )
-            .into()),
+            _ => Err(CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into()).into()),
         }
     }
 
@@ -68,58 +60,37 @@ impl Admin {
                     node_id: *id,
                     name: n.name.clone(),
                     addr: n.addr.clone(),
-                    role: if voters.contains(id) {
-                        "voter"
-                    } else {
-                        "learner"
-                    }
-                    .into(),
+                    role: if voters.contains(id) { "voter" } else { "learner" }.into(),
                     is_leader: *id == leader,
                     matched_index: matched,
-                    lag: if m.state == ServerState::Leader {
-                        matched.map(|x| last.saturating_sub(x))
-                    } else {
-                        None
-                    },
+                    lag: if m.state == ServerState::Leader { matched.map(|x| last.saturating_sub(x)) } else { None },
                 }
             })
             .collect();
-        pb::MembersResponse {
-            leader_id: leader,
-            members,
-        }
+        pb::MembersResponse { leader_id: leader, members }
     }
 }
 
 #[tonic::async_trait]
 impl pb::cluster_admin_server::ClusterAdmin for Admin {
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
-    async fn join(
-        &self,
-        req: Request<pb::JoinRequest>,
-    ) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let forwarded = is_forwarded(&req);
         let r = req.into_inner();
         let token = parse_token(&r.token).map_err(Status::invalid_argument)?;
-        let cluster = self.node.state.read().expect("sm lock").cluster.clone();
+        let cluster = self.node.cluster();
         if cluster.cluster_id.is_empty() {
-            return Err(Status::unavailable(
-                "the cluster has not recorded its identity yet; retry in a moment",
-            ));
+            return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
         }
         if token.digest != cluster_digest(&cluster.cluster_id) {
-            return Err(Status::permission_denied(
-                "token is for a different cluster",
-            ));
+            return Err(Status::permission_denied("token is for a different cluster"));
         }
         let role = if token.secret == cluster.manager_secret {
             "manager"
         } else if token.secret == cluster.worker_secret {
             "worker"
         } else {
-            return Err(Status::permission_denied(
-                "invalid join token: secret does not match (was it rotated?)",
-            ));
+            return Err(Status::permission_denied("invalid join token: secret does not match (was it rotated?)"));
         };
         if r.advertise_addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(Status::invalid_argument(format!(
@@ -131,40 +102,21 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
             return c.join(forwarded_request(r)).await;
         }
         let m = self.node.metrics();
-        if let Some((id, _)) = m
-            .membership_config
-            .membership()
-            .nodes()
-            .find(|(_, n)| n.addr == r.advertise_addr)
-        {
+        if let Some((id, _)) = m.membership_config.membership().nodes().find(|(_, n)| n.addr == r.advertise_addr) {
             return Err(CoordError::AlreadyExists(format!(
-                "{} is already member {id} of this cluster; to restart that node use `cluster start --data-dir …`",
+                "{} is already member {id} of this cluster; restart that node with `cluster start --data-dir …`, \
+                 or if its data dir is gone, remove it first with `cluster leave {id}`",
                 r.advertise_addr
             ))
             .into());
         }
-        let resp = self
-            .node
-            .write(Command::AllocNodeId {
-                addr: r.advertise_addr.clone(),
-            })
-            .await?;
+        let resp = self.node.write(Command::AllocNodeId { addr: r.advertise_addr.clone() }).await?;
         let Ok(Output::NodeId(id)) = resp.result else {
-            return Err(Status::internal(format!(
-                "unexpected answer to node id allocation: {:?}",
-                resp.result
-            )));
+            return Err(Status::internal(format!("unexpected answer to node id allocation: {:?}", resp.result)));
         };
         if role == "manager" {
-            let name = if r.name.is_empty() {
-                format!("node-{id}")
-            } else {
-                r.name.clone()
-            };
-            let info = NodeInfo {
-                addr: r.advertise_addr.clone(),
-                name,
-            };
+            let name = if r.name.is_empty() { format!("node-{id}") } else { r.name.clone() };
+            let info = NodeInfo { addr: r.advertise_addr.clone(), name };
             self.node.add_learner(id, info).await?;
         }
         info!(id, role, addr = %r.advertise_addr, "node joined");
@@ -177,62 +129,31 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
-    async fn leave(
-        &self,
-        req: Request<pb::LeaveRequest>,
-    ) -> Result<Response<pb::LeaveResponse>, Status> {
+    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
         let forwarded = is_forwarded(&req);
         let r = req.into_inner();
         if let Some(mut c) = self.forward_target(forwarded)? {
             return c.leave(forwarded_request(r)).await;
         }
-        let addr = self
-            .node
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&r.node_id)
-            .map(|n| n.addr.clone());
+        let addr = self.node.metrics().membership_config.membership().get_node(&r.node_id).map(|n| n.addr.clone());
         self.node.remove_member(r.node_id).await?;
         info!(removed = r.node_id, "member left");
         // Best effort: if the removed node is down it learns on restart that no one replicates to it.
         if let Some(addr) = addr.filter(|_| r.node_id != self.node.id) {
-            let cluster_id = self
-                .node
-                .state
-                .read()
-                .expect("sm lock")
-                .cluster
-                .cluster_id
-                .clone();
+            let cluster_id = self.node.cluster_id();
             if let Ok(ch) = self.node.channel(&addr) {
-                let req = pb::RemovedRequest {
-                    node_id: r.node_id,
-                    cluster_id,
-                };
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
-                    ClusterAdminClient::new(ch).removed(req),
-                )
-                .await;
+                let req = pb::RemovedRequest { node_id: r.node_id, cluster_id };
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), ClusterAdminClient::new(ch).removed(req))
+                        .await;
             }
         }
         Ok(Response::new(pb::LeaveResponse {}))
     }
 
-    async fn removed(
-        &self,
-        req: Request<pb::RemovedRequest>,
-    ) -> Result<Response<pb::RemovedResponse>, Status> {
+    async fn removed(&self, req: Request<pb::RemovedRequest>) -> Result<Response<pb::RemovedResponse>, Status> {
         let r = req.into_inner();
-        let cluster_id = self
-            .node
-            .state
-            .read()
-            .expect("sm lock")
-            .cluster
-            .cluster_id
-            .clone();
+        let cluster_id = self.node.cluster_id();
         if r.node_id != self.node.id || r.cluster_id != cluster_id {
             return Err(Status::failed_precondition(format!(
                 "this is node {} of cluster {cluster_id}, not node {} of cluster {}",
@@ -244,10 +165,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         Ok(Response::new(pb::RemovedResponse {}))
     }
 
-    async fn members(
-        &self,
-        req: Request<pb::MembersRequest>,
-    ) -> Result<Response<pb::MembersResponse>, Status> {
+    async fn members(&self, req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
         let forwarded = is_forwarded(&req);
         // The leader knows replication progress; ask it when it can be reached.
         if let Ok(Some(mut c)) = self.forward_target(forwarded) {
@@ -258,25 +176,14 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         Ok(Response::new(self.members()))
     }
 
-    async fn status(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.node.metrics();
         let (leader_id, leader_addr) = self.node.leader();
         let (cluster_id, revision, compact) = {
             let st = self.node.state.read().expect("sm lock");
-            (
-                st.cluster.cluster_id.clone(),
-                st.kv.revision,
-                st.kv.compact_revision,
-            )
+            (st.cluster.cluster_id.clone(), st.kv.revision, st.kv.compact_revision)
         };
-        let voter = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == self.node.id);
+        let voter = m.membership_config.membership().voter_ids().any(|v| v == self.node.id);
         let state = match m.state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
@@ -302,28 +209,19 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         }))
     }
 
-    async fn token(
-        &self,
-        req: Request<pb::TokenRequest>,
-    ) -> Result<Response<pb::TokenResponse>, Status> {
+    async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
         let role = req.into_inner().role;
-        let c = self.node.state.read().expect("sm lock").cluster.clone();
+        let c = self.node.cluster();
         if c.cluster_id.is_empty() {
-            return Err(Status::unavailable(
-                "the cluster has not recorded its identity yet; retry in a moment",
-            ));
+            return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
         }
         let secret = match role.as_str() {
             "manager" => c.manager_secret,
             "worker" => c.worker_secret,
             other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown token role {other:?}: use manager or worker"
-                )))
+                return Err(Status::invalid_argument(format!("unknown token role {other:?}: use manager or worker")))
             }
         };
-        Ok(Response::new(pb::TokenResponse {
-            token: format_token(&c.cluster_id, &secret),
-        }))
+        Ok(Response::new(pb::TokenResponse { token: format_token(&c.cluster_id, &secret) }))
     }
 }

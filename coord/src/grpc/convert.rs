@@ -58,11 +58,7 @@ pub fn put_from_pb(p: &pb::PutRequest) -> PutRequest {
 }
 
 pub fn delete_from_pb(d: &pb::DeleteRangeRequest) -> DeleteRangeRequest {
-    DeleteRangeRequest {
-        key: d.key.clone(),
-        range_end: d.range_end.clone(),
-        prev_kv: d.prev_kv,
-    }
+    DeleteRangeRequest { key: d.key.clone(), range_end: d.range_end.clone(), prev_kv: d.prev_kv }
 }
 
 fn compare_from_pb(c: &pb::Compare) -> Result<Compare, Status> {
@@ -75,46 +71,17 @@ fn compare_from_pb(c: &pb::Compare) -> Result<Compare, Status> {
     };
     let int = |want: fn(&U) -> Option<i64>| c.target_union.as_ref().and_then(want).unwrap_or(0);
     let target = match c.target() {
-        T::Version => CompareTarget::Version(int(|u| {
-            if let U::Version(v) = u {
-                Some(*v)
-            } else {
-                None
-            }
-        })),
-        T::Create => CompareTarget::CreateRevision(int(|u| {
-            if let U::CreateRevision(v) = u {
-                Some(*v)
-            } else {
-                None
-            }
-        })),
-        T::Mod => CompareTarget::ModRevision(int(|u| {
-            if let U::ModRevision(v) = u {
-                Some(*v)
-            } else {
-                None
-            }
-        })),
-        T::Lease => {
-            CompareTarget::Lease(int(|u| if let U::Lease(v) = u { Some(*v) } else { None }))
-        }
+        T::Version => CompareTarget::Version(int(|u| if let U::Version(v) = u { Some(*v) } else { None })),
+        T::Create => CompareTarget::CreateRevision(int(|u| if let U::CreateRevision(v) = u { Some(*v) } else { None })),
+        T::Mod => CompareTarget::ModRevision(int(|u| if let U::ModRevision(v) = u { Some(*v) } else { None })),
+        T::Lease => CompareTarget::Lease(int(|u| if let U::Lease(v) = u { Some(*v) } else { None })),
         T::Value => match &c.target_union {
             Some(U::Value(v)) => CompareTarget::Value(v.clone()),
             None => CompareTarget::Value(Vec::new()),
-            Some(_) => {
-                return Err(Status::invalid_argument(
-                    "etcdserver: compare target VALUE needs a value",
-                ))
-            }
+            Some(_) => return Err(Status::invalid_argument("etcdserver: compare target VALUE needs a value")),
         },
     };
-    Ok(Compare {
-        result,
-        target,
-        key: c.key.clone(),
-        range_end: c.range_end.clone(),
-    })
+    Ok(Compare { result, target, key: c.key.clone(), range_end: c.range_end.clone() })
 }
 
 fn op_from_pb(op: &pb::RequestOp) -> Result<RequestOp, Status> {
@@ -124,19 +91,13 @@ fn op_from_pb(op: &pb::RequestOp) -> Result<RequestOp, Status> {
         Some(R::RequestPut(p)) => Ok(RequestOp::Put(put_from_pb(p))),
         Some(R::RequestDeleteRange(d)) => Ok(RequestOp::DeleteRange(delete_from_pb(d))),
         Some(R::RequestTxn(t)) => Ok(RequestOp::Txn(txn_from_pb(t)?)),
-        None => Err(Status::invalid_argument(
-            "etcdserver: empty request op in txn",
-        )),
+        None => Err(Status::invalid_argument("etcdserver: empty request op in txn")),
     }
 }
 
 pub fn txn_from_pb(t: &pb::TxnRequest) -> Result<TxnRequest, Status> {
     Ok(TxnRequest {
-        compare: t
-            .compare
-            .iter()
-            .map(compare_from_pb)
-            .collect::<Result<_, _>>()?,
+        compare: t.compare.iter().map(compare_from_pb).collect::<Result<_, _>>()?,
         success: t.success.iter().map(op_from_pb).collect::<Result<_, _>>()?,
         failure: t.failure.iter().map(op_from_pb).collect::<Result<_, _>>()?,
     })
@@ -152,16 +113,10 @@ pub fn range_resp_to_pb(r: RangeResponse, header: pb::ResponseHeader) -> pb::Ran
 }
 
 pub fn put_resp_to_pb(r: PutResponse, header: pb::ResponseHeader) -> pb::PutResponse {
-    pb::PutResponse {
-        header: Some(header),
-        prev_kv: r.prev_kv.map(kv_to_pb),
-    }
+    pb::PutResponse { header: Some(header), prev_kv: r.prev_kv.map(kv_to_pb) }
 }
 
-pub fn delete_resp_to_pb(
-    r: DeleteRangeResponse,
-    header: pb::ResponseHeader,
-) -> pb::DeleteRangeResponse {
+pub fn delete_resp_to_pb(r: DeleteRangeResponse, header: pb::ResponseHeader) -> pb::DeleteRangeResponse {
     pb::DeleteRangeResponse {
         header: Some(header),
         deleted: r.deleted,
@@ -183,9 +138,5 @@ pub fn txn_resp_to_pb(r: TxnResponse, header: pb::ResponseHeader) -> pb::TxnResp
             }),
         })
         .collect();
-    pb::TxnResponse {
-        header: Some(header),
-        succeeded: r.succeeded,
-        responses,
-    }
+    pb::TxnResponse { header: Some(header), succeeded: r.succeeded, responses }
 }

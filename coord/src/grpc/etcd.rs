@@ -37,20 +37,13 @@ impl EtcdKv {
     }
 
     /// Proposes `cmd`; on a follower, the original request is forwarded to the leader.
-    async fn write(
-        &self,
-        cmd: Command,
-        forwarded: bool,
-    ) -> Result<Result<(i64, Output), String>, Status> {
+    async fn write(&self, cmd: Command, forwarded: bool) -> Result<Result<(i64, Output), String>, Status> {
         match self.node.write(cmd).await {
             Ok(resp) => match resp.result {
                 Ok(out) => Ok(Ok((resp.revision, out))),
                 Err(e) => Err(CoordError::Apply(e).into()),
             },
-            Err(CoordError::NotLeader {
-                leader_addr: Some(addr),
-                ..
-            }) if !forwarded => Ok(Err(addr)),
+            Err(CoordError::NotLeader { leader_addr: Some(addr), .. }) if !forwarded => Ok(Err(addr)),
             Err(e) => Err(e.into()),
         }
     }
@@ -67,24 +60,15 @@ fn unexpected(o: Output) -> Status {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for EtcdKv {
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
-    async fn range(
-        &self,
-        req: Request<pb::RangeRequest>,
-    ) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let forwarded = is_forwarded(&req);
         let pb_req = req.into_inner();
         KvStore::validate_range_key(&pb_req.key).map_err(CoordError::Apply)?;
         if !pb_req.serializable {
             match self.node.read_barrier().await {
                 Ok(()) => {}
-                Err(CoordError::NotLeader {
-                    leader_addr: Some(addr),
-                    ..
-                }) if !forwarded => {
-                    return self
-                        .leader_client(&addr)?
-                        .range(forwarded_request(pb_req))
-                        .await;
+                Err(CoordError::NotLeader { leader_addr: Some(addr), .. }) if !forwarded => {
+                    return self.leader_client(&addr)?.range(forwarded_request(pb_req)).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -92,16 +76,10 @@ impl pb::kv_server::Kv for EtcdKv {
         let r = range_from_pb(&pb_req);
         let (resp, rev) = {
             let st = self.node.state.read().expect("sm lock");
-            let resp = st
-                .kv
-                .range(&r, &mut ReadOnlyHistory(&self.node.db))
-                .map_err(CoordError::Apply)?;
+            let resp = st.kv.range(&r, &mut ReadOnlyHistory(&self.node.db)).map_err(CoordError::Apply)?;
             (resp, st.kv.revision)
         };
-        Ok(Response::new(range_resp_to_pb(
-            resp,
-            header(&self.node, rev),
-        )))
+        Ok(Response::new(range_resp_to_pb(resp, header(&self.node, rev))))
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
@@ -111,15 +89,9 @@ impl pb::kv_server::Kv for EtcdKv {
         let p = put_from_pb(&pb_req);
         KvStore::validate_put(&p).map_err(CoordError::Apply)?;
         match self.write(Command::Put(p), forwarded).await? {
-            Ok((rev, Output::Put(r))) => {
-                Ok(Response::new(put_resp_to_pb(r, header(&self.node, rev))))
-            }
+            Ok((rev, Output::Put(r))) => Ok(Response::new(put_resp_to_pb(r, header(&self.node, rev)))),
             Ok((_, o)) => Err(unexpected(o)),
-            Err(addr) => {
-                self.leader_client(&addr)?
-                    .put(forwarded_request(pb_req))
-                    .await
-            }
+            Err(addr) => self.leader_client(&addr)?.put(forwarded_request(pb_req)).await,
         }
     }
 
@@ -131,19 +103,10 @@ impl pb::kv_server::Kv for EtcdKv {
         let forwarded = is_forwarded(&req);
         let pb_req = req.into_inner();
         KvStore::validate_range_key(&pb_req.key).map_err(CoordError::Apply)?;
-        match self
-            .write(Command::DeleteRange(delete_from_pb(&pb_req)), forwarded)
-            .await?
-        {
-            Ok((rev, Output::DeleteRange(r))) => {
-                Ok(Response::new(delete_resp_to_pb(r, header(&self.node, rev))))
-            }
+        match self.write(Command::DeleteRange(delete_from_pb(&pb_req)), forwarded).await? {
+            Ok((rev, Output::DeleteRange(r))) => Ok(Response::new(delete_resp_to_pb(r, header(&self.node, rev)))),
             Ok((_, o)) => Err(unexpected(o)),
-            Err(addr) => {
-                self.leader_client(&addr)?
-                    .delete_range(forwarded_request(pb_req))
-                    .await
-            }
+            Err(addr) => self.leader_client(&addr)?.delete_range(forwarded_request(pb_req)).await,
         }
     }
 
@@ -154,42 +117,19 @@ impl pb::kv_server::Kv for EtcdKv {
         let t = txn_from_pb(&pb_req)?;
         KvStore::validate_txn(&t).map_err(CoordError::Apply)?;
         match self.write(Command::Txn(t), forwarded).await? {
-            Ok((rev, Output::Txn(r))) => {
-                Ok(Response::new(txn_resp_to_pb(r, header(&self.node, rev))))
-            }
+            Ok((rev, Output::Txn(r))) => Ok(Response::new(txn_resp_to_pb(r, header(&self.node, rev)))),
             Ok((_, o)) => Err(unexpected(o)),
-            Err(addr) => {
-                self.leader_client(&addr)?
-                    .txn(forwarded_request(pb_req))
-                    .await
-            }
+            Err(addr) => self.leader_client(&addr)?.txn(forwarded_request(pb_req)).await,
         }
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
-    async fn compact(
-        &self,
-        req: Request<pb::CompactionRequest>,
-    ) -> Result<Response<pb::CompactionResponse>, Status> {
+    async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
         let forwarded = is_forwarded(&req);
         let pb_req = req.into_inner();
-        match self
-            .write(
-                Command::Compact {
-                    revision: pb_req.revision,
-                },
-                forwarded,
-            )
-            .await?
-        {
-            Ok((rev, _)) => Ok(Response::new(pb::CompactionResponse {
-                header: Some(header(&self.node, rev)),
-            })),
-            Err(addr) => {
-                self.leader_client(&addr)?
-                    .compact(forwarded_request(pb_req))
-                    .await
-            }
+        match self.write(Command::Compact { revision: pb_req.revision }, forwarded).await? {
+            Ok((rev, _)) => Ok(Response::new(pb::CompactionResponse { header: Some(header(&self.node, rev)) })),
+            Err(addr) => self.leader_client(&addr)?.compact(forwarded_request(pb_req)).await,
         }
     }
 }
@@ -224,10 +164,7 @@ impl pb::cluster_server::Cluster for EtcdCluster {
             })
             .collect();
         let rev = self.node.state.read().expect("sm lock").kv.revision;
-        Ok(Response::new(pb::MemberListResponse {
-            header: Some(header(&self.node, rev)),
-            members,
-        }))
+        Ok(Response::new(pb::MemberListResponse { header: Some(header(&self.node, rev)), members }))
     }
 }
 
@@ -243,25 +180,15 @@ impl EtcdMaintenance {
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for EtcdMaintenance {
-    async fn status(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.node.metrics();
         let membership = m.membership_config.membership();
         let is_learner = !membership.voter_ids().any(|v| v == self.node.id);
         let db = &self.node.db;
         let mut size = 0u64;
-        for cf in [
-            crate::store::CF_LOG,
-            crate::store::CF_RAFT_META,
-            crate::store::CF_SM,
-        ] {
+        for cf in [crate::store::CF_LOG, crate::store::CF_RAFT_META, crate::store::CF_SM] {
             if let Some(h) = db.cf_handle(cf) {
-                for p in [
-                    "rocksdb.total-sst-files-size",
-                    "rocksdb.cur-size-all-mem-tables",
-                ] {
+                for p in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
                     size += db.property_int_value_cf(h, p).ok().flatten().unwrap_or(0);
                 }
             }

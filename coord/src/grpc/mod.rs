@@ -37,8 +37,7 @@ pub(crate) fn is_forwarded<T>(r: &Request<T>) -> bool {
 
 pub(crate) fn forwarded_request<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    r.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     r
 }
 
@@ -59,14 +58,9 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(
-            KvServer::new(etcd::EtcdKv::new(node.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        .add_service(KvServer::new(etcd::EtcdKv::new(node.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ClusterServer::new(etcd::EtcdCluster::new(node.clone())))
-        .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(
-            node.clone(),
-        )))
+        .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(node.clone())))
         .add_service(ClusterAdminServer::new(admin::Admin::new(node)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -25,17 +25,14 @@ impl RaftService {
     }
 }
 
-fn reply<T: Serialize, E: std::fmt::Display>(
-    r: Result<T, E>,
-) -> Result<Response<RaftPayload>, Status> {
+fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
     let r: Result<T, String> = r.map_err(|e| e.to_string());
     let data = encode(&r).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftPayload { data }))
 }
 
 fn payload<T: serde::de::DeserializeOwned>(r: Request<RaftPayload>) -> Result<T, Status> {
-    decode(&r.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+    decode(&r.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
 }
 
 type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
@@ -51,30 +48,22 @@ impl RaftRpc for RaftService {
         // A broken or undecodable message ends the stream; the leader reopens it.
         let input = req
             .into_inner()
+            .map(|r| match r {
+                Ok(p) => decode::<AppendEntriesRequest<TypeConfig>>(&p.data).map_err(|e| {
+                    tracing::warn!("undecodable AppendEntries ends the stream: {e}");
+                }),
+                Err(_) => Err(()),
+            })
             .take_while(|r| futures::future::ready(r.is_ok()))
-            .filter_map(|r| async move {
-                let p = r.ok()?;
-                match decode::<AppendEntriesRequest<TypeConfig>>(&p.data) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        tracing::warn!("undecodable AppendEntries in stream: {e}");
-                        None
-                    }
-                }
-            });
+            .filter_map(|r| futures::future::ready(r.ok()));
         let out = self.node.raft.stream_append(input).map(|r| {
             let r: Result<StreamAppendResult<TypeConfig>, String> = r.map_err(|e| e.to_string());
-            encode(&r)
-                .map(|data| RaftPayload { data })
-                .map_err(|e| Status::internal(e.to_string()))
+            encode(&r).map(|data| RaftPayload { data }).map_err(|e| Status::internal(e.to_string()))
         });
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn append_entries(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         reply(self.node.raft.append_entries(payload(req)?).await)
     }
 
@@ -86,39 +75,21 @@ impl RaftRpc for RaftService {
         reply(self.node.raft.pre_vote(payload(req)?).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftPayload>, Status> {
         let mut stream = req.into_inner();
         let mut head: Option<(Vote, SnapshotMeta)> = None;
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk?.chunk {
                 Some(snapshot_chunk::Chunk::Meta(m)) => {
-                    head =
-                        Some(decode(&m).map_err(|e| {
-                            Status::invalid_argument(format!("bad snapshot meta: {e}"))
-                        })?)
+                    head = Some(decode(&m).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?)
                 }
                 Some(snapshot_chunk::Chunk::Data(d)) => data.extend_from_slice(&d),
                 None => {}
             }
         }
-        let (vote, meta) =
-            head.ok_or_else(|| Status::invalid_argument("snapshot stream without meta"))?;
+        let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("snapshot stream without meta"))?;
         tracing::info!(bytes = data.len(), last = ?meta.last_log_id, "received snapshot");
-        reply(
-            self.node
-                .raft
-                .install_full_snapshot(
-                    vote,
-                    Snapshot {
-                        meta,
-                        snapshot: data,
-                    },
-                )
-                .await,
-        )
+        reply(self.node.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await)
     }
 }

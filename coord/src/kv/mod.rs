@@ -72,20 +72,11 @@ impl KeyRange {
         if range_end.is_empty() {
             let mut end = key.to_vec();
             end.push(0);
-            KeyRange {
-                start: key.to_vec(),
-                end: Some(end),
-            }
+            KeyRange { start: key.to_vec(), end: Some(end) }
         } else if range_end == [0] {
-            KeyRange {
-                start: key.to_vec(),
-                end: None,
-            }
+            KeyRange { start: key.to_vec(), end: None }
         } else {
-            KeyRange {
-                start: key.to_vec(),
-                end: Some(range_end.to_vec()),
-            }
+            KeyRange { start: key.to_vec(), end: Some(range_end.to_vec()) }
         }
     }
 
@@ -102,9 +93,7 @@ impl KeyRange {
     }
 
     fn is_empty(&self) -> bool {
-        self.end
-            .as_deref()
-            .is_some_and(|e| e <= self.start.as_slice())
+        self.end.as_deref().is_some_and(|e| e <= self.start.as_slice())
     }
 }
 
@@ -132,11 +121,7 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn new() -> KvStore {
-        KvStore {
-            live: BTreeMap::new(),
-            revision: 1,
-            compact_revision: 0,
-        }
+        KvStore { live: BTreeMap::new(), revision: 1, compact_revision: 0 }
     }
 
     /// Validates a request before it is proposed or applied; bad input changes nothing.
@@ -158,6 +143,36 @@ impl KvStore {
     }
 
     pub fn validate_txn(req: &TxnRequest) -> Result<(), ApplyError> {
+        if Self::txn_bytes(req) > MAX_REQUEST_BYTES {
+            return Err(ApplyError::TooLarge);
+        }
+        Self::validate_txn_ops(req)
+    }
+
+    /// Bytes of keys and values a txn carries, nested txns included (etcd limits the whole
+    /// request, not each put).
+    fn txn_bytes(req: &TxnRequest) -> usize {
+        let ops = |ops: &[RequestOp]| -> usize {
+            ops.iter()
+                .map(|op| match op {
+                    RequestOp::Range(r) => r.key.len() + r.range_end.len(),
+                    RequestOp::Put(p) => p.key.len() + p.value.len(),
+                    RequestOp::DeleteRange(d) => d.key.len() + d.range_end.len(),
+                    RequestOp::Txn(t) => Self::txn_bytes(t),
+                })
+                .sum()
+        };
+        let compares: usize = req
+            .compare
+            .iter()
+            .map(|c| {
+                c.key.len() + c.range_end.len() + if let CompareTarget::Value(v) = &c.target { v.len() } else { 0 }
+            })
+            .sum();
+        compares + ops(&req.success) + ops(&req.failure)
+    }
+
+    fn validate_txn_ops(req: &TxnRequest) -> Result<(), ApplyError> {
         if req.success.len() > MAX_TXN_OPS || req.failure.len() > MAX_TXN_OPS {
             return Err(ApplyError::TooManyOps);
         }
@@ -180,14 +195,11 @@ impl KvStore {
                         Self::validate_range_key(&d.key)?;
                         del_ranges.push(KeyRange::new(&d.key, &d.range_end));
                     }
-                    RequestOp::Txn(t) => Self::validate_txn(t)?,
+                    RequestOp::Txn(t) => Self::validate_txn_ops(t)?,
                 }
             }
             // etcd refuses a txn that both puts and deletes the same key.
-            if put_keys
-                .iter()
-                .any(|k| del_ranges.iter().any(|r| r.contains(k)))
-            {
+            if put_keys.iter().any(|k| del_ranges.iter().any(|r| r.contains(k))) {
                 return Err(ApplyError::DuplicateKey);
             }
         }
@@ -195,48 +207,36 @@ impl KvStore {
     }
 
     /// Read-only Range against this store (current or, through `history`, past revision).
-    pub fn range(
-        &self,
-        req: &RangeRequest,
-        history: &mut dyn History,
-    ) -> Result<RangeResponse, ApplyError> {
+    pub fn range(&self, req: &RangeRequest, history: &mut dyn History) -> Result<RangeResponse, ApplyError> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut kvs = if req.revision <= 0 || req.revision == self.revision {
             // BTreeMap::range panics on an inverted range; etcd answers it with nothing.
             if range.is_empty() {
                 Vec::new()
             } else {
-                self.live
-                    .range::<[u8], _>(range.bounds())
-                    .map(|(k, l)| l.to_kv(k))
-                    .collect::<Vec<_>>()
+                self.live.range::<[u8], _>(range.bounds()).map(|(k, l)| l.to_kv(k)).collect::<Vec<_>>()
             }
         } else if req.revision > self.revision {
             return Err(ApplyError::FutureRevision);
         } else if req.revision < self.compact_revision {
             return Err(ApplyError::Compacted);
         } else {
-            history
-                .scan_at(&range, req.revision)
-                .map_err(|e| ApplyError::Other(e.to_string()))?
+            history.scan_at(&range, req.revision).map_err(|e| ApplyError::Storage(e.to_string()))?
         };
         Ok(Self::finish_range(req, &mut kvs))
     }
 
     fn finish_range(req: &RangeRequest, kvs: &mut Vec<KeyValue>) -> RangeResponse {
+        // etcd counts the keys in the range before the revision filters prune them.
+        let count = kvs.len() as i64;
         kvs.retain(|kv| {
             (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
                 && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
                 && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
                 && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
         });
-        let count = kvs.len() as i64;
         if req.count_only {
-            return RangeResponse {
-                kvs: Vec::new(),
-                more: false,
-                count,
-            };
+            return RangeResponse { kvs: Vec::new(), more: false, count };
         }
         let order = match (req.sort_order, req.sort_target) {
             (SortOrder::None, SortTarget::Key) => SortOrder::None,
@@ -266,18 +266,10 @@ impl KvStore {
                 kv.value.clear();
             }
         }
-        RangeResponse {
-            kvs: std::mem::take(kvs),
-            more,
-            count,
-        }
+        RangeResponse { kvs: std::mem::take(kvs), more, count }
     }
 
-    pub fn apply_put(
-        &mut self,
-        req: &PutRequest,
-        history: &mut dyn History,
-    ) -> Result<PutResponse, ApplyError> {
+    pub fn apply_put(&mut self, req: &PutRequest, history: &mut dyn History) -> Result<PutResponse, ApplyError> {
         Self::validate_put(req)?;
         self.check_put_refs(req)?;
         let rev = self.revision + 1;
@@ -300,30 +292,19 @@ impl KvStore {
         Ok(resp)
     }
 
-    pub fn apply_txn(
-        &mut self,
-        req: &TxnRequest,
-        history: &mut dyn History,
-    ) -> Result<TxnResponse, ApplyError> {
+    pub fn apply_txn(&mut self, req: &TxnRequest, history: &mut dyn History) -> Result<TxnResponse, ApplyError> {
         Self::validate_txn(req)?;
         let rev = self.revision + 1;
         // Check every op before executing any, so a refused txn changes nothing.
         let succeeded = req.compare.iter().all(|c| self.compare(c));
-        let ops = if succeeded {
-            &req.success
-        } else {
-            &req.failure
-        };
+        let ops = if succeeded { &req.success } else { &req.failure };
         self.check_ops(ops)?;
         let mut wrote = false;
         let responses = self.exec_ops(ops, rev, &mut wrote, history)?;
         if wrote {
             self.revision = rev;
         }
-        Ok(TxnResponse {
-            succeeded,
-            responses,
-        })
+        Ok(TxnResponse { succeeded, responses })
     }
 
     fn check_ops(&self, ops: &[RequestOp]) -> Result<(), ApplyError> {
@@ -388,10 +369,7 @@ impl KvStore {
                     let ok = t.compare.iter().all(|c| self.compare(c));
                     let inner = if ok { &t.success } else { &t.failure };
                     let responses = self.exec_ops(inner, rev, wrote, history)?;
-                    ResponseOp::Txn(TxnResponse {
-                        succeeded: ok,
-                        responses,
-                    })
+                    ResponseOp::Txn(TxnResponse { succeeded: ok, responses })
                 }
             });
         }
@@ -423,42 +401,18 @@ impl KvStore {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
-        let live = Live {
-            create_revision,
-            mod_revision: rev,
-            version,
-            lease,
-            value,
-        };
-        history.record_put(
-            &live.to_kv(&req.key),
-            prev.as_ref().map_or(0, |p| p.mod_revision),
-        );
+        let live = Live { create_revision, mod_revision: rev, version, lease, value };
+        history.record_put(&live.to_kv(&req.key), prev.as_ref().map_or(0, |p| p.mod_revision));
         self.live.insert(req.key.clone(), live);
-        PutResponse {
-            prev_kv: if req.prev_kv {
-                prev.map(|p| p.to_kv(&req.key))
-            } else {
-                None
-            },
-        }
+        PutResponse { prev_kv: if req.prev_kv { prev.map(|p| p.to_kv(&req.key)) } else { None } }
     }
 
-    fn delete_at(
-        &mut self,
-        req: &DeleteRangeRequest,
-        rev: i64,
-        history: &mut dyn History,
-    ) -> DeleteRangeResponse {
+    fn delete_at(&mut self, req: &DeleteRangeRequest, rev: i64, history: &mut dyn History) -> DeleteRangeResponse {
         let range = KeyRange::new(&req.key, &req.range_end);
         if range.is_empty() {
             return DeleteRangeResponse::default();
         }
-        let keys: Vec<Vec<u8>> = self
-            .live
-            .range::<[u8], _>(range.bounds())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys: Vec<Vec<u8>> = self.live.range::<[u8], _>(range.bounds()).map(|(k, _)| k.clone()).collect();
         let mut prev_kvs = Vec::new();
         for k in &keys {
             let old = self.live.remove(k).expect("key listed from the live map");
@@ -467,10 +421,7 @@ impl KvStore {
                 prev_kvs.push(old.to_kv(k));
             }
         }
-        DeleteRangeResponse {
-            deleted: keys.len() as i64,
-            prev_kvs,
-        }
+        DeleteRangeResponse { deleted: keys.len() as i64, prev_kvs }
     }
 
     /// etcd's compare: every key in the range must satisfy it; a missing key compares as
@@ -480,22 +431,13 @@ impl KvStore {
         let matched: Vec<&Live> = if range.is_empty() {
             Vec::new()
         } else {
-            self.live
-                .range::<[u8], _>(range.bounds())
-                .map(|(_, l)| l)
-                .collect()
+            self.live.range::<[u8], _>(range.bounds()).map(|(_, l)| l).collect()
         };
         if matched.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
                 return false;
             }
-            let zero = Live {
-                create_revision: 0,
-                mod_revision: 0,
-                version: 0,
-                lease: 0,
-                value: vec![],
-            };
+            let zero = Live { create_revision: 0, mod_revision: 0, version: 0, lease: 0, value: vec![] };
             return Self::compare_one(c, &zero);
         }
         matched.into_iter().all(|l| Self::compare_one(c, l))

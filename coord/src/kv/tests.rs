@@ -10,8 +10,7 @@ struct MemHistory(BTreeMap<(Vec<u8>, i64), Option<KeyValue>>);
 
 impl History for MemHistory {
     fn record_put(&mut self, kv: &KeyValue, _prev: i64) {
-        self.0
-            .insert((kv.key.clone(), kv.mod_revision), Some(kv.clone()));
+        self.0.insert((kv.key.clone(), kv.mod_revision), Some(kv.clone()));
     }
     fn record_delete(&mut self, key: &[u8], revision: i64, _prev: i64) {
         self.0.insert((key.to_vec(), revision), None);
@@ -28,34 +27,11 @@ impl History for MemHistory {
 }
 
 fn put(s: &mut KvStore, h: &mut MemHistory, k: &str, v: &str) -> PutResponse {
-    s.apply_put(
-        &PutRequest {
-            key: k.into(),
-            value: v.into(),
-            prev_kv: true,
-            ..Default::default()
-        },
-        h,
-    )
-    .unwrap()
+    s.apply_put(&PutRequest { key: k.into(), value: v.into(), prev_kv: true, ..Default::default() }, h).unwrap()
 }
 
-fn get(
-    s: &KvStore,
-    h: &mut MemHistory,
-    k: &str,
-    end: &[u8],
-    rev: i64,
-) -> Result<RangeResponse, ApplyError> {
-    s.range(
-        &RangeRequest {
-            key: k.into(),
-            range_end: end.to_vec(),
-            revision: rev,
-            ..Default::default()
-        },
-        h,
-    )
+fn get(s: &KvStore, h: &mut MemHistory, k: &str, end: &[u8], rev: i64) -> Result<RangeResponse, ApplyError> {
+    s.range(&RangeRequest { key: k.into(), range_end: end.to_vec(), revision: rev, ..Default::default() }, h)
 }
 
 #[test]
@@ -68,23 +44,9 @@ fn revisions_versions_and_create_revision_follow_etcd() {
     let kv = &get(&s, &mut h, "a", b"", 0).unwrap().kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     // Deleting nothing does not take a revision.
-    s.apply_delete(
-        &DeleteRangeRequest {
-            key: b"zz".to_vec(),
-            ..Default::default()
-        },
-        &mut h,
-    )
-    .unwrap();
+    s.apply_delete(&DeleteRangeRequest { key: b"zz".to_vec(), ..Default::default() }, &mut h).unwrap();
     assert_eq!(s.revision, 3);
-    s.apply_delete(
-        &DeleteRangeRequest {
-            key: b"a".to_vec(),
-            ..Default::default()
-        },
-        &mut h,
-    )
-    .unwrap();
+    s.apply_delete(&DeleteRangeRequest { key: b"a".to_vec(), ..Default::default() }, &mut h).unwrap();
     assert_eq!(s.revision, 4);
     put(&mut s, &mut h, "a", "3");
     let kv = &get(&s, &mut h, "a", b"", 0).unwrap().kvs[0];
@@ -92,10 +54,7 @@ fn revisions_versions_and_create_revision_follow_etcd() {
     // Past revisions read from history.
     assert_eq!(get(&s, &mut h, "a", b"", 2).unwrap().kvs[0].value, b"1");
     assert!(get(&s, &mut h, "a", b"", 4).unwrap().kvs.is_empty());
-    assert_eq!(
-        get(&s, &mut h, "a", b"", 99),
-        Err(ApplyError::FutureRevision)
-    );
+    assert_eq!(get(&s, &mut h, "a", b"", 99), Err(ApplyError::FutureRevision));
 }
 
 #[test]
@@ -106,15 +65,7 @@ fn prefix_ranges_limits_and_counts() {
     }
     let end = prefix_range_end(b"p/");
     let r = s
-        .range(
-            &RangeRequest {
-                key: b"p/".to_vec(),
-                range_end: end.clone(),
-                limit: 2,
-                ..Default::default()
-            },
-            &mut h,
-        )
+        .range(&RangeRequest { key: b"p/".to_vec(), range_end: end.clone(), limit: 2, ..Default::default() }, &mut h)
         .unwrap();
     assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 3));
     let all = get(&s, &mut h, "\0", b"\0", 0).unwrap();
@@ -134,15 +85,8 @@ fn txn_compares_choose_the_branch_and_refused_txns_change_nothing() {
             key: b"k".to_vec(),
             range_end: vec![],
         }],
-        success: vec![RequestOp::Put(PutRequest {
-            key: b"k".to_vec(),
-            value: new.into(),
-            ..Default::default()
-        })],
-        failure: vec![RequestOp::Range(RangeRequest {
-            key: b"k".to_vec(),
-            ..Default::default()
-        })],
+        success: vec![RequestOp::Put(PutRequest { key: b"k".to_vec(), value: new.into(), ..Default::default() })],
+        failure: vec![RequestOp::Range(RangeRequest { key: b"k".to_vec(), ..Default::default() })],
     };
     assert!(s.apply_txn(&cas("v1", "v2"), &mut h).unwrap().succeeded);
     let r = s.apply_txn(&cas("v1", "v3"), &mut h).unwrap();
@@ -150,14 +94,8 @@ fn txn_compares_choose_the_branch_and_refused_txns_change_nothing() {
     assert_eq!(s.revision, 3, "a txn that only read takes no revision");
     let dup = TxnRequest {
         success: vec![
-            RequestOp::Put(PutRequest {
-                key: b"x".to_vec(),
-                ..Default::default()
-            }),
-            RequestOp::Put(PutRequest {
-                key: b"x".to_vec(),
-                ..Default::default()
-            }),
+            RequestOp::Put(PutRequest { key: b"x".to_vec(), ..Default::default() }),
+            RequestOp::Put(PutRequest { key: b"x".to_vec(), ..Default::default() }),
         ],
         ..Default::default()
     };
@@ -172,11 +110,7 @@ fn txn_compares_choose_the_branch_and_refused_txns_change_nothing() {
             key: b"new".to_vec(),
             range_end: vec![],
         }],
-        success: vec![RequestOp::Put(PutRequest {
-            key: b"new".to_vec(),
-            value: b"1".to_vec(),
-            ..Default::default()
-        })],
+        success: vec![RequestOp::Put(PutRequest { key: b"new".to_vec(), value: b"1".to_vec(), ..Default::default() })],
         failure: vec![],
     };
     assert!(s.apply_txn(&create_if_absent, &mut h).unwrap().succeeded);
@@ -189,17 +123,9 @@ fn bad_input_is_refused_without_change() {
     let before = s.clone();
     let empty = PutRequest::default();
     assert_eq!(s.apply_put(&empty, &mut h), Err(ApplyError::EmptyKey));
-    let big = PutRequest {
-        key: b"k".to_vec(),
-        value: vec![0; MAX_REQUEST_BYTES],
-        ..Default::default()
-    };
+    let big = PutRequest { key: b"k".to_vec(), value: vec![0; MAX_REQUEST_BYTES], ..Default::default() };
     assert_eq!(s.apply_put(&big, &mut h), Err(ApplyError::TooLarge));
-    let leased = PutRequest {
-        key: b"k".to_vec(),
-        lease: 5,
-        ..Default::default()
-    };
+    let leased = PutRequest { key: b"k".to_vec(), lease: 5, ..Default::default() };
     assert_eq!(s.apply_put(&leased, &mut h), Err(ApplyError::LeaseNotFound));
     assert_eq!(s, before);
 }
@@ -215,4 +141,105 @@ fn compacted_revisions_are_refused() {
     assert!(get(&s, &mut h, "k", b"", 4).is_ok());
     assert_eq!(s.apply_compact(4), Err(ApplyError::Compacted));
     assert_eq!(s.apply_compact(100), Err(ApplyError::FutureRevision));
+}
+
+mod model {
+    //! `KvStore` against a model: a plain map per revision.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8, u8),
+        Delete(u8),
+        DeletePrefix,
+        Cas { key: u8, expect: u8, new: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..5u8, 0..4u8).prop_map(|(k, v)| Op::Put(k, v)),
+            2 => (0..5u8).prop_map(Op::Delete),
+            1 => Just(Op::DeletePrefix),
+            2 => (0..5u8, 0..4u8, 0..4u8).prop_map(|(key, expect, new)| Op::Cas { key, expect, new }),
+        ]
+    }
+
+    fn key(k: u8) -> Vec<u8> {
+        format!("m/{k}").into_bytes()
+    }
+
+    fn all(s: &KvStore, h: &mut MemHistory, rev: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let req = RangeRequest {
+            key: b"m/".to_vec(),
+            range_end: prefix_range_end(b"m/"),
+            revision: rev,
+            ..Default::default()
+        };
+        s.range(&req, h).unwrap().kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn kv_store_matches_a_map_per_revision(ops in proptest::collection::vec(op(), 1..60)) {
+            let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+            // states[r]: the store at revision r; revision 1 is empty.
+            let mut states: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = vec![BTreeMap::new(), BTreeMap::new()];
+            for op in ops {
+                let mut next = states.last().unwrap().clone();
+                let changed = match op {
+                    Op::Put(k, v) => {
+                        s.apply_put(&PutRequest { key: key(k), value: vec![v], ..Default::default() }, &mut h).unwrap();
+                        next.insert(key(k), vec![v]);
+                        true
+                    }
+                    Op::Delete(k) => {
+                        let r = s.apply_delete(&DeleteRangeRequest { key: key(k), ..Default::default() }, &mut h).unwrap();
+                        let existed = next.remove(&key(k)).is_some();
+                        prop_assert_eq!(r.deleted, existed as i64);
+                        existed
+                    }
+                    Op::DeletePrefix => {
+                        let req = DeleteRangeRequest { key: b"m/".to_vec(), range_end: prefix_range_end(b"m/"), prev_kv: true };
+                        let r = s.apply_delete(&req, &mut h).unwrap();
+                        prop_assert_eq!(r.deleted as usize, next.len());
+                        let any = !next.is_empty();
+                        next.clear();
+                        any
+                    }
+                    Op::Cas { key: k, expect, new } => {
+                        let t = TxnRequest {
+                            compare: vec![Compare {
+                                result: CompareResult::Equal,
+                                target: CompareTarget::Value(vec![expect]),
+                                key: key(k),
+                                range_end: vec![],
+                            }],
+                            success: vec![RequestOp::Put(PutRequest { key: key(k), value: vec![new], ..Default::default() })],
+                            failure: vec![],
+                        };
+                        let r = s.apply_txn(&t, &mut h).unwrap();
+                        let hit = next.get(&key(k)) == Some(&vec![expect]);
+                        prop_assert_eq!(r.succeeded, hit);
+                        if hit {
+                            next.insert(key(k), vec![new]);
+                        }
+                        hit
+                    }
+                };
+                if changed {
+                    states.push(next);
+                }
+                prop_assert_eq!(s.revision, states.len() as i64 - 1, "one revision per changing request");
+            }
+            for (rev, want) in states.iter().enumerate().skip(1) {
+                let want: Vec<(Vec<u8>, Vec<u8>)> = want.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(all(&s, &mut h, rev as i64), want, "read at revision {}", rev);
+            }
+        }
+    }
 }

@@ -16,10 +16,7 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     // A value that does not consume its bytes is corrupt, not merely old.
     if n != b.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "trailing bytes",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "trailing bytes"));
     }
     Ok(v)
 }
@@ -72,9 +69,7 @@ mod tests {
 
     #[test]
     fn escaped_keys_sort_like_raw_keys() {
-        let keys: Vec<&[u8]> = vec![
-            b"", b"\0", b"\0\0", b"\0a", b"a", b"a\0", b"a\0b", b"ab", b"b",
-        ];
+        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0a", b"a", b"a\0", b"a\0b", b"ab", b"b"];
         let enc: Vec<Vec<u8>> = keys
             .iter()
             .map(|k| {

@@ -24,61 +24,77 @@ use crate::types::{Entry, LogId, TypeConfig, Vote};
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// How many of the newest entries are kept in memory.
+/// How many of the newest entries are kept in memory, and how many bytes at most.
 const RECENT_ENTRIES_MAX: usize = 8192;
+const RECENT_BYTES_MAX: usize = 64 << 20;
+/// Entries replicated in one AppendEntries stop at about this many bytes (at least one
+/// entry), far below the 64 MiB gRPC message limit.
+const APPEND_BATCH_BYTES_MAX: usize = 8 << 20;
 
-/// The newest appended entries, with contiguous indexes, exactly as on disk.
+/// The newest appended entries (with their encoded size), contiguous indexes, exactly as
+/// on disk.
 #[derive(Default)]
 struct Recent {
-    entries: VecDeque<Entry>,
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
 }
 
 impl Recent {
     fn first_index(&self) -> Option<u64> {
-        self.entries.front().map(RaftEntry::index)
+        self.entries.front().map(|(e, _)| e.index())
     }
 
-    fn push(&mut self, e: Entry) {
+    fn pop_front(&mut self) {
+        if let Some((_, n)) = self.entries.pop_front() {
+            self.bytes -= n;
+        }
+    }
+
+    fn push(&mut self, e: Entry, size: usize) {
         let idx = e.index();
-        if self.entries.back().is_some_and(|b| b.index() + 1 != idx) {
+        if self.entries.back().is_some_and(|(b, _)| b.index() + 1 != idx) {
             self.entries.clear();
+            self.bytes = 0;
         }
-        self.entries.push_back(e);
-        if self.entries.len() > RECENT_ENTRIES_MAX {
-            self.entries.pop_front();
+        self.entries.push_back((e, size));
+        self.bytes += size;
+        while self.entries.len() > RECENT_ENTRIES_MAX || (self.bytes > RECENT_BYTES_MAX && self.entries.len() > 1) {
+            self.pop_front();
         }
     }
 
-    /// Entries `start..end` if all of them are here.
-    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+    /// Entries `start..end` if all of them are here, stopping after `budget` bytes (at
+    /// least one entry).
+    fn get(&self, start: u64, end: u64, budget: usize) -> Option<Vec<Entry>> {
         let first = self.first_index()?;
-        let last = self.entries.back()?.index();
+        let last = self.entries.back()?.0.index();
         if start < first || end == 0 || end - 1 > last || start >= end {
             return None;
         }
         let from = (start - first) as usize;
-        Some(
-            self.entries
-                .range(from..from + (end - start) as usize)
-                .cloned()
-                .collect(),
-        )
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (e, n) in self.entries.range(from..from + (end - start) as usize) {
+            if !out.is_empty() && bytes + n > budget {
+                break;
+            }
+            bytes += n;
+            out.push(e.clone());
+        }
+        Some(out)
     }
 
     fn truncate_after(&mut self, keep_through: Option<u64>) {
-        match keep_through {
-            None => self.entries.clear(),
-            Some(k) => {
-                while self.entries.back().is_some_and(|b| b.index() > k) {
-                    self.entries.pop_back();
-                }
+        while self.entries.back().is_some_and(|(b, _)| keep_through.is_none_or(|k| b.index() > k)) {
+            if let Some((_, n)) = self.entries.pop_back() {
+                self.bytes -= n;
             }
         }
     }
 
     fn purge_through(&mut self, idx: u64) {
-        while self.entries.front().is_some_and(|f| f.index() <= idx) {
-            self.entries.pop_front();
+        while self.first_index().is_some_and(|f| f <= idx) {
+            self.pop_front();
         }
     }
 }
@@ -102,20 +118,48 @@ impl LogStore {
                     waiting.extend(rx.try_iter());
                     let res = sync_db.flush_wal(true).map_err(io_err);
                     for cb in waiting {
-                        cb.io_completed(
-                            res.as_ref()
-                                .map(|_| ())
-                                .map_err(|e| io::Error::other(e.to_string())),
-                        );
+                        cb.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
                     }
                 }
             })
             .expect("spawn raft-log-sync thread");
-        LogStore {
-            db,
-            syncer: tx,
-            recent: Arc::default(),
+        let store = LogStore { db, syncer: tx, recent: Arc::default() };
+        store.finish_purge();
+        store
+    }
+
+    /// A purge writes its (synced) mark before deleting the entries, and the delete is
+    /// not synced: after a crash, entries at or below the mark may still be on disk.
+    /// Deleting them again here keeps the log contiguous above the mark.
+    fn finish_purge(&self) {
+        if let Ok(Some(purged)) = self.get_meta::<LogId>(KEY_PURGED) {
+            if let Err(e) = self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(purged.index + 1)) {
+                tracing::warn!("finishing an interrupted purge failed: {e}");
+            }
         }
+    }
+
+    /// Reads `start..end` from disk, stopping after `budget` bytes (at least one entry).
+    fn read_entries(&self, start: u64, end: Option<u64>, budget: usize) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let it = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&u64_key(start), Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(io_err)?;
+            let idx = key_u64(&k);
+            if end.is_some_and(|e| idx >= e) {
+                break;
+            }
+            if !out.is_empty() && bytes + v.len() > budget {
+                break;
+            }
+            bytes += v.len();
+            let entry: Entry = decode(&v)?;
+            // Check what came back from disk is the entry that was asked for.
+            assert_eq!(entry.index(), idx, "log entry stored under a wrong index");
+            out.push(entry);
+        }
+        Ok(out)
     }
 
     fn cf_log(&self) -> &rocksdb::ColumnFamily {
@@ -123,9 +167,7 @@ impl LogStore {
     }
 
     fn cf_meta(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(CF_RAFT_META)
-            .expect("raft_meta column family")
+        self.db.cf_handle(CF_RAFT_META).expect("raft_meta column family")
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -138,9 +180,7 @@ impl LogStore {
     fn put_meta_synced<T: serde::Serialize>(&self, key: &[u8], v: &T) -> io::Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db
-            .put_cf_opt(self.cf_meta(), key, encode(v)?, &wo)
-            .map_err(io_err)
+        self.db.put_cf_opt(self.cf_meta(), key, encode(v)?, &wo).map_err(io_err)
     }
 }
 
@@ -160,27 +200,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => None,
         };
         if let Some(end) = end {
-            if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end) {
+            if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end, usize::MAX) {
                 return Ok(hit);
             }
         }
-        let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf_log(),
-            IteratorMode::From(&u64_key(start), Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item.map_err(io_err)?;
-            let idx = key_u64(&k);
-            if !range.contains(&idx) {
-                break;
-            }
-            let entry: Entry = decode(&v)?;
-            // Check what came back from disk is the entry that was asked for.
-            assert_eq!(entry.index(), idx, "log entry stored under a wrong index");
-            out.push(entry);
+        self.read_entries(start, end, usize::MAX)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end, APPEND_BATCH_BYTES_MAX) {
+            return Ok(hit);
         }
-        Ok(out)
+        self.read_entries(start, Some(end), APPEND_BATCH_BYTES_MAX)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -193,18 +224,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        let last = match self.db.iterator_cf(self.cf_log(), IteratorMode::End).next() {
+        let on_disk = match self.db.iterator_cf(self.cf_log(), IteratorMode::End).next() {
             Some(item) => {
                 let (_, v) = item.map_err(io_err)?;
                 let e: Entry = decode(&v)?;
                 Some(e.log_id())
             }
-            None => last_purged.clone(),
+            None => None,
         };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
-        })
+        // Never report a last entry below the purge mark.
+        let last = match (on_disk, &last_purged) {
+            (Some(d), Some(p)) if d.index <= p.index => Some(p.clone()),
+            (None, p) => p.clone(),
+            (d, _) => d,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -215,41 +249,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta_synced(KEY_VOTE, vote)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut sizes = Vec::with_capacity(entries.len());
         for e in &entries {
-            batch.put_cf(self.cf_log(), u64_key(e.index()), encode(e)?);
+            let b = encode(e)?;
+            sizes.push(b.len());
+            batch.put_cf(self.cf_log(), u64_key(e.index()), b);
         }
         // Written (readable) before returning, durable only when the callback fires.
         self.db.write(batch).map_err(io_err)?;
         let mut recent = self.recent.lock().expect("recent lock");
-        for e in entries {
-            recent.push(e);
+        for (e, n) in entries.into_iter().zip(sizes) {
+            recent.push(e, n);
         }
         drop(recent);
-        self.syncer
-            .send(callback)
-            .map_err(|_| io::Error::other("log sync thread stopped"))
+        self.syncer.send(callback).map_err(|_| io::Error::other("log sync thread stopped"))
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
         let from = last.as_ref().map(|l| l.index + 1).unwrap_or(0);
-        self.db
-            .delete_range_cf(self.cf_log(), u64_key(from), u64_key(u64::MAX))
-            .map_err(io_err)?;
-        self.recent
-            .lock()
-            .expect("recent lock")
-            .truncate_after(last.map(|l| l.index));
+        self.db.delete_range_cf(self.cf_log(), u64_key(from), u64_key(u64::MAX)).map_err(io_err)?;
+        self.recent.lock().expect("recent lock").truncate_after(last.map(|l| l.index));
         Ok(())
     }
 
@@ -257,13 +283,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The purge mark goes first: entries at or below it are ignored from then on,
         // so a crash between the two writes is harmless.
         self.put_meta_synced(KEY_PURGED, &log_id)?;
-        self.db
-            .delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index + 1))
-            .map_err(io_err)?;
-        self.recent
-            .lock()
-            .expect("recent lock")
-            .purge_through(log_id.index);
+        self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index + 1)).map_err(io_err)?;
+        self.recent.lock().expect("recent lock").purge_through(log_id.index);
         Ok(())
     }
 }

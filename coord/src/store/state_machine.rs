@@ -29,9 +29,7 @@ use super::{io_err, CF_SM};
 use crate::command::{ApplyError, Command, Output, Response};
 use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore};
-use crate::types::{
-    LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
-};
+use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"m/applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
@@ -65,12 +63,7 @@ pub struct SmState {
 /// A stored version of a key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum HistRecord {
-    Put {
-        create_revision: i64,
-        version: i64,
-        lease: i64,
-        value: Vec<u8>,
-    },
+    Put { create_revision: i64, version: i64, lease: i64, value: Vec<u8> },
     Delete,
 }
 
@@ -176,32 +169,11 @@ fn scan_history(
     // The newest version <= revision of the key being scanned.
     let mut cur: Option<(Vec<u8>, i64, HistRecord)> = None;
     let flush = |cur: Option<(Vec<u8>, i64, HistRecord)>, out: &mut Vec<KeyValue>| {
-        if let Some((
-            key,
-            rev,
-            HistRecord::Put {
-                create_revision,
-                version,
-                lease,
-                value,
-            },
-        )) = cur
-        {
-            out.push(KeyValue {
-                key,
-                create_revision,
-                mod_revision: rev,
-                version,
-                value,
-                lease,
-            });
+        if let Some((key, rev, HistRecord::Put { create_revision, version, lease, value })) = cur {
+            out.push(KeyValue { key, create_revision, mod_revision: rev, version, value, lease });
         }
     };
-    let it = db.iterator_cf_opt(
-        cf,
-        ro,
-        IteratorMode::From(&start, rocksdb::Direction::Forward),
-    );
+    let it = db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward));
     for item in it {
         let (k, v) = item.map_err(io_err)?;
         let (key, rev) = parse_hist_key(&k).ok_or_else(|| io_err("corrupt history key"))?;
@@ -234,11 +206,8 @@ impl DbView {
         let snap = db.snapshot();
         // SAFETY: `snap` borrows the DB behind `db`; the Arc keeps that DB alive and at the
         // same address for as long as this struct lives, and `snap` is dropped first.
-        let snap = unsafe {
-            std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(
-                snap,
-            )
-        };
+        let snap =
+            unsafe { std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(snap) };
         DbView { snap, db }
     }
 }
@@ -258,11 +227,7 @@ impl StateMachineStore {
     pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let state = load_state(&db)?;
-        Ok(StateMachineStore {
-            db,
-            state: Arc::new(RwLock::new(state)),
-            snapshot_dir,
-        })
+        Ok(StateMachineStore { db, state: Arc::new(RwLock::new(state)), snapshot_dir })
     }
 
     /// Shared handle for readers (gRPC handlers).
@@ -298,17 +263,9 @@ impl StateMachineStore {
                 batch.put_cf(cf, KEY_MEMBERSHIP, encode(&st.membership)?);
             }
             EntryPayload::Normal(LogEntry { time_ms: _, cmd }) => {
-                let mut hist = DbHistory {
-                    db: &self.db,
-                    batch,
-                    n: 0,
-                };
+                let mut hist = DbHistory { db: &self.db, batch, n: 0 };
                 let r: Result<Output, ApplyError> = match cmd {
-                    Command::InitCluster {
-                        cluster_id,
-                        manager_secret,
-                        worker_secret,
-                    } => {
+                    Command::InitCluster { cluster_id, manager_secret, worker_secret } => {
                         if !st.cluster.cluster_id.is_empty() {
                             Err(ApplyError::AlreadyInitialized)
                         } else {
@@ -327,9 +284,7 @@ impl StateMachineStore {
                         Ok(Output::NodeId(id))
                     }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
-                    Command::DeleteRange(d) => {
-                        st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange)
-                    }
+                    Command::DeleteRange(d) => st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange),
                     Command::Txn(t) => st.kv.apply_txn(t, &mut hist).map(Output::Txn),
                     Command::Compact { revision } => match st.kv.apply_compact(*revision) {
                         Ok(prev) => {
@@ -341,21 +296,18 @@ impl StateMachineStore {
                 };
                 match r {
                     Ok(o) => out = o,
+                    // A failed read of our own storage must stop the node: answering with an
+                    // error here could differ from what the other members answer.
+                    Err(ApplyError::Storage(e)) => return Err(io::Error::other(e)),
                     Err(e) => result = Err(e),
                 }
-                if matches!(
-                    cmd,
-                    Command::InitCluster { .. } | Command::AllocNodeId { .. }
-                ) {
+                if matches!(cmd, Command::InitCluster { .. } | Command::AllocNodeId { .. }) {
                     batch.put_cf(cf, KEY_CLUSTER, encode(&st.cluster)?);
                 }
             }
         }
         st.last_applied = Some(log_id.clone());
-        Ok(Response {
-            revision: st.kv.revision,
-            result: result.map(|_| out),
-        })
+        Ok(Response { revision: st.kv.revision, result: result.map(|_| out) })
     }
 
     /// Writes `batch` with the counters and `m/applied` of `st`, atomically.
@@ -386,11 +338,7 @@ impl StateMachineStore {
         let end = rev_key(to + 1, 0);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end);
-        for item in self.db.iterator_cf_opt(
-            cf,
-            ro,
-            IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
+        for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
             let (k, v) = item.map_err(io_err)?;
             let rev = key_u64(&k[1..9]) as i64;
             if v.len() < 9 {
@@ -399,21 +347,15 @@ impl StateMachineStore {
             let (op, prev, key) = (v[0], key_u64(&v[1..9]) as i64, &v[9..]);
             // Revisions come in order: the first seen per key carries the version before
             // the window, the last one is the newest.
-            let t = touched.entry(key.to_vec()).or_insert(Touched {
-                before: prev,
-                revs: Vec::new(),
-                last_deleted: false,
-            });
+            let t =
+                touched.entry(key.to_vec()).or_insert(Touched { before: prev, revs: Vec::new(), last_deleted: false });
             t.revs.push(rev);
             t.last_deleted = op == OP_DELETE;
             batch.delete_cf(cf, &k);
         }
         for (key, t) in touched {
             let newest = *t.revs.last().expect("at least one revision");
-            let older = t.revs[..t.revs.len() - 1]
-                .iter()
-                .copied()
-                .chain((t.before > 0).then_some(t.before));
+            let older = t.revs[..t.revs.len() - 1].iter().copied().chain((t.before > 0).then_some(t.before));
             for r in older.filter(|r| *r != newest) {
                 batch.delete_cf(cf, hist_key(&key, r));
             }
@@ -425,9 +367,18 @@ impl StateMachineStore {
     }
 
     /// File layout: u32 length of the encoded meta, the meta, then the data as is (so
-    /// saving does not copy the data once more).
+    /// saving does not copy the data once more). A build and an install may finish in
+    /// any order: writers are serialized, and a file never replaces a newer one.
     fn save_snapshot(dir: &std::path::Path, file: &SnapshotFile) -> io::Result<()> {
         use std::io::Write;
+        static FILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _g = FILE_LOCK.lock().expect("snapshot file lock");
+        if let Some(existing) = read_snapshot_meta(&dir.join("current"))? {
+            if existing.last_log_id > file.meta.last_log_id {
+                tracing::info!(kept = ?existing.last_log_id, "a newer snapshot file exists; not replacing it");
+                return Ok(());
+            }
+        }
         let tmp = dir.join("current.tmp");
         let meta = encode(&file.meta)?;
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
@@ -443,11 +394,8 @@ impl StateMachineStore {
     fn load_snapshot(&self) -> io::Result<Option<SnapshotFile>> {
         match std::fs::read(self.snapshot_dir.join("current")) {
             Ok(mut b) => {
-                let corrupt =
-                    || io::Error::new(io::ErrorKind::InvalidData, "corrupt snapshot file");
-                let n = u32::from_be_bytes(
-                    b.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes"),
-                ) as usize;
+                let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt snapshot file");
+                let n = u32::from_be_bytes(b.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
                 let meta: SnapshotMeta = decode(b.get(4..4 + n).ok_or_else(corrupt)?)?;
                 let data = b.split_off(4 + n);
                 Ok(Some(SnapshotFile { meta, data }))
@@ -470,26 +418,32 @@ fn reads_history(p: &Payload) -> bool {
         })
     }
     match p {
-        EntryPayload::Normal(LogEntry {
-            cmd: Command::Compact { .. },
-            ..
-        }) => true,
-        EntryPayload::Normal(LogEntry {
-            cmd: Command::Txn(t),
-            ..
-        }) => past_read(&t.success) || past_read(&t.failure),
+        EntryPayload::Normal(LogEntry { cmd: Command::Compact { .. }, .. }) => true,
+        EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
         _ => false,
     }
+}
+
+/// The meta at the head of a snapshot file, if the file exists.
+fn read_snapshot_meta(path: &std::path::Path) -> io::Result<Option<SnapshotMeta>> {
+    use std::io::Read;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len)?;
+    let mut meta = vec![0u8; u32::from_be_bytes(len) as usize];
+    f.read_exact(&mut meta)?;
+    Ok(Some(decode(&meta)?))
 }
 
 /// Rebuilds the in-memory state from the `sm` column family.
 fn load_state(db: &DB) -> io::Result<SmState> {
     let cf = db.cf_handle(CF_SM).expect("sm column family");
     let get = |k: &[u8]| db.get_cf(cf, k).map_err(io_err);
-    let mut st = SmState {
-        kv: KvStore::new(),
-        ..Default::default()
-    };
+    let mut st = SmState { kv: KvStore::new(), ..Default::default() };
     if let Some(b) = get(KEY_APPLIED)? {
         st.last_applied = decode(&b)?;
     }
@@ -505,10 +459,7 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     if let Some(b) = get(KEY_CLUSTER)? {
         st.cluster = decode(&b)?;
     }
-    let all = KeyRange {
-        start: Vec::new(),
-        end: None,
-    };
+    let all = KeyRange { start: Vec::new(), end: None };
     for kv in scan_history(db, cf, None, &all, i64::MAX)? {
         st.kv.live.insert(
             kv.key.clone(),
@@ -529,16 +480,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     #[instrument(level = "info", skip(self))]
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let view = self
-            .view
-            .take()
-            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+        let view = self.view.take().ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
         let dir = self.dir.clone();
         // Scanning and encoding take long: keep them off the async workers that serve
         // requests.
-        tokio::task::spawn_blocking(move || build_snapshot_blocking(&view, &dir))
-            .await
-            .map_err(io_err)?
+        tokio::task::spawn_blocking(move || build_snapshot_blocking(&view, &dir)).await.map_err(io_err)?
     }
 }
 
@@ -559,25 +505,12 @@ fn build_snapshot_blocking(view: &DbView, dir: &std::path::Path) -> io::Result<S
             _ => pairs.push((k.to_vec(), v.to_vec())),
         }
     }
-    let meta = SnapshotMeta {
-        last_log_id: last_applied,
-        last_membership: membership,
-    };
+    let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership };
     let data = encode(&pairs)?;
-    let file = SnapshotFile {
-        meta: meta.clone(),
-        data,
-    };
+    let file = SnapshotFile { meta: meta.clone(), data };
     StateMachineStore::save_snapshot(dir, &file)?;
-    tracing::info!(
-        bytes = file.data.len(),
-        keys = pairs.len(),
-        "snapshot built"
-    );
-    Ok(Snapshot {
-        meta,
-        snapshot: file.data,
-    })
+    tracing::info!(bytes = file.data.len(), keys = pairs.len(), "snapshot built");
+    Ok(Snapshot { meta, snapshot: file.data })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -614,8 +547,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     if reads_history(&entry.payload) && !batch.is_empty() {
                         self.flush(&st, &mut batch)?;
                     }
-                    let resp =
-                        self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
+                    let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
                     replies.push((responder, resp));
                 }
                 self.flush(&st, &mut batch)?;
@@ -630,36 +562,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            view: Some(DbView::new(self.db.clone())),
-            dir: self.snapshot_dir.clone(),
-        }
+        SnapshotBuilder { view: Some(DbView::new(self.db.clone())), dir: self.snapshot_dir.clone() }
     }
 
     #[instrument(level = "info", skip(self, snapshot), fields(last = ?meta.last_log_id))]
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: SnapshotData,
-    ) -> Result<(), io::Error> {
-        let (db, state, dir, meta) = (
-            self.db.clone(),
-            self.state.clone(),
-            self.snapshot_dir.clone(),
-            meta.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            install_snapshot_blocking(&db, &state, &dir, &meta, snapshot)
-        })
-        .await
-        .map_err(io_err)?
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let (db, state, dir, meta) = (self.db.clone(), self.state.clone(), self.snapshot_dir.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || install_snapshot_blocking(&db, &state, &dir, &meta, snapshot))
+            .await
+            .map_err(io_err)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.load_snapshot()?.map(|f| Snapshot {
-            meta: f.meta,
-            snapshot: f.data,
-        }))
+        Ok(self.load_snapshot()?.map(|f| Snapshot { meta: f.meta, snapshot: f.data }))
     }
 }
 
@@ -681,19 +596,15 @@ fn install_snapshot_blocking(
     }
     batch.put_cf(cf, KEY_APPLIED, encode(&meta.last_log_id)?);
     batch.put_cf(cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
+    // The file first: once the DB says "applied through the snapshot", the leader may
+    // purge what precedes it, and this node must then be able to serve the snapshot.
+    StateMachineStore::save_snapshot(dir, &SnapshotFile { meta: meta.clone(), data: snapshot })?;
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     let mut st = state.write().expect("sm lock");
     db.write_opt(batch, &wo).map_err(io_err)?;
     *st = load_state(db)?;
     drop(st);
-    StateMachineStore::save_snapshot(
-        dir,
-        &SnapshotFile {
-            meta: meta.clone(),
-            data: snapshot,
-        },
-    )?;
     tracing::info!(keys = pairs.len(), "snapshot installed");
     Ok(())
 }

@@ -14,11 +14,7 @@ fn put_entry(index: u64, key: &str, value: &str) -> Entry {
     let mut e: Entry = openraft::testing::blank_ent::<TypeConfig>(1, 1, index);
     e.payload = EntryPayload::Normal(LogEntry {
         time_ms: 0,
-        cmd: Command::Put(PutRequest {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        }),
+        cmd: Command::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() }),
     });
     e
 }
@@ -34,11 +30,7 @@ async fn apply(sm: &mut StateMachineStore, entries: Vec<Entry>) {
     sm.apply(s).await.expect("apply");
 }
 
-fn read(
-    sm: &StateMachineStore,
-    key: &str,
-    revision: i64,
-) -> Result<Vec<String>, coord::command::ApplyError> {
+fn read(sm: &StateMachineStore, key: &str, revision: i64) -> Result<Vec<String>, coord::command::ApplyError> {
     let st = sm.state();
     let st = st.read().unwrap();
     let db = sm.db();
@@ -51,13 +43,7 @@ fn read(
     let r = st.kv.range(&req, &mut ReadOnlyHistory(&db))?;
     Ok(r.kvs
         .iter()
-        .map(|kv| {
-            format!(
-                "{}={}",
-                String::from_utf8_lossy(&kv.key),
-                String::from_utf8_lossy(&kv.value)
-            )
-        })
+        .map(|kv| format!("{}={}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value)))
         .collect())
 }
 
@@ -68,80 +54,40 @@ fn kv_state(sm: &StateMachineStore) -> KvStore {
 #[tokio::test]
 async fn applied_state_survives_reopen_and_history_survives_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = StateMachineStore::new(
-        open_db(&dir.path().join("db")).unwrap(),
-        dir.path().join("snap"),
-    )
-    .unwrap();
+    let mut sm = StateMachineStore::new(open_db(&dir.path().join("db")).unwrap(), dir.path().join("snap")).unwrap();
     // Revisions: a=1 @2, a=2 @3, b=1 @4, a=3 @5, delete b @6.
     apply(
         &mut sm,
-        vec![
-            put_entry(1, "a", "1"),
-            put_entry(2, "a", "2"),
-            put_entry(3, "b", "1"),
-            put_entry(4, "a", "3"),
-        ],
+        vec![put_entry(1, "a", "1"), put_entry(2, "a", "2"), put_entry(3, "b", "1"), put_entry(4, "a", "3")],
     )
     .await;
     apply(
         &mut sm,
         vec![cmd_entry(
             5,
-            Command::DeleteRange(coord::kv::types::DeleteRangeRequest {
-                key: b"b".to_vec(),
-                ..Default::default()
-            }),
+            Command::DeleteRange(coord::kv::types::DeleteRangeRequest { key: b"b".to_vec(), ..Default::default() }),
         )],
     )
     .await;
     assert_eq!(read(&sm, "", 4).unwrap(), vec!["a=2", "b=1"]);
-    apply(
-        &mut sm,
-        vec![cmd_entry(6, Command::Compact { revision: 5 })],
-    )
-    .await;
-    assert!(
-        read(&sm, "", 4).is_err(),
-        "reads below the compact revision are refused"
-    );
-    assert_eq!(
-        read(&sm, "", 5).unwrap(),
-        vec!["a=3", "b=1"],
-        "the compact revision itself stays readable"
-    );
+    apply(&mut sm, vec![cmd_entry(6, Command::Compact { revision: 5 })]).await;
+    assert!(read(&sm, "", 4).is_err(), "reads below the compact revision are refused");
+    assert_eq!(read(&sm, "", 5).unwrap(), vec!["a=3", "b=1"], "the compact revision itself stays readable");
     assert_eq!(read(&sm, "", 6).unwrap(), vec!["a=3"]);
     let before = kv_state(&sm);
     drop(sm);
-    let sm = StateMachineStore::new(
-        open_db(&dir.path().join("db")).unwrap(),
-        dir.path().join("snap"),
-    )
-    .unwrap();
-    assert_eq!(
-        kv_state(&sm),
-        before,
-        "reopened state equals the state before"
-    );
+    let sm = StateMachineStore::new(open_db(&dir.path().join("db")).unwrap(), dir.path().join("snap")).unwrap();
+    assert_eq!(kv_state(&sm), before, "reopened state equals the state before");
     assert_eq!(read(&sm, "", 5).unwrap(), vec!["a=3", "b=1"]);
     let st = sm.state();
-    assert_eq!(
-        st.read().unwrap().last_applied.as_ref().map(|l| l.index),
-        Some(6)
-    );
+    assert_eq!(st.read().unwrap().last_applied.as_ref().map(|l| l.index), Some(6));
 }
 
 #[tokio::test]
 async fn snapshot_install_reproduces_the_state_byte_for_byte() {
     let d1 = tempfile::tempdir().unwrap();
-    let mut sm1 = StateMachineStore::new(
-        open_db(&d1.path().join("db")).unwrap(),
-        d1.path().join("snap"),
-    )
-    .unwrap();
-    let entries: Vec<Entry> = (1..=200)
-        .map(|i| put_entry(i, &format!("k{}", i % 37), &format!("v{i}")))
-        .collect();
+    let mut sm1 = StateMachineStore::new(open_db(&d1.path().join("db")).unwrap(), d1.path().join("snap")).unwrap();
+    let entries: Vec<Entry> = (1..=200).map(|i| put_entry(i, &format!("k{}", i % 37), &format!("v{i}"))).collect();
     apply(&mut sm1, entries).await;
     let mut builder = sm1.get_snapshot_builder().await;
     // Writes after the builder was created must not leak into the snapshot.
@@ -150,39 +96,18 @@ async fn snapshot_install_reproduces_the_state_byte_for_byte() {
     assert_eq!(snap.meta.last_log_id.as_ref().map(|l| l.index), Some(200));
 
     let d2 = tempfile::tempdir().unwrap();
-    let mut sm2 = StateMachineStore::new(
-        open_db(&d2.path().join("db")).unwrap(),
-        d2.path().join("snap"),
-    )
-    .unwrap();
+    let mut sm2 = StateMachineStore::new(open_db(&d2.path().join("db")).unwrap(), d2.path().join("snap")).unwrap();
     apply(&mut sm2, vec![put_entry(1, "stale", "gone")]).await;
-    sm2.install_snapshot(&snap.meta, snap.snapshot.clone())
-        .await
-        .unwrap();
+    sm2.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
     let mut sm1_at_200 = kv_state(&sm1);
     sm1_at_200.live.remove(b"late".as_slice());
     sm1_at_200.revision -= 1;
     assert_eq!(kv_state(&sm2), sm1_at_200);
-    assert_eq!(
-        read(&sm2, "k1", 100).unwrap(),
-        read(&sm1, "k1", 100).unwrap()
-    );
+    assert_eq!(read(&sm2, "k1", 100).unwrap(), read(&sm1, "k1", 100).unwrap());
     // A snapshot of the installed state has the same bytes.
-    let again = sm2
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    assert!(
-        again.snapshot == snap.snapshot,
-        "re-snapshot of the installed state differs"
-    );
-    let current = sm2
-        .get_current_snapshot()
-        .await
-        .unwrap()
-        .expect("installed snapshot is kept");
+    let again = sm2.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert!(again.snapshot == snap.snapshot, "re-snapshot of the installed state differs");
+    let current = sm2.get_current_snapshot().await.unwrap().expect("installed snapshot is kept");
     assert_eq!(current.meta.last_log_id, snap.meta.last_log_id);
 }
 
@@ -192,13 +117,7 @@ async fn snapshot_install_reproduces_the_state_byte_for_byte() {
 async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
     use std::collections::BTreeMap;
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        StateMachineStore::new(
-            open_db(&dir.path().join("db")).unwrap(),
-            dir.path().join("snap"),
-        )
-        .unwrap()
-    };
+    let open = || StateMachineStore::new(open_db(&dir.path().join("db")).unwrap(), dir.path().join("snap")).unwrap();
     let mut sm = open();
     // states[r] = the store at revision r (revision 1 is empty).
     let mut states: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(), BTreeMap::new()];
@@ -213,15 +132,8 @@ async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
     let check = |sm: &StateMachineStore, states: &Vec<BTreeMap<String, String>>, compacted: i64| {
         let current = states.len() as i64 - 1;
         for r in compacted.max(1)..=current {
-            let want: Vec<String> = states[r as usize]
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            assert_eq!(
-                read(sm, "k", r).unwrap(),
-                want,
-                "read at revision {r} (compacted {compacted})"
-            );
+            let want: Vec<String> = states[r as usize].iter().map(|(k, v)| format!("{k}={v}")).collect();
+            assert_eq!(read(sm, "k", r).unwrap(), want, "read at revision {r} (compacted {compacted})");
         }
         if compacted > 1 {
             assert!(read(sm, "k", compacted - 1).is_err());
@@ -236,10 +148,7 @@ async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
             apply(&mut sm, vec![put_entry(index, &key, &format!("v{index}"))]).await;
             states.push(next);
         } else if roll < 90 {
-            let del = coord::kv::types::DeleteRangeRequest {
-                key: key.clone().into_bytes(),
-                ..Default::default()
-            };
+            let del = coord::kv::types::DeleteRangeRequest { key: key.clone().into_bytes(), ..Default::default() };
             apply(&mut sm, vec![cmd_entry(index, Command::DeleteRange(del))]).await;
             if next.remove(&key).is_some() {
                 states.push(next);
@@ -248,11 +157,7 @@ async fn compaction_keeps_every_read_at_or_after_the_compact_revision() {
             let current = states.len() as i64 - 1;
             if current > compacted {
                 let to = compacted + 1 + rnd((current - compacted) as u64) as i64;
-                apply(
-                    &mut sm,
-                    vec![cmd_entry(index, Command::Compact { revision: to })],
-                )
-                .await;
+                apply(&mut sm, vec![cmd_entry(index, Command::Compact { revision: to })]).await;
                 compacted = to;
                 check(&sm, &states, compacted);
             } else {

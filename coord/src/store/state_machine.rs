@@ -537,26 +537,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
             let mut replies = Vec::with_capacity(group.len());
-            {
-                let mut st = self.state.write().expect("sm lock");
-                let mut batch = WriteBatch::default();
-                for (entry, responder) in group {
-                    let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();
-                    // Compaction and reads of past revisions look at the DB: it must hold
-                    // every earlier entry first.
-                    if reads_history(&entry.payload) && !batch.is_empty() {
-                        self.flush(&st, &mut batch)?;
-                    }
-                    let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
-                    replies.push((responder, resp));
+            let mut st = self.state.write().expect("sm lock");
+            let mut batch = WriteBatch::default();
+            for (entry, responder) in group {
+                let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();
+                // Compaction and reads of past revisions look at the DB: it must hold
+                // every earlier entry first.
+                if reads_history(&entry.payload) && !batch.is_empty() {
+                    self.flush(&st, &mut batch)?;
                 }
-                self.flush(&st, &mut batch)?;
+                let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
+                replies.push((responder, resp));
             }
+            // Answer before the batch is written: the entries are committed in the log, and
+            // every reader waits on the state lock, held until the write is done.
             for (responder, resp) in replies {
                 if let Some(r) = responder {
                     r.send(resp);
                 }
             }
+            self.flush(&st, &mut batch)?;
+            drop(st);
         }
         Ok(())
     }

@@ -68,6 +68,7 @@ impl CoordNode {
         let raft_config = Arc::new(opts.config.raft_config().map_err(CoordError::InvalidArgument)?);
         let db = open_db(&opts.data_dir.join("db")).map_err(|e| CoordError::Internal(format!("open RocksDB: {e}")))?;
         let log = LogStore::new(db.clone());
+        let sync_inline = log.sync_inline_switch();
         let sm = StateMachineStore::new(db.clone(), opts.data_dir.join("snapshot"))
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
         let state = sm.state();
@@ -87,6 +88,19 @@ impl CoordNode {
             channels: Mutex::new(BTreeMap::new()),
             removed_tx,
             cluster_id_u64: std::sync::OnceLock::new(),
+        });
+        // Followers fsync appends inline, leaders on the sync thread (see LogStore).
+        // server_metrics changes only with state, vote or membership, not on every commit.
+        let mut metrics = node.raft.server_metrics();
+        tokio::spawn(async move {
+            use openraft::async_runtime::watch::WatchReceiver;
+            loop {
+                let leader = metrics.borrow_watched().state == ServerState::Leader;
+                sync_inline.store(!leader, std::sync::atomic::Ordering::Relaxed);
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
         });
         node.spawn_background();
         Ok(node)

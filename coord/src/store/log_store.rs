@@ -104,6 +104,10 @@ pub struct LogStore {
     db: Arc<DB>,
     syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
     recent: Arc<Mutex<Recent>>,
+    /// Set while this node follows: then `append` syncs inline, since the follower only
+    /// acknowledges after the sync anyway and a hand-off to the sync thread costs a wakeup.
+    /// A leader syncs on the sync thread, so that replication starts before its own fsync.
+    sync_inline: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LogStore {
@@ -123,9 +127,14 @@ impl LogStore {
                 }
             })
             .expect("spawn raft-log-sync thread");
-        let store = LogStore { db, syncer: tx, recent: Arc::default() };
+        let store = LogStore { db, syncer: tx, recent: Arc::default(), sync_inline: Arc::default() };
         store.finish_purge();
         store
+    }
+
+    /// Shared switch between inline and sync-thread fsync; see the `sync_inline` field.
+    pub fn sync_inline_switch(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.sync_inline.clone()
     }
 
     /// A purge writes its (synced) mark before deleting the entries, and the delete is
@@ -269,6 +278,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             recent.push(e, n);
         }
         drop(recent);
+        if self.sync_inline.load(std::sync::atomic::Ordering::Relaxed) {
+            callback.io_completed(self.db.flush_wal(true).map_err(io_err));
+            return Ok(());
+        }
         self.syncer.send(callback).map_err(|_| io::Error::other("log sync thread stopped"))
     }
 

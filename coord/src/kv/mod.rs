@@ -173,37 +173,71 @@ impl KvStore {
     }
 
     fn validate_txn_ops(req: &TxnRequest) -> Result<(), ApplyError> {
+        Self::validate_txn_static(req)?;
+        Self::check_intervals(&req.success)?;
+        Self::check_intervals(&req.failure)?;
+        Ok(())
+    }
+
+    /// Op counts and keys, every level.
+    fn validate_txn_static(req: &TxnRequest) -> Result<(), ApplyError> {
         if req.success.len() > MAX_TXN_OPS || req.failure.len() > MAX_TXN_OPS {
             return Err(ApplyError::TooManyOps);
         }
         for c in &req.compare {
             Self::validate_range_key(&c.key)?;
         }
-        for ops in [&req.success, &req.failure] {
-            let mut put_keys = BTreeSet::new();
-            let mut del_ranges = Vec::new();
-            for op in ops {
-                match op {
-                    RequestOp::Range(r) => Self::validate_range_key(&r.key)?,
-                    RequestOp::Put(p) => {
-                        Self::validate_put(p)?;
-                        if !put_keys.insert(p.key.clone()) {
-                            return Err(ApplyError::DuplicateKey);
-                        }
-                    }
-                    RequestOp::DeleteRange(d) => {
-                        Self::validate_range_key(&d.key)?;
-                        del_ranges.push(KeyRange::new(&d.key, &d.range_end));
-                    }
-                    RequestOp::Txn(t) => Self::validate_txn_ops(t)?,
-                }
-            }
-            // etcd refuses a txn that both puts and deletes the same key.
-            if put_keys.iter().any(|k| del_ranges.iter().any(|r| r.contains(k))) {
-                return Err(ApplyError::DuplicateKey);
+        for op in req.success.iter().chain(&req.failure) {
+            match op {
+                RequestOp::Range(r) => Self::validate_range_key(&r.key)?,
+                RequestOp::Put(p) => Self::validate_put(p)?,
+                RequestOp::DeleteRange(d) => Self::validate_range_key(&d.key)?,
+                RequestOp::Txn(t) => Self::validate_txn_static(t)?,
             }
         }
         Ok(())
+    }
+
+    /// etcd's duplicate-key rule for one branch, nested txns included: a key may be put
+    /// once and not also deleted. The success and failure of a nested txn exclude each
+    /// other, so they may put the same key. Returns the branch's puts and deletes.
+    fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), ApplyError> {
+        let mut dels: Vec<KeyRange> = ops
+            .iter()
+            .filter_map(|op| match op {
+                RequestOp::DeleteRange(d) => Some(KeyRange::new(&d.key, &d.range_end)),
+                _ => None,
+            })
+            .collect();
+        let deleted = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|r| r.contains(k));
+        let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for op in ops {
+            let RequestOp::Txn(t) = op else { continue };
+            let (then_puts, then_dels) = Self::check_intervals(&t.success)?;
+            let (else_puts, else_dels) = Self::check_intervals(&t.failure)?;
+            for k in &then_puts {
+                if puts.contains(k) || deleted(&dels, k) {
+                    return Err(ApplyError::DuplicateKey);
+                }
+            }
+            for k in &else_puts {
+                if (puts.contains(k) && !then_puts.contains(k)) || deleted(&dels, k) {
+                    return Err(ApplyError::DuplicateKey);
+                }
+            }
+            puts.extend(then_puts);
+            puts.extend(else_puts);
+            dels.extend(then_dels);
+            dels.extend(else_dels);
+        }
+        for op in ops {
+            let RequestOp::Put(p) = op else { continue };
+            if puts.contains(&p.key) || deleted(&dels, &p.key) {
+                return Err(ApplyError::DuplicateKey);
+            }
+            puts.insert(p.key.clone());
+        }
+        Ok((puts, dels))
     }
 
     /// Read-only Range against this store (current or, through `history`, past revision).
@@ -295,19 +329,34 @@ impl KvStore {
     pub fn apply_txn(&mut self, req: &TxnRequest, history: &mut dyn History) -> Result<TxnResponse, ApplyError> {
         Self::validate_txn(req)?;
         let rev = self.revision + 1;
-        // Check every op before executing any, so a refused txn changes nothing.
-        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        // As etcd: every branch, nested ones included, is decided against the state before
+        // the txn's writes, and only the ops on that path are checked and run. All checks
+        // come before any write, so a refused txn changes nothing.
+        let mut path = Vec::new();
+        self.txn_path(req, &mut path);
+        let succeeded = path[0];
         let ops = if succeeded { &req.success } else { &req.failure };
-        self.check_ops(ops)?;
+        self.check_ops(ops, &mut path[1..].iter().copied())?;
         let mut wrote = false;
-        let responses = self.exec_ops(ops, rev, &mut wrote, history)?;
+        let responses = self.exec_ops(ops, rev, &mut wrote, history, &mut path[1..].iter().copied())?;
         if wrote {
             self.revision = rev;
         }
         Ok(TxnResponse { succeeded, responses })
     }
 
-    fn check_ops(&self, ops: &[RequestOp]) -> Result<(), ApplyError> {
+    /// The branch decisions of `t` and its nested txns on the taken path, in pre-order.
+    fn txn_path(&self, t: &TxnRequest, path: &mut Vec<bool>) {
+        let ok = t.compare.iter().all(|c| self.compare(c));
+        path.push(ok);
+        for op in if ok { &t.success } else { &t.failure } {
+            if let RequestOp::Txn(nested) = op {
+                self.txn_path(nested, path);
+            }
+        }
+    }
+
+    fn check_ops(&self, ops: &[RequestOp], path: &mut impl Iterator<Item = bool>) -> Result<(), ApplyError> {
         for op in ops {
             match op {
                 RequestOp::Range(r) => {
@@ -320,12 +369,9 @@ impl KvStore {
                 }
                 RequestOp::Put(p) => self.check_put_refs(p)?,
                 RequestOp::DeleteRange(_) => {}
-                // Nested txns are checked against the state they will see; compares of a
-                // nested txn may depend on earlier ops, so only its static parts are
-                // checked here (as etcd does).
                 RequestOp::Txn(t) => {
-                    self.check_ops(&t.success)?;
-                    self.check_ops(&t.failure)?;
+                    let ok = path.next().expect("txn path covers every nested txn");
+                    self.check_ops(if ok { &t.success } else { &t.failure }, path)?;
                 }
             }
         }
@@ -338,6 +384,7 @@ impl KvStore {
         rev: i64,
         wrote: &mut bool,
         history: &mut dyn History,
+        path: &mut impl Iterator<Item = bool>,
     ) -> Result<Vec<ResponseOp>, ApplyError> {
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
@@ -366,9 +413,9 @@ impl KvStore {
                     ResponseOp::DeleteRange(resp)
                 }
                 RequestOp::Txn(t) => {
-                    let ok = t.compare.iter().all(|c| self.compare(c));
+                    let ok = path.next().expect("txn path covers every nested txn");
                     let inner = if ok { &t.success } else { &t.failure };
-                    let responses = self.exec_ops(inner, rev, wrote, history)?;
+                    let responses = self.exec_ops(inner, rev, wrote, history, path)?;
                     ResponseOp::Txn(TxnResponse { succeeded: ok, responses })
                 }
             });

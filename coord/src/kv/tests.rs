@@ -243,3 +243,61 @@ mod model {
         }
     }
 }
+
+fn put_op(k: &str, v: &str) -> RequestOp {
+    RequestOp::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })
+}
+
+fn value_is(k: &str, v: &str) -> Compare {
+    Compare { result: CompareResult::Equal, target: CompareTarget::Value(v.into()), key: k.into(), range_end: vec![] }
+}
+
+#[test]
+fn nested_txns_decide_their_branch_before_any_write_as_etcd() {
+    let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+    put(&mut s, &mut h, "k", "1");
+    // The outer txn changes k, then a nested txn compares k: etcd evaluates that compare
+    // against the state before the txn, so it sees "1".
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![
+            put_op("k", "2"),
+            RequestOp::Txn(TxnRequest {
+                compare: vec![value_is("k", "1")],
+                success: vec![put_op("x", "saw-1")],
+                failure: vec![put_op("x", "saw-2")],
+            }),
+        ],
+        failure: vec![],
+    };
+    let r = s.apply_txn(&t, &mut h).unwrap();
+    assert!(matches!(&r.responses[1], ResponseOp::Txn(n) if n.succeeded));
+    assert_eq!(get(&s, &mut h, "x", b"", 0).unwrap().kvs[0].value, b"saw-1");
+    assert_eq!(get(&s, &mut h, "k", b"", 0).unwrap().kvs[0].value, b"2");
+}
+
+#[test]
+fn duplicate_keys_across_nesting_levels_are_refused_but_exclusive_branches_may_share() {
+    let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+    let nested = |success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+        RequestOp::Txn(TxnRequest { compare: vec![], success, failure })
+    };
+    let outer_and_nested =
+        TxnRequest { success: vec![put_op("k", "a"), nested(vec![put_op("k", "b")], vec![])], ..Default::default() };
+    assert_eq!(s.apply_txn(&outer_and_nested, &mut h), Err(ApplyError::DuplicateKey));
+    let delete_and_nested_put = TxnRequest {
+        success: vec![
+            RequestOp::DeleteRange(DeleteRangeRequest { key: b"k".to_vec(), ..Default::default() }),
+            nested(vec![put_op("k", "b")], vec![]),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(s.apply_txn(&delete_and_nested_put, &mut h), Err(ApplyError::DuplicateKey));
+    assert_eq!(s.revision, 1, "refused txns change nothing");
+    let exclusive = TxnRequest {
+        success: vec![nested(vec![put_op("k", "then")], vec![put_op("k", "else")])],
+        ..Default::default()
+    };
+    assert!(s.apply_txn(&exclusive, &mut h).unwrap().succeeded);
+    assert_eq!(get(&s, &mut h, "k", b"", 0).unwrap().kvs[0].value, b"then");
+}

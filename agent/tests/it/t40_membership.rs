@@ -45,8 +45,8 @@ async fn sixth_master_stays_learner_until_a_voter_leaves() {
     let leaver_id = c.status(leaver).await.unwrap().node_id.to_string();
     let o = cli(&["leave", &leaver_id, "--endpoints", &c.nodes[l].addr]);
     assert!(o.status.success(), "leave failed: {}", String::from_utf8_lossy(&o.stderr));
-    let st = c.wait_exit(leaver, Duration::from_secs(10)).await;
-    assert!(st.is_some_and(|s| s.success()), "the removed node did not exit cleanly: {st:?}");
+    let st = c.wait_exit(leaver, Duration::from_secs(15)).await;
+    assert!(st.is_some_and(|s| s.success()), "the removed node did not exit cleanly: {st:?}\n{}", c.logs());
 
     let leaver_addr = c.nodes[leaver].addr.clone();
     wait_for(&c, "the learner promoted into the free seat", |r| {

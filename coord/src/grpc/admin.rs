@@ -138,15 +138,23 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         let addr = self.node.metrics().membership_config.membership().get_node(&r.node_id).map(|n| n.addr.clone());
         self.node.remove_member(r.node_id).await?;
         info!(removed = r.node_id, "member left");
-        // Best effort: if the removed node is down it learns on restart that no one replicates to it.
+        // Best effort, in the background: a removed node that is down now is not told, and
+        // simply finds that no one replicates to it any more.
         if let Some(addr) = addr.filter(|_| r.node_id != self.node.id) {
-            let cluster_id = self.node.cluster_id();
-            if let Ok(ch) = self.node.channel(&addr) {
-                let req = pb::RemovedRequest { node_id: r.node_id, cluster_id };
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), ClusterAdminClient::new(ch).removed(req))
-                        .await;
-            }
+            let req = pb::RemovedRequest { node_id: r.node_id, cluster_id: self.node.cluster_id() };
+            let ch = self.node.channel(&addr);
+            tokio::spawn(async move {
+                let Ok(ch) = ch else { return };
+                for _ in 0..5 {
+                    let mut client = ClusterAdminClient::new(ch.clone());
+                    let call = client.removed(req.clone());
+                    if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(1), call).await {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                tracing::warn!(node = req.node_id, "could not tell the removed node; it stays up until stopped");
+            });
         }
         Ok(Response::new(pb::LeaveResponse {}))
     }

@@ -30,11 +30,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(ansi)
         .with_target(false)
         .init();
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("CLUSTER_WORKER_THREADS").ok().and_then(|v| v.parse().ok()) {
-        b.worker_threads(n);
-    }
-    let rt = b.enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -181,7 +181,8 @@ impl CoordNode {
         Ok(c)
     }
 
-    fn not_leader_or_wait(&self, leader: Option<NodeId>) -> Option<CoordError> {
+    /// `NotLeader` with the leader's address, when a node other than this one leads.
+    fn not_leader(&self, leader: Option<NodeId>) -> Option<CoordError> {
         match leader {
             Some(id) if id != self.id => {
                 let (_, addr) = self.leader();
@@ -189,6 +190,20 @@ impl CoordNode {
             }
             _ => None,
         }
+    }
+
+    /// After a forward-to-leader answer: `NotLeader` when another node leads; otherwise
+    /// (no leader yet, or this node becoming it) wait 50 ms for the election, failing with
+    /// "no leader" once `deadline` is near.
+    async fn retry_after_forward(&self, leader: Option<NodeId>, deadline: Instant) -> Result<()> {
+        if let Some(err) = self.not_leader(leader) {
+            return Err(err);
+        }
+        if Instant::now() + Duration::from_millis(50) >= deadline {
+            return Err(CoordError::Unavailable("etcdserver: no leader".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
     }
 
     /// Proposes `cmd` stamped with this node's clock and waits until it is applied.
@@ -216,13 +231,7 @@ impl CoordNode {
                     let Some(fwd) = e.forward_to_leader() else {
                         return Err(CoordError::Unavailable(format!("write failed, outcome unknown: {e}")));
                     };
-                    if let Some(err) = self.not_leader_or_wait(fwd.leader_id) {
-                        return Err(err);
-                    }
-                    if Instant::now() + Duration::from_millis(50) >= deadline {
-                        return Err(CoordError::Unavailable("etcdserver: no leader".into()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.retry_after_forward(fwd.leader_id, deadline).await?;
                 }
             }
         }
@@ -244,13 +253,7 @@ impl CoordNode {
                     let Some(fwd) = e.forward_to_leader() else {
                         return Err(CoordError::Unavailable(format!("read barrier failed: {e}")));
                     };
-                    if let Some(err) = self.not_leader_or_wait(fwd.leader_id) {
-                        return Err(err);
-                    }
-                    if Instant::now() + Duration::from_millis(50) >= deadline {
-                        return Err(CoordError::Unavailable("etcdserver: no leader".into()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.retry_after_forward(fwd.leader_id, deadline).await?;
                 }
             }
         }
@@ -385,9 +388,7 @@ impl CoordNode {
                         continue;
                     }
                     return Err(match e.forward_to_leader() {
-                        Some(f) => {
-                            self.not_leader_or_wait(f.leader_id).unwrap_or(CoordError::Unavailable("no leader".into()))
-                        }
+                        Some(f) => self.not_leader(f.leader_id).unwrap_or(CoordError::Unavailable("no leader".into())),
                         None => CoordError::FailedPrecondition(format!("{what}: {e}")),
                     });
                 }

@@ -142,14 +142,25 @@ impl LogStore {
     /// Deleting them again here keeps the log contiguous above the mark.
     fn finish_purge(&self) {
         if let Ok(Some(purged)) = self.get_meta::<LogId>(KEY_PURGED) {
-            if let Err(e) = self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(purged.index + 1)) {
+            if let Err(e) = self.delete_through(purged.index) {
                 tracing::warn!("finishing an interrupted purge failed: {e}");
             }
         }
     }
 
-    /// Reads `start..end` from disk, stopping after `budget` bytes (at least one entry).
-    fn read_entries(&self, start: u64, end: Option<u64>, budget: usize) -> io::Result<Vec<Entry>> {
+    /// Deletes every entry at or below `index` (not synced).
+    fn delete_through(&self, index: u64) -> io::Result<()> {
+        self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(index + 1)).map_err(io_err)
+    }
+
+    /// Entries `start..end` (`None`: to the end), from memory when all are there, else
+    /// from disk; stops after `budget` bytes (at least one entry).
+    fn entries(&self, start: u64, end: Option<u64>, budget: usize) -> io::Result<Vec<Entry>> {
+        if let Some(end) = end {
+            if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end, budget) {
+                return Ok(hit);
+            }
+        }
         let mut out = Vec::new();
         let mut bytes = 0;
         let it = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&u64_key(start), Direction::Forward));
@@ -208,19 +219,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => Some(*x),
             Bound::Unbounded => None,
         };
-        if let Some(end) = end {
-            if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end, usize::MAX) {
-                return Ok(hit);
-            }
-        }
-        self.read_entries(start, end, usize::MAX)
+        self.entries(start, end, usize::MAX)
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
-        if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end, APPEND_BATCH_BYTES_MAX) {
-            return Ok(hit);
-        }
-        self.read_entries(start, Some(end), APPEND_BATCH_BYTES_MAX)
+        self.entries(start, Some(end), APPEND_BATCH_BYTES_MAX)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -296,7 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The purge mark goes first: entries at or below it are ignored from then on,
         // so a crash between the two writes is harmless.
         self.put_meta_synced(KEY_PURGED, &log_id)?;
-        self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index + 1)).map_err(io_err)?;
+        self.delete_through(log_id.index)?;
         self.recent.lock().expect("recent lock").purge_through(log_id.index);
         Ok(())
     }

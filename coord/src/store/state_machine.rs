@@ -5,8 +5,9 @@
 //! - `m/…`: applied log id, membership, revisions, cluster identity;
 //! - `h/<escaped key><rev>`: a version of a key (a put or a tombstone) for reads at past
 //!   revisions;
-//! - `r/<rev><n>`: the key written at revision `rev`, in write order, so compaction visits
-//!   only the revisions it discards.
+//! - `r/<rev><n>`: what was written at revision `rev`, in write order: an op byte, the
+//!   revision of the version it replaced and the key, so compaction visits only the
+//!   revisions it discards and knows the dead versions without reading them.
 //!
 //! Entries that arrive together are applied under the write lock of [`SmState`] and
 //! written as one `WriteBatch` holding their data and `m/applied`, so a reader never
@@ -40,6 +41,11 @@ const PREFIX_HIST: u8 = b'h';
 const PREFIX_REV: u8 = b'r';
 const OP_PUT: u8 = 0;
 const OP_DELETE: u8 = 1;
+
+/// The state machine's column family.
+fn sm_cf(db: &DB) -> &rocksdb::ColumnFamily {
+    db.cf_handle(CF_SM).expect("sm column family")
+}
 
 /// Cluster identity, replicated so every master can check join tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +110,7 @@ struct DbHistory<'a> {
 
 impl DbHistory<'_> {
     fn cf(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_SM).expect("sm column family")
+        sm_cf(self.db)
     }
 
     /// `r/<rev><n>` → op byte (`OP_PUT`/`OP_DELETE`) ++ previous revision of the key
@@ -112,7 +118,7 @@ impl DbHistory<'_> {
     fn index(&mut self, key: &[u8], rev: i64, op: u8, prev_rev: i64) {
         let rk = rev_key(rev, self.n);
         self.n += 1;
-        let cf = self.db.cf_handle(CF_SM).expect("sm column family");
+        let cf = sm_cf(self.db);
         let mut v = Vec::with_capacity(key.len() + 9);
         v.push(op);
         v.extend_from_slice(&u64_key(prev_rev as u64));
@@ -130,14 +136,14 @@ impl History for DbHistory<'_> {
             value: kv.value.clone(),
         };
         let v = encode(&rec).expect("encode history record");
-        let cf = self.db.cf_handle(CF_SM).expect("sm column family");
+        let cf = sm_cf(self.db);
         self.batch.put_cf(cf, hist_key(&kv.key, kv.mod_revision), v);
         self.index(&kv.key, kv.mod_revision, OP_PUT, prev_revision);
     }
 
     fn record_delete(&mut self, key: &[u8], revision: i64, prev_revision: i64) {
         let v = encode(&HistRecord::Delete).expect("encode history record");
-        let cf = self.db.cf_handle(CF_SM).expect("sm column family");
+        let cf = sm_cf(self.db);
         self.batch.put_cf(cf, hist_key(key, revision), v);
         self.index(key, revision, OP_DELETE, prev_revision);
     }
@@ -241,7 +247,7 @@ impl StateMachineStore {
     }
 
     fn cf(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_SM).expect("sm column family")
+        sm_cf(&self.db)
     }
 
     /// Applies one entry to memory and adds its writes to `batch`; the caller writes the
@@ -441,7 +447,7 @@ fn read_snapshot_meta(path: &std::path::Path) -> io::Result<Option<SnapshotMeta>
 
 /// Rebuilds the in-memory state from the `sm` column family.
 fn load_state(db: &DB) -> io::Result<SmState> {
-    let cf = db.cf_handle(CF_SM).expect("sm column family");
+    let cf = sm_cf(db);
     let get = |k: &[u8]| db.get_cf(cf, k).map_err(io_err);
     let mut st = SmState { kv: KvStore::new(), ..Default::default() };
     if let Some(b) = get(KEY_APPLIED)? {
@@ -489,7 +495,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn build_snapshot_blocking(view: &DbView, dir: &std::path::Path) -> io::Result<Snapshot> {
-    let cf = view.db.cf_handle(CF_SM).expect("sm column family");
+    let cf = sm_cf(&view.db);
     // The applied log id and membership travel in the snapshot meta, not in the data,
     // so the data of a snapshot of an installed snapshot is byte-identical.
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -589,7 +595,7 @@ fn install_snapshot_blocking(
     snapshot: SnapshotData,
 ) -> io::Result<()> {
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
-    let cf = db.cf_handle(CF_SM).expect("sm column family");
+    let cf = sm_cf(db);
     let mut batch = WriteBatch::default();
     batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
     for (k, v) in &pairs {
@@ -612,7 +618,7 @@ fn install_snapshot_blocking(
 
 /// Reads keys at a past revision for a gRPC Range (outside apply).
 pub fn range_at_revision(db: &DB, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
-    let cf = db.cf_handle(CF_SM).expect("sm column family");
+    let cf = sm_cf(db);
     scan_history(db, cf, None, range, revision)
 }
 

@@ -1,10 +1,12 @@
 //! The one `Command` enum that is the Raft log payload, and what applying it returns.
 //!
 //! Each state-machine area owns its commands' semantics: KV commands are applied by
-//! [`crate::kv`], cluster commands by [`crate::store::state_machine`].
+//! [`crate::kv`], registry commands by [`crate::registry`], cluster commands by
+//! [`crate::store::state_machine`].
 
 use serde::{Deserialize, Serialize};
 
+use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 use crate::types::NodeId;
 
@@ -27,6 +29,8 @@ pub enum Command {
     Compact {
         revision: i64,
     },
+    /// Master registry: registrations, liveness transitions, drain, removal.
+    Registry(RegistryCommand),
 }
 
 impl Command {
@@ -39,6 +43,7 @@ impl Command {
             Command::DeleteRange(_) => "delete_range",
             Command::Txn(_) => "txn",
             Command::Compact { .. } => "compact",
+            Command::Registry(r) => r.name(),
         }
     }
 }
@@ -58,6 +63,7 @@ pub enum Output {
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
+    Registry(RegistryOutput),
 }
 
 /// Deterministic refusals: every member reaches the same verdict for the same entry.
@@ -79,6 +85,8 @@ pub enum ApplyError {
     TooManyOps,
     #[error("cluster already initialized")]
     AlreadyInitialized,
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("{0}")]
     Other(String),
     /// Reading the node's own storage failed. Not a verdict on the request: apply stops

@@ -32,6 +32,13 @@ pub struct CoordConfig {
     pub promote_lag_entries: u64,
     /// Voters beyond this count stay learners. Default 5.
     pub max_voters: usize,
+    /// How often agents heartbeat to the leader (the leader tells them). Default 1,000 ms.
+    pub agent_heartbeat_interval_ms: u64,
+    /// An agent the leader has not heard for this long is marked unreachable. The new
+    /// leader of a term counts from its own start of leadership. Default 5,000 ms.
+    pub unreachable_after_ms: u64,
+    /// An unreachable agent is marked down after this much longer. Default 10,000 ms.
+    pub down_after_ms: u64,
 }
 
 impl Default for CoordConfig {
@@ -46,6 +53,9 @@ impl Default for CoordConfig {
             history_retention_revisions: 100_000,
             promote_lag_entries: 100,
             max_voters: 5,
+            agent_heartbeat_interval_ms: 1_000,
+            unreachable_after_ms: 5_000,
+            down_after_ms: 10_000,
         }
     }
 }
@@ -69,6 +79,15 @@ impl CoordConfig {
         }
         if self.history_retention_revisions < 0 {
             return Err("history_retention_revisions must be >= 0".into());
+        }
+        if self.agent_heartbeat_interval_ms < 10 {
+            return Err("agent_heartbeat_interval_ms must be at least 10".into());
+        }
+        if self.unreachable_after_ms < 2 * self.agent_heartbeat_interval_ms {
+            return Err("unreachable_after_ms must be at least twice agent_heartbeat_interval_ms".into());
+        }
+        if self.down_after_ms == 0 {
+            return Err("down_after_ms must be > 0".into());
         }
         if !(1..=7).contains(&self.max_voters) {
             return Err("max_voters must be between 1 and 7".into());
@@ -105,6 +124,8 @@ mod tests {
         let bad = CoordConfig { election_timeout_max_ms: 100, ..Default::default() };
         assert!(bad.validate().is_err());
         let bad = CoordConfig { heartbeat_interval_ms: 0, ..Default::default() };
+        assert!(bad.validate().is_err());
+        let bad = CoordConfig { unreachable_after_ms: 1_500, ..Default::default() };
         assert!(bad.validate().is_err());
     }
 }

@@ -4,6 +4,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::command::ApplyError;
+use crate::registry::RegistryError;
 use crate::types::NodeId;
 
 /// gRPC metadata keys of a not-leader answer.
@@ -55,6 +56,14 @@ impl From<CoordError> for Status {
                     ApplyError::LeaseNotFound => Code::NotFound,
                     ApplyError::AlreadyInitialized => Code::AlreadyExists,
                     ApplyError::Other(_) => Code::FailedPrecondition,
+                    ApplyError::Registry(ref r) => match r {
+                        RegistryError::Invalid(_) => Code::InvalidArgument,
+                        RegistryError::UnknownNode(_) => Code::NotFound,
+                        RegistryError::IdTaken(_) => Code::PermissionDenied,
+                        RegistryError::NeverJoined(_) | RegistryError::Removed(_) | RegistryError::StillActive(..) => {
+                            Code::FailedPrecondition
+                        }
+                    },
                     ApplyError::Storage(_) => Code::Internal,
                     _ => Code::InvalidArgument,
                 };

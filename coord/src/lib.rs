@@ -2,6 +2,8 @@
 //!
 //! - [`store`]: RocksDB log store and state machine (durability rules in its docs);
 //! - [`kv`]: the etcd-style multi-version KV applied by the state machine;
+//! - [`registry`]: the master registry (agents, resources, liveness state, events);
+//! - [`liveness`]: the leader's in-memory heartbeat tracker that commits transitions;
 //! - [`command`]: the one `Command` enum that is the Raft log payload;
 //! - [`network`]: Raft RPCs between masters over gRPC;
 //! - [`grpc`]: the services a node serves (etcd v3, Raft, cluster admin);
@@ -14,7 +16,9 @@ pub mod error;
 pub mod grpc;
 pub mod kv;
 pub mod network;
+pub mod liveness;
 pub mod node;
+pub mod registry;
 pub mod store;
 pub mod token;
 pub mod types;

@@ -18,6 +18,8 @@ use tracing::{info, warn};
 use crate::command::{Command, Response};
 use crate::config::CoordConfig;
 use crate::error::{CoordError, Result};
+use crate::liveness::{Liveness, Timeouts};
+use crate::registry::RegistryCommand;
 use crate::network::{endpoint, Network};
 use crate::store::state_machine::ClusterMeta;
 use crate::store::{open_db, LogStore, SmState, StateMachineStore};
@@ -55,6 +57,10 @@ pub struct CoordNode {
     removed_tx: watch::Sender<bool>,
     /// The etcd header's 64-bit cluster id, once the identity is committed.
     cluster_id_u64: std::sync::OnceLock<u64>,
+    /// Heartbeat table; meaningful on the leader only.
+    pub liveness: Liveness,
+    /// The last applied registry event index (changes on every registry event).
+    pub registry_events: Arc<watch::Sender<u64>>,
 }
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
@@ -72,6 +78,7 @@ impl CoordNode {
         let sm = StateMachineStore::new(db.clone(), opts.data_dir.join("snapshot"))
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
         let state = sm.state();
+        let registry_events = sm.registry_events();
         let raft = Raft::new(opts.node_id, raft_config, Network::default(), log, sm)
             .await
             .map_err(|e| CoordError::Internal(format!("start raft: {e}")))?;
@@ -88,6 +95,8 @@ impl CoordNode {
             channels: Mutex::new(BTreeMap::new()),
             removed_tx,
             cluster_id_u64: std::sync::OnceLock::new(),
+            liveness: Liveness::default(),
+            registry_events,
         });
         // Followers fsync appends inline, leaders on the sync thread (see LogStore).
         // server_metrics changes only with state, vote or membership, not on every commit.
@@ -103,6 +112,7 @@ impl CoordNode {
             }
         });
         node.spawn_background();
+        node.spawn_liveness();
         Ok(node)
     }
 
@@ -295,6 +305,57 @@ impl CoordNode {
                 }
             }
         });
+    }
+
+    /// The leader's liveness loop: every 100 ms, decide transitions from the heartbeat
+    /// table and commit them as one entry.
+    fn spawn_liveness(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                let (state, term) = {
+                    use openraft::async_runtime::watch::WatchReceiver;
+                    let m = node.raft.metrics();
+                    let m = m.borrow_watched();
+                    (m.state, m.current_term)
+                };
+                if state == ServerState::Shutdown {
+                    return;
+                }
+                if state != ServerState::Leader {
+                    node.liveness.step_down();
+                    continue;
+                }
+                node.liveness_tick(term).await;
+            }
+        });
+    }
+
+    async fn liveness_tick(&self, term: u64) {
+        let timeouts = Timeouts {
+            unreachable_after: Duration::from_millis(self.config.unreachable_after_ms),
+            down_after: Duration::from_millis(self.config.down_after_ms),
+        };
+        let nodes: Vec<(NodeId, crate::registry::NodeState)> = {
+            let st = self.state.read().expect("sm lock");
+            st.registry.nodes.values().map(|n| (n.node_id, n.state)).collect()
+        };
+        let transitions = self.liveness.decide(term, Instant::now(), timeouts, nodes);
+        if transitions.is_empty() {
+            return;
+        }
+        // Decisions were made on this node's applied state; the entry applies each
+        // transition only if its `from` state still holds.
+        for t in &transitions {
+            info!(node = t.node_id, from = %t.from, to = %t.to, reason = %t.reason, "agent state transition");
+        }
+        if let Err(e) = self.write(Command::Registry(RegistryCommand::Transitions(transitions))).await {
+            warn!("committing agent state transitions failed, will retry: {e}");
+        }
     }
 
     async fn finish_init(&self) {

@@ -1,5 +1,5 @@
-//! The gRPC face of a coord node: etcd v3 (KV, Cluster, Maintenance), Raft traffic and
-//! cluster administration, all on one listen address.
+//! The gRPC face of a coord node: etcd v3 (KV, Cluster, Maintenance), Raft traffic,
+//! cluster administration and the registry, all on one listen address.
 //!
 //! Writes and linearizable reads that reach a follower are forwarded to the leader once
 //! (marked with [`FORWARDED_HEADER`] so they never bounce); a second hop answers
@@ -9,11 +9,13 @@ mod admin;
 mod convert;
 mod etcd;
 mod raft_service;
+pub mod registry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use proto::clusterpb::cluster_admin_server::ClusterAdminServer;
+use proto::clusterpb::registry_server::RegistryServer;
 use proto::etcdserverpb::cluster_server::ClusterServer;
 use proto::etcdserverpb::kv_server::KvServer;
 use proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -61,7 +63,8 @@ pub async fn serve(
         .add_service(KvServer::new(etcd::EtcdKv::new(node.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ClusterServer::new(etcd::EtcdCluster::new(node.clone())))
         .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(node.clone())))
-        .add_service(ClusterAdminServer::new(admin::Admin::new(node)))
+        .add_service(ClusterAdminServer::new(admin::Admin::new(node.clone())))
+        .add_service(RegistryServer::new(registry::RegistryService::new(node)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -5,6 +5,7 @@
 //! - `m/…`: applied log id, membership, revisions, cluster identity;
 //! - `h/<escaped key><rev>`: a version of a key (a put or a tombstone) for reads at past
 //!   revisions;
+//! - `g/…`: the master registry (see [`crate::registry::keys`]);
 //! - `r/<rev><n>`: what was written at revision `rev`, in write order: an op byte, the
 //!   revision of the version it replaced and the key, so compaction visits only the
 //!   revisions it discards and knows the dead versions without reading them.
@@ -30,6 +31,7 @@ use super::{io_err, CF_SM};
 use crate::command::{ApplyError, Command, Output, Response};
 use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore};
+use crate::registry::Registry;
 use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"m/applied";
@@ -61,6 +63,7 @@ pub struct ClusterMeta {
 #[derive(Debug, Default)]
 pub struct SmState {
     pub kv: KvStore,
+    pub registry: Registry,
     pub cluster: ClusterMeta,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
@@ -198,6 +201,8 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     state: Arc<RwLock<SmState>>,
     snapshot_dir: PathBuf,
+    /// The last applied registry event index, for registry watchers.
+    registry_tx: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A consistent view of the DB taken when a snapshot build starts.
@@ -233,7 +238,14 @@ impl StateMachineStore {
     pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let state = load_state(&db)?;
-        Ok(StateMachineStore { db, state: Arc::new(RwLock::new(state)), snapshot_dir })
+        let (registry_tx, _) = tokio::sync::watch::channel(state.registry.last_event_index());
+        Ok(StateMachineStore { db, state: Arc::new(RwLock::new(state)), snapshot_dir, registry_tx: Arc::new(registry_tx) })
+    }
+
+    /// Changes whenever registry events are applied (or a snapshot is installed); the
+    /// value is the last event index.
+    pub fn registry_events(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        self.registry_tx.clone()
     }
 
     /// Shared handle for readers (gRPC handlers).
@@ -268,7 +280,7 @@ impl StateMachineStore {
                 st.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
                 batch.put_cf(cf, KEY_MEMBERSHIP, encode(&st.membership)?);
             }
-            EntryPayload::Normal(LogEntry { time_ms: _, cmd }) => {
+            EntryPayload::Normal(LogEntry { time_ms, cmd }) => {
                 let mut hist = DbHistory { db: &self.db, batch, n: 0 };
                 let r: Result<Output, ApplyError> = match cmd {
                     Command::InitCluster { cluster_id, manager_secret, worker_secret } => {
@@ -288,6 +300,17 @@ impl StateMachineStore {
                         let id = st.cluster.next_node_id.max(2);
                         st.cluster.next_node_id = id + 1;
                         Ok(Output::NodeId(id))
+                    }
+                    Command::Registry(c) => {
+                        let next_id = st.cluster.next_node_id;
+                        let r = st.registry.apply(*time_ms, next_id, c).map(Output::Registry).map_err(ApplyError::from);
+                        for (k, v) in st.registry.take_changes() {
+                            match v {
+                                Some(v) => batch.put_cf(cf, k, v),
+                                None => batch.delete_cf(cf, k),
+                            }
+                        }
+                        r
                     }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
                     Command::DeleteRange(d) => st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange),
@@ -465,6 +488,13 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     if let Some(b) = get(KEY_CLUSTER)? {
         st.cluster = decode(&b)?;
     }
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(vec![b'g', b'/' + 1]);
+    let mut records = Vec::new();
+    for item in db.iterator_cf_opt(cf, ro, IteratorMode::From(crate::registry::keys::PREFIX, rocksdb::Direction::Forward)) {
+        records.push(item.map_err(io_err)?);
+    }
+    st.registry = Registry::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;
     let all = KeyRange { start: Vec::new(), end: None };
     for kv in scan_history(db, cf, None, &all, i64::MAX)? {
         st.kv.live.insert(
@@ -563,7 +593,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
             self.flush(&st, &mut batch)?;
+            let last_event = st.registry.last_event_index();
             drop(st);
+            self.registry_tx.send_if_modified(|v| std::mem::replace(v, last_event) != last_event);
         }
         Ok(())
     }
@@ -577,7 +609,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let (db, state, dir, meta) = (self.db.clone(), self.state.clone(), self.snapshot_dir.clone(), meta.clone());
         tokio::task::spawn_blocking(move || install_snapshot_blocking(&db, &state, &dir, &meta, snapshot))
             .await
-            .map_err(io_err)?
+            .map_err(io_err)??;
+        let last_event = self.state.read().expect("sm lock").registry.last_event_index();
+        self.registry_tx.send_replace(last_event);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {

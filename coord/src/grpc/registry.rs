@@ -1,0 +1,462 @@
+//! The registry service: registration, the heartbeat session, node listing and
+//! operations, and the registry event stream.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use openraft::ServerState;
+use proto::clusterpb as pb;
+use proto::clusterpb::registry_client::RegistryClient;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, instrument};
+
+use super::{forwarded_request, is_forwarded};
+use crate::command::{Command, Output};
+use crate::error::CoordError;
+use crate::node::CoordNode;
+use crate::registry::{
+    Availability, Event, EventKind, NodeRecord, NodeResources, Registration, RegistryCommand, RegistryError,
+    RegistryOutput, Role,
+};
+
+/// How long a new session may take to send its first heartbeat.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct RegistryService {
+    node: Arc<CoordNode>,
+}
+
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn resources_from_pb(r: Option<pb::Resources>) -> Result<NodeResources, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("resources missing"))?;
+    let mut ports = Vec::with_capacity(r.ports.len());
+    for p in r.ports {
+        let (Ok(b), Ok(e)) = (u16::try_from(p.begin), u16::try_from(p.end)) else {
+            return Err(Status::invalid_argument(format!("port range {}-{} is outside 1-65535", p.begin, p.end)));
+        };
+        ports.push((b, e));
+    }
+    Ok(NodeResources { cpus_milli: r.cpus_milli, memory_mb: r.memory_mb, disk_mb: r.disk_mb, ports })
+}
+
+pub fn resources_to_pb(r: &NodeResources) -> pb::Resources {
+    pb::Resources {
+        cpus_milli: r.cpus_milli,
+        memory_mb: r.memory_mb,
+        disk_mb: r.disk_mb,
+        ports: r.ports.iter().map(|&(b, e)| pb::PortRange { begin: b as u32, end: e as u32 }).collect(),
+    }
+}
+
+fn bad(e: RegistryError) -> Status {
+    CoordError::Apply(e.into()).into()
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn channel_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }))
+}
+
+impl RegistryService {
+    pub fn new(node: Arc<CoordNode>) -> Self {
+        RegistryService { node }
+    }
+
+    /// `Some(client)` when another node leads and this request may be forwarded to it.
+    fn forward_target(&self, forwarded: bool) -> Result<Option<RegistryClient<Channel>>, Status> {
+        if self.node.is_leader() {
+            return Ok(None);
+        }
+        match self.node.leader() {
+            (Some(id), Some(addr)) if id != self.node.id && !forwarded => {
+                Ok(Some(RegistryClient::new(self.node.channel(&addr)?)))
+            }
+            (Some(id), addr) if id != self.node.id => {
+                Err(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr }.into())
+            }
+            _ => Err(CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into()).into()),
+        }
+    }
+
+    async fn write(&self, cmd: RegistryCommand) -> Result<RegistryOutput, Status> {
+        let resp = self.node.write(Command::Registry(cmd)).await?;
+        match resp.result {
+            Ok(Output::Registry(o)) => Ok(o),
+            Ok(o) => Err(Status::internal(format!("unexpected apply output {o:?}"))),
+            Err(e) => Err(CoordError::Apply(e).into()),
+        }
+    }
+
+    fn masters(&self) -> pb::MasterList {
+        let m = self.node.metrics();
+        let leader = m.current_leader.unwrap_or(0);
+        let masters: Vec<pb::Master> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| pb::Master { node_id: *id, name: n.name.clone(), addr: n.addr.clone(), is_leader: *id == leader })
+            .collect();
+        let leader_addr = masters.iter().find(|x| x.is_leader).map(|x| x.addr.clone()).unwrap_or_default();
+        pb::MasterList { leader_id: leader, leader_addr, term: m.current_term, masters }
+    }
+
+    fn node_info(&self, n: &NodeRecord, leader_view: bool) -> pb::NodeInfo {
+        let m = self.node.metrics();
+        let membership = m.membership_config.membership();
+        let raft_role = if membership.voter_ids().any(|v| v == n.node_id) {
+            "voter"
+        } else if membership.get_node(&n.node_id).is_some() {
+            "learner"
+        } else {
+            ""
+        };
+        let view = if leader_view { self.node.liveness.view(n.node_id) } else { None };
+        pb::NodeInfo {
+            node_id: n.node_id,
+            name: n.name.clone(),
+            addr: n.addr.clone(),
+            role: n.role.as_str().into(),
+            state: n.state.as_str().into(),
+            availability: n.availability.as_str().into(),
+            resources: Some(resources_to_pb(&n.resources)),
+            labels: n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            registered_at_ms: n.registered_at_ms,
+            state_since_ms: n.state_since_ms,
+            last_heartbeat_age_ms: view.map(|v| v.last_heartbeat_age.as_millis() as u64),
+            connected_to: view.filter(|v| v.connected).map(|_| self.node.id),
+            raft_role: raft_role.into(),
+            is_leader: m.current_leader == Some(n.node_id),
+        }
+    }
+
+    fn local_nodes(&self, only: u64) -> Result<pb::NodesResponse, Status> {
+        let m = self.node.metrics();
+        let leader_view = m.state == ServerState::Leader;
+        let records: Vec<NodeRecord> = {
+            let st = self.node.state.read().expect("sm lock");
+            st.registry.nodes.values().filter(|n| only == 0 || n.node_id == only).cloned().collect()
+        };
+        let mut out: BTreeMap<u64, pb::NodeInfo> =
+            records.iter().map(|n| (n.node_id, self.node_info(n, leader_view))).collect();
+        // Masters without an agent (--no-worker) are listed too.
+        let membership = m.membership_config.membership();
+        for (id, n) in membership.nodes() {
+            if out.contains_key(id) || (only != 0 && *id != only) {
+                continue;
+            }
+            out.insert(
+                *id,
+                pb::NodeInfo {
+                    node_id: *id,
+                    name: n.name.clone(),
+                    addr: n.addr.clone(),
+                    role: "manager".into(),
+                    state: "no-agent".into(),
+                    raft_role: if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" }.into(),
+                    is_leader: m.current_leader == Some(*id),
+                    ..Default::default()
+                },
+            );
+        }
+        if only != 0 && out.is_empty() {
+            return Err(Status::not_found(format!("node {only} is neither a master nor a registered agent")));
+        }
+        Ok(pb::NodesResponse {
+            nodes: out.into_values().collect(),
+            from_leader: leader_view,
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+        })
+    }
+
+    fn event_pb(&self, e: &Event) -> pb::RegistryEvent {
+        let node = {
+            let st = self.node.state.read().expect("sm lock");
+            st.registry.nodes.get(&e.node_id).cloned()
+        };
+        let (from_state, to_state, reason) = match &e.kind {
+            EventKind::State { from, to, reason } => (from.as_str().to_string(), to.as_str().to_string(), reason.clone()),
+            _ => Default::default(),
+        };
+        pb::RegistryEvent {
+            index: e.index,
+            time_ms: e.time_ms,
+            node_id: e.node_id,
+            kind: e.kind.name().into(),
+            from_state,
+            to_state,
+            node: node.map(|n| self.node_info(&n, false)),
+            reason,
+        }
+    }
+
+    /// Events with index >= `from`, or OUT_OF_RANGE if some of them were discarded.
+    fn events_from(&self, from: u64) -> Result<Vec<Event>, Status> {
+        let st = self.node.state.read().expect("sm lock");
+        let first = st.registry.first_retained_index();
+        if from < first && from <= st.registry.last_event_index() {
+            return Err(Status::out_of_range(format!(
+                "registry events before {first} were discarded; watch from {first} or from 0 for the current nodes"
+            )));
+        }
+        Ok(st.registry.events.iter().filter(|e| e.index >= from).cloned().collect())
+    }
+
+    /// Checks the first message of a heartbeat session: a registered node and its secret.
+    fn check_session(&self, first: &pb::HeartbeatRequest) -> Result<(), Status> {
+        let st = self.node.state.read().expect("sm lock");
+        let id = first.node_id;
+        if st.registry.removed.contains(&id) {
+            return Err(Status::not_found(format!(
+                "node {id} was removed from the cluster; register again (which fails: join again with a token)"
+            )));
+        }
+        match st.registry.nodes.get(&id) {
+            None => Err(Status::not_found(format!("node {id} is not registered; register again"))),
+            Some(n) if n.secret_hash != secret_hash(&first.node_secret) => Err(Status::permission_denied(format!(
+                "node {id} is registered by another node (the node secret differs)"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for RegistryService {
+    #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let forwarded = is_forwarded(&req);
+        let r = req.into_inner();
+        if r.node_secret.is_empty() {
+            return Err(Status::invalid_argument("node_secret is required"));
+        }
+        let reg = Registration {
+            node_id: r.node_id,
+            secret_hash: secret_hash(&r.node_secret),
+            name: r.name.clone(),
+            addr: r.addr.clone(),
+            role: Role::parse(&r.role).map_err(bad)?,
+            resources: resources_from_pb(r.resources.clone())?,
+            labels: r.labels.clone().into_iter().collect(),
+        };
+        reg.validate().map_err(bad)?;
+        if let Some(mut c) = self.forward_target(forwarded)? {
+            return c.register(forwarded_request(r)).await;
+        }
+        let unchanged = {
+            let st = self.node.state.read().expect("sm lock");
+            st.registry.is_unchanged(&reg).then(|| st.registry.nodes[&reg.node_id].clone())
+        };
+        let (record, changed) = match unchanged {
+            Some(n) => (n, false),
+            None => match self.write(RegistryCommand::Register(reg)).await? {
+                RegistryOutput::Node(n) => (*n, true),
+                o => return Err(Status::internal(format!("unexpected registry output {o:?}"))),
+            },
+        };
+        if changed {
+            info!(node = record.node_id, name = %record.name, "agent registered");
+        }
+        Ok(Response::new(pb::RegisterResponse {
+            node: Some(self.node_info(&record, true)),
+            changed,
+            masters: self.masters().masters,
+        }))
+    }
+
+    type HeartbeatStream = BoxStream<pb::HeartbeatResponse>;
+
+    async fn heartbeat(
+        &self,
+        req: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        // Sessions are held by the leader only: agents must follow it.
+        if let Some(e) = self.forward_target(true).err().or_else(|| {
+            (!self.node.is_leader()).then(|| Status::unavailable("no leader: the cluster is electing or has lost quorum"))
+        }) {
+            return Err(e);
+        }
+        let mut inbound = req.into_inner();
+        let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Err(Status::invalid_argument("heartbeat stream closed before its first message")),
+            Ok(Err(s)) => return Err(s),
+            Err(_) => return Err(Status::deadline_exceeded("no first heartbeat within 5 s")),
+        };
+        self.check_session(&first)?;
+        let id = first.node_id;
+        let sid = self.node.liveness.open_session(id);
+        debug!(agent = id, session = sid, "heartbeat session opened");
+        let interval_ms = self.node.config.agent_heartbeat_interval_ms;
+        let (tx, rx) = mpsc::channel(16);
+        let mut masters = self.masters();
+        let _ = tx
+            .send(Ok(pb::HeartbeatResponse {
+                ack_seq: first.seq,
+                masters: Some(masters.clone()),
+                heartbeat_interval_ms: interval_ms,
+            }))
+            .await;
+        let node = self.node.clone();
+        let svc = RegistryService::new(node.clone());
+        tokio::spawn(async move {
+            use openraft::async_runtime::watch::WatchReceiver;
+            let mut server = node.raft.server_metrics();
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => {
+                        let m = match msg {
+                            Ok(Some(m)) => m,
+                            _ => break,
+                        };
+                        if m.node_id != id {
+                            let _ = tx.send(Err(Status::invalid_argument("node_id changed within a session"))).await;
+                            break;
+                        }
+                        if !node.state.read().expect("sm lock").registry.nodes.contains_key(&id) {
+                            let _ = tx.send(Err(Status::not_found(format!("node {id} is no longer registered; register again")))).await;
+                            break;
+                        }
+                        node.liveness.beat(id, sid);
+                        let ack = pb::HeartbeatResponse { ack_seq: m.seq, masters: None, heartbeat_interval_ms: interval_ms };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                    }
+                    changed = server.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let leader = server.borrow_watched().state == ServerState::Leader;
+                        if !leader {
+                            let (leader_id, leader_addr) = node.leader();
+                            let _ = tx.send(Err(CoordError::NotLeader { leader_id, leader_addr }.into())).await;
+                            break;
+                        }
+                        let now = svc.masters();
+                        if now.masters != masters.masters || now.leader_id != masters.leader_id {
+                            masters = now;
+                            let push = pb::HeartbeatResponse { ack_seq: 0, masters: Some(masters.clone()), heartbeat_interval_ms: interval_ms };
+                            if tx.send(Ok(push)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            node.liveness.close_session(id, sid);
+            debug!(agent = id, session = sid, "heartbeat session closed");
+        });
+        Ok(Response::new(channel_stream(rx)))
+    }
+
+    async fn nodes(&self, req: Request<pb::NodesRequest>) -> Result<Response<pb::NodesResponse>, Status> {
+        let forwarded = is_forwarded(&req);
+        let r = req.into_inner();
+        // Heartbeat ages and sessions are known to the leader only: ask it if reachable.
+        if let Ok(Some(mut c)) = self.forward_target(forwarded) {
+            match c.nodes(forwarded_request(r.clone())).await {
+                Ok(resp) => return Ok(resp),
+                Err(s) if s.code() == tonic::Code::NotFound => return Err(s),
+                Err(_) => {}
+            }
+        }
+        Ok(Response::new(self.local_nodes(r.node_id)?))
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn set_availability(&self, req: Request<pb::SetAvailabilityRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+        let forwarded = is_forwarded(&req);
+        let r = req.into_inner();
+        let availability = Availability::parse(&r.availability).map_err(bad)?;
+        if let Some(mut c) = self.forward_target(forwarded)? {
+            return c.set_availability(forwarded_request(r)).await;
+        }
+        match self.write(RegistryCommand::SetAvailability { node_id: r.node_id, availability }).await? {
+            RegistryOutput::Node(n) => Ok(Response::new(self.node_info(&n, true))),
+            o => Err(Status::internal(format!("unexpected registry output {o:?}"))),
+        }
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let forwarded = is_forwarded(&req);
+        let r = req.into_inner();
+        if self.node.metrics().membership_config.membership().get_node(&r.node_id).is_some() {
+            return Err(Status::failed_precondition(format!(
+                "node {} is a master; remove it from the Raft group first with `cluster leave {}`",
+                r.node_id, r.node_id
+            )));
+        }
+        if let Some(mut c) = self.forward_target(forwarded)? {
+            return c.remove_node(forwarded_request(r)).await;
+        }
+        self.write(RegistryCommand::Remove { node_id: r.node_id, force: r.force }).await?;
+        info!(removed = r.node_id, force = r.force, "agent removed from the registry");
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    type WatchStream = BoxStream<pb::RegistryEvent>;
+
+    async fn watch(&self, req: Request<pb::WatchRegistryRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let r = req.into_inner();
+        let mut rx = self.node.registry_events.subscribe();
+        let (tx, out) = mpsc::channel(256);
+        let mut next = r.start_index;
+        let mut initial = Vec::new();
+        if next == 0 {
+            let st = self.node.state.read().expect("sm lock");
+            next = st.registry.last_event_index() + 1;
+            initial = st.registry.nodes.values().cloned().collect::<Vec<_>>();
+        }
+        // Checked now, so a bad start index fails the call rather than the stream.
+        let mut batch = self.events_from(next)?;
+        let svc = RegistryService::new(self.node.clone());
+        tokio::spawn(async move {
+            for n in initial {
+                let e = pb::RegistryEvent {
+                    node_id: n.node_id,
+                    kind: "initial".into(),
+                    node: Some(svc.node_info(&n, false)),
+                    ..Default::default()
+                };
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                for e in &batch {
+                    if tx.send(Ok(svc.event_pb(e))).await.is_err() {
+                        return;
+                    }
+                    next = e.index + 1;
+                }
+                if !r.follow {
+                    return;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                batch = match svc.events_from(next) {
+                    Ok(b) => b,
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(channel_stream(out)))
+    }
+}

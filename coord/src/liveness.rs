@@ -1,0 +1,239 @@
+//! The leader's heartbeat tracker. Heartbeats are not Raft writes: the leader keeps the
+//! time it last heard each agent in memory and commits only state transitions (see
+//! [`crate::registry`]), batched into one entry per tick.
+//!
+//! Rules that keep a failover harmless:
+//! - a new leadership (a new term) starts with an empty table and counts every agent's
+//!   silence from its own start of leadership, so no agent is marked unreachable
+//!   because the leader changed;
+//! - if the tracker itself was not scheduled for a long time (the leader process was
+//!   paused or starved), it restarts the grace period instead of blaming the agents;
+//! - transitions are compare-and-set on the committed state, so a decision made on a
+//!   stale view, or proposed by a deposed leader, changes nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::registry::{NodeState, Transition};
+use crate::types::NodeId;
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    last: Instant,
+    /// The open session's id, if the agent holds one with this leader.
+    session: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Term of the leadership being tracked; 0 when this node does not lead.
+    term: u64,
+    leader_since: Instant,
+    last_tick: Instant,
+    seen: HashMap<NodeId, Seen>,
+}
+
+/// What the leader knows of an agent right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentView {
+    pub last_heartbeat_age: Duration,
+    pub connected: bool,
+}
+
+#[derive(Debug)]
+pub struct Liveness {
+    inner: Mutex<Inner>,
+    next_session: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub unreachable_after: Duration,
+    pub down_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        let now = Instant::now();
+        Liveness {
+            inner: Mutex::new(Inner { term: 0, leader_since: now, last_tick: now, seen: HashMap::new() }),
+            next_session: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Liveness {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("liveness lock")
+    }
+
+    /// Records a new heartbeat session of `id`; returns its session id.
+    pub fn open_session(&self, id: NodeId) -> u64 {
+        let sid = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.lock().seen.insert(id, Seen { last: Instant::now(), session: Some(sid) });
+        sid
+    }
+
+    pub fn beat(&self, id: NodeId, sid: u64) {
+        let mut g = self.lock();
+        let s = g.seen.entry(id).or_insert(Seen { last: Instant::now(), session: Some(sid) });
+        s.last = Instant::now();
+        s.session = Some(sid);
+    }
+
+    /// Ends session `sid` of `id`, unless a newer session replaced it.
+    pub fn close_session(&self, id: NodeId, sid: u64) {
+        if let Some(s) = self.lock().seen.get_mut(&id) {
+            if s.session == Some(sid) {
+                s.session = None;
+            }
+        }
+    }
+
+    pub fn view(&self, id: NodeId) -> Option<AgentView> {
+        let g = self.lock();
+        g.seen.get(&id).map(|s| AgentView { last_heartbeat_age: s.last.elapsed(), connected: s.session.is_some() })
+    }
+
+    /// Called when this node is not the leader: forget everything.
+    pub fn step_down(&self) {
+        let mut g = self.lock();
+        g.term = 0;
+        g.seen.clear();
+    }
+
+    /// One tick of the leader in `term`: the transitions to propose for `nodes` (id and
+    /// committed state). Starts a new grace period on a new term or after a stall.
+    pub fn decide(
+        &self,
+        term: u64,
+        now: Instant,
+        t: Timeouts,
+        nodes: impl IntoIterator<Item = (NodeId, NodeState)>,
+    ) -> Vec<Transition> {
+        let mut g = self.lock();
+        if g.term != term {
+            tracing::info!(term, "leadership started: every agent gets a full grace period from now");
+            g.term = term;
+            g.leader_since = now;
+            // Sessions opened before the term is seen here belong to this leadership too
+            // (the gRPC handler checks leadership before it opens one).
+        }
+        let stall = now.saturating_duration_since(g.last_tick);
+        g.last_tick = now;
+        if stall > (t.unreachable_after / 2).max(Duration::from_millis(500)) {
+            tracing::warn!(stall_ms = stall.as_millis() as u64, "liveness tracker was not scheduled; restarting the grace period");
+            g.leader_since = now;
+        }
+        let mut out = Vec::new();
+        for (id, state) in nodes {
+            let seen = g.seen.get(&id).copied();
+            let base = seen.map(|s| s.last.max(g.leader_since)).unwrap_or(g.leader_since);
+            let silent = now.saturating_duration_since(base);
+            let live = seen.is_some_and(|s| s.session.is_some()) && silent < t.unreachable_after;
+            let (to, reason) = match state {
+                NodeState::Registered | NodeState::Unreachable | NodeState::Down if live => {
+                    (NodeState::Active, "heartbeat session open".to_string())
+                }
+                NodeState::Registered | NodeState::Active if silent >= t.unreachable_after => {
+                    (NodeState::Unreachable, format!("no heartbeat for {} ms", silent.as_millis()))
+                }
+                NodeState::Unreachable if silent >= t.unreachable_after + t.down_after => {
+                    (NodeState::Down, format!("no heartbeat for {} ms", silent.as_millis()))
+                }
+                _ => continue,
+            };
+            out.push(Transition { node_id: id, from: state, to, reason });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts { unreachable_after: Duration::from_secs(5), down_after: Duration::from_secs(10) };
+
+    fn states(ts: &[Transition]) -> Vec<(NodeId, NodeState)> {
+        ts.iter().map(|t| (t.node_id, t.to)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_gives_every_agent_a_full_grace_period() {
+        let l = Liveness::default();
+        let start = Instant::now();
+        let nodes = [(1, NodeState::Active), (2, NodeState::Active)];
+        // Ticks every 100 ms; agent 1 heartbeats, agent 2 is silent.
+        let sid = l.open_session(1);
+        let mut now = start;
+        while now < start + Duration::from_millis(4900) {
+            l.beat(1, sid);
+            assert!(l.decide(7, now, T, nodes).is_empty(), "nothing before the grace period ends");
+            now += Duration::from_millis(100);
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        now += Duration::from_millis(200);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        l.beat(1, sid);
+        assert_eq!(states(&l.decide(7, now, T, nodes)), vec![(2, NodeState::Unreachable)]);
+        // Unreachable turns down only after the further grace.
+        let later = now + Duration::from_secs(9);
+        let mut t = now;
+        while t < later {
+            t += Duration::from_millis(100);
+            assert!(l.decide(7, t, T, [(2, NodeState::Unreachable)]).is_empty());
+        }
+        let t = start + Duration::from_millis(15_100);
+        assert_eq!(states(&l.decide(7, t, T, [(2, NodeState::Unreachable)])), vec![(2, NodeState::Down)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_term_or_a_stall_restarts_the_grace_period() {
+        let l = Liveness::default();
+        let start = Instant::now();
+        let mut now = start;
+        for _ in 0..40 {
+            now += Duration::from_millis(100);
+            l.decide(3, now, T, [(1, NodeState::Active)]);
+        }
+        // New term at 4 s: another 5 s of grace from here, though silent since 0.
+        let t4 = now;
+        assert!(l.decide(4, t4, T, [(1, NodeState::Active)]).is_empty());
+        let mut now = t4;
+        for _ in 0..45 {
+            now += Duration::from_millis(100);
+            assert!(l.decide(4, now, T, [(1, NodeState::Active)]).is_empty());
+        }
+        // A 3 s gap between ticks (a paused leader) restarts it again.
+        let stalled = now + Duration::from_secs(3);
+        assert!(l.decide(4, stalled, T, [(1, NodeState::Active)]).is_empty());
+        let mut t = stalled;
+        while t < stalled + Duration::from_millis(4_900) {
+            t += Duration::from_millis(100);
+            assert!(l.decide(4, t, T, [(1, NodeState::Active)]).is_empty());
+        }
+        t += Duration::from_millis(200);
+        assert_eq!(states(&l.decide(4, t, T, [(1, NodeState::Active)])), vec![(1, NodeState::Unreachable)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_session_makes_a_node_active_and_a_closed_one_does_not() {
+        let l = Liveness::default();
+        let now = Instant::now();
+        let sid = l.open_session(5);
+        assert_eq!(states(&l.decide(1, now, T, [(5, NodeState::Down)])), vec![(5, NodeState::Active)]);
+        l.close_session(5, sid);
+        assert!(l.decide(1, now, T, [(5, NodeState::Down)]).is_empty());
+        // A stale session id does not close the newer session.
+        let sid2 = l.open_session(5);
+        l.close_session(5, sid);
+        assert!(l.view(5).unwrap().connected);
+        l.close_session(5, sid2);
+        assert!(!l.view(5).unwrap().connected);
+    }
+}

@@ -50,7 +50,35 @@ pub struct NodeArgs {
     #[arg(long)]
     pub name: Option<String>,
     #[command(flatten)]
+    pub agent: AgentArgs,
+    #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// What this node's agent offers. Detected from the machine unless given; values given
+/// at `init`/`join` are kept in the data dir, and `start` may override them (a change is
+/// committed to the registry).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AgentArgs {
+    /// Run no worker agent on this master: it coordinates but takes no work (a worker
+    /// token always runs an agent).
+    #[arg(long)]
+    pub no_worker: bool,
+    /// CPUs to offer, fractions allowed [default: detected].
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory to offer in MiB [default: detected].
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// Disk to offer in MiB [default: size of the data dir's filesystem].
+    #[arg(long)]
+    pub disk_mb: Option<u64>,
+    /// Port ranges to offer, e.g. 31000-32000,8080 [default: 31000-32000].
+    #[arg(long)]
+    pub ports: Option<String>,
+    /// A label KEY=VALUE for placement constraints; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::resources::parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 /// Raft and storage tuning; the defaults suit most clusters.
@@ -63,6 +91,16 @@ pub struct Tuning {
     /// fails with `unavailable`.
     #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
+    /// Heartbeat period the leader asks of agents.
+    #[arg(long, default_value_t = 1_000)]
+    pub agent_heartbeat_interval_ms: u64,
+    /// The leader marks an agent unreachable after this long without a heartbeat (counted
+    /// from its own election for a new leader). Give every master the same value.
+    #[arg(long, default_value_t = 5_000)]
+    pub unreachable_after_ms: u64,
+    /// ...and down after this much longer.
+    #[arg(long, default_value_t = 10_000)]
+    pub down_after_ms: u64,
 }
 
 impl Tuning {
@@ -70,6 +108,9 @@ impl Tuning {
         coord::CoordConfig {
             snapshot_every_entries: self.snapshot_every_entries,
             request_timeout_ms: self.request_timeout_ms,
+            agent_heartbeat_interval_ms: self.agent_heartbeat_interval_ms,
+            unreachable_after_ms: self.unreachable_after_ms,
+            down_after_ms: self.down_after_ms,
             ..Default::default()
         }
     }
@@ -108,6 +149,8 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
         #[command(flatten)]
+        agent: AgentArgs,
+        #[command(flatten)]
         tuning: Tuning,
     },
     /// Print the join token for a role.
@@ -137,6 +180,19 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// List masters and agents: role, state, resources, labels, heartbeat age, and the
+    /// master each agent's session is held by.
+    Nodes {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Inspect, drain, activate or remove one node, or show registry events.
+    Node {
+        #[command(subcommand)]
+        op: NodeOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Read and write the key-value store (the same store etcdctl sees).
     Kv {
         #[command(subcommand)]
@@ -152,6 +208,32 @@ pub enum Command {
 pub enum TokenRole {
     Manager,
     Worker,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeOp {
+    /// Everything the registry knows of a node.
+    Inspect { node_id: u64 },
+    /// Stop giving the node new work; what runs there keeps running.
+    Drain { node_id: u64 },
+    /// Give the node work again after a drain.
+    Activate { node_id: u64 },
+    /// Remove an agent from the registry; its id is never used again. Refused while the
+    /// agent is active (stop it first) unless --force. Masters leave with `cluster leave`.
+    Rm {
+        node_id: u64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Committed registry events (registrations, state transitions, drains, removals).
+    Events {
+        /// First event index; 0 lists the current nodes first, then new events.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Keep printing new events as they are committed.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +293,13 @@ pub struct BenchArgs {
     /// over all endpoints.
     #[arg(long, value_enum, default_value_t = BenchTarget::Leader)]
     pub target: BenchTarget,
+    /// agents: how many emulated agents.
+    #[arg(long, default_value_t = 1_000)]
+    pub agents: usize,
+    /// agents: kill -9 the leader (it must run on this machine) this many seconds into
+    /// the measured run.
+    #[arg(long)]
+    pub kill_leader_at: Option<f64>,
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -219,6 +308,8 @@ pub struct BenchArgs {
 pub enum BenchOp {
     Put,
     Get,
+    /// Emulated agents: each registers and heartbeats over the real gRPC protocol.
+    Agents,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,12 +330,17 @@ impl Cli {
         match self.command {
             Command::Init { node } => crate::daemon::init(node).await,
             Command::Join { node, token, seed_addr } => crate::daemon::join(node, token, seed_addr).await,
-            Command::Start { data_dir, listen, tuning } => crate::daemon::start(data_dir, listen, tuning).await,
+            Command::Start { data_dir, listen, agent, tuning } => {
+                crate::daemon::start(data_dir, listen, agent, tuning).await
+            }
             Command::Token { role, quiet, client } => crate::commands::token(&client, role, quiet).await,
             Command::Status { client } => crate::commands::status(&client).await,
             Command::Members { client } => crate::commands::members(&client).await,
             Command::Leave { node_id, client } => crate::commands::leave(&client, node_id).await,
             Command::Kv { op, client } => crate::commands::kv(&client, op).await,
+            Command::Nodes { client } => crate::nodes::list(&client).await,
+            Command::Node { op, client } => crate::nodes::node(&client, op).await,
+            Command::Bench(args) if args.op == BenchOp::Agents => crate::bench_agents::run(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::cli::{NodeArgs, Tuning};
+use crate::cli::{AgentArgs, NodeArgs, Tuning};
+use crate::resources::AgentSettings;
+use crate::session;
 
 const NODE_FILE: &str = "node.json";
 
@@ -32,12 +34,59 @@ struct NodeFile {
     /// Only on the node that ran `init`, until its identity is committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     init: Option<InitFile>,
+    /// Proves to the registry that this node owns its id.
+    #[serde(default)]
+    node_secret: String,
+    /// A master that runs no agent.
+    #[serde(default)]
+    no_worker: bool,
+    #[serde(default)]
+    agent: AgentSettings,
+    /// Master addresses, as last pushed by the leader: where a restarted agent looks.
+    #[serde(default)]
+    masters: Vec<String>,
+}
+
+impl NodeFile {
+    /// Applies agent flags given on the command line over the recorded ones.
+    fn merge_agent_args(&mut self, a: &AgentArgs) {
+        if a.no_worker {
+            self.no_worker = true;
+        }
+        let s = &mut self.agent;
+        s.cpus = a.cpus.or(s.cpus);
+        s.memory_mb = a.memory_mb.or(s.memory_mb);
+        s.disk_mb = a.disk_mb.or(s.disk_mb);
+        s.ports = a.ports.clone().or(s.ports.take());
+        if !a.labels.is_empty() {
+            s.labels = a.labels.iter().cloned().collect();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct InitFile {
     manager_secret: String,
     worker_secret: String,
+}
+
+impl NodeFile {
+    /// A placeholder carrying only agent settings, before the join answer is known.
+    fn default_agent() -> NodeFile {
+        NodeFile {
+            node_id: 0,
+            name: String::new(),
+            cluster_id: String::new(),
+            role: String::new(),
+            listen: String::new(),
+            advertise: String::new(),
+            init: None,
+            node_secret: String::new(),
+            no_worker: false,
+            agent: AgentSettings::default(),
+            masters: Vec::new(),
+        }
+    }
 }
 
 fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
@@ -98,19 +147,27 @@ pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
-    let file = NodeFile {
+    let mut file = NodeFile {
         node_id: 1,
         name: node.name.clone().unwrap_or_else(|| "node-1".into()),
         cluster_id: hex_id(),
         role: "manager".into(),
         listen,
-        advertise,
+        advertise: advertise.clone(),
         init: Some(InitFile { manager_secret: secret(), worker_secret: secret() }),
+        node_secret: secret(),
+        no_worker: false,
+        agent: AgentSettings::default(),
+        masters: vec![advertise],
     };
+    file.merge_agent_args(&node.agent);
+    // Fail before anything is written if the agent's resources are malformed.
+    crate::resources::resolve(&file.agent, &node.data_dir)?;
     write_node_file(&node.data_dir, &file)?;
     let coord = open(&node.data_dir, &file, &node.tuning).await?;
     coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
+    spawn_own_agent(&node.data_dir, &file)?;
     wait_for_identity(&coord).await?;
     let st = coord.cluster();
     let mt = coord::token::format_token(&st.cluster_id, &st.manager_secret);
@@ -146,6 +203,10 @@ async fn wait_for_identity(coord: &CoordNode) -> anyhow::Result<()> {
 pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node)?;
     coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
+    let mut settings = NodeFile::default_agent();
+    settings.merge_agent_args(&node.agent);
+    let probe = node.data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    crate::resources::resolve(&settings.agent, probe)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
     let resp = match join_rpc(&seed, &token, &advertise, node.name.clone().unwrap_or_default()).await {
@@ -156,6 +217,10 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
             return Err(e);
         }
     };
+    let mut masters: Vec<String> = resp.members.iter().map(|m| m.addr.clone()).collect();
+    if !masters.contains(&seed) {
+        masters.push(seed.clone());
+    }
     let file = NodeFile {
         node_id: resp.node_id,
         name: node.name.clone().unwrap_or_else(|| format!("node-{}", resp.node_id)),
@@ -164,10 +229,13 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
         listen,
         advertise,
         init: None,
+        node_secret: secret(),
+        masters,
+        ..settings
     };
     write_node_file(&node.data_dir, &file)?;
     println!("Joined cluster {} as node {} ({}).", resp.cluster_id, resp.node_id, resp.role);
-    run(&node.data_dir, file, listener, &node.tuning).await
+    run(&node.data_dir, file, Some(listener), &node.tuning).await
 }
 
 async fn join_rpc(
@@ -198,29 +266,104 @@ async fn join_rpc(
     }
 }
 
-pub async fn start(data_dir: PathBuf, listen: Option<String>, tuning: Tuning) -> anyhow::Result<()> {
+pub async fn start(data_dir: PathBuf, listen: Option<String>, agent: AgentArgs, tuning: Tuning) -> anyhow::Result<()> {
     let mut file = read_node_file(&data_dir)?;
     if let Some(l) = listen {
         file.listen = l;
     }
-    let listener = bind(&file.listen).await?;
+    let before = (file.no_worker, file.agent.clone());
+    file.merge_agent_args(&agent);
+    crate::resources::resolve(&file.agent, &data_dir)?;
+    if file.node_secret.is_empty() {
+        file.node_secret = secret();
+    }
+    if before != (file.no_worker, file.agent.clone()) || agent.no_worker {
+        write_node_file(&data_dir, &file)?;
+    }
     info!(node = file.node_id, role = %file.role, "restarting node from {}", data_dir.display());
+    let listener = if file.role == "worker" { None } else { Some(bind(&file.listen).await?) };
     run(&data_dir, file, listener, &tuning).await
 }
 
-async fn run(dir: &Path, file: NodeFile, listener: TcpListener, tuning: &Tuning) -> anyhow::Result<()> {
+async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, tuning: &Tuning) -> anyhow::Result<()> {
     if file.role == "worker" {
-        return run_worker(file).await;
+        return run_worker(dir, file).await;
     }
+    let listener = listener.context("a master needs its listener")?;
     let coord = open(dir, &file, tuning).await?;
-    serve(coord, listener).await
+    let serving = serve(coord, listener);
+    spawn_own_agent(dir, &file)?;
+    serving.await
 }
 
-/// Worker agents register with the masters; running tasks arrives with the registry.
-async fn run_worker(file: NodeFile) -> anyhow::Result<()> {
-    info!(node = file.node_id, "worker agent up; waiting for Ctrl-C");
-    tokio::signal::ctrl_c().await?;
+/// The agent's identity and a hook that keeps node.json's master list current.
+fn agent_parts(dir: &Path, file: &NodeFile) -> anyhow::Result<(session::Identity, session::Hooks)> {
+    let resources = crate::resources::resolve(&file.agent, dir)?;
+    let id = session::Identity {
+        node_id: file.node_id,
+        secret: file.node_secret.clone(),
+        name: file.name.clone(),
+        addr: file.advertise.clone(),
+        role: file.role.clone(),
+        resources: crate::resources::to_pb(&resources),
+        labels: file.agent.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    let saved = Arc::new(std::sync::Mutex::new(file.clone()));
+    let dir = dir.to_path_buf();
+    let on_masters = move |list: &proto::clusterpb::MasterList| {
+        let addrs: Vec<String> = list.masters.iter().map(|m| m.addr.clone()).collect();
+        let mut f = saved.lock().expect("node file lock");
+        if addrs.is_empty() || f.masters == addrs {
+            return;
+        }
+        f.masters = addrs;
+        if let Err(e) = write_node_file(&dir, &f) {
+            warn!("saving the master list to node.json failed: {e:#}");
+        }
+    };
+    Ok((id, session::Hooks { on_masters: Some(Arc::new(on_masters)), on_attach: None }))
+}
+
+fn connector() -> session::Connect {
+    let cache = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, tonic::transport::Channel>::new()));
+    Arc::new(move |addr: &str| {
+        let mut c = cache.lock().expect("channel cache lock");
+        if let Some(ch) = c.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = crate::client::channel(addr)?;
+        c.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    })
+}
+
+/// A master's own agent (unless `--no-worker`): a refusal is logged, the master stays up.
+fn spawn_own_agent(dir: &Path, file: &NodeFile) -> anyhow::Result<()> {
+    if file.no_worker {
+        info!("--no-worker: this master runs no agent");
+        return Ok(());
+    }
+    let (id, hooks) = agent_parts(dir, file)?;
+    let mut masters = vec![file.advertise.clone()];
+    masters.extend(file.masters.iter().filter(|m| **m != file.advertise).cloned());
+    tokio::spawn(async move {
+        if let Err(e) = session::run(id, masters, connector(), hooks).await {
+            tracing::error!("this master's agent stopped: {e}");
+        }
+    });
     Ok(())
+}
+
+/// A worker: only the agent runs; it exits on Ctrl-C/SIGTERM or when refused.
+async fn run_worker(dir: &Path, file: NodeFile) -> anyhow::Result<()> {
+    let (id, hooks) = agent_parts(dir, &file)?;
+    info!(node = file.node_id, masters = ?file.masters, "worker agent starting");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = session::run(id, file.masters.clone(), connector(), hooks) => r.map_err(anyhow::Error::from),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    }
 }
 
 async fn open(dir: &Path, file: &NodeFile, tuning: &Tuning) -> anyhow::Result<Arc<CoordNode>> {

@@ -4,14 +4,22 @@
 //! - [`daemon`]: `init`, `join` and `start`: run a node in the foreground;
 //! - [`client`]: endpoint list and leader following for client commands;
 //! - [`commands`]: the client commands (`status`, `members`, `kv`, …);
-//! - [`bench`]: an etcd v3 load generator that drives cluster and etcd alike.
+//! - [`nodes`]: `cluster nodes` and `cluster node …` (the registry);
+//! - [`session`]: the agent's registration and heartbeat session, following the leader;
+//! - [`resources`]: what the machine offers, and label parsing;
+//! - [`bench`]: an etcd v3 load generator that drives cluster and etcd alike;
+//! - [`bench_agents`]: emulated agents against a real cluster (registry scale).
 
 mod bench;
+mod bench_agents;
 mod cli;
 mod client;
 mod commands;
 mod daemon;
+mod nodes;
 mod output;
+mod resources;
+mod session;
 
 use clap::Parser;
 

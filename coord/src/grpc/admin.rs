@@ -214,6 +214,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
             compact_revision: compact,
             members: self.members().members,
             from_leader: m.state == ServerState::Leader,
+            pid: std::process::id(),
         }))
     }
 

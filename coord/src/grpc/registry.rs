@@ -120,7 +120,7 @@ impl RegistryService {
         } else {
             ""
         };
-        let view = if leader_view { self.node.liveness.view(n.node_id) } else { None };
+        let view = if leader_view { self.node.liveness.view(n.node_id, tokio::time::Instant::now()) } else { None };
         pb::NodeInfo {
             node_id: n.node_id,
             name: n.name.clone(),
@@ -295,7 +295,7 @@ impl pb::registry_server::Registry for RegistryService {
         };
         self.check_session(&first)?;
         let id = first.node_id;
-        let sid = self.node.liveness.open_session(id);
+        let sid = self.node.liveness.open_session(id, tokio::time::Instant::now());
         debug!(agent = id, session = sid, "heartbeat session opened");
         let interval_ms = self.node.config.agent_heartbeat_interval_ms;
         let (tx, rx) = mpsc::channel(16);
@@ -327,7 +327,7 @@ impl pb::registry_server::Registry for RegistryService {
                             let _ = tx.send(Err(Status::not_found(format!("node {id} is no longer registered; register again")))).await;
                             break;
                         }
-                        node.liveness.beat(id, sid);
+                        node.liveness.beat(id, sid, tokio::time::Instant::now());
                         let ack = pb::HeartbeatResponse { ack_seq: m.seq, masters: None, heartbeat_interval_ms: interval_ms };
                         if tx.send(Ok(ack)).await.is_err() {
                             break;

@@ -1,0 +1,296 @@
+//! `cluster bench agents`: N emulated agents against a running cluster. Each is the real
+//! agent session code ([`crate::session`]) over the real gRPC protocol, sharing a pool of
+//! connections (one per 100 agents), at the heartbeat period the leader asks for.
+//!
+//! Phases: join N worker ids, register and open sessions until every agent is active,
+//! then a measured window of `--duration` seconds, optionally with kill -9 of the leader
+//! (`--kill-leader-at`, the leader must run on this machine). Printed: the leader's CPU
+//! use while steady, reattach times after the kill, and every unreachable or down
+//! transition of an emulated agent (all of them are alive, so each one is false).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use proto::clusterpb as pb;
+use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
+use proto::clusterpb::registry_client::RegistryClient;
+use serde_json::json;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::cli::{BenchArgs, OutputFormat};
+use crate::client::{call, status_err};
+use crate::session;
+
+const AGENTS_PER_CONN: usize = 100;
+
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+async fn status(endpoints: &[String]) -> anyhow::Result<pb::StatusResponse> {
+    let s = call(endpoints, |ch| async move { ClusterAdminClient::new(ch).status(pb::StatusRequest {}).await })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    if s.from_leader || s.leader_addr.is_empty() {
+        return Ok(s);
+    }
+    let l = vec![s.leader_addr.clone()];
+    Ok(call(&l, |ch| async move { ClusterAdminClient::new(ch).status(pb::StatusRequest {}).await })
+        .await
+        .map_err(status_err)?
+        .into_inner())
+}
+
+/// Counts unreachable/down transitions of `ids` by following the registry events,
+/// reconnecting to any endpoint (and resuming after the last event seen) when the
+/// answering master dies.
+fn watch_transitions(endpoints: Vec<String>, start: u64, ids: Arc<std::collections::BTreeSet<u64>>) -> Arc<Mutex<Vec<String>>> {
+    let found = Arc::new(Mutex::new(Vec::new()));
+    let out = found.clone();
+    tokio::spawn(async move {
+        let mut next = start;
+        loop {
+            for ep in &endpoints {
+                let Ok(ch) = crate::client::channel(ep) else { continue };
+                let req = pb::WatchRegistryRequest { start_index: next, follow: true };
+                let Ok(resp) = RegistryClient::new(ch).watch(req).await else { continue };
+                let mut s = resp.into_inner();
+                while let Some(Ok(e)) = s.next().await {
+                    next = e.index + 1;
+                    if e.kind == "state" && ids.contains(&e.node_id) && (e.to_state == "unreachable" || e.to_state == "down") {
+                        out.lock().unwrap().push(format!("node {} {} -> {} ({})", e.node_id, e.from_state, e.to_state, e.reason));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    found
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let n = a.agents;
+    if n == 0 {
+        bail!("--agents must be > 0");
+    }
+    let eps = a.endpoints.clone();
+    let token = call(&eps, |ch| async move {
+        ClusterAdminClient::new(ch).token(pb::TokenRequest { role: "worker".into() }).await
+    })
+    .await
+    .map_err(status_err)?
+    .into_inner()
+    .token;
+    let st = status(&eps).await?;
+    let leader_addr = st.leader_addr.clone();
+    let masters: Vec<String> = st.members.iter().map(|m| m.addr.clone()).collect();
+    eprintln!("leader: node {} at {leader_addr} (pid {}); joining {n} emulated agents", st.node_id, st.pid);
+
+    // Worker ids, through the real join path.
+    let t0 = Instant::now();
+    let leader_ch = crate::client::channel(&leader_addr).map_err(status_err)?;
+    let ids: Vec<u64> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (ch, token) = (leader_ch.clone(), token.clone());
+            async move {
+                let addr = format!("127.{}.{}.{}:7000", 100 + i / 65536, (i / 256) % 256, i % 256);
+                let req = pb::JoinRequest { token, advertise_addr: addr, name: format!("emu-{i}") };
+                ClusterAdminClient::new(ch).join(req).await.map(|r| r.into_inner().node_id)
+            }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(status_err)
+        .context("joining emulated agents")?;
+    let join_s = t0.elapsed().as_secs_f64();
+    let id_set: Arc<std::collections::BTreeSet<u64>> = Arc::new(ids.iter().copied().collect());
+
+    let start_index = {
+        let mut s = RegistryClient::new(crate::client::channel(&leader_addr).map_err(status_err)?)
+            .watch(pb::WatchRegistryRequest { start_index: 0, follow: false })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        while s.next().await.is_some() {}
+        // Resume after whatever exists now: ask for the newest index through Nodes' term… the
+        // simplest exact way is an event replay from 1, bounded by retention.
+        let mut last = 0;
+        let mut s = RegistryClient::new(crate::client::channel(&leader_addr).map_err(status_err)?)
+            .watch(pb::WatchRegistryRequest { start_index: 1, follow: false })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        while let Some(Ok(e)) = s.next().await {
+            last = e.index;
+        }
+        last + 1
+    };
+    let false_transitions = watch_transitions(masters.clone(), start_index, id_set.clone());
+
+    // Connection pool: agent i uses connection i / AGENTS_PER_CONN to each master.
+    let conns = n.div_ceil(AGENTS_PER_CONN);
+    let pool: Arc<Mutex<BTreeMap<(String, usize), Channel>>> = Arc::default();
+    let bench_start = Instant::now();
+    let attached_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let attaches = Arc::new(AtomicU64::new(0));
+    for (i, &id) in ids.iter().enumerate() {
+        let slot = i / AGENTS_PER_CONN;
+        let pool = pool.clone();
+        let connect: session::Connect = Arc::new(move |addr: &str| {
+            let mut p = pool.lock().expect("pool");
+            let key = (addr.to_string(), slot);
+            if let Some(c) = p.get(&key) {
+                return Ok(c.clone());
+            }
+            let c = crate::client::channel(addr)?;
+            p.insert(key, c.clone());
+            Ok(c)
+        });
+        let (at, count) = (attached_at.clone(), attaches.clone());
+        let on_attach = Arc::new(move |_leader: u64| {
+            at[i].store(bench_start.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        let identity = session::Identity {
+            node_id: id,
+            secret: format!("emulated-agent-{id}-{}", rand::random::<u64>()),
+            name: format!("emu-{i}"),
+            addr: format!("127.{}.{}.{}:7000", 100 + i / 65536, (i / 256) % 256, i % 256),
+            role: "worker".into(),
+            resources: pb::Resources {
+                cpus_milli: 4000,
+                memory_mb: 8192,
+                disk_mb: 100_000,
+                ports: vec![pb::PortRange { begin: 31000, end: 32000 }],
+            },
+            labels: [("emulated".to_string(), "true".to_string())].into(),
+        };
+        let hooks = session::Hooks { on_masters: None, on_attach: Some(on_attach) };
+        let seeds = vec![leader_addr.clone()];
+        tokio::spawn(async move {
+            if let Err(e) = session::run(identity, seeds, connect, hooks).await {
+                eprintln!("emulated agent {id} refused: {e}");
+            }
+        });
+    }
+
+    // Until every emulated agent is active in the registry.
+    let t1 = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = call(&eps, |ch| async move { RegistryClient::new(ch).nodes(pb::NodesRequest { node_id: 0 }).await }).await;
+        if let Ok(r) = r {
+            let active = r.into_inner().nodes.iter().filter(|x| id_set.contains(&x.node_id) && x.state == "active").count();
+            if active == n {
+                break;
+            }
+            if t1.elapsed() > Duration::from_secs(300) {
+                bail!("only {active} of {n} emulated agents became active within 300 s");
+            }
+        }
+    }
+    let ramp_s = t1.elapsed().as_secs_f64();
+    eprintln!("{n} agents active ({join_s:.1} s to join, {ramp_s:.1} s to register and activate); measuring for {} s", a.duration);
+
+    // Measured window.
+    let w0 = Instant::now();
+    let cpu0 = cpu_seconds(st.pid);
+    let kill_at = a.kill_leader_at.map(Duration::from_secs_f64);
+    let mut killed_at: Option<Instant> = None;
+    let mut cpu_steady: Option<f64> = None;
+    let duration = Duration::from_secs_f64(a.duration);
+    while w0.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let (Some(k), None) = (kill_at, killed_at) {
+            if w0.elapsed() >= k {
+                cpu_steady = cpu_seconds(st.pid).zip(cpu0).map(|(c1, c0)| (c1 - c0) / w0.elapsed().as_secs_f64());
+                // SAFETY: plain kill(2) of the leader's pid, which this machine runs.
+                if unsafe { libc::kill(st.pid as i32, libc::SIGKILL) } != 0 {
+                    bail!("kill -9 of leader pid {} failed: {}", st.pid, std::io::Error::last_os_error());
+                }
+                eprintln!("killed the leader (pid {}) at {:.1} s", st.pid, w0.elapsed().as_secs_f64());
+                killed_at = Some(Instant::now());
+            }
+        }
+    }
+    if cpu_steady.is_none() {
+        cpu_steady = cpu_seconds(st.pid).zip(cpu0).map(|(c1, c0)| (c1 - c0) / w0.elapsed().as_secs_f64());
+    }
+    // Reattach: each agent's first session opened after the kill.
+    let mut reattach_ms: Vec<f64> = Vec::new();
+    let mut not_reattached = 0;
+    if let Some(k) = killed_at {
+        let k_us = (k - bench_start).as_micros() as u64;
+        for at in attached_at.iter() {
+            let t = at.load(Ordering::Relaxed);
+            if t > k_us {
+                reattach_ms.push((t - k_us) as f64 / 1000.0);
+            } else {
+                not_reattached += 1;
+            }
+        }
+        reattach_ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    }
+    // Let transitions that were decided at the end of the window arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let false_list = false_transitions.lock().unwrap().clone();
+    let new_leader = status(&eps).await.ok();
+    let result = json!({
+        "agents": n,
+        "connections_per_master": conns,
+        "join_seconds": join_s,
+        "activate_seconds": ramp_s,
+        "window_seconds": a.duration,
+        "leader_cpu_percent_steady": cpu_steady.map(|c| (c * 1000.0).round() / 10.0),
+        "killed_leader": killed_at.is_some(),
+        "new_leader": new_leader.as_ref().and_then(|s| s.leader_id),
+        "reattach_ms_p50": pct(&reattach_ms, 0.5),
+        "reattach_ms_p99": pct(&reattach_ms, 0.99),
+        "reattach_ms_max": reattach_ms.last().copied(),
+        "not_reattached": not_reattached,
+        "false_transitions": false_list.len(),
+        "sessions_opened": attaches.load(Ordering::Relaxed),
+    });
+    if a.output == OutputFormat::Json {
+        println!("{result}");
+    } else {
+        println!("emulated agents            {n} ({conns} connections per master)");
+        println!("leader CPU while steady    {}", result["leader_cpu_percent_steady"]);
+        if killed_at.is_some() {
+            println!(
+                "reattach after leader kill p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, not reattached {not_reattached}",
+                pct(&reattach_ms, 0.5),
+                pct(&reattach_ms, 0.99),
+                reattach_ms.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+        println!("false transitions          {}", false_list.len());
+    }
+    for f in false_list.iter().take(10) {
+        eprintln!("false transition: {f}");
+    }
+    Ok(())
+}

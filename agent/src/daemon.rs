@@ -287,6 +287,9 @@ pub async fn start(data_dir: PathBuf, listen: Option<String>, agent: AgentArgs, 
 
 async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, tuning: &Tuning) -> anyhow::Result<()> {
     if file.role == "worker" {
+        // A worker serves nothing yet: a socket left listening would accept connections
+        // that are never answered.
+        drop(listener);
         return run_worker(dir, file).await;
     }
     let listener = listener.context("a master needs its listener")?;

@@ -78,6 +78,58 @@ impl Cluster {
         i
     }
 
+    /// Adds a node slot and joins it as a worker agent through master `seed`.
+    pub fn add_worker(&mut self, seed: usize, args: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let dir = self.tmp.path().join(format!("n{i}"));
+        let log = self.tmp.path().join(format!("n{i}.log"));
+        self.nodes.push(Node { addr: addr.clone(), dir: dir.clone(), log, child: None });
+        let (seed, token) = (self.nodes[seed].addr.clone(), self.worker_token.clone());
+        let mut a = vec!["join", "--data-dir", dir.to_str().unwrap(), "--listen", &addr, "--token", &token, &seed];
+        a.extend_from_slice(args);
+        let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        self.spawn(i, &a);
+        i
+    }
+
+    /// The registry as the leader sees it (heartbeat ages and sessions included).
+    pub async fn nodes(&self) -> Option<proto::clusterpb::NodesResponse> {
+        use proto::clusterpb::registry_client::RegistryClient;
+        let l = self.leader(Duration::from_secs(10)).await;
+        for i in [l] {
+            let Some(ch) = agent_channel(&self.nodes[i].addr).await else { continue };
+            let mut client = RegistryClient::new(ch);
+            let call = client.nodes(proto::clusterpb::NodesRequest { node_id: 0 });
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), call).await {
+                if r.get_ref().from_leader {
+                    return Some(r.into_inner());
+                }
+            }
+        }
+        None
+    }
+
+    /// Every committed registry event, read from a live master.
+    pub async fn events(&self) -> Vec<proto::clusterpb::RegistryEvent> {
+        use proto::clusterpb::registry_client::RegistryClient;
+        for i in self.alive() {
+            let Some(ch) = agent_channel(&self.nodes[i].addr).await else { continue };
+            let req = proto::clusterpb::WatchRegistryRequest { start_index: 1, follow: false };
+            let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), RegistryClient::new(ch).watch(req)).await else {
+                continue;
+            };
+            let mut s = r.into_inner();
+            let mut out = Vec::new();
+            while let Ok(Some(e)) = s.message().await {
+                out.push(e);
+            }
+            return out;
+        }
+        panic!("no master answered a registry watch\n{}", self.logs());
+    }
+
     /// Waits for node `i`'s process to exit on its own; returns its exit status.
     pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;

@@ -6,3 +6,4 @@ mod t10_etcd_api;
 mod t20_failover;
 mod t30_bad_input;
 mod t40_membership;
+mod t50_registry;

@@ -365,10 +365,10 @@ impl pb::registry_server::Registry for RegistryService {
         let r = req.into_inner();
         // Heartbeat ages and sessions are known to the leader only: ask it if reachable.
         if let Ok(Some(mut c)) = self.forward_target(forwarded) {
-            match c.nodes(forwarded_request(r.clone())).await {
-                Ok(resp) => return Ok(resp),
-                Err(s) if s.code() == tonic::Code::NotFound => return Err(s),
-                Err(_) => {}
+            match tokio::time::timeout(Duration::from_secs(1), c.nodes(forwarded_request(r.clone()))).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(s)) if s.code() == tonic::Code::NotFound => return Err(s),
+                _ => {}
             }
         }
         Ok(Response::new(self.local_nodes(r.node_id)?))

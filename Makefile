@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
 BIN := $(CARGO_TARGET_DIR)/release/cluster
 
-.PHONY: deps build demo test bench fmt clippy
+.PHONY: deps build demo test bench bench-agents fmt clippy
 
 deps:
 	bash .ci/install-deps
@@ -27,6 +27,13 @@ bench:
 	bash .ci/install-deps --bench
 	cargo build --release --locked --bin cluster
 	bash .ci/bench.sh "$(BIN)"
+
+## Registry scale: 1k-15k emulated agents against a 3-master cluster, leader killed
+## mid-run; writes the "Registry scale" section of docs/benchmarks.md.
+bench-agents:
+	bash .ci/install-deps
+	cargo build --release --locked --bin cluster
+	bash .ci/bench-agents.sh "$(BIN)"
 
 fmt:
 	cargo fmt --all

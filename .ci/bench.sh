@@ -164,6 +164,13 @@ leader with SIGKILL after 3 s; the longest gap is the longest time between two
 successful writes seen across all clients (the cluster's followers forward writes, etcd's
 proxy them through Raft).
 """
+# Sections written by other benchmark scripts (from "\n## " on) are kept.
+import os
+if os.path.exists(sys.argv[2]):
+    old = open(sys.argv[2]).read()
+    i = old.find("\n## ")
+    if i >= 0:
+        text = text.rstrip("\n") + "\n" + old[i:]
 open(sys.argv[2], "w").write(text)
 print(); print(table); print(); print(f"written to {sys.argv[2]}")
 PY

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A local 3-master cluster a newcomer can watch: init, two joins, writes through etcdctl
-# and the cluster CLI, a leader killed with kill -9 and replaced, the node restarted.
+# A local 3-master cluster a newcomer can watch: init, two joins, a worker, writes through
+# etcdctl and the cluster CLI, a leader killed with kill -9 and replaced (agents follow
+# it without being marked unreachable), the node restarted.
 # Leaves the cluster running until Ctrl-C, then removes everything it made.
 set -euo pipefail
 BIN=${1:-cluster}
 DIR=$(mktemp -d /tmp/cluster-demo.XXXXXX)
 # All below 32768, outside the ephemeral port range.
 PORTS=(2379 12379 22379)
+# The worker's --listen (2380) is only its advertised address for now.
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -43,6 +45,17 @@ for _ in $(seq 100); do
 done
 run "$BIN" status
 
+echo; echo "== 2b. a worker joins with the worker token; every node's agent registers"
+WTOKEN=$("$BIN" token worker -q)
+echo "\$ cluster join --data-dir $DIR/w1 --token ${WTOKEN:0:24}… --label zone=b --cpus 1.5 127.0.0.1:${PORTS[1]}"
+"$BIN" join --data-dir "$DIR/w1" --listen 127.0.0.1:2380 --token "$WTOKEN" --label zone=b --cpus 1.5 \
+  "127.0.0.1:${PORTS[1]}" >"$DIR/w1.out" 2>"$DIR/w1.log" &
+PIDS[3]=$!
+for _ in $(seq 100); do
+  [ "$("$BIN" nodes -o json | grep -c '"state": "active"')" = 4 ] && break; sleep 0.1
+done
+run "$BIN" nodes
+
 echo; echo "== 3. writes and reads (cluster CLI, and etcdctl if installed)"
 run "$BIN" kv put greeting hello
 run "$BIN" kv put config/replicas 3
@@ -62,6 +75,10 @@ T0=$(date +%s%N)
 until "$BIN" kv put after-failover yes >/dev/null 2>&1; do sleep 0.05; done
 echo "a write succeeded $(( ($(date +%s%N) - T0) / 1000000 )) ms after the kill"
 run "$BIN" status
+sleep 1
+echo "the agents followed the new leader; none was marked unreachable:"
+run "$BIN" nodes
+run "$BIN" node events
 
 echo; echo "== 5. restart the killed node from its data dir; it rejoins silently"
 "$BIN" start --data-dir "$DIR/n$((LI+1))" >>"$DIR/n$((LI+1)).out" 2>>"$DIR/n$((LI+1)).log" &

@@ -81,6 +81,26 @@ fn watch_transitions(endpoints: Vec<String>, start: u64, ids: Arc<std::collectio
     found
 }
 
+/// Polls the surviving masters every 10 ms; resolves when one reports itself leader.
+fn watch_election(masters: Vec<String>) -> tokio::task::JoinHandle<Option<Instant>> {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let chans: Vec<Channel> = masters.iter().filter_map(|m| crate::client::channel(m).ok()).collect();
+        while Instant::now() < deadline {
+            for ch in &chans {
+                let mut client = ClusterAdminClient::new(ch.clone());
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), client.status(pb::StatusRequest {})).await {
+                    if s.get_ref().state == "leader" {
+                        return Some(Instant::now());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    })
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -220,6 +240,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let cpu0 = cpu_seconds(st.pid);
     let kill_at = a.kill_leader_at.map(Duration::from_secs_f64);
     let mut killed_at: Option<Instant> = None;
+    let mut elected: Option<tokio::task::JoinHandle<Option<Instant>>> = None;
     let mut cpu_steady: Option<f64> = None;
     let duration = Duration::from_secs_f64(a.duration);
     while w0.elapsed() < duration {
@@ -233,6 +254,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 }
                 eprintln!("killed the leader (pid {}) at {:.1} s", st.pid, w0.elapsed().as_secs_f64());
                 killed_at = Some(Instant::now());
+                elected = Some(watch_election(masters.iter().filter(|m| **m != leader_addr).cloned().collect()));
             }
         }
     }
@@ -242,6 +264,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Reattach: each agent's first session opened after the kill.
     let mut reattach_ms: Vec<f64> = Vec::new();
     let mut not_reattached = 0;
+    let elected_at = match elected {
+        Some(h) => h.await.ok().flatten(),
+        None => None,
+    };
+    let election_ms = killed_at.zip(elected_at).map(|(k, e)| (e - k).as_secs_f64() * 1000.0);
     if let Some(k) = killed_at {
         let k_us = (k - bench_start).as_micros() as u64;
         for at in attached_at.iter() {
@@ -267,6 +294,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "leader_cpu_percent_steady": cpu_steady.map(|c| (c * 1000.0).round() / 10.0),
         "killed_leader": killed_at.is_some(),
         "new_leader": new_leader.as_ref().and_then(|s| s.leader_id),
+        "election_ms": election_ms,
         "reattach_ms_p50": pct(&reattach_ms, 0.5),
         "reattach_ms_p99": pct(&reattach_ms, 0.99),
         "reattach_ms_max": reattach_ms.last().copied(),
@@ -280,6 +308,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("emulated agents            {n} ({conns} connections per master)");
         println!("leader CPU while steady    {}", result["leader_cpu_percent_steady"]);
         if killed_at.is_some() {
+            println!("new leader elected          {} ms after the kill", election_ms.map(|e| format!("{e:.0}")).unwrap_or("?".into()));
             println!(
                 "reattach after leader kill p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, not reattached {not_reattached}",
                 pct(&reattach_ms, 0.5),

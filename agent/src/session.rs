@@ -59,6 +59,8 @@ struct Agent {
     id: Identity,
     masters: Vec<String>,
     leader_hint: Option<String>,
+    /// The leader of the last session, sent when reconnecting (see `prev_leader_id`).
+    last_leader_id: u64,
     connect: Connect,
     hooks: Hooks,
 }
@@ -73,7 +75,7 @@ fn jitter_ms(lo: u64, hi: u64) -> Duration {
 
 /// Runs the agent until it is refused. `masters` seeds the master list.
 pub async fn run(id: Identity, masters: Vec<String>, connect: Connect, hooks: Hooks) -> Result<(), Refused> {
-    let mut a = Agent { id, masters, leader_hint: None, connect, hooks };
+    let mut a = Agent { id, masters, leader_hint: None, last_leader_id: 0, connect, hooks };
     'register: loop {
         match a.register().await {
             Ok(()) => {}
@@ -111,6 +113,9 @@ impl Agent {
         }
         if !list.leader_addr.is_empty() {
             self.leader_hint = Some(list.leader_addr.clone());
+        }
+        if list.leader_id != 0 {
+            self.last_leader_id = list.leader_id;
         }
         if let Some(f) = &self.hooks.on_masters {
             f(list);
@@ -178,11 +183,17 @@ impl Agent {
             i += 1;
             let Ok(ch) = (self.connect)(&addr) else { continue };
             let (tx, rx) = mpsc::channel::<pb::HeartbeatRequest>(4);
-            let first = pb::HeartbeatRequest { node_id: self.id.node_id, node_secret: self.id.secret.clone(), seq: 1 };
+            let first = pb::HeartbeatRequest {
+                node_id: self.id.node_id,
+                node_secret: self.id.secret.clone(),
+                seq: 1,
+                prev_leader_id: self.last_leader_id,
+            };
             let _ = tx.try_send(first);
             let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
             let mut client = RegistryClient::new(ch);
-            let mut inbound = match tokio::time::timeout(Duration::from_secs(3), client.heartbeat(outbound)).await {
+            // A follower may hold the call while the masters elect (up to 2 s).
+            let mut inbound = match tokio::time::timeout(Duration::from_secs(5), client.heartbeat(outbound)).await {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(s)) => match s.code() {
                     Code::Unavailable => {
@@ -240,7 +251,7 @@ impl Agent {
                         return End::Retry;
                     }
                     seq += 1;
-                    let beat = pb::HeartbeatRequest { node_id: self.id.node_id, node_secret: String::new(), seq };
+                    let beat = pb::HeartbeatRequest { node_id: self.id.node_id, node_secret: String::new(), seq, prev_leader_id: 0 };
                     if tx.send(beat).await.is_err() {
                         return End::Retry;
                     }

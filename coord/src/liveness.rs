@@ -50,6 +50,15 @@ pub struct Liveness {
     next_session: AtomicU64,
 }
 
+/// A node as the liveness rule needs it: id, committed state, and when (leader clock,
+/// ms since the epoch) it entered that state.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeClock {
+    pub id: NodeId,
+    pub state: NodeState,
+    pub since_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub unreachable_after: Duration,
@@ -109,14 +118,21 @@ impl Liveness {
         g.seen.clear();
     }
 
-    /// One tick of the leader in `term`: the transitions to propose for `nodes` (id and
-    /// committed state). Starts a new grace period on a new term or after a stall.
+    /// One tick of the leader in `term`: the transitions to propose for `nodes`. Starts a
+    /// new grace period on a new term or after a stall.
+    ///
+    /// A node's committed `state_since_ms` (leader clock) also bounds its silence: a node
+    /// that registered or became active a moment ago has not been silent for long, even
+    /// if this leader has not heard it yet; and a node turns down only `down_after` after
+    /// it turned unreachable. `now_ms` is this leader's clock; a clock behind the
+    /// stamping leader's only delays transitions.
     pub fn decide(
         &self,
         term: u64,
         now: Instant,
+        now_ms: u64,
         t: Timeouts,
-        nodes: impl IntoIterator<Item = (NodeId, NodeState)>,
+        nodes: impl IntoIterator<Item = NodeClock>,
     ) -> Vec<Transition> {
         let mut g = self.lock();
         if g.term != term {
@@ -133,10 +149,14 @@ impl Liveness {
             g.leader_since = now;
         }
         let mut out = Vec::new();
-        for (id, state) in nodes {
+        for NodeClock { id, state, since_ms } in nodes {
             let seen = g.seen.get(&id).copied();
             let base = seen.map(|s| s.last.max(g.leader_since)).unwrap_or(g.leader_since);
-            let silent = now.saturating_duration_since(base);
+            let in_state = Duration::from_millis(now_ms.saturating_sub(since_ms));
+            let mut silent = now.saturating_duration_since(base);
+            if matches!(state, NodeState::Registered | NodeState::Active) {
+                silent = silent.min(in_state);
+            }
             let live = seen.is_some_and(|s| s.session.is_some()) && silent < t.unreachable_after;
             let (to, reason) = match state {
                 NodeState::Registered | NodeState::Unreachable | NodeState::Down if live => {
@@ -145,7 +165,7 @@ impl Liveness {
                 NodeState::Registered | NodeState::Active if silent >= t.unreachable_after => {
                     (NodeState::Unreachable, format!("no heartbeat for {} ms", silent.as_millis()))
                 }
-                NodeState::Unreachable if silent >= t.unreachable_after + t.down_after => {
+                NodeState::Unreachable if silent >= t.unreachable_after + t.down_after && in_state >= t.down_after => {
                     (NodeState::Down, format!("no heartbeat for {} ms", silent.as_millis()))
                 }
                 _ => continue,
@@ -162,6 +182,12 @@ mod tests {
 
     const T: Timeouts = Timeouts { unreachable_after: Duration::from_secs(5), down_after: Duration::from_secs(10) };
 
+    /// Decides for nodes that have been in their state for a long time.
+    fn dec<const N: usize>(l: &Liveness, term: u64, now: Instant, nodes: [(NodeId, NodeState); N]) -> Vec<Transition> {
+        let clocks = nodes.map(|(id, state)| NodeClock { id, state, since_ms: 0 });
+        l.decide(term, now, 1_000_000_000_000, T, clocks)
+    }
+
     fn states(ts: &[Transition]) -> Vec<(NodeId, NodeState)> {
         ts.iter().map(|t| (t.node_id, t.to)).collect()
     }
@@ -176,21 +202,21 @@ mod tests {
         let mut now = start;
         while now < start + Duration::from_millis(4900) {
             l.beat(1, sid, now);
-            assert!(l.decide(7, now, T, nodes).is_empty(), "nothing before the grace period ends");
+            assert!(dec(&l, 7, now, nodes).is_empty(), "nothing before the grace period ends");
             now += Duration::from_millis(100);
         }
         now += Duration::from_millis(200);
         l.beat(1, sid, now);
-        assert_eq!(states(&l.decide(7, now, T, nodes)), vec![(2, NodeState::Unreachable)]);
+        assert_eq!(states(&dec(&l, 7, now, nodes)), vec![(2, NodeState::Unreachable)]);
         // Unreachable turns down only after the further grace.
         let later = now + Duration::from_secs(9);
         let mut t = now;
         while t < later {
             t += Duration::from_millis(100);
-            assert!(l.decide(7, t, T, [(2, NodeState::Unreachable)]).is_empty());
+            assert!(dec(&l, 7, t, [(2, NodeState::Unreachable)]).is_empty());
         }
         let t = start + Duration::from_millis(15_100);
-        assert_eq!(states(&l.decide(7, t, T, [(2, NodeState::Unreachable)])), vec![(2, NodeState::Down)]);
+        assert_eq!(states(&dec(&l, 7, t, [(2, NodeState::Unreachable)])), vec![(2, NodeState::Down)]);
     }
 
     #[test]
@@ -200,26 +226,26 @@ mod tests {
         let mut now = start;
         for _ in 0..40 {
             now += Duration::from_millis(100);
-            l.decide(3, now, T, [(1, NodeState::Active)]);
+            dec(&l, 3, now, [(1, NodeState::Active)]);
         }
         // New term at 4 s: another 5 s of grace from here, though silent since 0.
         let t4 = now;
-        assert!(l.decide(4, t4, T, [(1, NodeState::Active)]).is_empty());
+        assert!(dec(&l, 4, t4, [(1, NodeState::Active)]).is_empty());
         let mut now = t4;
         for _ in 0..45 {
             now += Duration::from_millis(100);
-            assert!(l.decide(4, now, T, [(1, NodeState::Active)]).is_empty());
+            assert!(dec(&l, 4, now, [(1, NodeState::Active)]).is_empty());
         }
         // A 3 s gap between ticks (a paused leader) restarts it again.
         let stalled = now + Duration::from_secs(3);
-        assert!(l.decide(4, stalled, T, [(1, NodeState::Active)]).is_empty());
+        assert!(dec(&l, 4, stalled, [(1, NodeState::Active)]).is_empty());
         let mut t = stalled;
         while t < stalled + Duration::from_millis(4_900) {
             t += Duration::from_millis(100);
-            assert!(l.decide(4, t, T, [(1, NodeState::Active)]).is_empty());
+            assert!(dec(&l, 4, t, [(1, NodeState::Active)]).is_empty());
         }
         t += Duration::from_millis(200);
-        assert_eq!(states(&l.decide(4, t, T, [(1, NodeState::Active)])), vec![(1, NodeState::Unreachable)]);
+        assert_eq!(states(&dec(&l, 4, t, [(1, NodeState::Active)])), vec![(1, NodeState::Unreachable)]);
     }
 
     #[test]
@@ -227,14 +253,47 @@ mod tests {
         let l = Liveness::default();
         let now = Instant::now();
         let sid = l.open_session(5, now);
-        assert_eq!(states(&l.decide(1, now, T, [(5, NodeState::Down)])), vec![(5, NodeState::Active)]);
+        assert_eq!(states(&dec(&l, 1, now, [(5, NodeState::Down)])), vec![(5, NodeState::Active)]);
         l.close_session(5, sid);
-        assert!(l.decide(1, now, T, [(5, NodeState::Down)]).is_empty());
+        assert!(dec(&l, 1, now, [(5, NodeState::Down)]).is_empty());
         // A stale session id does not close the newer session.
         let sid2 = l.open_session(5, now);
         l.close_session(5, sid);
         assert!(l.view(5, now).unwrap().connected);
         l.close_session(5, sid2);
         assert!(!l.view(5, now).unwrap().connected);
+    }
+
+    #[test]
+    fn a_node_is_not_silent_for_longer_than_it_has_been_registered_and_goes_down_only_after_the_further_grace() {
+        let l = Liveness::default();
+        let start = Instant::now();
+        let ms0 = 1_000_000_000_000u64;
+        // A leader that has been leading for 10 s.
+        dec(&l, 2, start, [(1, NodeState::Active)]);
+        let mut now = start;
+        for _ in 0..100 {
+            now += Duration::from_millis(100);
+            dec(&l, 2, now, [(9, NodeState::Active)]);
+        }
+        let at = |now: Instant| ms0 + now.duration_since(start).as_millis() as u64;
+        // Node 1 registered 1 s ago and has no session yet: not unreachable.
+        let reg = NodeClock { id: 1, state: NodeState::Registered, since_ms: at(now) - 1_000 };
+        assert!(l.decide(2, now, at(now), T, [reg]).is_empty());
+        for _ in 0..39 {
+            now += Duration::from_millis(100);
+            assert!(l.decide(2, now, at(now), T, [reg]).is_empty());
+        }
+        now += Duration::from_millis(200);
+        assert_eq!(states(&l.decide(2, now, at(now), T, [reg])), vec![(1, NodeState::Unreachable)]);
+        // Unreachable for only 1 s, though silent for much longer: not down yet.
+        let unr = NodeClock { id: 1, state: NodeState::Unreachable, since_ms: at(now) - 1_000 };
+        assert!(l.decide(2, now, at(now), T, [unr]).is_empty());
+        for _ in 0..89 {
+            now += Duration::from_millis(100);
+            assert!(l.decide(2, now, at(now), T, [unr]).is_empty());
+        }
+        now += Duration::from_millis(200);
+        assert_eq!(states(&l.decide(2, now, at(now), T, [unr])), vec![(1, NodeState::Down)]);
     }
 }

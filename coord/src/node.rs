@@ -18,12 +18,27 @@ use tracing::{info, warn};
 use crate::command::{Command, Response};
 use crate::config::CoordConfig;
 use crate::error::{CoordError, Result};
-use crate::liveness::{Liveness, Timeouts};
+use crate::liveness::{Liveness, NodeClock, Timeouts};
 use crate::registry::RegistryCommand;
 use crate::network::{endpoint, Network};
 use crate::store::state_machine::ClusterMeta;
 use crate::store::{open_db, LogStore, SmState, StateMachineStore};
 use crate::types::{LogEntry, NodeId, NodeInfo, Raft, TypeConfig};
+
+/// The masters (Raft members) as this node sees them.
+#[derive(Debug, Clone)]
+pub struct MastersView {
+    pub leader: Option<NodeId>,
+    pub state: ServerState,
+    /// (id, name, addr, is voter), by id.
+    pub nodes: Vec<(NodeId, String, String, bool)>,
+}
+
+impl MastersView {
+    pub fn get(&self, id: NodeId) -> Option<&(NodeId, String, String, bool)> {
+        self.nodes.iter().find(|n| n.0 == id)
+    }
+}
 
 /// Cluster identity the `init` node proposes once it leads, until it is committed.
 #[derive(Debug, Clone)]
@@ -174,7 +189,9 @@ impl CoordNode {
 
     /// The leader this node knows of, with its address.
     pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
-        let m = self.metrics();
+        use openraft::async_runtime::watch::WatchReceiver;
+        let m = self.raft.server_metrics();
+        let m = m.borrow_watched();
         let id = m.current_leader;
         let addr = id.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
         (id, addr)
@@ -270,7 +287,26 @@ impl CoordNode {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.metrics().state == ServerState::Leader
+        use openraft::async_runtime::watch::WatchReceiver;
+        self.raft.server_metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Masters as (id, name, addr, is voter), the leader's id and this node's Raft state,
+    /// read without copying all metrics (agents' sessions ask for it often).
+    pub fn masters(&self) -> MastersView {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let m = self.raft.server_metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        MastersView {
+            leader: m.current_leader,
+            state: m.state,
+            nodes: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.name.clone(), n.addr.clone(), voters.contains(id)))
+                .collect(),
+        }
     }
 
     fn spawn_background(self: &Arc<Self>) {
@@ -340,11 +376,11 @@ impl CoordNode {
             unreachable_after: Duration::from_millis(self.config.unreachable_after_ms),
             down_after: Duration::from_millis(self.config.down_after_ms),
         };
-        let nodes: Vec<(NodeId, crate::registry::NodeState)> = {
+        let nodes: Vec<NodeClock> = {
             let st = self.state.read().expect("sm lock");
-            st.registry.nodes.values().map(|n| (n.node_id, n.state)).collect()
+            st.registry.nodes.values().map(|n| NodeClock { id: n.node_id, state: n.state, since_ms: n.state_since_ms }).collect()
         };
-        let transitions = self.liveness.decide(term, Instant::now(), timeouts, nodes);
+        let transitions = self.liveness.decide(term, Instant::now(), now_ms(), timeouts, nodes);
         if transitions.is_empty() {
             return;
         }

@@ -177,7 +177,7 @@ async fn bad_registrations_heartbeats_and_removals_are_refused() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("label"), "{}", String::from_utf8_lossy(&o.stderr));
     // A heartbeat from an unknown node: told to register.
-    let first = pb::HeartbeatRequest { node_id: 9_999, node_secret: "s".into(), seq: 1 };
+    let first = pb::HeartbeatRequest { node_id: 9_999, node_secret: "s".into(), seq: 1, prev_leader_id: 0 };
     let e = reg.heartbeat(futures::stream::iter(vec![first])).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("register"), "{e:?}");

@@ -19,7 +19,7 @@ use tracing::{debug, info, instrument};
 use super::{forwarded_request, is_forwarded};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
-use crate::node::CoordNode;
+use crate::node::{CoordNode, MastersView};
 use crate::registry::{
     Availability, Event, EventKind, NodeRecord, NodeResources, Registration, RegistryCommand, RegistryError,
     RegistryOutput, Role,
@@ -27,6 +27,8 @@ use crate::registry::{
 
 /// How long a new session may take to send its first heartbeat.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a follower holds a reconnecting agent while the masters elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(2);
 
 pub struct RegistryService {
     node: Arc<CoordNode>,
@@ -98,27 +100,22 @@ impl RegistryService {
     }
 
     fn masters(&self) -> pb::MasterList {
-        let m = self.node.metrics();
-        let leader = m.current_leader.unwrap_or(0);
-        let masters: Vec<pb::Master> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| pb::Master { node_id: *id, name: n.name.clone(), addr: n.addr.clone(), is_leader: *id == leader })
+        let v = self.node.masters();
+        let leader = v.leader.unwrap_or(0);
+        let masters: Vec<pb::Master> = v
+            .nodes
+            .into_iter()
+            .map(|(id, name, addr, _)| pb::Master { node_id: id, name, addr, is_leader: id == leader })
             .collect();
         let leader_addr = masters.iter().find(|x| x.is_leader).map(|x| x.addr.clone()).unwrap_or_default();
-        pb::MasterList { leader_id: leader, leader_addr, term: m.current_term, masters }
+        pb::MasterList { leader_id: leader, leader_addr, term: self.node.current_term(), masters }
     }
 
-    fn node_info(&self, n: &NodeRecord, leader_view: bool) -> pb::NodeInfo {
-        let m = self.node.metrics();
-        let membership = m.membership_config.membership();
-        let raft_role = if membership.voter_ids().any(|v| v == n.node_id) {
-            "voter"
-        } else if membership.get_node(&n.node_id).is_some() {
-            "learner"
-        } else {
-            ""
+    fn node_info(&self, n: &NodeRecord, leader_view: bool, masters: &MastersView) -> pb::NodeInfo {
+        let raft_role = match masters.get(n.node_id) {
+            Some((.., true)) => "voter",
+            Some(_) => "learner",
+            None => "",
         };
         let view = if leader_view { self.node.liveness.view(n.node_id, tokio::time::Instant::now()) } else { None };
         pb::NodeInfo {
@@ -135,22 +132,21 @@ impl RegistryService {
             last_heartbeat_age_ms: view.map(|v| v.last_heartbeat_age.as_millis() as u64),
             connected_to: view.filter(|v| v.connected).map(|_| self.node.id),
             raft_role: raft_role.into(),
-            is_leader: m.current_leader == Some(n.node_id),
+            is_leader: masters.leader == Some(n.node_id),
         }
     }
 
     fn local_nodes(&self, only: u64) -> Result<pb::NodesResponse, Status> {
-        let m = self.node.metrics();
-        let leader_view = m.state == ServerState::Leader;
+        let masters = self.node.masters();
+        let leader_view = masters.state == ServerState::Leader;
         let records: Vec<NodeRecord> = {
             let st = self.node.state.read().expect("sm lock");
             st.registry.nodes.values().filter(|n| only == 0 || n.node_id == only).cloned().collect()
         };
         let mut out: BTreeMap<u64, pb::NodeInfo> =
-            records.iter().map(|n| (n.node_id, self.node_info(n, leader_view))).collect();
+            records.iter().map(|n| (n.node_id, self.node_info(n, leader_view, &masters))).collect();
         // Masters without an agent (--no-worker) are listed too.
-        let membership = m.membership_config.membership();
-        for (id, n) in membership.nodes() {
+        for (id, name, addr, voter) in &masters.nodes {
             if out.contains_key(id) || (only != 0 && *id != only) {
                 continue;
             }
@@ -158,12 +154,12 @@ impl RegistryService {
                 *id,
                 pb::NodeInfo {
                     node_id: *id,
-                    name: n.name.clone(),
-                    addr: n.addr.clone(),
+                    name: name.clone(),
+                    addr: addr.clone(),
                     role: "manager".into(),
                     state: "no-agent".into(),
-                    raft_role: if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" }.into(),
-                    is_leader: m.current_leader == Some(*id),
+                    raft_role: if *voter { "voter" } else { "learner" }.into(),
+                    is_leader: masters.leader == Some(*id),
                     ..Default::default()
                 },
             );
@@ -174,8 +170,8 @@ impl RegistryService {
         Ok(pb::NodesResponse {
             nodes: out.into_values().collect(),
             from_leader: leader_view,
-            leader_id: m.current_leader.unwrap_or(0),
-            term: m.current_term,
+            leader_id: masters.leader.unwrap_or(0),
+            term: self.node.current_term(),
         })
     }
 
@@ -195,7 +191,7 @@ impl RegistryService {
             kind: e.kind.name().into(),
             from_state,
             to_state,
-            node: node.map(|n| self.node_info(&n, false)),
+            node: node.map(|n| self.node_info(&n, false, &self.node.masters())),
             reason,
         }
     }
@@ -210,6 +206,36 @@ impl RegistryService {
             )));
         }
         Ok(st.registry.events.iter().filter(|e| e.index >= from).cloned().collect())
+    }
+
+    /// Returns when this node leads; answers NOT_LEADER with the leader's address when
+    /// another node leads. While the leader is unknown, or is still the one the agent
+    /// lost (`prev_leader`), waits for the election (up to `LEADER_WAIT`), so that agents
+    /// reconnecting after a leader died do not poll the masters.
+    async fn await_leader(&self, prev_leader: u64) -> Result<(), Status> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut server = self.node.raft.server_metrics();
+        loop {
+            let (state, leader) = {
+                let m = server.borrow_watched();
+                (m.state, m.current_leader)
+            };
+            if state == ServerState::Leader {
+                return Ok(());
+            }
+            let settled = matches!(leader, Some(l) if l != prev_leader || prev_leader == 0);
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Err(match self.node.leader() {
+                    (Some(id), addr) if id != self.node.id => CoordError::NotLeader { leader_id: Some(id), leader_addr: addr },
+                    _ => CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into()),
+                }
+                .into());
+            }
+            if tokio::time::timeout_at(deadline, server.changed()).await.is_ok_and(|r| r.is_err()) {
+                return Err(Status::unavailable("node shutting down"));
+            }
+        }
     }
 
     /// Checks the first message of a heartbeat session: a registered node and its secret.
@@ -268,7 +294,7 @@ impl pb::registry_server::Registry for RegistryService {
             info!(node = record.node_id, name = %record.name, "agent registered");
         }
         Ok(Response::new(pb::RegisterResponse {
-            node: Some(self.node_info(&record, true)),
+            node: Some(self.node_info(&record, true, &self.node.masters())),
             changed,
             masters: self.masters().masters,
         }))
@@ -280,12 +306,6 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        // Sessions are held by the leader only: agents must follow it.
-        if let Some(e) = self.forward_target(true).err().or_else(|| {
-            (!self.node.is_leader()).then(|| Status::unavailable("no leader: the cluster is electing or has lost quorum"))
-        }) {
-            return Err(e);
-        }
         let mut inbound = req.into_inner();
         let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(m))) => m,
@@ -293,6 +313,8 @@ impl pb::registry_server::Registry for RegistryService {
             Ok(Err(s)) => return Err(s),
             Err(_) => return Err(Status::deadline_exceeded("no first heartbeat within 5 s")),
         };
+        // Sessions are held by the leader only: agents must follow it.
+        self.await_leader(first.prev_leader_id).await?;
         self.check_session(&first)?;
         let id = first.node_id;
         let sid = self.node.liveness.open_session(id, tokio::time::Instant::now());
@@ -383,7 +405,7 @@ impl pb::registry_server::Registry for RegistryService {
             return c.set_availability(forwarded_request(r)).await;
         }
         match self.write(RegistryCommand::SetAvailability { node_id: r.node_id, availability }).await? {
-            RegistryOutput::Node(n) => Ok(Response::new(self.node_info(&n, true))),
+            RegistryOutput::Node(n) => Ok(Response::new(self.node_info(&n, true, &self.node.masters()))),
             o => Err(Status::internal(format!("unexpected registry output {o:?}"))),
         }
     }
@@ -392,7 +414,7 @@ impl pb::registry_server::Registry for RegistryService {
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         let forwarded = is_forwarded(&req);
         let r = req.into_inner();
-        if self.node.metrics().membership_config.membership().get_node(&r.node_id).is_some() {
+        if self.node.masters().get(r.node_id).is_some() {
             return Err(Status::failed_precondition(format!(
                 "node {} is a master; remove it from the Raft group first with `cluster leave {}`",
                 r.node_id, r.node_id
@@ -427,7 +449,7 @@ impl pb::registry_server::Registry for RegistryService {
                 let e = pb::RegistryEvent {
                     node_id: n.node_id,
                     kind: "initial".into(),
-                    node: Some(svc.node_info(&n, false)),
+                    node: Some(svc.node_info(&n, false, &svc.node.masters())),
                     ..Default::default()
                 };
                 if tx.send(Ok(e)).await.is_err() {

@@ -57,6 +57,7 @@ for n in $AGENTS; do
     echo "$out" >>"$DIR/results"
   else
     echo "run with $n agents failed:" >&2; tail -n 5 "$DIR/run-$n/bench.err" >&2
+    grep -h "leadership\|election" "$DIR/run-$n"/c*.log 2>/dev/null | tail -n 5 >&2 || true
     echo "{\"agents\": $n, \"failed\": true}" >>"$DIR/results"
   fi
   stop_cluster
@@ -69,8 +70,8 @@ rows = ["| agents | leader CPU (steady) | election | reattach p50 | reattach p99
         "|---|---|---|---|---|---|---|---|"]
 ok = []
 for r in runs:
-    if r.get("failed"):
-        rows.append(f"| {r['agents']:,} | failed to activate | | | | | | |")
+    if r.get("failed") or r.get("reattach_ms_p50") is None:
+        rows.append(f"| {r['agents']:,} | failed (see the run's stderr) | | | | | | |")
         continue
     cpu = r.get("leader_cpu_percent_steady")
     el = r.get("election_ms")

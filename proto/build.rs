@@ -3,7 +3,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure().compile_protos(
-        &["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/cluster/raft.proto", "proto/cluster/cluster.proto", "proto/cluster/registry.proto"],
+        &[
+            "proto/etcd/kv.proto",
+            "proto/etcd/rpc.proto",
+            "proto/cluster/raft.proto",
+            "proto/cluster/cluster.proto",
+            "proto/cluster/registry.proto",
+        ],
         &["proto"],
     )?;
     println!("cargo:rerun-if-changed=proto");

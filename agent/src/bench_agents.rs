@@ -57,7 +57,11 @@ async fn status(endpoints: &[String]) -> anyhow::Result<pb::StatusResponse> {
 /// Counts unreachable/down transitions of `ids` by following the registry events,
 /// reconnecting to any endpoint (and resuming after the last event seen) when the
 /// answering master dies.
-fn watch_transitions(endpoints: Vec<String>, start: u64, ids: Arc<std::collections::BTreeSet<u64>>) -> Arc<Mutex<Vec<String>>> {
+fn watch_transitions(
+    endpoints: Vec<String>,
+    start: u64,
+    ids: Arc<std::collections::BTreeSet<u64>>,
+) -> Arc<Mutex<Vec<String>>> {
     let found = Arc::new(Mutex::new(Vec::new()));
     let out = found.clone();
     tokio::spawn(async move {
@@ -70,8 +74,13 @@ fn watch_transitions(endpoints: Vec<String>, start: u64, ids: Arc<std::collectio
                 let mut s = resp.into_inner();
                 while let Some(Ok(e)) = s.next().await {
                     next = e.index + 1;
-                    if e.kind == "state" && ids.contains(&e.node_id) && (e.to_state == "unreachable" || e.to_state == "down") {
-                        out.lock().unwrap().push(format!("node {} {} -> {} ({})", e.node_id, e.from_state, e.to_state, e.reason));
+                    if e.kind == "state"
+                        && ids.contains(&e.node_id)
+                        && (e.to_state == "unreachable" || e.to_state == "down")
+                    {
+                        out.lock()
+                            .unwrap()
+                            .push(format!("node {} {} -> {} ({})", e.node_id, e.from_state, e.to_state, e.reason));
                     }
                 }
             }
@@ -89,7 +98,9 @@ fn watch_election(masters: Vec<String>) -> tokio::task::JoinHandle<Option<Instan
         while Instant::now() < deadline {
             for ch in &chans {
                 let mut client = ClusterAdminClient::new(ch.clone());
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), client.status(pb::StatusRequest {})).await {
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_millis(200), client.status(pb::StatusRequest {})).await
+                {
                     if s.get_ref().state == "leader" {
                         return Some(Instant::now());
                     }
@@ -114,13 +125,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         bail!("--agents must be > 0");
     }
     let eps = a.endpoints.clone();
-    let token = call(&eps, |ch| async move {
-        ClusterAdminClient::new(ch).token(pb::TokenRequest { role: "worker".into() }).await
-    })
-    .await
-    .map_err(status_err)?
-    .into_inner()
-    .token;
+    let token =
+        call(
+            &eps,
+            |ch| async move { ClusterAdminClient::new(ch).token(pb::TokenRequest { role: "worker".into() }).await },
+        )
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .token;
     let st = status(&eps).await?;
     let leader_addr = st.leader_addr.clone();
     let masters: Vec<String> = st.members.iter().map(|m| m.addr.clone()).collect();
@@ -177,6 +190,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let attached_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let attaches = Arc::new(AtomicU64::new(0));
     for (i, &id) in ids.iter().enumerate() {
+        // Agents come up at 5,000/s, not all in the same millisecond.
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let slot = i / AGENTS_PER_CONN;
         let pool = pool.clone();
         let connect: session::Connect = Arc::new(move |addr: &str| {
@@ -221,9 +238,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let t1 = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = call(&eps, |ch| async move { RegistryClient::new(ch).nodes(pb::NodesRequest { node_id: 0 }).await }).await;
+        let r = call(&eps, |ch| async move {
+            RegistryClient::new(ch).max_decoding_message_size(256 << 20).nodes(pb::NodesRequest { node_id: 0 }).await
+        })
+        .await;
         if let Ok(r) = r {
-            let active = r.into_inner().nodes.iter().filter(|x| id_set.contains(&x.node_id) && x.state == "active").count();
+            let active =
+                r.into_inner().nodes.iter().filter(|x| id_set.contains(&x.node_id) && x.state == "active").count();
             if active == n {
                 break;
             }
@@ -233,9 +254,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let ramp_s = t1.elapsed().as_secs_f64();
-    eprintln!("{n} agents active ({join_s:.1} s to join, {ramp_s:.1} s to register and activate); measuring for {} s", a.duration);
+    eprintln!(
+        "{n} agents active ({join_s:.1} s to join, {ramp_s:.1} s to register and activate); measuring for {} s",
+        a.duration
+    );
 
-    // Measured window.
+    // Measured window, on the leader of now (the ramp may have moved leadership).
+    let st = status(&eps).await?;
+    let leader_addr = st.leader_addr.clone();
     let w0 = Instant::now();
     let cpu0 = cpu_seconds(st.pid);
     let kill_at = a.kill_leader_at.map(Duration::from_secs_f64);
@@ -247,6 +273,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if let (Some(k), None) = (kill_at, killed_at) {
             if w0.elapsed() >= k {
+                let now = status(&eps).await?;
+                if now.pid != st.pid {
+                    bail!(
+                        "leadership moved during the steady window (node {} to {}): the leader was overloaded",
+                        st.node_id,
+                        now.node_id
+                    );
+                }
                 cpu_steady = cpu_seconds(st.pid).zip(cpu0).map(|(c1, c0)| (c1 - c0) / w0.elapsed().as_secs_f64());
                 // SAFETY: plain kill(2) of the leader's pid, which this machine runs.
                 if unsafe { libc::kill(st.pid as i32, libc::SIGKILL) } != 0 {
@@ -308,7 +342,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("emulated agents            {n} ({conns} connections per master)");
         println!("leader CPU while steady    {}", result["leader_cpu_percent_steady"]);
         if killed_at.is_some() {
-            println!("new leader elected          {} ms after the kill", election_ms.map(|e| format!("{e:.0}")).unwrap_or("?".into()));
+            println!(
+                "new leader elected          {} ms after the kill",
+                election_ms.map(|e| format!("{e:.0}")).unwrap_or("?".into())
+            );
             println!(
                 "reattach after leader kill p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, not reattached {not_reattached}",
                 pct(&reattach_ms, 0.5),

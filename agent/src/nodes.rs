@@ -38,10 +38,12 @@ fn node_json(n: &pb::NodeInfo) -> Value {
 }
 
 async fn fetch(c: &ClientOpts, node_id: u64) -> anyhow::Result<pb::NodesResponse> {
-    Ok(call(&c.endpoints, |ch| async move { RegistryClient::new(ch).nodes(pb::NodesRequest { node_id }).await })
-        .await
-        .map_err(status_err)?
-        .into_inner())
+    Ok(call(&c.endpoints, |ch| async move {
+        RegistryClient::new(ch).max_decoding_message_size(256 << 20).nodes(pb::NodesRequest { node_id }).await
+    })
+    .await
+    .map_err(status_err)?
+    .into_inner())
 }
 
 pub async fn list(c: &ClientOpts) -> anyhow::Result<()> {
@@ -79,7 +81,20 @@ pub async fn list(c: &ClientOpts) -> anyhow::Result<()> {
         })
         .collect();
     table(
-        &["ID", "NAME", "ROLE", "STATE", "AVAIL", "CPUS", "MEM_MB", "DISK_MB", "PORTS", "LABELS", "HEARTBEAT", "CONNECTED"],
+        &[
+            "ID",
+            "NAME",
+            "ROLE",
+            "STATE",
+            "AVAIL",
+            "CPUS",
+            "MEM_MB",
+            "DISK_MB",
+            "PORTS",
+            "LABELS",
+            "HEARTBEAT",
+            "CONNECTED",
+        ],
         &rows,
     );
     if !r.from_leader {

@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
+use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
 use crate::types::NodeId;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

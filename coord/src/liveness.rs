@@ -145,7 +145,10 @@ impl Liveness {
         let stall = now.saturating_duration_since(g.last_tick);
         g.last_tick = now;
         if stall > (t.unreachable_after / 2).max(Duration::from_millis(500)) {
-            tracing::warn!(stall_ms = stall.as_millis() as u64, "liveness tracker was not scheduled; restarting the grace period");
+            tracing::warn!(
+                stall_ms = stall.as_millis() as u64,
+                "liveness tracker was not scheduled; restarting the grace period"
+            );
             g.leader_since = now;
         }
         let mut out = Vec::new();

@@ -19,8 +19,8 @@ use crate::command::{Command, Response};
 use crate::config::CoordConfig;
 use crate::error::{CoordError, Result};
 use crate::liveness::{Liveness, NodeClock, Timeouts};
-use crate::registry::RegistryCommand;
 use crate::network::{endpoint, Network};
+use crate::registry::RegistryCommand;
 use crate::store::state_machine::ClusterMeta;
 use crate::store::{open_db, LogStore, SmState, StateMachineStore};
 use crate::types::{LogEntry, NodeId, NodeInfo, Raft, TypeConfig};
@@ -378,7 +378,11 @@ impl CoordNode {
         };
         let nodes: Vec<NodeClock> = {
             let st = self.state.read().expect("sm lock");
-            st.registry.nodes.values().map(|n| NodeClock { id: n.node_id, state: n.state, since_ms: n.state_since_ms }).collect()
+            st.registry
+                .nodes
+                .values()
+                .map(|n| NodeClock { id: n.node_id, state: n.state, since_ms: n.state_since_ms })
+                .collect()
         };
         let transitions = self.liveness.decide(term, Instant::now(), now_ms(), timeouts, nodes);
         if transitions.is_empty() {

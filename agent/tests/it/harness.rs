@@ -117,7 +117,8 @@ impl Cluster {
         for i in self.alive() {
             let Some(ch) = agent_channel(&self.nodes[i].addr).await else { continue };
             let req = proto::clusterpb::WatchRegistryRequest { start_index: 1, follow: false };
-            let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), RegistryClient::new(ch).watch(req)).await else {
+            let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), RegistryClient::new(ch).watch(req)).await
+            else {
                 continue;
             };
             let mut s = r.into_inner();

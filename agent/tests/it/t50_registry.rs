@@ -27,13 +27,19 @@ fn now_ms() -> u64 {
 }
 
 /// Waits until `ok` holds for the leader's registry view; returns that view.
-async fn wait_nodes<F: Fn(&pb::NodesResponse) -> bool>(c: &Cluster, within: Duration, what: &str, ok: F) -> pb::NodesResponse {
+async fn wait_nodes<F: Fn(&pb::NodesResponse) -> bool>(
+    c: &Cluster,
+    within: Duration,
+    what: &str,
+    ok: F,
+) -> pb::NodesResponse {
     let deadline = Instant::now() + within;
     let t0 = Instant::now();
     loop {
         let r = c.nodes().await;
         if std::env::var("T50_DEBUG").is_ok() {
-            let w: Vec<_> = r.iter().flat_map(|r| workers(r)).map(|n| (n.node_id, n.state.clone(), n.connected_to)).collect();
+            let w: Vec<_> =
+                r.iter().flat_map(|r| workers(r)).map(|n| (n.node_id, n.state.clone(), n.connected_to)).collect();
             eprintln!("{:?} leader {:?} {:?}", t0.elapsed(), r.as_ref().map(|r| r.leader_id), w);
         }
         if let Some(r) = r {
@@ -88,22 +94,32 @@ async fn agents_follow_leader_kills_without_false_transitions_and_a_killed_agent
         .await;
         let attached = killed.elapsed();
         eprintln!("round {round}: agents attached to new leader {} {attached:?} after the kill", r.leader_id);
-        assert!(attached < Duration::from_secs(2), "agents attached {attached:?} after the kill (limit 2 s)\n{}", c.logs());
+        assert!(
+            attached < Duration::from_secs(2),
+            "agents attached {attached:?} after the kill (limit 2 s)\n{}",
+            c.logs()
+        );
         c.restart(l);
         c.wait_caught_up(l, Duration::from_secs(15)).await;
     }
     // Outlast the new leader's grace period before judging.
     tokio::time::sleep(Duration::from_millis(UNREACHABLE_MS + 1_000)).await;
     let events = c.events().await;
-    assert!(bad_transitions(&events).is_empty(), "false transitions after leader kills: {:?}", bad_transitions(&events));
+    assert!(
+        bad_transitions(&events).is_empty(),
+        "false transitions after leader kills: {:?}",
+        bad_transitions(&events)
+    );
     let registered_a = events.iter().filter(|e| e.node_id == a && e.kind == "registered").count();
     assert_eq!(registered_a, 1);
 
     // kill -9 agent A: unreachable after UNREACHABLE_MS, down DOWN_MS later.
     c.kill9(wa);
     let killed_ms = now_ms();
-    wait_nodes(&c, Duration::from_secs(15), "agent A down", |r| r.nodes.iter().any(|n| n.node_id == a && n.state == "down"))
-        .await;
+    wait_nodes(&c, Duration::from_secs(15), "agent A down", |r| {
+        r.nodes.iter().any(|n| n.node_id == a && n.state == "down")
+    })
+    .await;
     let events = c.events().await;
     let at = |to: &str| {
         events.iter().find(|e| e.node_id == a && e.kind == "state" && e.to_state == to).map(|e| e.time_ms).unwrap()
@@ -117,7 +133,11 @@ async fn agents_follow_leader_kills_without_false_transitions_and_a_killed_agent
     );
     let to_down = down as i64 - unreachable as i64;
     assert!((DOWN_MS as i64 - 100..=DOWN_MS as i64 + 1_000).contains(&to_down), "down {to_down} ms after unreachable");
-    assert!(bad_transitions(&events).iter().all(|t| t.contains(&format!("node {a} "))), "{:?}", bad_transitions(&events));
+    assert!(
+        bad_transitions(&events).iter().all(|t| t.contains(&format!("node {a} "))),
+        "{:?}",
+        bad_transitions(&events)
+    );
 
     // Restarted, it is active again under the same id, without registering anew.
     c.restart(wa);
@@ -151,7 +171,9 @@ fn register_req(node_id: u64, secret: &str) -> pb::RegisterRequest {
 async fn bad_registrations_heartbeats_and_removals_are_refused() {
     let mut c = Cluster::start_with(1, &FLAGS).await;
     let w = c.add_worker(0, &[]);
-    let r = wait_nodes(&c, Duration::from_secs(15), "worker active", |r| workers(r).iter().any(|n| n.state == "active")).await;
+    let r =
+        wait_nodes(&c, Duration::from_secs(15), "worker active", |r| workers(r).iter().any(|n| n.state == "active"))
+            .await;
     let id = workers(&r)[0].node_id;
     let before = c.events().await.len();
     let mut reg = registry(&c).await;
@@ -173,7 +195,16 @@ async fn bad_registrations_heartbeats_and_removals_are_refused() {
     let mut bad = register_req(id, "s");
     bad.labels.insert("no spaces".into(), "x".into());
     assert_eq!(reg.register(bad).await.unwrap_err().code(), Code::InvalidArgument);
-    let o = cli(&["join", "--data-dir", "/tmp/never-created-x", "--token", &c.worker_token, &c.nodes[0].addr, "--label", "=x"]);
+    let o = cli(&[
+        "join",
+        "--data-dir",
+        "/tmp/never-created-x",
+        "--token",
+        &c.worker_token,
+        &c.nodes[0].addr,
+        "--label",
+        "=x",
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("label"), "{}", String::from_utf8_lossy(&o.stderr));
     // A heartbeat from an unknown node: told to register.
@@ -193,7 +224,10 @@ async fn bad_registrations_heartbeats_and_removals_are_refused() {
     assert_eq!(c.events().await.len(), before);
     // Drain and activate are committed and visible.
     assert!(cli(&["node", "drain", &id.to_string(), "--endpoints", &ep]).status.success());
-    wait_nodes(&c, Duration::from_secs(5), "drained", |r| r.nodes.iter().any(|n| n.node_id == id && n.availability == "drain")).await;
+    wait_nodes(&c, Duration::from_secs(5), "drained", |r| {
+        r.nodes.iter().any(|n| n.node_id == id && n.availability == "drain")
+    })
+    .await;
     assert!(cli(&["node", "activate", &id.to_string(), "--endpoints", &ep]).status.success());
     // --force removes it; its heartbeats are rejected, re-registering is refused and the
     // worker process exits.

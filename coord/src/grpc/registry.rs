@@ -181,7 +181,9 @@ impl RegistryService {
             st.registry.nodes.get(&e.node_id).cloned()
         };
         let (from_state, to_state, reason) = match &e.kind {
-            EventKind::State { from, to, reason } => (from.as_str().to_string(), to.as_str().to_string(), reason.clone()),
+            EventKind::State { from, to, reason } => {
+                (from.as_str().to_string(), to.as_str().to_string(), reason.clone())
+            }
             _ => Default::default(),
         };
         pb::RegistryEvent {
@@ -227,7 +229,9 @@ impl RegistryService {
             let settled = matches!(leader, Some(l) if l != prev_leader || prev_leader == 0);
             if settled || tokio::time::Instant::now() >= deadline {
                 return Err(match self.node.leader() {
-                    (Some(id), addr) if id != self.node.id => CoordError::NotLeader { leader_id: Some(id), leader_addr: addr },
+                    (Some(id), addr) if id != self.node.id => {
+                        CoordError::NotLeader { leader_id: Some(id), leader_addr: addr }
+                    }
                     _ => CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into()),
                 }
                 .into());
@@ -397,7 +401,10 @@ impl pb::registry_server::Registry for RegistryService {
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
-    async fn set_availability(&self, req: Request<pb::SetAvailabilityRequest>) -> Result<Response<pb::NodeInfo>, Status> {
+    async fn set_availability(
+        &self,
+        req: Request<pb::SetAvailabilityRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
         let forwarded = is_forwarded(&req);
         let r = req.into_inner();
         let availability = Availability::parse(&r.availability).map_err(bad)?;
@@ -411,7 +418,10 @@ impl pb::registry_server::Registry for RegistryService {
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
-    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         let forwarded = is_forwarded(&req);
         let r = req.into_inner();
         if self.node.masters().get(r.node_id).is_some() {

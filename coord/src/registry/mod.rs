@@ -53,7 +53,10 @@ impl NodeState {
     /// or active to unreachable, unreachable to down.
     pub fn can_become(&self, to: NodeState) -> bool {
         use NodeState::*;
-        matches!((self, to), (Registered | Unreachable | Down, Active) | (Registered | Active, Unreachable) | (Unreachable, Down))
+        matches!(
+            (self, to),
+            (Registered | Unreachable | Down, Active) | (Registered | Active, Unreachable) | (Unreachable, Down)
+        )
     }
 }
 
@@ -162,14 +165,20 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Registry
     for (k, v) in labels {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-');
         let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-        if k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES || !k.chars().all(ok_char) || !edge(k.chars().next()) || !edge(k.chars().last())
+        if k.is_empty()
+            || k.len() > MAX_LABEL_KEY_BYTES
+            || !k.chars().all(ok_char)
+            || !edge(k.chars().next())
+            || !edge(k.chars().last())
         {
             return bad(format!(
                 "label key {k:?}: 1-{MAX_LABEL_KEY_BYTES} characters of [A-Za-z0-9._/-], starting and ending with a letter or digit"
             ));
         }
         if v.len() > MAX_LABEL_VALUE_BYTES || v.chars().any(|c| c.is_control()) {
-            return bad(format!("label {k}: value must be at most {MAX_LABEL_VALUE_BYTES} bytes without control characters"));
+            return bad(format!(
+                "label {k}: value must be at most {MAX_LABEL_VALUE_BYTES} bytes without control characters"
+            ));
         }
     }
     Ok(())
@@ -262,8 +271,14 @@ pub enum RegistryCommand {
     Register(Registration),
     /// Liveness decisions of the leader, batched; each applies only if `from` holds.
     Transitions(Vec<Transition>),
-    SetAvailability { node_id: NodeId, availability: Availability },
-    Remove { node_id: NodeId, force: bool },
+    SetAvailability {
+        node_id: NodeId,
+        availability: Availability,
+    },
+    Remove {
+        node_id: NodeId,
+        force: bool,
+    },
 }
 
 impl RegistryCommand {
@@ -563,7 +578,8 @@ impl Registry {
     /// Rebuilds a registry from its records (any key outside `g/` is ignored).
     pub fn load<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> std::io::Result<Registry> {
         use crate::store::codec::decode;
-        let corrupt = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt registry {what}"));
+        let corrupt =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt registry {what}"));
         let id_of = |k: &[u8], p: &[u8]| -> std::io::Result<u64> {
             let b: [u8; 8] = k[p.len()..].try_into().map_err(|_| corrupt("key"))?;
             Ok(u64::from_be_bytes(b))

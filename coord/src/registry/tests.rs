@@ -54,8 +54,15 @@ struct ModelNode {
 /// The allowed transitions, spelled out independently of `can_become`.
 fn allowed(from: NodeState, to: NodeState) -> bool {
     use NodeState::*;
-    [(Registered, Active), (Unreachable, Active), (Down, Active), (Registered, Unreachable), (Active, Unreachable), (Unreachable, Down)]
-        .contains(&(from, to))
+    [
+        (Registered, Active),
+        (Unreachable, Active),
+        (Down, Active),
+        (Registered, Unreachable),
+        (Active, Unreachable),
+        (Unreachable, Down),
+    ]
+    .contains(&(from, to))
 }
 
 fn apply_changes(disk: &mut BTreeMap<Vec<u8>, Vec<u8>>, changes: Vec<Change>) {

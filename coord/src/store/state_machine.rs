@@ -239,7 +239,12 @@ impl StateMachineStore {
         std::fs::create_dir_all(&snapshot_dir)?;
         let state = load_state(&db)?;
         let (registry_tx, _) = tokio::sync::watch::channel(state.registry.last_event_index());
-        Ok(StateMachineStore { db, state: Arc::new(RwLock::new(state)), snapshot_dir, registry_tx: Arc::new(registry_tx) })
+        Ok(StateMachineStore {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            snapshot_dir,
+            registry_tx: Arc::new(registry_tx),
+        })
     }
 
     /// Changes whenever registry events are applied (or a snapshot is installed); the
@@ -491,7 +496,9 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(vec![b'g', b'/' + 1]);
     let mut records = Vec::new();
-    for item in db.iterator_cf_opt(cf, ro, IteratorMode::From(crate::registry::keys::PREFIX, rocksdb::Direction::Forward)) {
+    for item in
+        db.iterator_cf_opt(cf, ro, IteratorMode::From(crate::registry::keys::PREFIX, rocksdb::Direction::Forward))
+    {
         records.push(item.map_err(io_err)?);
     }
     st.registry = Registry::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;

@@ -167,8 +167,8 @@ pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
     let coord = open(&node.data_dir, &file, &node.tuning).await?;
     coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
-    spawn_own_agent(&node.data_dir, &file)?;
     wait_for_identity(&coord).await?;
+    spawn_own_agent(&node.data_dir, &file)?;
     let st = coord.cluster();
     let mt = coord::token::format_token(&st.cluster_id, &st.manager_secret);
     let wt = coord::token::format_token(&st.cluster_id, &st.worker_secret);
@@ -271,13 +271,13 @@ pub async fn start(data_dir: PathBuf, listen: Option<String>, agent: AgentArgs, 
     if let Some(l) = listen {
         file.listen = l;
     }
-    let before = (file.no_worker, file.agent.clone());
+    let before = (file.no_worker, file.agent.clone(), file.node_secret.clone());
     file.merge_agent_args(&agent);
     crate::resources::resolve(&file.agent, &data_dir)?;
     if file.node_secret.is_empty() {
         file.node_secret = secret();
     }
-    if before != (file.no_worker, file.agent.clone()) || agent.no_worker {
+    if before != (file.no_worker, file.agent.clone(), file.node_secret.clone()) {
         write_node_file(&data_dir, &file)?;
     }
     info!(node = file.node_id, role = %file.role, "restarting node from {}", data_dir.display());

@@ -59,6 +59,9 @@ struct Agent {
     id: Identity,
     masters: Vec<String>,
     leader_hint: Option<String>,
+    /// The master of a session that died without a word (transport error, no acks): it
+    /// is tried last, after masters that can say who leads now.
+    suspect: Option<String>,
     /// The leader of the last session, sent when reconnecting (see `prev_leader_id`).
     last_leader_id: u64,
     connect: Connect,
@@ -75,7 +78,7 @@ fn jitter_ms(lo: u64, hi: u64) -> Duration {
 
 /// Runs the agent until it is refused. `masters` seeds the master list.
 pub async fn run(id: Identity, masters: Vec<String>, connect: Connect, hooks: Hooks) -> Result<(), Refused> {
-    let mut a = Agent { id, masters, leader_hint: None, last_leader_id: 0, connect, hooks };
+    let mut a = Agent { id, masters, leader_hint: None, suspect: None, last_leader_id: 0, connect, hooks };
     'register: loop {
         match a.register().await {
             Ok(()) => {}
@@ -87,7 +90,10 @@ pub async fn run(id: Identity, masters: Vec<String>, connect: Connect, hooks: Ho
         }
         loop {
             match a.session().await {
-                End::Reregister => continue 'register,
+                End::Reregister => {
+                    tokio::time::sleep(jitter_ms(100, 200)).await;
+                    continue 'register;
+                }
                 End::Fatal(m) => return Err(Refused(m)),
                 End::Retry => tokio::time::sleep(jitter_ms(100, 200)).await,
             }
@@ -96,12 +102,17 @@ pub async fn run(id: Identity, masters: Vec<String>, connect: Connect, hooks: Ho
 }
 
 impl Agent {
-    /// Masters to try, the believed leader first.
+    /// Masters to try: the believed leader first, a master that went silent last.
     fn candidates(&self) -> Vec<String> {
         let mut c: Vec<String> = self.leader_hint.iter().cloned().collect();
         for m in &self.masters {
-            if !c.contains(m) {
+            if !c.contains(m) && self.suspect.as_ref() != Some(m) {
                 c.push(m.clone());
+            }
+        }
+        if let Some(s) = &self.suspect {
+            if !c.contains(s) {
+                c.push(s.clone());
             }
         }
         c
@@ -192,8 +203,10 @@ impl Agent {
             let _ = tx.try_send(first);
             let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
             let mut client = RegistryClient::new(ch);
-            // A follower may hold the call while the masters elect (up to 2 s).
-            let mut inbound = match tokio::time::timeout(Duration::from_secs(5), client.heartbeat(outbound)).await {
+            // A follower may hold the call while the masters elect (up to 2 s); a hung
+            // master must not hold the agent much longer than that.
+            let mut inbound = match tokio::time::timeout(Duration::from_millis(2500), client.heartbeat(outbound)).await
+            {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(s)) => match s.code() {
                     Code::Unavailable => {
@@ -211,7 +224,7 @@ impl Agent {
                 Err(_) => continue,
             };
             // The leader answers the first heartbeat with the master list.
-            let first = match tokio::time::timeout(Duration::from_secs(3), inbound.message()).await {
+            let first = match tokio::time::timeout(Duration::from_secs(2), inbound.message()).await {
                 Ok(Ok(Some(r))) => r,
                 Ok(Err(s)) if s.code() == Code::NotFound => return End::Reregister,
                 _ => continue,
@@ -220,6 +233,7 @@ impl Agent {
                 self.learn(list);
             }
             self.leader_hint = Some(addr.clone());
+            self.suspect = None;
             if let Some(f) = &self.hooks.on_attach {
                 f(first.masters.as_ref().map(|m| m.leader_id).unwrap_or(0));
             }
@@ -247,7 +261,7 @@ impl Agent {
                     // three missed acknowledgements.
                     if last_ack.elapsed() > Duration::from_millis(3 * interval_ms) {
                         tracing::info!(node = self.id.node_id, "leader stopped acknowledging heartbeats; reconnecting");
-                        self.leader_hint = None;
+                        self.suspect = self.leader_hint.take();
                         return End::Retry;
                     }
                     seq += 1;
@@ -267,13 +281,22 @@ impl Agent {
                             tick = tokio::time::interval(Duration::from_millis(interval_ms));
                         }
                     }
-                    Ok(None) => return End::Retry,
+                    Ok(None) => {
+                        self.suspect = self.leader_hint.take();
+                        return End::Retry;
+                    }
                     Err(s) => {
+                        tracing::info!(node = self.id.node_id, "heartbeat session ended: {}", s.message());
                         return match s.code() {
                             Code::NotFound => End::Reregister,
                             _ => {
-                                self.leader_hint = leader_of(&s);
-                                tracing::info!(node = self.id.node_id, "heartbeat session ended: {}", s.message());
+                                let previous = self.leader_hint.take();
+                                match leader_of(&s) {
+                                    // The master says who leads now.
+                                    Some(l) => self.leader_hint = Some(l),
+                                    // It said nothing useful (transport error, stepped down).
+                                    None => self.suspect = previous,
+                                }
                                 End::Retry
                             }
                         }

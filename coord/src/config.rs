@@ -35,7 +35,9 @@ pub struct CoordConfig {
     /// How often agents heartbeat to the leader (the leader tells them). Default 1,000 ms.
     pub agent_heartbeat_interval_ms: u64,
     /// An agent the leader has not heard for this long is marked unreachable. The new
-    /// leader of a term counts from its own start of leadership. Default 5,000 ms.
+    /// leader of a term counts from its own start of leadership. Default 5,000 ms; at
+    /// least 3 heartbeat intervals plus 2 election timeouts, the time an agent may need
+    /// to notice a dead leader and find the new one.
     pub unreachable_after_ms: u64,
     /// An unreachable agent is marked down after this much longer. Default 10,000 ms.
     pub down_after_ms: u64,
@@ -83,8 +85,14 @@ impl CoordConfig {
         if self.agent_heartbeat_interval_ms < 10 {
             return Err("agent_heartbeat_interval_ms must be at least 10".into());
         }
-        if self.unreachable_after_ms < 2 * self.agent_heartbeat_interval_ms {
-            return Err("unreachable_after_ms must be at least twice agent_heartbeat_interval_ms".into());
+        // An agent notices a dead leader after 3 missed acknowledgements and the masters
+        // elect within about 2 election timeouts: it must be able to reattach within the
+        // new leader's grace period.
+        let floor = 3 * self.agent_heartbeat_interval_ms + 2 * self.election_timeout_max_ms;
+        if self.unreachable_after_ms < floor {
+            return Err(format!(
+                "unreachable_after_ms must be at least 3 x agent_heartbeat_interval_ms + 2 x election_timeout_max_ms ({floor} ms)"
+            ));
         }
         if self.down_after_ms == 0 {
             return Err("down_after_ms must be > 0".into());
@@ -125,7 +133,7 @@ mod tests {
         assert!(bad.validate().is_err());
         let bad = CoordConfig { heartbeat_interval_ms: 0, ..Default::default() };
         assert!(bad.validate().is_err());
-        let bad = CoordConfig { unreachable_after_ms: 1_500, ..Default::default() };
+        let bad = CoordConfig { unreachable_after_ms: 3_500, ..Default::default() };
         assert!(bad.validate().is_err());
     }
 }

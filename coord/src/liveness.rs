@@ -91,7 +91,9 @@ impl Liveness {
         let mut g = self.lock();
         let s = g.seen.entry(id).or_insert(Seen { last: now, session: Some(sid) });
         s.last = now;
-        s.session = Some(sid);
+        // Session ids grow: a late beat of an older, overlapping session must not take
+        // the slot back from the newer one.
+        s.session = s.session.max(Some(sid));
     }
 
     /// Ends session `sid` of `id`, unless a newer session replaced it.

@@ -76,6 +76,9 @@ pub struct CoordNode {
     pub liveness: Liveness,
     /// The last applied registry event index (changes on every registry event).
     pub registry_events: Arc<watch::Sender<u64>>,
+    /// On the leader: a quorum acknowledged it within two election timeouts (refreshed
+    /// by the liveness loop).
+    quorum_contact: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
@@ -112,6 +115,7 @@ impl CoordNode {
             cluster_id_u64: std::sync::OnceLock::new(),
             liveness: Liveness::default(),
             registry_events,
+            quorum_contact: std::sync::atomic::AtomicBool::new(true),
         });
         // Followers fsync appends inline, leaders on the sync thread (see LogStore).
         // server_metrics changes only with state, vote or membership, not on every commit.
@@ -371,7 +375,23 @@ impl CoordNode {
         });
     }
 
+    /// On the leader: whether a quorum acknowledged it recently (see `liveness_tick`).
+    pub fn quorum_contact(&self) -> bool {
+        self.quorum_contact.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn liveness_tick(&self, term: u64) {
+        let lease = Duration::from_millis(2 * self.config.election_timeout_max_ms);
+        let contact = {
+            use openraft::Instant as _;
+            self.metrics().last_quorum_acked.map(|t| t.elapsed() < lease).unwrap_or(true)
+        };
+        self.quorum_contact.store(contact, std::sync::atomic::Ordering::Relaxed);
+        if !contact {
+            // Without a quorum nothing can be committed, and the agents' silence is not
+            // theirs to answer for.
+            return;
+        }
         let timeouts = Timeouts {
             unreachable_after: Duration::from_millis(self.config.unreachable_after_ms),
             down_after: Duration::from_millis(self.config.down_after_ms),
@@ -393,7 +413,7 @@ impl CoordNode {
         for t in &transitions {
             info!(node = t.node_id, from = %t.from, to = %t.to, reason = %t.reason, "agent state transition");
         }
-        if let Err(e) = self.write(Command::Registry(RegistryCommand::Transitions(transitions))).await {
+        if let Err(e) = self.write(Command::Registry(RegistryCommand::Transitions { term, transitions })).await {
             warn!("committing agent state transitions failed, will retry: {e}");
         }
     }

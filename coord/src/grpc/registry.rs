@@ -27,6 +27,8 @@ use crate::registry::{
 
 /// How long a new session may take to send its first heartbeat.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events copied per read of the state during a watch replay.
+const WATCH_BATCH: usize = 1024;
 /// How long a follower holds a reconnecting agent while the masters elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(2);
 
@@ -207,7 +209,10 @@ impl RegistryService {
                 "registry events before {first} were discarded; watch from {first} or from 0 for the current nodes"
             )));
         }
-        Ok(st.registry.events.iter().filter(|e| e.index >= from).cloned().collect())
+        // Retained events are contiguous: skip straight to `from`, copy at most a batch
+        // (the state lock is held meanwhile).
+        let skip = from.saturating_sub(first) as usize;
+        Ok(st.registry.events.iter().skip(skip).take(WATCH_BATCH).cloned().collect())
     }
 
     /// Returns when this node leads; answers NOT_LEADER with the leader's address when
@@ -283,6 +288,9 @@ impl pb::registry_server::Registry for RegistryService {
         if let Some(mut c) = self.forward_target(forwarded)? {
             return c.register(forwarded_request(r)).await;
         }
+        if self.node.cluster_id().is_empty() {
+            return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
+        }
         let unchanged = {
             let st = self.node.state.read().expect("sm lock");
             st.registry.is_unchanged(&reg).then(|| st.registry.nodes[&reg.node_id].clone())
@@ -335,14 +343,33 @@ impl pb::registry_server::Registry for RegistryService {
             .await;
         let node = self.node.clone();
         let svc = RegistryService::new(node.clone());
+        // The session belongs to this leadership (term) only. Subscribed before the check
+        // below, so a loss of leadership after `await_leader` is not missed.
+        let term = self.node.current_term();
+        let mut server = self.node.raft.server_metrics();
+        let idle = Duration::from_millis(self.node.config.unreachable_after_ms);
         tokio::spawn(async move {
             use openraft::async_runtime::watch::WatchReceiver;
-            let mut server = node.raft.server_metrics();
-            loop {
+            let leads = |node: &CoordNode| node.is_leader() && node.current_term() == term;
+            let not_leader = |node: &CoordNode| -> Status {
+                let (leader_id, leader_addr) = node.leader();
+                match leader_id {
+                    Some(l) if l != node.id => CoordError::NotLeader { leader_id, leader_addr }.into(),
+                    _ => Status::unavailable("this master no longer leads; reconnect"),
+                }
+            };
+            if !leads(&node) {
+                let _ = tx.send(Err(not_leader(&node))).await;
+            }
+            while leads(&node) {
                 tokio::select! {
-                    msg = inbound.message() => {
+                    msg = tokio::time::timeout(idle, inbound.message()) => {
                         let m = match msg {
-                            Ok(Some(m)) => m,
+                            Ok(Ok(Some(m))) => m,
+                            Err(_) => {
+                                let _ = tx.send(Err(Status::deadline_exceeded("no heartbeat within unreachable_after_ms; session closed"))).await;
+                                break;
+                            }
                             _ => break,
                         };
                         if m.node_id != id {
@@ -351,6 +378,12 @@ impl pb::registry_server::Registry for RegistryService {
                         }
                         if !node.state.read().expect("sm lock").registry.nodes.contains_key(&id) {
                             let _ = tx.send(Err(Status::not_found(format!("node {id} is no longer registered; register again")))).await;
+                            break;
+                        }
+                        // A leader cut off from the other masters may already be replaced;
+                        // acknowledging would keep agents away from the new leader.
+                        if !node.quorum_contact() {
+                            let _ = tx.send(Err(Status::unavailable("this leader lost contact with a quorum of masters; reconnect"))).await;
                             break;
                         }
                         node.liveness.beat(id, sid, tokio::time::Instant::now());
@@ -363,10 +396,8 @@ impl pb::registry_server::Registry for RegistryService {
                         if changed.is_err() {
                             break;
                         }
-                        let leader = server.borrow_watched().state == ServerState::Leader;
-                        if !leader {
-                            let (leader_id, leader_addr) = node.leader();
-                            let _ = tx.send(Err(CoordError::NotLeader { leader_id, leader_addr }.into())).await;
+                        if !leads(&node) {
+                            let _ = tx.send(Err(not_leader(&node))).await;
                             break;
                         }
                         let now = svc.masters();
@@ -467,18 +498,21 @@ impl pb::registry_server::Registry for RegistryService {
                 }
             }
             loop {
+                let full = batch.len() == WATCH_BATCH;
                 for e in &batch {
                     if tx.send(Ok(svc.event_pb(e))).await.is_err() {
                         return;
                     }
                     next = e.index + 1;
                 }
-                if !r.follow {
+                if !full && !r.follow {
                     return;
                 }
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
+                if !full {
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
                 }
                 batch = match svc.events_from(next) {
                     Ok(b) => b,

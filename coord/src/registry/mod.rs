@@ -269,8 +269,13 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RegistryCommand {
     Register(Registration),
-    /// Liveness decisions of the leader, batched; each applies only if `from` holds.
-    Transitions(Vec<Transition>),
+    /// Liveness decisions of the leader of `term`, batched; each applies only if `from`
+    /// holds, and none applies from an entry of another term (a decision made in one
+    /// leadership must not land in a later one, whose grace period it did not honour).
+    Transitions {
+        term: u64,
+        transitions: Vec<Transition>,
+    },
     SetAvailability {
         node_id: NodeId,
         availability: Availability,
@@ -285,7 +290,7 @@ impl RegistryCommand {
     pub fn name(&self) -> &'static str {
         match self {
             RegistryCommand::Register(_) => "register",
-            RegistryCommand::Transitions(_) => "transitions",
+            RegistryCommand::Transitions { .. } => "transitions",
             RegistryCommand::SetAvailability { .. } => "set_availability",
             RegistryCommand::Remove { .. } => "remove_node",
         }
@@ -329,7 +334,7 @@ struct Dirty {
     counter: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Ids removed by an operator: never registered again.
@@ -338,9 +343,7 @@ pub struct Registry {
     pub events: VecDeque<Event>,
     /// Index the next event gets; the first event is 1.
     pub next_event: u64,
-    #[serde(skip)]
     events_kept: usize,
-    #[serde(skip)]
     dirty: Dirty,
 }
 
@@ -414,20 +417,22 @@ impl Registry {
         }
     }
 
-    /// Applies one command at leader time `time_ms`. `next_node_id` is the cluster's id
-    /// counter: an id at or above it was never handed out. A refused command changes
-    /// nothing.
+    /// Applies one command from an entry of `entry_term` stamped `time_ms`.
+    /// `next_node_id` is the cluster's id counter: an id at or above it was never handed
+    /// out. A refused command changes nothing.
     pub fn apply(
         &mut self,
+        entry_term: u64,
         time_ms: u64,
         next_node_id: u64,
         cmd: &RegistryCommand,
     ) -> Result<RegistryOutput, RegistryError> {
         match cmd {
             RegistryCommand::Register(r) => self.register(time_ms, next_node_id, r),
-            RegistryCommand::Transitions(ts) => {
+            RegistryCommand::Transitions { term, .. } if *term != entry_term => Ok(RegistryOutput::Transitions(0)),
+            RegistryCommand::Transitions { transitions, .. } => {
                 let mut applied = 0;
-                for t in ts {
+                for t in transitions {
                     let Some(n) = self.nodes.get_mut(&t.node_id) else { continue };
                     if n.state != t.from || !t.from.can_become(t.to) {
                         continue;

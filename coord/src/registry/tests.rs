@@ -90,7 +90,7 @@ proptest! {
             let t = 1000 + step as u64;
             match op {
                 Op::Register { id, secret, zone } => {
-                    let r = reg.apply(t, NEXT_NODE_ID, &RegistryCommand::Register(registration(id, secret, zone)));
+                    let r = reg.apply(1, t, NEXT_NODE_ID, &RegistryCommand::Register(registration(id, secret, zone)));
                     if id >= NEXT_NODE_ID {
                         prop_assert_eq!(r, Err(RegistryError::NeverJoined(id)));
                     } else if removed.contains(&id) {
@@ -114,7 +114,7 @@ proptest! {
                 Op::Transition { id, from, to } => {
                     let (from, to) = (STATES[from], STATES[to]);
                     let tr = Transition { node_id: id, from, to, reason: "test".into() };
-                    let r = reg.apply(t, NEXT_NODE_ID, &RegistryCommand::Transitions(vec![tr])).unwrap();
+                    let r = reg.apply(1, t, NEXT_NODE_ID, &RegistryCommand::Transitions { term: 1, transitions: vec![tr] }).unwrap();
                     let applies = model.get(&id).is_some_and(|m| m.state == from) && allowed(from, to);
                     prop_assert_eq!(r, RegistryOutput::Transitions(applies as u32));
                     if applies {
@@ -124,7 +124,7 @@ proptest! {
                 }
                 Op::Availability { id, drain } => {
                     let availability = if drain { Availability::Drain } else { Availability::Active };
-                    let r = reg.apply(t, NEXT_NODE_ID, &RegistryCommand::SetAvailability { node_id: id, availability });
+                    let r = reg.apply(1, t, NEXT_NODE_ID, &RegistryCommand::SetAvailability { node_id: id, availability });
                     match model.get_mut(&id) {
                         None => prop_assert_eq!(r, Err(RegistryError::UnknownNode(id))),
                         Some(m) => {
@@ -137,7 +137,7 @@ proptest! {
                     }
                 }
                 Op::Remove { id, force } => {
-                    let r = reg.apply(t, NEXT_NODE_ID, &RegistryCommand::Remove { node_id: id, force });
+                    let r = reg.apply(1, t, NEXT_NODE_ID, &RegistryCommand::Remove { node_id: id, force });
                     match model.get(&id) {
                         None => prop_assert_eq!(r, Err(RegistryError::UnknownNode(id))),
                         Some(m) if m.state == NodeState::Active && !force => {
@@ -197,13 +197,25 @@ fn bad_registrations_are_refused_and_change_nothing() {
     let mut reg = Registry::default();
     let mut r = registration(1, 0, 0);
     r.resources.cpus_milli = 0;
-    assert!(matches!(reg.apply(1, 5, &RegistryCommand::Register(r)), Err(RegistryError::Invalid(_))));
+    assert!(matches!(reg.apply(1, 1, 5, &RegistryCommand::Register(r)), Err(RegistryError::Invalid(_))));
     let mut r = registration(1, 0, 0);
     r.resources.ports = vec![(100, 200), (150, 300)];
-    assert!(matches!(reg.apply(1, 5, &RegistryCommand::Register(r)), Err(RegistryError::Invalid(_))));
+    assert!(matches!(reg.apply(1, 1, 5, &RegistryCommand::Register(r)), Err(RegistryError::Invalid(_))));
     let mut r = registration(1, 0, 0);
     r.labels.insert("-bad".into(), "x".into());
-    assert!(matches!(reg.apply(1, 5, &RegistryCommand::Register(r)), Err(RegistryError::Invalid(_))));
+    assert!(matches!(reg.apply(1, 1, 5, &RegistryCommand::Register(r)), Err(RegistryError::Invalid(_))));
     assert_eq!(reg, Registry::default());
     assert!(!reg.has_changes());
+}
+
+#[test]
+fn transitions_decided_in_another_term_are_skipped() {
+    let mut reg = Registry::default();
+    reg.apply(3, 1, 5, &RegistryCommand::Register(registration(1, 0, 0))).unwrap();
+    let tr = Transition { node_id: 1, from: NodeState::Registered, to: NodeState::Unreachable, reason: "x".into() };
+    let cmd = RegistryCommand::Transitions { term: 3, transitions: vec![tr] };
+    assert_eq!(reg.apply(4, 2, 5, &cmd), Ok(RegistryOutput::Transitions(0)));
+    assert_eq!(reg.nodes[&1].state, NodeState::Registered);
+    assert_eq!(reg.apply(3, 2, 5, &cmd), Ok(RegistryOutput::Transitions(1)));
+    assert_eq!(reg.nodes[&1].state, NodeState::Unreachable);
 }

@@ -308,7 +308,15 @@ impl StateMachineStore {
                     }
                     Command::Registry(c) => {
                         let next_id = st.cluster.next_node_id;
-                        let r = st.registry.apply(*time_ms, next_id, c).map(Output::Registry).map_err(ApplyError::from);
+                        let term = {
+                            use openraft::vote::RaftLeaderId;
+                            log_id.committed_leader_id().term()
+                        };
+                        let r = st
+                            .registry
+                            .apply(term, *time_ms, next_id, c)
+                            .map(Output::Registry)
+                            .map_err(ApplyError::from);
                         for (k, v) in st.registry.take_changes() {
                             match v {
                                 Some(v) => batch.put_cf(cf, k, v),

@@ -204,12 +204,15 @@ async fn registry_survives_reopen_and_snapshot_install() {
     }
     let t = |id, from, to| Transition { node_id: id, from, to, reason: "test".into() };
     for cmd in [
-        RegistryCommand::Transitions(vec![
-            t(2, NodeState::Registered, NodeState::Active),
-            t(3, NodeState::Registered, NodeState::Active),
-            t(4, NodeState::Registered, NodeState::Unreachable),
-        ]),
-        RegistryCommand::Transitions(vec![t(4, NodeState::Unreachable, NodeState::Down)]),
+        RegistryCommand::Transitions {
+            term: 1,
+            transitions: vec![
+                t(2, NodeState::Registered, NodeState::Active),
+                t(3, NodeState::Registered, NodeState::Active),
+                t(4, NodeState::Registered, NodeState::Unreachable),
+            ],
+        },
+        RegistryCommand::Transitions { term: 1, transitions: vec![t(4, NodeState::Unreachable, NodeState::Down)] },
         RegistryCommand::SetAvailability { node_id: 3, availability: Availability::Drain },
         RegistryCommand::Remove { node_id: 5, force: false },
     ] {

@@ -194,6 +194,13 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`) node `i`'s process.
+    pub fn pause(&self, i: usize, stop: bool) {
+        let pid = self.nodes[i].child.as_ref().expect("node running").id().to_string();
+        let st = Command::new("kill").args([if stop { "-STOP" } else { "-CONT" }, &pid]).status().unwrap();
+        assert!(st.success());
+    }
+
     pub fn restart(&mut self, i: usize) {
         let dir = self.nodes[i].dir.to_str().unwrap().to_string();
         self.spawn(i, &["start", "--data-dir", &dir]);

@@ -151,6 +151,55 @@ async fn agents_follow_leader_kills_without_false_transitions_and_a_killed_agent
     let _ = wb;
 }
 
+/// A paused (SIGSTOP) leader is left: agents attach to the new leader, and when the old
+/// one resumes, nobody is marked unreachable or down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_leave_a_paused_leader_without_false_transitions() {
+    let mut c = Cluster::start_with(3, &FLAGS).await;
+    c.add_worker(0, &[]);
+    c.add_worker(2, &[]);
+    wait_nodes(&c, Duration::from_secs(15), "two active workers", |r| {
+        workers(r).len() == 2 && workers(r).iter().all(|n| n.state == "active")
+    })
+    .await;
+    let l = c.leader(Duration::from_secs(5)).await;
+    let old = c.status(l).await.unwrap().node_id;
+    c.pause(l, true);
+    let paused = Instant::now();
+    // The paused process still owns its socket: ask the others only.
+    let r = loop {
+        let mut found = None;
+        for i in (0..3).filter(|i| *i != l) {
+            if let Some(s) = c.status(i).await.filter(|s| s.state == "leader") {
+                let ch = agent_channel(&c.nodes[i].addr).await.unwrap();
+                let r = RegistryClient::new(ch).nodes(pb::NodesRequest { node_id: 0 }).await.unwrap().into_inner();
+                if workers(&r).iter().all(|n| n.connected_to == Some(s.node_id)) {
+                    found = Some(r);
+                }
+            }
+        }
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(paused.elapsed() < Duration::from_secs(10), "agents did not attach to a new leader\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("agents attached to new leader {} {:?} after the pause", r.leader_id, paused.elapsed());
+    assert_ne!(r.leader_id, old);
+    // Hold the old leader paused past the grace period, then let it resume.
+    tokio::time::sleep(Duration::from_millis(UNREACHABLE_MS + 500)).await;
+    c.pause(l, false);
+    tokio::time::sleep(Duration::from_millis(UNREACHABLE_MS + 1_000)).await;
+    let events = c.events().await;
+    assert!(
+        bad_transitions(&events).is_empty(),
+        "false transitions around a paused leader: {:?}",
+        bad_transitions(&events)
+    );
+    let r = c.nodes().await.unwrap();
+    assert!(workers(&r).iter().all(|n| n.state == "active" && n.connected_to == Some(r.leader_id)), "{:#?}", r.nodes);
+}
+
 async fn registry(c: &Cluster) -> RegistryClient<tonic::transport::Channel> {
     RegistryClient::new(agent_channel(&c.nodes[0].addr).await.unwrap())
 }

@@ -86,6 +86,7 @@ PIDS[$LI]=$!
 wait_up "$LADDR"; sleep 1
 run "$BIN" status
 run "$BIN" kv get after-failover
+run "$BIN" nodes
 
 echo
 echo "The cluster keeps running. Try, in another shell:"

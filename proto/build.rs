@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/cluster/raft.proto",
             "proto/cluster/cluster.proto",
             "proto/cluster/registry.proto",
+            "proto/cluster/ipam.proto",
         ],
         &["proto"],
     )?;

@@ -101,6 +101,10 @@ pub struct Tuning {
     /// ...and down after this much longer.
     #[arg(long, default_value_t = 10_000)]
     pub down_after_ms: u64,
+    /// An IP address whose owner is gone (its agent removed, or no longer reported by
+    /// its agent) is released this long after the leader first sees it.
+    #[arg(long, default_value_t = 180_000)]
+    pub ip_leak_grace_ms: u64,
 }
 
 impl Tuning {
@@ -111,6 +115,7 @@ impl Tuning {
             agent_heartbeat_interval_ms: self.agent_heartbeat_interval_ms,
             unreachable_after_ms: self.unreachable_after_ms,
             down_after_ms: self.down_after_ms,
+            ip_leak_grace_ms: self.ip_leak_grace_ms,
             ..Default::default()
         }
     }
@@ -193,6 +198,20 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Overlay networks: create, list, inspect, remove, check for leaks.
+    Network {
+        #[command(subcommand)]
+        op: NetworkOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Allocate and release overlay IP addresses.
+    Ip {
+        #[command(subcommand)]
+        op: IpOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Read and write the key-value store (the same store etcdctl sees).
     Kv {
         #[command(subcommand)]
@@ -233,6 +252,68 @@ pub enum NodeOp {
         /// Keep printing new events as they are committed.
         #[arg(long, short)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkOp {
+    /// Create a network with an IPv4 and/or an IPv6 subnet (up to a /8 and a /64).
+    Create {
+        name: String,
+        /// CIDR, e.g. 10.10.0.0/16 or fd00:10::/64; give it twice for dual stack.
+        #[arg(long, required = true)]
+        subnet: Vec<String>,
+        /// Gateway address (reserved) [default: the first host address of each subnet].
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Reserve FROM-TO (inclusive); repeat for several ranges.
+        #[arg(long)]
+        reserve: Vec<String>,
+        /// How long a released address is held back before reuse.
+        #[arg(long, default_value_t = 60_000)]
+        quarantine_ms: u64,
+    },
+    /// List networks with their usage.
+    Ls,
+    /// Usage, reserved ranges, and allocations with their owners.
+    Inspect {
+        name: String,
+        /// Allocations to list at most.
+        #[arg(long, default_value_t = 1_000)]
+        limit: u32,
+    },
+    /// Remove a network; refused while addresses are allocated unless --force.
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Leaks (addresses whose owner is gone, and when repair releases them) and
+    /// conflicts between what agents report and the state.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IpOp {
+    /// Allocate an address for OWNER and print it; asking again returns the same address.
+    Allocate {
+        network: String,
+        #[arg(long)]
+        owner: String,
+        /// A specific address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// The agent the owner runs on: the address is released if that agent is removed.
+        #[arg(long)]
+        node: Option<u64>,
+    },
+    /// Release OWNER's address (or --ip ADDRESS). Releasing twice is not an error.
+    Release {
+        network: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
     },
 }
 
@@ -339,6 +420,8 @@ impl Cli {
             Command::Leave { node_id, client } => crate::commands::leave(&client, node_id).await,
             Command::Kv { op, client } => crate::commands::kv(&client, op).await,
             Command::Nodes { client } => crate::nodes::list(&client).await,
+            Command::Network { op, client } => crate::ipam::network(&client, op).await,
+            Command::Ip { op, client } => crate::ipam::ip(&client, op).await,
             Command::Node { op, client } => crate::nodes::node(&client, op).await,
             Command::Bench(args) if args.op == BenchOp::Agents => crate::bench_agents::run(args).await,
             Command::Bench(args) => crate::bench::run(args).await,

@@ -4,6 +4,7 @@
 //! - [`daemon`]: `init`, `join` and `start`: run a node in the foreground;
 //! - [`client`]: endpoint list and leader following for client commands;
 //! - [`commands`]: the client commands (`status`, `members`, `kv`, …);
+//! - [`ipam`]: `cluster network …` and `cluster ip …`;
 //! - [`nodes`]: `cluster nodes` and `cluster node …` (the registry);
 //! - [`session`]: the agent's registration and heartbeat session, following the leader;
 //! - [`resources`]: what the machine offers, and label parsing;
@@ -16,6 +17,7 @@ mod cli;
 mod client;
 mod commands;
 mod daemon;
+mod ipam;
 mod nodes;
 mod output;
 mod resources;

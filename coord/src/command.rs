@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ipam::{IpamCommand, IpamError, IpamOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
 use crate::types::NodeId;
@@ -31,6 +32,8 @@ pub enum Command {
     },
     /// Master registry: registrations, liveness transitions, drain, removal.
     Registry(RegistryCommand),
+    /// Overlay network IPAM: networks, allocations, releases.
+    Ipam(IpamCommand),
 }
 
 impl Command {
@@ -44,6 +47,7 @@ impl Command {
             Command::Txn(_) => "txn",
             Command::Compact { .. } => "compact",
             Command::Registry(r) => r.name(),
+            Command::Ipam(c) => c.name(),
         }
     }
 }
@@ -64,6 +68,7 @@ pub enum Output {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Registry(RegistryOutput),
+    Ipam(IpamOutput),
 }
 
 /// Deterministic refusals: every member reaches the same verdict for the same entry.
@@ -87,6 +92,8 @@ pub enum ApplyError {
     AlreadyInitialized,
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Ipam(IpamError),
     #[error("{0}")]
     Other(String),
     /// Reading the node's own storage failed. Not a verdict on the request: apply stops

@@ -41,6 +41,9 @@ pub struct CoordConfig {
     pub unreachable_after_ms: u64,
     /// An unreachable agent is marked down after this much longer. Default 10,000 ms.
     pub down_after_ms: u64,
+    /// An address whose owner is gone (its agent removed, or no longer reported by its
+    /// agent) is released this long after the leader first sees it so. Default 180,000 ms.
+    pub ip_leak_grace_ms: u64,
 }
 
 impl Default for CoordConfig {
@@ -58,6 +61,7 @@ impl Default for CoordConfig {
             agent_heartbeat_interval_ms: 1_000,
             unreachable_after_ms: 5_000,
             down_after_ms: 10_000,
+            ip_leak_grace_ms: 180_000,
         }
     }
 }

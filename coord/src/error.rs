@@ -4,6 +4,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::command::ApplyError;
+use crate::ipam::IpamError;
 use crate::registry::RegistryError;
 use crate::types::NodeId;
 
@@ -63,6 +64,14 @@ impl From<CoordError> for Status {
                         RegistryError::NeverJoined(_) | RegistryError::Removed(_) | RegistryError::StillActive(..) => {
                             Code::FailedPrecondition
                         }
+                    },
+                    ApplyError::Ipam(ref i) => match i {
+                        IpamError::Invalid(_) | IpamError::OutsideSubnet(..) => Code::InvalidArgument,
+                        IpamError::UnknownNetwork(_) => Code::NotFound,
+                        IpamError::NetworkExists(_) | IpamError::Overlap(..) => Code::AlreadyExists,
+                        IpamError::Exhausted { .. } => Code::ResourceExhausted,
+                        IpamError::Storage(_) => Code::Internal,
+                        _ => Code::FailedPrecondition,
                     },
                     ApplyError::Storage(_) => Code::Internal,
                     _ => Code::InvalidArgument,

@@ -3,6 +3,7 @@
 //! - [`store`]: RocksDB log store and state machine (durability rules in its docs);
 //! - [`kv`]: the etcd-style multi-version KV applied by the state machine;
 //! - [`registry`]: the master registry (agents, resources, liveness state, events);
+//! - [`ipam`]: overlay network address allocation (pools, cursors, quarantine);
 //! - [`liveness`]: the leader's in-memory heartbeat tracker that commits transitions;
 //! - [`command`]: the one `Command` enum that is the Raft log payload;
 //! - [`network`]: Raft RPCs between masters over gRPC;
@@ -14,6 +15,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod ipam;
 pub mod kv;
 pub mod liveness;
 pub mod network;

@@ -79,6 +79,8 @@ pub struct CoordNode {
     /// On the leader: a quorum acknowledged it within two election timeouts (refreshed
     /// by the liveness loop).
     quorum_contact: std::sync::atomic::AtomicBool,
+    /// Agents' IPAM reports and leaks seen; meaningful on the leader only.
+    pub leaks: crate::ipam::repair::LeakTracker,
 }
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
@@ -116,6 +118,7 @@ impl CoordNode {
             liveness: Liveness::default(),
             registry_events,
             quorum_contact: std::sync::atomic::AtomicBool::new(true),
+            leaks: Default::default(),
         });
         // Followers fsync appends inline, leaders on the sync thread (see LogStore).
         // server_metrics changes only with state, vote or membership, not on every commit.
@@ -210,6 +213,20 @@ impl CoordNode {
         let c = endpoint(addr).map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?.connect_lazy();
         ch.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Where a request that must run on the leader goes: `None` when this node leads,
+    /// a channel to the leader when it may be forwarded there once; `NotLeader` (with
+    /// the address) when it was already forwarded, `Unavailable` without a leader.
+    pub fn forward_channel(&self, forwarded: bool) -> Result<Option<Channel>> {
+        if self.is_leader() {
+            return Ok(None);
+        }
+        match self.leader() {
+            (Some(id), Some(addr)) if id != self.id && !forwarded => Ok(Some(self.channel(&addr)?)),
+            (Some(id), addr) if id != self.id => Err(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr }),
+            _ => Err(CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into())),
+        }
     }
 
     /// `NotLeader` with the leader's address, when a node other than this one leads.
@@ -335,6 +352,7 @@ impl CoordNode {
                     let _ = node.removed_tx.send(true);
                 }
                 if m.state != ServerState::Leader {
+                    node.leaks.reset();
                     continue;
                 }
                 node.finish_init().await;
@@ -342,6 +360,7 @@ impl CoordNode {
                 if last_compact_check.elapsed() >= Duration::from_secs(1) {
                     last_compact_check = Instant::now();
                     node.auto_compact().await;
+                    node.repair_leaks().await;
                 }
             }
         });
@@ -415,6 +434,33 @@ impl CoordNode {
         }
         if let Err(e) = self.write(Command::Registry(RegistryCommand::Transitions { term, transitions })).await {
             warn!("committing agent state transitions failed, will retry: {e}");
+        }
+    }
+
+    /// Current IPAM leaks and conflicts, as the leader sees them.
+    pub fn ipam_check(&self) -> Result<(Vec<crate::ipam::repair::Leak>, Vec<crate::ipam::repair::Conflict>)> {
+        let st = self.state.read().expect("sm lock");
+        self.leaks
+            .check(&self.db, &st.ipam, &st.registry.removed, Instant::now())
+            .map_err(|e| CoordError::Internal(format!("IPAM check: {e}")))
+    }
+
+    /// Releases leaked addresses whose grace period is over (leader only).
+    async fn repair_leaks(&self) {
+        let leaks = match self.ipam_check() {
+            Ok((l, _)) => l,
+            Err(e) => {
+                warn!("leak check failed: {e}");
+                return;
+            }
+        };
+        let grace = Duration::from_millis(self.config.ip_leak_grace_ms);
+        for (network, holdings) in crate::ipam::repair::LeakTracker::due(&leaks, grace, Instant::now()) {
+            info!(%network, count = holdings.len(), "releasing leaked addresses");
+            let cmd = Command::Ipam(crate::ipam::IpamCommand::ReleaseLeaked { network, holdings });
+            if let Err(e) = self.write(cmd).await {
+                warn!("releasing leaked addresses failed, will retry: {e}");
+            }
         }
     }
 

@@ -28,18 +28,7 @@ impl Admin {
 
     /// The leader's admin client when this node is not the leader and may forward.
     fn forward_target(&self, forwarded: bool) -> Result<Option<ClusterAdminClient<Channel>>, Status> {
-        if self.node.is_leader() {
-            return Ok(None);
-        }
-        match self.node.leader() {
-            (Some(id), Some(addr)) if id != self.node.id && !forwarded => {
-                Ok(Some(ClusterAdminClient::new(self.node.channel(&addr)?)))
-            }
-            (Some(id), addr) if id != self.node.id => {
-                Err(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr }.into())
-            }
-            _ => Err(CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into()).into()),
-        }
+        Ok(self.node.forward_channel(forwarded)?.map(ClusterAdminClient::new))
     }
 
     fn members(&self) -> pb::MembersResponse {

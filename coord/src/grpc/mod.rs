@@ -1,5 +1,5 @@
 //! The gRPC face of a coord node: etcd v3 (KV, Cluster, Maintenance), Raft traffic,
-//! cluster administration and the registry, all on one listen address.
+//! cluster administration, the registry and IPAM, all on one listen address.
 //!
 //! Writes and linearizable reads that reach a follower are forwarded to the leader once
 //! (marked with [`FORWARDED_HEADER`] so they never bounce); a second hop answers
@@ -8,6 +8,7 @@
 mod admin;
 mod convert;
 mod etcd;
+pub mod ipam;
 mod raft_service;
 pub mod registry;
 
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use proto::clusterpb::cluster_admin_server::ClusterAdminServer;
+use proto::clusterpb::ipam_server::IpamServer;
 use proto::clusterpb::registry_server::RegistryServer;
 use proto::etcdserverpb::cluster_server::ClusterServer;
 use proto::etcdserverpb::kv_server::KvServer;
@@ -64,7 +66,8 @@ pub async fn serve(
         .add_service(ClusterServer::new(etcd::EtcdCluster::new(node.clone())))
         .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(node.clone())))
         .add_service(ClusterAdminServer::new(admin::Admin::new(node.clone())))
-        .add_service(RegistryServer::new(registry::RegistryService::new(node)))
+        .add_service(RegistryServer::new(registry::RegistryService::new(node.clone())))
+        .add_service(IpamServer::new(ipam::IpamService::new(node)).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -78,18 +78,7 @@ impl RegistryService {
 
     /// `Some(client)` when another node leads and this request may be forwarded to it.
     fn forward_target(&self, forwarded: bool) -> Result<Option<RegistryClient<Channel>>, Status> {
-        if self.node.is_leader() {
-            return Ok(None);
-        }
-        match self.node.leader() {
-            (Some(id), Some(addr)) if id != self.node.id && !forwarded => {
-                Ok(Some(RegistryClient::new(self.node.channel(&addr)?)))
-            }
-            (Some(id), addr) if id != self.node.id => {
-                Err(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr }.into())
-            }
-            _ => Err(CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into()).into()),
-        }
+        Ok(self.node.forward_channel(forwarded)?.map(RegistryClient::new))
     }
 
     async fn write(&self, cmd: RegistryCommand) -> Result<RegistryOutput, Status> {

@@ -29,6 +29,7 @@ use tracing::instrument;
 use super::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
 use super::{io_err, CF_SM};
 use crate::command::{ApplyError, Command, Output, Response};
+use crate::ipam::{Ipam, IpamError, IpamStore};
 use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore};
 use crate::registry::Registry;
@@ -64,6 +65,7 @@ pub struct ClusterMeta {
 pub struct SmState {
     pub kv: KvStore,
     pub registry: Registry,
+    pub ipam: Ipam,
     pub cluster: ClusterMeta,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
@@ -153,6 +155,59 @@ impl History for DbHistory<'_> {
 
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
         scan_history(self.db, self.cf(), None, range, revision)
+    }
+}
+
+/// [`IpamStore`] over the DB (everything applied before this entry; the batch was
+/// flushed) and this entry's own writes, which also go to the batch.
+struct DbIpam<'a> {
+    db: &'a DB,
+    batch: &'a mut WriteBatch,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl IpamStore for DbIpam<'_> {
+    fn get(&mut self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        self.db.get_cf(sm_cf(self.db), key).map_err(io_err)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.put_cf(sm_cf(self.db), &key, &value);
+        self.overlay.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.batch.delete_cf(sm_cf(self.db), &key);
+        self.overlay.insert(key, None);
+    }
+
+    fn scan(&mut self, prefix: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut ro = ReadOptions::default();
+        // IPAM prefixes end in '/': the next byte bounds them.
+        let mut upper = prefix.to_vec();
+        *upper.last_mut().expect("non-empty prefix") += 1;
+        ro.set_iterate_upper_bound(upper);
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // Overlay deletions may hide DB keys: read enough to still fill `limit`.
+        let want = limit.saturating_add(self.overlay.len());
+        for item in self
+            .db
+            .iterator_cf_opt(sm_cf(self.db), ro, IteratorMode::From(prefix, rocksdb::Direction::Forward))
+            .take(want)
+        {
+            let (k, v) = item.map_err(io_err)?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in self.overlay.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out.into_iter().take(limit).collect())
     }
 }
 
@@ -325,6 +380,14 @@ impl StateMachineStore {
                         }
                         r
                     }
+                    Command::Ipam(c) => {
+                        let mut store = DbIpam { db: &self.db, batch: hist.batch, overlay: BTreeMap::new() };
+                        match st.ipam.apply(*time_ms, c, &mut store) {
+                            Ok(o) => Ok(Output::Ipam(o)),
+                            Err(IpamError::Storage(e)) => Err(ApplyError::Storage(e)),
+                            Err(e) => Err(ApplyError::Ipam(e)),
+                        }
+                    }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
                     Command::DeleteRange(d) => st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange),
                     Command::Txn(t) => st.kv.apply_txn(t, &mut hist).map(Output::Txn),
@@ -450,7 +513,7 @@ impl StateMachineStore {
 
 type Payload = EntryPayload<LogEntry, NodeId, crate::types::NodeInfo>;
 
-/// True for entries whose apply reads old versions from the DB.
+/// True for entries whose apply reads the DB (old versions, IPAM owner records).
 fn reads_history(p: &Payload) -> bool {
     fn past_read(list: &[RequestOp]) -> bool {
         list.iter().any(|op| match op {
@@ -460,7 +523,7 @@ fn reads_history(p: &Payload) -> bool {
         })
     }
     match p {
-        EntryPayload::Normal(LogEntry { cmd: Command::Compact { .. }, .. }) => true,
+        EntryPayload::Normal(LogEntry { cmd: Command::Compact { .. } | Command::Ipam(_), .. }) => true,
         EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
         _ => false,
     }
@@ -510,6 +573,18 @@ fn load_state(db: &DB) -> io::Result<SmState> {
         records.push(item.map_err(io_err)?);
     }
     st.registry = Registry::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;
+    // IPAM: networks and runs of used offsets (owner records stay on disk).
+    let mut records = Vec::new();
+    for prefix in [&b"i/n/"[..], &b"i/s/"[..]] {
+        let mut ro = ReadOptions::default();
+        let mut upper = prefix.to_vec();
+        *upper.last_mut().expect("prefix") += 1;
+        ro.set_iterate_upper_bound(upper);
+        for item in db.iterator_cf_opt(cf, ro, IteratorMode::From(prefix, rocksdb::Direction::Forward)) {
+            records.push(item.map_err(io_err)?);
+        }
+    }
+    st.ipam = Ipam::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;
     let all = KeyRange { start: Vec::new(), end: None };
     for kv in scan_history(db, cf, None, &all, i64::MAX)? {
         st.kv.live.insert(

@@ -7,3 +7,4 @@ mod t20_failover;
 mod t30_bad_input;
 mod t40_membership;
 mod t50_registry;
+mod t60_ipam;

@@ -32,13 +32,13 @@ fn parse_ip(s: &str, what: &str) -> Result<IpAddr, Status> {
 }
 
 pub fn network_info(n: &Network) -> pb::NetworkInfo {
-    let (mut usable, mut allocated) = (0u128, 0u128);
+    // Usage is that of the fullest subnet: it is the one that runs out first.
+    let mut usage = 0f64;
     let subnets = n
         .pools
         .iter()
         .map(|p| {
-            usable += p.usable();
-            allocated += p.allocated;
+            usage = usage.max(p.allocated as f64 * 100.0 / p.usable() as f64);
             pb::SubnetInfo {
                 cidr: p.subnet.to_string(),
                 gateway: p.subnet.addr(p.gateway).to_string(),
@@ -66,7 +66,7 @@ pub fn network_info(n: &Network) -> pb::NetworkInfo {
         subnets,
         quarantine_ms: n.quarantine_ms,
         created_ms: n.created_ms,
-        usage_percent: if usable == 0 { 0.0 } else { allocated as f64 * 100.0 / usable as f64 },
+        usage_percent: usage,
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     BenchOp::Put => {
                         kv.put(epb::PutRequest { key, value: value.clone(), ..Default::default() }).await.map(|_| ())
                     }
-                    BenchOp::Get | BenchOp::Agents => {
+                    BenchOp::Get | BenchOp::Agents | BenchOp::Ipam => {
                         kv.range(epb::RangeRequest { key, serializable, ..Default::default() }).await.map(|_| ())
                     }
                 };
@@ -129,7 +129,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let op = match a.op {
         BenchOp::Put => "put",
         BenchOp::Get if a.serializable => "get-serializable",
-        BenchOp::Get | BenchOp::Agents => "get",
+        BenchOp::Get | BenchOp::Agents | BenchOp::Ipam => "get",
     };
     if a.output == OutputFormat::Json {
         println!(

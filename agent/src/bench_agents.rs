@@ -39,7 +39,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-async fn status(endpoints: &[String]) -> anyhow::Result<pb::StatusResponse> {
+pub async fn status(endpoints: &[String]) -> anyhow::Result<pb::StatusResponse> {
     let s = call(endpoints, |ch| async move { ClusterAdminClient::new(ch).status(pb::StatusRequest {}).await })
         .await
         .map_err(status_err)?

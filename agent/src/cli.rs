@@ -381,6 +381,13 @@ pub struct BenchArgs {
     /// the measured run.
     #[arg(long)]
     pub kill_leader_at: Option<f64>,
+    /// ipam: owners per batched allocation.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// ipam: also fill an IPv4 /8 completely and put 1,000,000 allocations in an IPv6
+    /// /64, reporting the leader's memory (the leader must run on this machine).
+    #[arg(long)]
+    pub fill: bool,
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -391,6 +398,8 @@ pub enum BenchOp {
     Get,
     /// Emulated agents: each registers and heartbeats over the real gRPC protocol.
     Agents,
+    /// IP allocations: single and batched rates and latency, then memory of full pools.
+    Ipam,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,6 +433,7 @@ impl Cli {
             Command::Ip { op, client } => crate::ipam::ip(&client, op).await,
             Command::Node { op, client } => crate::nodes::node(&client, op).await,
             Command::Bench(args) if args.op == BenchOp::Agents => crate::bench_agents::run(args).await,
+            Command::Bench(args) if args.op == BenchOp::Ipam => crate::bench_ipam::run(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
         }
     }

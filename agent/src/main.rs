@@ -9,10 +9,12 @@
 //! - [`session`]: the agent's registration and heartbeat session, following the leader;
 //! - [`resources`]: what the machine offers, and label parsing;
 //! - [`bench`]: an etcd v3 load generator that drives cluster and etcd alike;
+//! - [`bench_ipam`]: allocation rates through the cluster, and memory of full pools;
 //! - [`bench_agents`]: emulated agents against a real cluster (registry scale).
 
 mod bench;
 mod bench_agents;
+mod bench_ipam;
 mod cli;
 mod client;
 mod commands;

@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
 BIN := $(CARGO_TARGET_DIR)/release/cluster
 
-.PHONY: deps build demo test bench bench-agents fmt clippy
+.PHONY: deps build demo test bench bench-agents bench-ipam fmt clippy
 
 deps:
 	bash .ci/install-deps
@@ -34,6 +34,13 @@ bench-agents:
 	bash .ci/install-deps
 	cargo build --release --locked --bin cluster
 	bash .ci/bench-agents.sh "$(BIN)"
+
+## IPAM: single and batched allocations/s through a 3-master cluster, then a /8 filled
+## and 1M allocations in a /64 with the leader's memory; writes the "IPAM" section.
+bench-ipam:
+	bash .ci/install-deps
+	cargo build --release --locked --bin cluster
+	bash .ci/bench-ipam.sh "$(BIN)"
 
 fmt:
 	cargo fmt --all

@@ -65,6 +65,13 @@ if command -v etcdctl >/dev/null; then
   ETCDCTL_API=3 run etcdctl --endpoints "$EPS" get greeting
 fi
 
+echo; echo "== 3b. an overlay network; addresses are allocated by the replicated state machine"
+run "$BIN" network create blue --subnet 10.20.0.0/16 --subnet fd00:20::/64
+run "$BIN" ip allocate blue --owner web-1
+run "$BIN" ip allocate blue --owner web-2
+run "$BIN" ip allocate blue --owner web-1
+run "$BIN" network inspect blue
+
 echo; echo "== 4. kill -9 the leader; the others elect a new one"
 LEADER=$("$BIN" status -o json | sed -n 's/.*"leader_id": \([0-9]*\).*/\1/p' | head -1)
 LADDR=$("$BIN" status -o json | sed -n 's/.*"leader_addr": "\([^"]*\)".*/\1/p' | head -1)
@@ -87,6 +94,8 @@ wait_up "$LADDR"; sleep 1
 run "$BIN" status
 run "$BIN" kv get after-failover
 run "$BIN" nodes
+echo "the same owner still gets the same address from the new leader:"
+run "$BIN" ip allocate blue --owner web-2
 
 echo
 echo "The cluster keeps running. Try, in another shell:"

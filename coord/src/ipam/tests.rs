@@ -61,6 +61,8 @@ enum Op {
     ReleaseAddress(u8),
     Tick(u64),
     SnapshotRestore,
+    /// Create network `b<k>` on 10.0.<k>.0/28: k = 0 overlaps network `a`.
+    Create(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -71,6 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..16u8).prop_map(Op::ReleaseAddress),
         2 => (1..80u64).prop_map(Op::Tick),
         1 => Just(Op::SnapshotRestore),
+        1 => (0..4u8).prop_map(Op::Create),
     ]
 }
 
@@ -93,6 +96,7 @@ proptest! {
         let mut held: BTreeMap<String, IpAddr> = BTreeMap::new();
         // Released addresses and when they leave quarantine.
         let mut quarantine: Vec<(IpAddr, u64)> = Vec::new();
+        let mut others: BTreeSet<u8> = BTreeSet::new();
         for op in ops {
             let expire = |q: &mut Vec<(IpAddr, u64)>, now: u64| q.retain(|(_, t)| *t > now);
             match op {
@@ -176,6 +180,29 @@ proptest! {
                     }
                 }
                 Op::Tick(ms) => now += ms,
+                Op::Create(k) => {
+                    let spec = NetworkSpec {
+                        name: format!("b{k}"),
+                        subnets: vec![parse_cidr(&format!("10.0.{k}.0/28")).unwrap()],
+                        gateways: vec![None],
+                        reserve: vec![],
+                        quarantine_ms: 0,
+                    };
+                    let before = store.0.clone();
+                    let r = ipam.apply(now, &IpamCommand::CreateNetwork(spec), &mut store);
+                    if k == 0 {
+                        prop_assert!(matches!(r, Err(IpamError::Overlap(..))), "{:?}", r);
+                    } else if others.contains(&k) {
+                        prop_assert!(matches!(r, Err(IpamError::NetworkExists(_))), "{:?}", r);
+                    } else {
+                        prop_assert!(r.is_ok(), "{:?}", r);
+                        others.insert(k);
+                    }
+                    if r.is_err() {
+                        prop_assert!(store.0 == before, "a refused create changed the store");
+                    }
+                    prop_assert_eq!(ipam.networks.len(), 1 + others.len());
+                }
                 Op::SnapshotRestore => {
                     let restored = load(&store);
                     prop_assert_eq!(&restored, &ipam);

@@ -56,7 +56,8 @@ if "fill_v4_slash8" in r:
 | IPv4 /8, every usable address | {f8['allocations']:,} | {f8['per_second']:,.0f}/s | {f8['leader_rss_mb_after']:,.0f} MiB (before: {f8['leader_rss_mb_before']:,.0f} MiB) |
 | IPv6 /64, 1,000,000 allocations | {f6['allocations']:,} | {f6['per_second']:,.0f}/s | {f6['leader_rss_mb_after']:,.0f} MiB |
 
-After the /8 was full, one more allocation failed "exhausted": {f8['exhausted_after']}. The
+Batches answered `unavailable` (an election under load) and sent again: {f8['unavailable_retries']}
+during the /8 fill. After the /8 was full, one more allocation failed "exhausted": {f8['exhausted_after']}. The
 leader's data dir held {sys.argv[4]} MiB at the end. Resident memory is the whole leader
 process (RocksDB memtables and block cache included); the IPAM state in memory is the
 pools' runs of used addresses, one run for a sequentially filled pool, while owner

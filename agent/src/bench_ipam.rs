@@ -37,6 +37,8 @@ struct Phase {
     allocations: u64,
     seconds: f64,
     latencies_ms: Vec<f64>,
+    /// Batches sent again after an `unavailable` answer.
+    retries: u64,
 }
 
 impl Phase {
@@ -48,6 +50,7 @@ impl Phase {
             "requests": self.latencies_ms.len(),
             "p50_ms": pct(&self.latencies_ms, 0.5),
             "p99_ms": pct(&self.latencies_ms, 0.99),
+            "unavailable_retries": self.retries,
         })
     }
 }
@@ -64,6 +67,7 @@ async fn load(
     tag: &str,
 ) -> anyhow::Result<Phase> {
     let done = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let lats: Arc<Mutex<Vec<f64>>> = Arc::default();
     let t0 = Instant::now();
@@ -120,7 +124,12 @@ async fn load(
     }
     let seconds = t0.elapsed().as_secs_f64();
     let latencies_ms = std::mem::take(&mut *lats.lock().unwrap());
-    Ok(Phase { allocations: done.load(Ordering::Relaxed), seconds, latencies_ms })
+    Ok(Phase {
+        allocations: done.load(Ordering::Relaxed),
+        seconds,
+        latencies_ms,
+        retries: retries.load(Ordering::Relaxed),
+    })
 }
 
 async fn create(ch: &Channel, name: &str, cidr: &str) -> anyhow::Result<()> {
@@ -200,8 +209,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         let mut fill6 = load(&chans, &n6, bclients, a.batch, None, Some(1_000_000), &tag).await?;
         let rss6 = rss_mb(st.pid);
         out["fill_v4_slash8"] = json!({"allocations": fill.allocations, "per_second": fill.json()["per_second"],
+            "unavailable_retries": fill.retries,
             "leader_rss_mb_before": rss0, "leader_rss_mb_after": rss8, "exhausted_after": exhausted});
         out["fill_v6_slash64_1m"] = json!({"allocations": fill6.allocations, "per_second": fill6.json()["per_second"],
+            "unavailable_retries": fill6.retries,
             "leader_rss_mb_after": rss6});
     }
     if a.output == OutputFormat::Json {

@@ -55,7 +55,10 @@ fn addr(offset: u128) -> IpAddr {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Allocate { owner: u8, requested: Option<u8> },
+    Allocate {
+        owner: u8,
+        requested: Option<u8>,
+    },
     Batch(Vec<u8>),
     Release(u8),
     ReleaseAddress(u8),

@@ -97,8 +97,23 @@ async fn load(
                     let owners: Vec<String> = (0..take).map(|i| format!("{tag}-{c}-{n}-{i}")).collect();
                     n += 1;
                     let s = Instant::now();
-                    cl.allocate_batch(pb::AllocateBatchRequest { network: network.clone(), owners, node_id: 0 })
-                        .await?;
+                    let req = pb::AllocateBatchRequest { network: network.clone(), owners, node_id: 0 };
+                    // Allocation is idempotent per owner: a batch whose outcome is unknown
+                    // (an election under load) is simply sent again, to the leader the
+                    // answer names.
+                    let mut tries = 0;
+                    while let Err(e) = cl.allocate_batch(req.clone()).await {
+                        tries += 1;
+                        if e.code() != tonic::Code::Unavailable || tries > 600 {
+                            return Err(e);
+                        }
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        let leader = e.metadata().get(coord::error::LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok());
+                        if let Some(Ok(ch)) = leader.map(crate::client::channel) {
+                            cl = IpamClient::new(ch).max_decoding_message_size(256 << 20);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     mine.push(s.elapsed().as_secs_f64() * 1000.0);
                     continue;
                 }

@@ -76,6 +76,7 @@ async fn load(
         let mut cl = IpamClient::new(chans[c % chans.len()].clone()).max_decoding_message_size(256 << 20);
         let (done, stop, lats, network, tag) =
             (done.clone(), stop.clone(), lats.clone(), network.to_string(), tag.to_string());
+        let retries = retries.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut mine = Vec::new();

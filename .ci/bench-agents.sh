@@ -12,44 +12,15 @@ WINDOW=${WINDOW:-30}
 KILL_AT=${KILL_AT:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/cluster-bench-agents.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
 # Below 32768: ports in the ephemeral range can be taken by any outgoing connection.
 CL=(127.0.0.1:21479 127.0.0.1:21480 127.0.0.1:21481)
-EPS=$(IFS=,; echo "${CL[*]}")
-
-start_cluster() { # run-dir
-  local d=$1
-  "$BIN" init --no-worker --data-dir "$d/c1" --listen "${CL[0]}" >"$d/c1.log" 2>&1 &
-  PIDS+=($!)
-  local tok=""
-  for _ in $(seq 100); do tok=$("$BIN" token manager -q --endpoints "${CL[0]}" 2>/dev/null) && break; sleep 0.1; done
-  for i in 1 2; do
-    "$BIN" join --no-worker --data-dir "$d/c$((i+1))" --listen "${CL[$i]}" --token "$tok" "${CL[0]}" \
-      >"$d/c$((i+1)).log" 2>&1 &
-    PIDS+=($!)
-  done
-  for _ in $(seq 150); do
-    [ "$("$BIN" members --endpoints "$EPS" -o json 2>/dev/null | grep -c '"voter"')" = 3 ] && return 0; sleep 0.2
-  done
-  echo "cluster did not form; node logs:" >&2; tail -n 20 "$d"/c*.log >&2; exit 1
-}
-
-stop_cluster() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  PIDS=()
-}
+source "$ROOT/.ci/masters.sh"
+trap 'stop_masters; rm -rf "$DIR"' EXIT INT TERM
 
 : >"$DIR/results"
 for n in $AGENTS; do
   mkdir -p "$DIR/run-$n"
-  start_cluster "$DIR/run-$n"
+  start_masters "$DIR/run-$n"
   echo "== $n emulated agents" >&2
   if out=$("$BIN" bench agents --agents "$n" --duration "$WINDOW" --kill-leader-at "$KILL_AT" \
       --endpoints "$EPS" -o json 2>"$DIR/run-$n/bench.err"); then
@@ -60,7 +31,7 @@ for n in $AGENTS; do
     grep -h "leadership\|election" "$DIR/run-$n"/c*.log 2>/dev/null | tail -n 5 >&2 || true
     echo "{\"agents\": $n, \"failed\": true}" >>"$DIR/results"
   fi
-  stop_cluster
+  stop_masters
 done
 
 python3 - "$DIR/results" "$ROOT/docs/benchmarks.md" "$WINDOW" "$KILL_AT" <<'PY'

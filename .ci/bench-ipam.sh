@@ -11,28 +11,11 @@ CLIENTS=${CLIENTS:-64}
 FILL=${FILL:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/cluster-bench-ipam.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
 # Below 32768: ports in the ephemeral range can be taken by any outgoing connection.
 CL=(127.0.0.1:21579 127.0.0.1:21580 127.0.0.1:21581)
-EPS=$(IFS=,; echo "${CL[*]}")
-"$BIN" init --no-worker --data-dir "$DIR/c1" --listen "${CL[0]}" >"$DIR/c1.log" 2>&1 &
-PIDS+=($!)
-tok=""
-for _ in $(seq 100); do tok=$("$BIN" token manager -q --endpoints "${CL[0]}" 2>/dev/null) && break; sleep 0.1; done
-for i in 1 2; do
-  "$BIN" join --no-worker --data-dir "$DIR/c$((i+1))" --listen "${CL[$i]}" --token "$tok" "${CL[0]}" \
-    >"$DIR/c$((i+1)).log" 2>&1 &
-  PIDS+=($!)
-done
-for _ in $(seq 150); do
-  [ "$("$BIN" members --endpoints "$EPS" -o json 2>/dev/null | grep -c '"voter"')" = 3 ] && break; sleep 0.2
-done
+source "$ROOT/.ci/masters.sh"
+trap 'stop_masters; rm -rf "$DIR"' EXIT INT TERM
+start_masters "$DIR"
 args=(bench ipam --clients "$CLIENTS" --duration "$DUR" --endpoints "$EPS" -o json)
 [ "$FILL" = 1 ] && args+=(--fill)
 "$BIN" "${args[@]}" >"$DIR/result.json"

@@ -105,6 +105,11 @@ pub struct Tuning {
     /// its agent) is released this long after the leader first sees it.
     #[arg(long, default_value_t = 180_000)]
     pub ip_leak_grace_ms: u64,
+    /// TEST ONLY, unsafe: the leader answers linearizable reads from its own state without
+    /// a quorum check, so a deposed leader serves stale reads. The fault-injection suite
+    /// (`jepsen-style-tests run --canary`) uses it to prove that it catches the bug.
+    #[arg(long, hide = true)]
+    pub canary_unsafe_local_reads: bool,
 }
 
 impl Tuning {
@@ -116,6 +121,7 @@ impl Tuning {
             unreachable_after_ms: self.unreachable_after_ms,
             down_after_ms: self.down_after_ms,
             ip_leak_grace_ms: self.ip_leak_grace_ms,
+            canary_unsafe_local_reads: self.canary_unsafe_local_reads,
             ..Default::default()
         }
     }

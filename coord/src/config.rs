@@ -44,6 +44,12 @@ pub struct CoordConfig {
     /// An address whose owner is gone (its agent removed, or no longer reported by its
     /// agent) is released this long after the leader first sees it so. Default 180,000 ms.
     pub ip_leak_grace_ms: u64,
+    /// TEST ONLY, deliberately unsafe: a leader answers linearizable reads from its own
+    /// state without confirming leadership through a quorum (no ReadIndex). A deposed
+    /// leader that has not yet heard of its successor then serves stale reads. The
+    /// jepsen-style tests turn it on with `--canary` to prove they catch the anomaly.
+    #[serde(default)]
+    pub canary_unsafe_local_reads: bool,
 }
 
 impl Default for CoordConfig {
@@ -62,6 +68,7 @@ impl Default for CoordConfig {
             unreachable_after_ms: 5_000,
             down_after_ms: 10_000,
             ip_leak_grace_ms: 180_000,
+            canary_unsafe_local_reads: false,
         }
     }
 }

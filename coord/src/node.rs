@@ -288,6 +288,10 @@ impl CoordNode {
     /// Waits until a read of the local state is linearizable: this node is the leader,
     /// a quorum confirmed it (ReadIndex), and everything up to the read index is applied.
     pub async fn read_barrier(&self) -> Result<()> {
+        if self.config.canary_unsafe_local_reads && self.is_leader() {
+            // The deliberate bug the fault-injection suite must catch (see CoordConfig).
+            return Ok(());
+        }
         let deadline = Instant::now() + self.request_timeout();
         loop {
             match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {

@@ -1,0 +1,379 @@
+//! Workloads: what the clients do, how an answer maps to ok/fail/info, and the final
+//! reads after the heal.
+//!
+//! Classification rule: a read that did not answer is a `fail` (it changed nothing). A
+//! write whose request may have reached a master is `info` unless the answer proves it
+//! had no effect (compare failed, invalid argument, pool exhausted) or the connection was
+//! refused before anything was sent.
+
+use crate::history::{Op, OpType};
+use proto::clusterpb::ipam_client::IpamClient;
+use proto::clusterpb::registry_client::RegistryClient;
+use proto::clusterpb::{
+    AllocateRequest, CreateNetworkRequest, InspectNetworkRequest, NodesRequest, ReleaseRequest,
+    WatchRegistryRequest,
+};
+use proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use proto::etcdserverpb::kv_client::KvClient;
+use proto::etcdserverpb::request_op::Request as ReqOp;
+use proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::Code;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Linearizable read/write/cas registers on a few keys at a time (etcd KV API).
+    Register,
+    /// Unique adds (etcd puts under a prefix), then one final read.
+    Set,
+    /// Allocate and release overlay addresses for unique owners.
+    Ipam,
+    /// Agents on every node (and worker-only agents) heartbeating through the faults;
+    /// clients list nodes. Checks that no healthy node is marked unreachable or down.
+    Registry,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Register => "register",
+            Kind::Set => "set",
+            Kind::Ipam => "ipam",
+            Kind::Registry => "registry",
+        }
+    }
+    /// The operation types that must each succeed in the liveness phase.
+    pub fn live_fs(self) -> &'static [&'static str] {
+        match self {
+            Kind::Register => &["read", "write", "cas"],
+            Kind::Set => &["add"],
+            Kind::Ipam => &["allocate", "release"],
+            Kind::Registry => &["nodes"],
+        }
+    }
+}
+
+pub const NETWORK: &str = "jepsen";
+pub const SET_PREFIX: &str = "jepsen/set/";
+
+/// Shared by all clients of a run.
+pub struct Shared {
+    pub kind: Kind,
+    pub start: Instant,
+    pub ops: Mutex<Vec<Op>>,
+    counter: AtomicU64,
+    pub ops_per_key: u64,
+    pub keys_at_once: u64,
+    pub timeout: Duration,
+}
+
+impl Shared {
+    pub fn new(kind: Kind, ops_per_key: u64, timeout: Duration) -> Shared {
+        Shared {
+            kind,
+            start: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+            counter: AtomicU64::new(0),
+            ops_per_key,
+            keys_at_once: 3,
+            timeout,
+        }
+    }
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+    pub fn record(&self, op: Op) {
+        self.ops.lock().expect("history").push(op);
+    }
+}
+
+/// One client: a process id (replaced after an info), the node it talks to, its own
+/// generator state.
+pub struct Client {
+    pub process: u64,
+    pub node: String,
+    chan: Channel,
+    rng: crate::schedule::Rng,
+    /// IPAM owners this client holds and may release.
+    held: Vec<String>,
+}
+
+pub struct Done {
+    pub kind: OpType,
+    pub value: Value,
+    pub error: Option<String>,
+}
+
+fn ok(value: Value) -> Done {
+    Done { kind: OpType::Ok, value, error: None }
+}
+
+/// Whether the request certainly never reached a server.
+fn never_sent(s: &tonic::Status) -> bool {
+    let mut text = s.message().to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(s);
+    while let Some(e) = src {
+        text.push_str(&e.to_string());
+        src = e.source();
+    }
+    s.code() == Code::Unavailable && (text.contains("Connection refused") || text.contains("tcp connect error"))
+}
+
+fn failed(kind: OpType, value: Value, e: String) -> Done {
+    Done { kind, value, error: Some(e) }
+}
+
+/// The outcome of a write that returned an error.
+fn write_error(value: Value, s: tonic::Status) -> Done {
+    let definite = never_sent(&s)
+        || matches!(
+            s.code(),
+            Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted | Code::NotFound | Code::AlreadyExists
+        );
+    let e = format!("{:?}: {}", s.code(), s.message());
+    failed(if definite { OpType::Fail } else { OpType::Info }, value, e)
+}
+
+impl Client {
+    pub fn new(process: u64, node: String, ip: &str, seed: u64) -> Client {
+        Client { process, node, chan: crate::cluster::endpoint(ip), rng: crate::schedule::Rng::new(seed), held: vec![] }
+    }
+
+    /// Picks the next operation: (f, key, value).
+    pub fn generate(&mut self, sh: &Shared) -> (String, Option<String>, Value) {
+        let n = sh.counter.fetch_add(1, Ordering::Relaxed);
+        match sh.kind {
+            Kind::Register => {
+                // A few keys live at once; each gets about ops_per_key operations so the
+                // per-key search stays small (DESIGN.md §6: 200-2,000 per key).
+                let group = n / (sh.ops_per_key * sh.keys_at_once);
+                let key = format!("jepsen/r/{}", group * sh.keys_at_once + self.rng.below(sh.keys_at_once));
+                let r = self.rng.below(10);
+                if r < 4 {
+                    ("read".into(), Some(key), Value::Null)
+                } else if r < 7 {
+                    ("write".into(), Some(key), json!(self.rng.below(5)))
+                } else {
+                    ("cas".into(), Some(key), json!([self.rng.below(5), self.rng.below(5)]))
+                }
+            }
+            Kind::Set => ("add".into(), Some("set".into()), json!(n)),
+            Kind::Ipam => {
+                if !self.held.is_empty() && self.rng.below(10) < 3 {
+                    let i = self.rng.below(self.held.len() as u64) as usize;
+                    let owner = self.held.swap_remove(i);
+                    ("release".into(), Some(owner), Value::Null)
+                } else {
+                    ("allocate".into(), Some(format!("o{n}")), Value::Null)
+                }
+            }
+            Kind::Registry => ("nodes".into(), None, Value::Null),
+        }
+    }
+
+    pub async fn invoke(&mut self, sh: &Shared, f: &str, key: Option<&str>, value: &Value) -> Done {
+        let fut = self.call(f, key, value);
+        match tokio::time::timeout(sh.timeout, fut).await {
+            Ok(d) => d,
+            Err(_) => {
+                let kind = if matches!(f, "read" | "nodes") { OpType::Fail } else { OpType::Info };
+                failed(kind, value.clone(), format!("client timeout after {:?}", sh.timeout))
+            }
+        }
+    }
+
+    async fn call(&mut self, f: &str, key: Option<&str>, value: &Value) -> Done {
+        let key = key.unwrap_or("").to_string();
+        let mut kv = KvClient::new(self.chan.clone());
+        match f {
+            "read" => {
+                let r = kv.range(RangeRequest { key: key.into_bytes(), ..Default::default() }).await;
+                match r {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let v = r.kvs.first().and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<i64>().ok());
+                        ok(v.map_or(Value::Null, |v| json!(v)))
+                    }
+                    Err(s) => failed(OpType::Fail, Value::Null, format!("{:?}: {}", s.code(), s.message())),
+                }
+            }
+            "write" => {
+                let v = value.as_i64().unwrap_or_default();
+                let r = kv.put(PutRequest { key: key.into_bytes(), value: v.to_string().into_bytes(), ..Default::default() });
+                match r.await {
+                    Ok(_) => ok(value.clone()),
+                    Err(s) => write_error(value.clone(), s),
+                }
+            }
+            "cas" => {
+                let old = value[0].as_i64().unwrap_or_default();
+                let new = value[1].as_i64().unwrap_or_default();
+                let t = TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Value as i32,
+                        key: key.clone().into_bytes(),
+                        range_end: vec![],
+                        target_union: Some(TargetUnion::Value(old.to_string().into_bytes())),
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(ReqOp::RequestPut(PutRequest {
+                            key: key.into_bytes(),
+                            value: new.to_string().into_bytes(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![],
+                };
+                match kv.txn(t).await {
+                    Ok(r) if r.get_ref().succeeded => ok(value.clone()),
+                    Ok(_) => failed(OpType::Fail, value.clone(), "compare failed".into()),
+                    Err(s) => write_error(value.clone(), s),
+                }
+            }
+            "add" => {
+                let n = value.as_i64().unwrap_or_default();
+                let r = kv.put(PutRequest {
+                    key: format!("{SET_PREFIX}{n:012}").into_bytes(),
+                    value: n.to_string().into_bytes(),
+                    ..Default::default()
+                });
+                match r.await {
+                    Ok(_) => ok(value.clone()),
+                    Err(s) => write_error(value.clone(), s),
+                }
+            }
+            "allocate" => {
+                let mut c = IpamClient::new(self.chan.clone());
+                let r = c.allocate(AllocateRequest { network: NETWORK.into(), owner: key.clone(), ..Default::default() });
+                match r.await {
+                    Ok(r) => {
+                        self.held.push(key);
+                        ok(json!(r.into_inner().address))
+                    }
+                    Err(s) => write_error(Value::Null, s),
+                }
+            }
+            "release" => {
+                let mut c = IpamClient::new(self.chan.clone());
+                let r = c.release(ReleaseRequest { network: NETWORK.into(), owner: key, ..Default::default() });
+                match r.await {
+                    Ok(r) => ok(json!(r.into_inner().address)),
+                    Err(s) => write_error(Value::Null, s),
+                }
+            }
+            "nodes" => {
+                let mut c = RegistryClient::new(self.chan.clone());
+                match c.nodes(NodesRequest::default()).await {
+                    Ok(r) => ok(json!(r.into_inner().nodes.len())),
+                    Err(s) => failed(OpType::Fail, Value::Null, format!("{:?}: {}", s.code(), s.message())),
+                }
+            }
+            other => failed(OpType::Fail, Value::Null, format!("unknown operation {other}")),
+        }
+    }
+}
+
+/// Per-workload setup once the cluster is up.
+pub async fn setup(kind: Kind, leader_ip: &str) -> anyhow::Result<()> {
+    if kind == Kind::Ipam {
+        let mut c = IpamClient::new(crate::cluster::endpoint(leader_ip));
+        c.create_network(CreateNetworkRequest {
+            name: NETWORK.into(),
+            subnets: vec!["10.200.0.0/16".into()],
+            // Short quarantine so released addresses are handed out again within a run.
+            quarantine_ms: Some(2_000),
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The final read after the heal, recorded into the history as a `read` by its own
+/// process. Only for set and ipam; retried until it answers.
+pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) -> anyhow::Result<()> {
+    let (key, f) = match kind {
+        Kind::Set => ("set", "read"),
+        Kind::Ipam => (NETWORK, "read"),
+        _ => return Ok(()),
+    };
+    for _ in 0..20 {
+        sh.record(Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns()));
+        let chan = crate::cluster::endpoint(leader_ip);
+        let res: Result<Value, String> = match kind {
+            Kind::Set => {
+                let mut kv = KvClient::new(chan).max_decoding_message_size(256 << 20);
+                let mut end = SET_PREFIX.as_bytes().to_vec();
+                *end.last_mut().expect("prefix") += 1;
+                kv.range(RangeRequest { key: SET_PREFIX.into(), range_end: end, keys_only: true, ..Default::default() })
+                    .await
+                    .map(|r| {
+                        let v: Vec<i64> = r
+                            .into_inner()
+                            .kvs
+                            .iter()
+                            .filter_map(|kv| std::str::from_utf8(&kv.key).ok()?.strip_prefix(SET_PREFIX)?.parse().ok())
+                            .collect();
+                        json!(v)
+                    })
+                    .map_err(|s| s.message().to_string())
+            }
+            _ => {
+                // InspectNetwork answers from the contacted master's state: it is asked of
+                // the leader, after the liveness phase had writes acknowledged through it.
+                let mut c = IpamClient::new(chan).max_decoding_message_size(256 << 20);
+                c.inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
+                    .await
+                    .map_err(|s| s.message().to_string())
+                    .and_then(|r| {
+                        let r = r.into_inner();
+                        if r.truncated {
+                            return Err("inspect truncated".into());
+                        }
+                        let m: serde_json::Map<String, Value> =
+                            r.allocations.into_iter().map(|a| (a.owner, json!(a.address))).collect();
+                        Ok(Value::Object(m))
+                    })
+            }
+        };
+        match res {
+            Ok(v) => {
+                sh.record(Op { kind: OpType::Ok, value: v, ..Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns()) });
+                return Ok(());
+            }
+            Err(e) => {
+                sh.record(Op {
+                    kind: OpType::Fail,
+                    error: Some(e),
+                    ..Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns())
+                });
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    anyhow::bail!("the final read never succeeded")
+}
+
+/// Registry events as committed (read from the leader after the heal).
+pub async fn registry_events(leader_ip: &str) -> anyhow::Result<Vec<proto::clusterpb::RegistryEvent>> {
+    use futures::StreamExt;
+    let mut c = RegistryClient::new(crate::cluster::endpoint(leader_ip));
+    let mut s = c.watch(WatchRegistryRequest { start_index: 1, follow: false }).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = s.next().await {
+        out.push(e?);
+    }
+    Ok(out)
+}
+
+/// Node names by registry id, for messages.
+pub fn names(events: &[proto::clusterpb::RegistryEvent]) -> BTreeMap<u64, String> {
+    events.iter().filter_map(|e| Some((e.node_id, e.node.as_ref()?.name.clone()))).collect()
+}

@@ -17,6 +17,9 @@ pub const PREFIX: &str = "jst";
 #[derive(Default)]
 struct Ledger {
     namespaces: Vec<String>,
+    /// Host ends of the veth pairs (deleting one end deletes the pair; a namespace's
+    /// teardown in the kernel can lag, so they are removed explicitly).
+    veths: Vec<String>,
     bridge: Option<String>,
     /// Host iptables rules, as the argument list after -I/-D CHAIN.
     host_rules: Vec<(String, Vec<String>)>,
@@ -100,6 +103,7 @@ impl Net {
             sh("ip", &["netns", "add", &ns])?;
             ledger(|l| l.namespaces.push(ns.clone()));
             sh("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ledger(|l| l.veths.push(veth.clone()));
             sh("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
             sh("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
@@ -144,6 +148,9 @@ pub fn cleanup() {
         kill_namespace(ns);
         let _ = sh("ip", &["netns", "del", ns]);
     }
+    for v in &l.veths {
+        let _ = sh("ip", &["link", "del", v]);
+    }
     if let Some(b) = &l.bridge {
         let _ = sh("ip", &["link", "del", b]);
     }
@@ -176,11 +183,13 @@ pub fn cleanup_leftovers() -> Result<Vec<String>> {
             removed.push(format!("namespace {ns}"));
         }
     }
-    for line in sh("ip", &["-o", "link", "show", "type", "bridge"])?.lines() {
+    for line in sh("ip", &["-o", "link", "show"])?.lines() {
+        // "25: jst123v2@if2: <...>"
         let name = line.split(':').nth(1).map(|s| s.trim()).unwrap_or("");
+        let name = name.split('@').next().unwrap_or("");
         if name.starts_with(PREFIX) {
             sh("ip", &["link", "del", name])?;
-            removed.push(format!("bridge {name}"));
+            removed.push(format!("link {name}"));
         }
     }
     if let Ok(rules) = sh("iptables", &["-S", "FORWARD"]) {

@@ -3,10 +3,10 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
 BIN := $(CARGO_TARGET_DIR)/release/cluster
 
-.PHONY: deps build demo test bench bench-agents bench-ipam fmt clippy
+.PHONY: deps build demo test bench bench-agents bench-ipam jepsen-deps jepsen-short jepsen-long fmt clippy
 
 deps:
-	bash .ci/install-deps
+	bash .ci/install-deps --jepsen
 
 build: deps
 	cargo build --release --locked --bin cluster
@@ -21,6 +21,22 @@ test: deps
 	cargo build --release --locked --workspace --all-targets
 	cargo test --release --locked --workspace --exclude agent
 	cargo test --release --locked -p agent -- --test-threads=1
+	bash .ci/jepsen.sh short
+
+## Fault-injection tools only (iptables, faketime, iproute2).
+jepsen-deps:
+	bash .ci/install-deps --jepsen
+
+## The CI fault-injection matrix alone (a few minutes; needs root).
+jepsen-short: jepsen-deps
+	cargo build --release --locked -p agent -p jepsen-style-tests
+	bash .ci/jepsen.sh short
+
+## The long matrix: register on 5 masters under partition-majority, primaries, kill and
+## pause for 120 s each, then the same with the canary; writes docs/jepsen.md's results.
+jepsen-long: jepsen-deps
+	cargo build --release --locked -p agent -p jepsen-style-tests
+	bash .ci/jepsen.sh long
 
 ## cluster vs etcd (Debian's etcd-server) on this machine; writes docs/benchmarks.md.
 bench:

@@ -52,6 +52,9 @@ enum Cmd {
     },
     /// Remove namespaces, bridges and iptables rules left by runs that were killed -9.
     Cleanup,
+    /// Print a markdown table (workload × nemesis → ops, ok/fail/info, verdict, longest
+    /// window without a successful operation) from report folders' summary.json files.
+    Table { summaries: Vec<PathBuf> },
 }
 
 #[derive(clap::Args)]
@@ -224,6 +227,36 @@ async fn main_cmd(cmd: Cmd) -> Result<i32> {
         }
         Cmd::Schedule { nemesis, nodes, time, seed } => {
             println!("{}", serde_json::to_string_pretty(&schedule::plan(&nemesis, nodes, time, seed))?);
+            Ok(0)
+        }
+        Cmd::Table { summaries } => {
+            println!("| workload | nemesis | canary | nodes | seconds | ops | ok | fail | info | verdict | anomalies | longest without ok |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+            for p in summaries {
+                let p = if p.is_dir() { p.join("summary.json") } else { p };
+                let text = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
+                let s: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", p.display()))?;
+                let anomalies: usize = s["checks"]
+                    .as_array()
+                    .map(|a| a.iter().map(|c| c["stats"]["keys_invalid"].as_u64().unwrap_or(c["anomalies"].as_array().map_or(0, |x| x.len() as u64)) as usize).sum())
+                    .unwrap_or(0);
+                let nem: Vec<&str> = s["nemeses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
+                    s["workload"].as_str().unwrap_or("?"),
+                    nem.join(", "),
+                    if s["canary"].as_bool().unwrap_or(false) { "on" } else { "off" },
+                    s["nodes"],
+                    s["time_s"],
+                    s["ops"]["total"],
+                    s["ops"]["ok"],
+                    s["ops"]["fail"],
+                    s["ops"]["info"],
+                    s["verdict"].as_str().unwrap_or("?"),
+                    anomalies,
+                    s["longest_without_ok_s"].as_f64().unwrap_or(f64::NAN),
+                );
+            }
             Ok(0)
         }
         Cmd::Cleanup => {

@@ -312,10 +312,19 @@ impl Cluster {
         let id = self.nodes[i].id;
         let via = (0..self.masters).find(|&j| j != i && !self.nodes[j].removed).context("no other master")?;
         let mut c = ClusterAdminClient::new(endpoint(&self.nodes[via].ip));
-        tokio::time::timeout(Duration::from_secs(10), c.leave(LeaveRequest { node_id: id }))
-            .await
-            .context("leave timed out")?
-            .with_context(|| format!("leave of {}", self.nodes[i].name))?;
+        let res = tokio::time::timeout(Duration::from_secs(10), c.leave(LeaveRequest { node_id: id })).await;
+        if !matches!(res, Ok(Ok(_))) {
+            // The removal may still have committed: the member list decides.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let members = tokio::time::timeout(Duration::from_secs(5), c.members(MembersRequest {})).await;
+            let still = match members {
+                Ok(Ok(m)) => m.into_inner().members.iter().any(|m| m.node_id == id),
+                _ => true,
+            };
+            if still {
+                bail!("leave of {} failed: {:?}", self.nodes[i].name, res.map(|r| r.map(|_| ())));
+            }
+        }
         self.nodes[i].removed = true;
         // The removed node exits by itself; make sure.
         tokio::time::sleep(Duration::from_millis(500)).await;

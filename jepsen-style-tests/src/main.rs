@@ -115,6 +115,9 @@ fn main() {
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
         jepsen_style_tests::net::cleanup();
+        // A panic anywhere (a client task included) invalidates the run: stop here
+        // rather than carry on against a cluster that was just torn down.
+        std::process::exit(3);
     }));
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let code = rt.block_on(async {

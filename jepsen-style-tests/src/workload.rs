@@ -284,14 +284,16 @@ impl Client {
 pub async fn setup(kind: Kind, leader_ip: &str) -> anyhow::Result<()> {
     if kind == Kind::Ipam {
         let mut c = IpamClient::new(crate::cluster::endpoint(leader_ip));
-        c.create_network(CreateNetworkRequest {
+        let create = c.create_network(CreateNetworkRequest {
             name: NETWORK.into(),
             subnets: vec!["10.200.0.0/16".into()],
             // Short quarantine so released addresses are handed out again within a run.
             quarantine_ms: Some(2_000),
             ..Default::default()
-        })
-        .await?;
+        });
+        tokio::time::timeout(Duration::from_secs(30), create)
+            .await
+            .map_err(|_| anyhow::anyhow!("creating the test network timed out"))??;
     }
     Ok(())
 }
@@ -307,7 +309,7 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
     for _ in 0..20 {
         sh.record(Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns()));
         let chan = crate::cluster::endpoint(leader_ip);
-        let res: Result<Value, String> = match kind {
+        let read = async { match kind {
             Kind::Set => {
                 let mut kv = KvClient::new(chan).max_decoding_message_size(256 << 20);
                 let mut end = SET_PREFIX.as_bytes().to_vec();
@@ -326,12 +328,21 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
                     .map_err(|s| s.message().to_string())
             }
             _ => {
-                // InspectNetwork answers from the contacted master's state: it is asked of
-                // the leader, after the liveness phase had writes acknowledged through it.
+                // InspectNetwork answers from the contacted master's applied state. A
+                // linearizable etcd read on the same master first waits until it has
+                // applied everything committed (ReadIndex), so the inspect sees it all.
+                let barrier = KvClient::new(chan.clone())
+                    .range(RangeRequest { key: b"jepsen/barrier".to_vec(), ..Default::default() })
+                    .await;
                 let mut c = IpamClient::new(chan).max_decoding_message_size(256 << 20);
-                c.inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
+                let inspect = async {
+                    barrier.map_err(|s| format!("read barrier: {}", s.message()))?;
+                    c.inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
+                        .await
+                        .map_err(|s| s.message().to_string())
+                };
+                inspect
                     .await
-                    .map_err(|s| s.message().to_string())
                     .and_then(|r| {
                         let r = r.into_inner();
                         if r.truncated {
@@ -342,6 +353,10 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
                         Ok(Value::Object(m))
                     })
             }
+        } };
+        let res: Result<Value, String> = match tokio::time::timeout(Duration::from_secs(30), read).await {
+            Ok(r) => r,
+            Err(_) => Err("final read timed out after 30 s".into()),
         };
         match res {
             Ok(v) => {
@@ -364,13 +379,16 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
 /// Registry events as committed (read from the leader after the heal).
 pub async fn registry_events(leader_ip: &str) -> anyhow::Result<Vec<proto::clusterpb::RegistryEvent>> {
     use futures::StreamExt;
-    let mut c = RegistryClient::new(crate::cluster::endpoint(leader_ip));
-    let mut s = c.watch(WatchRegistryRequest { start_index: 1, follow: false }).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(e) = s.next().await {
-        out.push(e?);
-    }
-    Ok(out)
+    let read = async {
+        let mut c = RegistryClient::new(crate::cluster::endpoint(leader_ip));
+        let mut s = c.watch(WatchRegistryRequest { start_index: 1, follow: false }).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = s.next().await {
+            out.push(e?);
+        }
+        anyhow::Ok(out)
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.map_err(|_| anyhow::anyhow!("registry watch timed out"))?
 }
 
 /// Node names by registry id, for messages.

@@ -59,10 +59,7 @@ impl Cluster {
         faketime: bool,
     ) -> Result<Cluster> {
         if !bin.exists() {
-            bail!(
-                "{} not found: build it with `cargo build --release --bin cluster` (or pass --bin)",
-                bin.display()
-            );
+            bail!("{} not found: build it with `cargo build --release --bin cluster` (or pass --bin)", bin.display());
         }
         if faketime && !Path::new(FAKETIME_LIB).exists() {
             bail!("the clock nemesis needs libfaketime ({FAKETIME_LIB}): run `make jepsen-deps`");

@@ -162,7 +162,10 @@ async fn main_cmd(cmd: Cmd) -> Result<i32> {
             }
             let nem_label = a.nemesis.iter().map(|n| n.name()).collect::<Vec<_>>().join(",");
             let out = a.out.unwrap_or_else(|| {
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 PathBuf::from("store").join(format!(
                     "{}-{}-s{}{}-{t}",
                     a.workload.name(),
@@ -241,9 +244,19 @@ async fn main_cmd(cmd: Cmd) -> Result<i32> {
                 let s: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", p.display()))?;
                 let anomalies: usize = s["checks"]
                     .as_array()
-                    .map(|a| a.iter().map(|c| c["stats"]["keys_invalid"].as_u64().unwrap_or(c["anomalies"].as_array().map_or(0, |x| x.len() as u64)) as usize).sum())
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                c["stats"]["keys_invalid"]
+                                    .as_u64()
+                                    .unwrap_or(c["anomalies"].as_array().map_or(0, |x| x.len() as u64))
+                                    as usize
+                            })
+                            .sum()
+                    })
                     .unwrap_or(0);
-                let nem: Vec<&str> = s["nemeses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+                let nem: Vec<&str> =
+                    s["nemeses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
                 println!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
                     s["workload"].as_str().unwrap_or("?"),

@@ -131,7 +131,13 @@ pub fn latency_svg(calls: &[Call], s: &Summary, live_start_ns: u64) -> String {
         );
     }
     let secs = end_ns as f64 / 1e9;
-    let step = if secs > 300.0 { 60.0 } else if secs > 60.0 { 10.0 } else { 5.0 };
+    let step = if secs > 300.0 {
+        60.0
+    } else if secs > 60.0 {
+        10.0
+    } else {
+        5.0
+    };
     let mut t = 0.0;
     while t <= secs {
         let xx = x((t * 1e9) as u64);

@@ -111,7 +111,8 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
     let mut clients = Vec::new();
     for w in 0..o.concurrency {
         let node = w % o.nodes;
-        let mut c = Client::new(w as u64, names[node].clone(), &ips[node], o.seed.wrapping_mul(1000).wrapping_add(w as u64));
+        let mut c =
+            Client::new(w as u64, names[node].clone(), &ips[node], o.seed.wrapping_mul(1000).wrapping_add(w as u64));
         let (sh, stop) = (sh.clone(), stop.clone());
         let think_ms = (2 * o.concurrency as u64 * 1000 / o.rate.max(1)).max(1);
         let conc = o.concurrency as u64;
@@ -326,7 +327,9 @@ async fn apply(cluster: &Arc<Mutex<Cluster>>, w: &Window, sh: &Shared) -> Applie
                 let groups: Vec<String> = grudge
                     .iter()
                     .enumerate()
-                    .map(|(i, g)| format!("{}!{}", name(&c, i), g.iter().map(|&j| name(&c, j)).collect::<Vec<_>>().join("/")))
+                    .map(|(i, g)| {
+                        format!("{}!{}", name(&c, i), g.iter().map(|&j| name(&c, j)).collect::<Vec<_>>().join("/"))
+                    })
                     .collect();
                 a.description = format!("partition {shape}: {}", groups.join(" "));
             }
@@ -344,13 +347,15 @@ async fn apply(cluster: &Arc<Mutex<Cluster>>, w: &Window, sh: &Shared) -> Applie
                 let i = resolve(&c, *target).await;
                 c.kill(i);
                 a.nodes = vec![i];
-                a.description = format!("kill -9 {}{}", name(&c, i), if *target == Target::Leader { " (leader)" } else { "" });
+                a.description =
+                    format!("kill -9 {}{}", name(&c, i), if *target == Target::Leader { " (leader)" } else { "" });
             }
             Fault::Pause { target } => {
                 let i = resolve(&c, *target).await;
                 c.signal(i, libc::SIGSTOP);
                 a.nodes = vec![i];
-                a.description = format!("SIGSTOP {}{}", name(&c, i), if *target == Target::Leader { " (leader)" } else { "" });
+                a.description =
+                    format!("SIGSTOP {}{}", name(&c, i), if *target == Target::Leader { " (leader)" } else { "" });
             }
             Fault::Clock { node, offset_ms } => {
                 c.set_clock(*node, *offset_ms)?;
@@ -360,7 +365,11 @@ async fn apply(cluster: &Arc<Mutex<Cluster>>, w: &Window, sh: &Shared) -> Applie
             Fault::Member { target } => {
                 let i = resolve(&c, *target).await;
                 a.nodes = vec![i];
-                a.description = format!("remove master {}{}", name(&c, i), if *target == Target::Leader { " (leader)" } else { "" });
+                a.description = format!(
+                    "remove master {}{}",
+                    name(&c, i),
+                    if *target == Target::Leader { " (leader)" } else { "" }
+                );
                 c.leave(i).await?;
             }
         }

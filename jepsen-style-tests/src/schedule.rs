@@ -119,15 +119,27 @@ pub enum Target {
 pub enum Fault {
     /// Traffic between the groups is dropped both ways; `grudge[i]` lists the nodes node i
     /// may not hear from. `primaries` is resolved at run time (leader cut off alone).
-    Partition { shape: String, grudge: Vec<Vec<usize>> },
+    Partition {
+        shape: String,
+        grudge: Vec<Vec<usize>>,
+    },
     /// Cut the leader off from everyone.
     Primaries,
-    Kill { target: Target },
-    Pause { target: Target },
+    Kill {
+        target: Target,
+    },
+    Pause {
+        target: Target,
+    },
     /// Shift one node's wall clock (CLOCK_REALTIME) by offset_ms.
-    Clock { node: usize, offset_ms: i64 },
+    Clock {
+        node: usize,
+        offset_ms: i64,
+    },
     /// Remove a master from the Raft group, then wipe it and join it again.
-    Member { target: Target },
+    Member {
+        target: Target,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

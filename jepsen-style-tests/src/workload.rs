@@ -10,8 +10,7 @@ use crate::history::{Op, OpType};
 use proto::clusterpb::ipam_client::IpamClient;
 use proto::clusterpb::registry_client::RegistryClient;
 use proto::clusterpb::{
-    AllocateRequest, CreateNetworkRequest, InspectNetworkRequest, NodesRequest, ReleaseRequest,
-    WatchRegistryRequest,
+    AllocateRequest, CreateNetworkRequest, InspectNetworkRequest, NodesRequest, ReleaseRequest, WatchRegistryRequest,
 };
 use proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use proto::etcdserverpb::kv_client::KvClient;
@@ -134,7 +133,11 @@ fn write_error(value: Value, s: tonic::Status) -> Done {
     let definite = never_sent(&s)
         || matches!(
             s.code(),
-            Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted | Code::NotFound | Code::AlreadyExists
+            Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::ResourceExhausted
+                | Code::NotFound
+                | Code::AlreadyExists
         );
     let e = format!("{:?}: {}", s.code(), s.message());
     failed(if definite { OpType::Fail } else { OpType::Info }, value, e)
@@ -205,7 +208,11 @@ impl Client {
             }
             "write" => {
                 let v = value.as_i64().unwrap_or_default();
-                let r = kv.put(PutRequest { key: key.into_bytes(), value: v.to_string().into_bytes(), ..Default::default() });
+                let r = kv.put(PutRequest {
+                    key: key.into_bytes(),
+                    value: v.to_string().into_bytes(),
+                    ..Default::default()
+                });
                 match r.await {
                     Ok(_) => ok(value.clone()),
                     Err(s) => write_error(value.clone(), s),
@@ -251,7 +258,8 @@ impl Client {
             }
             "allocate" => {
                 let mut c = IpamClient::new(self.chan.clone());
-                let r = c.allocate(AllocateRequest { network: NETWORK.into(), owner: key.clone(), ..Default::default() });
+                let r =
+                    c.allocate(AllocateRequest { network: NETWORK.into(), owner: key.clone(), ..Default::default() });
                 match r.await {
                     Ok(r) => {
                         self.held.push(key);
@@ -309,12 +317,18 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
     for _ in 0..20 {
         sh.record(Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns()));
         let chan = crate::cluster::endpoint(leader_ip);
-        let read = async { match kind {
-            Kind::Set => {
-                let mut kv = KvClient::new(chan).max_decoding_message_size(256 << 20);
-                let mut end = SET_PREFIX.as_bytes().to_vec();
-                *end.last_mut().expect("prefix") += 1;
-                kv.range(RangeRequest { key: SET_PREFIX.into(), range_end: end, keys_only: true, ..Default::default() })
+        let read = async {
+            match kind {
+                Kind::Set => {
+                    let mut kv = KvClient::new(chan).max_decoding_message_size(256 << 20);
+                    let mut end = SET_PREFIX.as_bytes().to_vec();
+                    *end.last_mut().expect("prefix") += 1;
+                    kv.range(RangeRequest {
+                        key: SET_PREFIX.into(),
+                        range_end: end,
+                        keys_only: true,
+                        ..Default::default()
+                    })
                     .await
                     .map(|r| {
                         let v: Vec<i64> = r
@@ -326,24 +340,22 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
                         json!(v)
                     })
                     .map_err(|s| s.message().to_string())
-            }
-            _ => {
-                // InspectNetwork answers from the contacted master's applied state. A
-                // linearizable etcd read on the same master first waits until it has
-                // applied everything committed (ReadIndex), so the inspect sees it all.
-                let barrier = KvClient::new(chan.clone())
-                    .range(RangeRequest { key: b"jepsen/barrier".to_vec(), ..Default::default() })
-                    .await;
-                let mut c = IpamClient::new(chan).max_decoding_message_size(256 << 20);
-                let inspect = async {
-                    barrier.map_err(|s| format!("read barrier: {}", s.message()))?;
-                    c.inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
-                        .await
-                        .map_err(|s| s.message().to_string())
-                };
-                inspect
-                    .await
-                    .and_then(|r| {
+                }
+                _ => {
+                    // InspectNetwork answers from the contacted master's applied state. A
+                    // linearizable etcd read on the same master first waits until it has
+                    // applied everything committed (ReadIndex), so the inspect sees it all.
+                    let barrier = KvClient::new(chan.clone())
+                        .range(RangeRequest { key: b"jepsen/barrier".to_vec(), ..Default::default() })
+                        .await;
+                    let mut c = IpamClient::new(chan).max_decoding_message_size(256 << 20);
+                    let inspect = async {
+                        barrier.map_err(|s| format!("read barrier: {}", s.message()))?;
+                        c.inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
+                            .await
+                            .map_err(|s| s.message().to_string())
+                    };
+                    inspect.await.and_then(|r| {
                         let r = r.into_inner();
                         if r.truncated {
                             return Err("inspect truncated".into());
@@ -352,15 +364,20 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
                             r.allocations.into_iter().map(|a| (a.owner, json!(a.address))).collect();
                         Ok(Value::Object(m))
                     })
+                }
             }
-        } };
+        };
         let res: Result<Value, String> = match tokio::time::timeout(Duration::from_secs(30), read).await {
             Ok(r) => r,
             Err(_) => Err("final read timed out after 30 s".into()),
         };
         match res {
             Ok(v) => {
-                sh.record(Op { kind: OpType::Ok, value: v, ..Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns()) });
+                sh.record(Op {
+                    kind: OpType::Ok,
+                    value: v,
+                    ..Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns())
+                });
                 return Ok(());
             }
             Err(e) => {
@@ -388,7 +405,9 @@ pub async fn registry_events(leader_ip: &str) -> anyhow::Result<Vec<proto::clust
         }
         anyhow::Ok(out)
     };
-    tokio::time::timeout(Duration::from_secs(30), read).await.map_err(|_| anyhow::anyhow!("registry watch timed out"))?
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .map_err(|_| anyhow::anyhow!("registry watch timed out"))?
 }
 
 /// Node names by registry id, for messages.

@@ -49,9 +49,7 @@ pub fn to_op(c: &Call) -> Result<Option<RegOp>, String> {
     let int = |v: &Value| v.as_i64().ok_or_else(|| format!("expected an integer, got {v}"));
     match (c.f.as_str(), c.kind) {
         (_, OpType::Fail) => Ok(None),
-        ("read", OpType::Ok) => {
-            Ok(Some(RegOp::Read(if c.output.is_null() { None } else { Some(int(&c.output)?) })))
-        }
+        ("read", OpType::Ok) => Ok(Some(RegOp::Read(if c.output.is_null() { None } else { Some(int(&c.output)?) }))),
         ("read", _) => Ok(None),
         ("write", _) => Ok(Some(RegOp::Write(int(&c.input)?))),
         ("cas", _) => {
@@ -77,12 +75,7 @@ pub fn check(calls: &[Call], timeout: Duration) -> CheckResult {
             }
         };
         let key = c.key.clone().unwrap_or_default();
-        by_key.entry(key).or_default().push(Entry {
-            op,
-            invoke_ns: c.invoke_ns,
-            complete_ns: c.complete_ns,
-            id,
-        });
+        by_key.entry(key).or_default().push(Entry { op, invoke_ns: c.invoke_ns, complete_ns: c.complete_ns, id });
     }
     let keys: Vec<(String, Vec<Entry<RegOp>>)> = by_key.into_iter().collect();
     let deadline = Instant::now() + timeout;
@@ -111,9 +104,9 @@ pub fn check(calls: &[Call], timeout: Duration) -> CheckResult {
                 r.verdict = r.verdict.and(Verdict::Unknown);
                 if r.anomalies.len() < 50 {
                     r.anomalies.push(format!(
-                    "key {key}: search timed out after {explored} steps ({} operations): verdict unknown",
-                    entries.len()
-                ));
+                        "key {key}: search timed out after {explored} steps ({} operations): verdict unknown",
+                        entries.len()
+                    ));
                 }
             }
             Outcome::NotLinearizable { blocked, state, linearized } => {

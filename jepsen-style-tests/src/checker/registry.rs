@@ -35,9 +35,7 @@ pub fn check(
     for t in transitions.iter().filter(|t| t.to == "unreachable" || t.to == "down") {
         counted += 1;
         let from = t.time_ms.saturating_sub(lookback_ms);
-        let hit = faults
-            .get(&t.node_id)
-            .is_some_and(|ws| ws.iter().any(|(s, e)| *s <= t.time_ms && *e >= from));
+        let hit = faults.get(&t.node_id).is_some_and(|ws| ws.iter().any(|(s, e)| *s <= t.time_ms && *e >= from));
         if hit {
             explained += 1;
         } else {

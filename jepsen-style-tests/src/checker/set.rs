@@ -100,7 +100,11 @@ mod tests {
         }
         if let Some(read) = read {
             ops.push(Op::invoke(1000, "read", Some("s".into()), Value::Null, 10_000));
-            ops.push(Op { kind: OpType::Ok, value: read, ..Op::invoke(1000, "read", Some("s".into()), Value::Null, 10_001) });
+            ops.push(Op {
+                kind: OpType::Ok,
+                value: read,
+                ..Op::invoke(1000, "read", Some("s".into()), Value::Null, 10_001)
+            });
         }
         check(&pair(&ops).unwrap())
     }

@@ -42,7 +42,9 @@ pub enum Outcome<M: Model> {
         linearized: usize,
     },
     /// The search did not finish in time: never a pass.
-    Unknown { explored: u64 },
+    Unknown {
+        explored: u64,
+    },
 }
 
 const NIL: usize = usize::MAX;
@@ -107,7 +109,7 @@ pub fn check<M: Model>(init: M, entries: &[Entry<M::Op>], deadline: Instant) -> 
 
     while returns_left > 0 {
         explored += 1;
-        if explored % 4096 == 0 && (Instant::now() >= deadline || cache.len() > MAX_CACHE) {
+        if explored.is_multiple_of(4096) && (Instant::now() >= deadline || cache.len() > MAX_CACHE) {
             return Outcome::Unknown { explored };
         }
         let ev = if slot == NIL { None } else { Some(evs[slot - 1].2) };
@@ -175,9 +177,10 @@ mod tests {
                     continue;
                 }
                 // i may go next only if no unused operation returned before i was invoked.
-                let blocked = entries.iter().enumerate().any(|(j, e)| {
-                    !used[j] && j != i && e.complete_ns.is_some_and(|c| c < entries[i].invoke_ns)
-                });
+                let blocked = entries
+                    .iter()
+                    .enumerate()
+                    .any(|(j, e)| !used[j] && j != i && e.complete_ns.is_some_and(|c| c < entries[i].invoke_ns));
                 if blocked {
                     continue;
                 }

@@ -8,7 +8,17 @@ fn bin() -> Command {
 fn schedule_is_a_function_of_the_seed() {
     let run = |seed: &str| {
         let out = bin()
-            .args(["schedule", "--nemesis", "partition-majority,kill,pause", "--nodes", "5", "--time", "120", "--seed", seed])
+            .args([
+                "schedule",
+                "--nemesis",
+                "partition-majority,kill,pause",
+                "--nodes",
+                "5",
+                "--time",
+                "120",
+                "--seed",
+                seed,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success());
@@ -25,10 +35,14 @@ fn check_exits_one_on_an_anomaly_and_zero_when_valid() {
     std::fs::write(
         &bad,
         concat!(
-            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}"#, "\n",
-            r#"{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#, "\n",
-            r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":3}"#, "\n",
-            r#"{"process":1,"type":"ok","f":"read","key":"x","value":null,"time":4}"#, "\n",
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}"#,
+            "\n",
+            r#"{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#,
+            "\n",
+            r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":3}"#,
+            "\n",
+            r#"{"process":1,"type":"ok","f":"read","key":"x","value":null,"time":4}"#,
+            "\n",
         ),
     )
     .unwrap();
@@ -38,10 +52,14 @@ fn check_exits_one_on_an_anomaly_and_zero_when_valid() {
     std::fs::write(
         &good,
         concat!(
-            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}"#, "\n",
-            r#"{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#, "\n",
-            r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":3}"#, "\n",
-            r#"{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":4}"#, "\n",
+            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}"#,
+            "\n",
+            r#"{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#,
+            "\n",
+            r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":3}"#,
+            "\n",
+            r#"{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":4}"#,
+            "\n",
         ),
     )
     .unwrap();

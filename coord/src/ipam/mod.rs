@@ -97,7 +97,8 @@ impl Subnet {
     }
 
     pub fn overlaps(&self, o: &Subnet) -> bool {
-        self.v6 == o.v6 && self.base < o.base + o.size() && o.base < self.base + self.size()
+        // Compare last addresses: base + size overflows u128 for the top /64.
+        self.v6 == o.v6 && self.base <= o.base + (o.size() - 1) && o.base <= self.base + (self.size() - 1)
     }
 
     pub fn addr(&self, offset: u128) -> IpAddr {
@@ -362,10 +363,12 @@ pub enum IpamCommand {
         owner: Option<String>,
         address: Option<IpAddr>,
     },
-    /// Leak repair: release these (owner, address) pairs if each still holds.
+    /// Leak repair: release these (owner, address, node) triples if each owner still
+    /// holds that address bound to that node (an owner that re-allocated from another
+    /// node, or released and allocated again elsewhere, is left alone).
     ReleaseLeaked {
         network: String,
-        holdings: Vec<(String, IpAddr)>,
+        holdings: Vec<(String, IpAddr, NodeId)>,
     },
 }
 
@@ -539,8 +542,9 @@ impl Ipam {
             IpamCommand::ReleaseLeaked { network, holdings } => {
                 self.net(network)?;
                 let mut n = 0;
-                for (owner, addr) in holdings {
-                    let holds = self.holding(network, owner, store)?.is_some_and(|(_, a)| a == *addr);
+                for (owner, addr, node) in holdings {
+                    let holds =
+                        self.holding(network, owner, store)?.is_some_and(|(h, a)| a == *addr && h.node == Some(*node));
                     if holds {
                         self.release(network, Some(owner), Some(*addr), now_ms, store)?;
                         n += 1;
@@ -703,13 +707,25 @@ impl Ipam {
         now_ms: u64,
         store: &mut dyn IpamStore,
     ) -> Result<(IpAddr, bool)> {
-        if let Some((_, held)) = self.holding(net, owner, store)? {
-            return match requested {
-                Some(r) if r != held => {
-                    Err(IpamError::OwnerHoldsOther { owner: owner.into(), held: held.to_string(), net: net.into() })
+        if let Some((mut h, held)) = self.holding(net, owner, store)? {
+            if requested.is_some_and(|r| r != held) {
+                return Err(IpamError::OwnerHoldsOther {
+                    owner: owner.into(),
+                    held: held.to_string(),
+                    net: net.into(),
+                });
+            }
+            // The owner moved to another agent: bind the address to the new one, so leak
+            // repair for the old agent does not free an address still in use.
+            if node.is_some() && node != h.node {
+                if let Some(old) = h.node {
+                    store.delete(keys::held(old, net, owner));
                 }
-                _ => Ok((held, false)),
-            };
+                h.node = node;
+                store.put(keys::owner(net, owner), enc(&h));
+                store.put(keys::held(node.expect("checked"), net, owner), Vec::new());
+            }
+            return Ok((held, false));
         }
         let (pool, offset) = match requested {
             Some(addr) => {

@@ -177,10 +177,10 @@ impl LeakTracker {
     }
 
     /// Leaks whose grace period is over, grouped by network.
-    pub fn due(leaks: &[Leak], grace: Duration, now: Instant) -> BTreeMap<String, Vec<(String, IpAddr)>> {
-        let mut out: BTreeMap<String, Vec<(String, IpAddr)>> = BTreeMap::new();
+    pub fn due(leaks: &[Leak], grace: Duration, now: Instant) -> BTreeMap<String, Vec<(String, IpAddr, NodeId)>> {
+        let mut out: BTreeMap<String, Vec<(String, IpAddr, NodeId)>> = BTreeMap::new();
         for l in leaks.iter().filter(|l| now.saturating_duration_since(l.seen) >= grace) {
-            out.entry(l.network.clone()).or_default().push((l.owner.clone(), l.address));
+            out.entry(l.network.clone()).or_default().push((l.owner.clone(), l.address, l.node));
         }
         out
     }

@@ -294,3 +294,44 @@ fn a_full_ipv4_slash_8_is_one_run_and_a_slash_64_is_sparse() {
     assert_eq!(p.allocated, 10_000);
     assert_eq!(p.used.0.len(), 1, "sequential allocations stay one run");
 }
+
+#[test]
+fn the_top_ipv6_slash_64_overlaps_itself() {
+    // base + size is 2^128 there: the check must not wrap around.
+    let mut store = MemStore::default();
+    let mut ipam = Ipam::default();
+    let mut a = spec();
+    a.subnets = vec![parse_cidr("ffff:ffff:ffff:ffff::/64").unwrap()];
+    a.reserve = vec![];
+    ipam.apply(1, &IpamCommand::CreateNetwork(a.clone()), &mut store).unwrap();
+    a.name = "b".into();
+    assert!(matches!(ipam.apply(2, &IpamCommand::CreateNetwork(a), &mut store), Err(IpamError::Overlap(..))));
+}
+
+#[test]
+fn leak_repair_leaves_an_owner_that_moved_to_another_node() {
+    let mut store = MemStore::default();
+    let mut ipam = Ipam::default();
+    ipam.apply(1, &IpamCommand::CreateNetwork(spec()), &mut store).unwrap();
+    let alloc =
+        |node| IpamCommand::Allocate { network: "a".into(), owner: "o".into(), requested: None, node: Some(node) };
+    let IpamOutput::Allocated { address: addr, new: true } = ipam.apply(2, &alloc(7), &mut store).unwrap() else {
+        panic!()
+    };
+    // The owner asks again from node 8: same address, now bound to 8.
+    let IpamOutput::Allocated { address: again, new: false } = ipam.apply(3, &alloc(8), &mut store).unwrap() else {
+        panic!()
+    };
+    assert_eq!(addr, again);
+    assert!(store.get(&keys::held(7, "a", "o")).unwrap().is_none());
+    assert!(store.get(&keys::held(8, "a", "o")).unwrap().is_some());
+    // A leak seen for node 7 (removed) is stale: nothing is released.
+    let stale = IpamCommand::ReleaseLeaked { network: "a".into(), holdings: vec![("o".into(), addr, 7)] };
+    assert!(matches!(ipam.apply(4, &stale, &mut store).unwrap(), IpamOutput::ReleasedLeaked(0)));
+    assert!(ipam.holding("a", "o", &mut store).unwrap().is_some());
+    // Memory and store still agree.
+    assert_eq!(load(&store), ipam);
+    // The leak for node 8 does release it.
+    let due = IpamCommand::ReleaseLeaked { network: "a".into(), holdings: vec![("o".into(), addr, 8)] };
+    assert!(matches!(ipam.apply(5, &due, &mut store).unwrap(), IpamOutput::ReleasedLeaked(1)));
+}

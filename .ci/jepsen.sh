@@ -9,6 +9,15 @@ cd "$(dirname "$0")/.."
 T="${CARGO_TARGET_DIR:-$HOME/.cache/cluster-target}/release"
 J="$T/jepsen-style-tests"
 mode="${1:-short}"
+if [ "$(id -u)" -ne 0 ]; then
+  if sudo -n true 2>/dev/null; then
+    J="sudo -n $J"
+  else
+    # Namespaces and iptables need root; say so loudly rather than fail the build.
+    echo "jepsen: SKIPPED: fault injection needs root (network namespaces, iptables) and sudo -n is not available"
+    exit 0
+  fi
+fi
 stamp=$(date +%Y%m%dT%H%M%S)
 store="store/$mode-$stamp"
 mkdir -p "$store"
@@ -17,7 +26,7 @@ dirs=()
 # run NAME EXPECTED_EXIT ARGS...
 run() {
   local name=$1 want=$2; shift 2
-  "$J" run --bin "$T/cluster" --out "$store/$name" "$@" >"$store/$name.out" 2>&1
+  $J run --bin "$T/cluster" --out "$store/$name" "$@" >"$store/$name.out" 2>&1
   local rc=$?
   dirs+=("$store/$name")
   local line; line=$(grep -E '^[a-z]+ × ' "$store/$name.out" | head -1)
@@ -27,7 +36,7 @@ run() {
     echo "jepsen: FAIL $name: exit $rc, wanted $want: $line"; tail -20 "$store/$name.out"; fail=1
   fi
 }
-"$J" cleanup >/dev/null
+$J cleanup >/dev/null
 case "$mode" in
   short)
     run register-partitions 0 --workload register --nemesis partition-majority,primaries --nodes 5 --time 30 --seed 1
@@ -46,7 +55,7 @@ case "$mode" in
       # Only partitions and pauses can expose stale leader reads; a killed leader serves none.
       want=1; [ "$n" = kill ] && want=-1
       if [ "$want" = -1 ]; then
-        "$J" run --bin "$T/cluster" --out "$store/canary-$n" --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7 --canary >"$store/canary-$n.out" 2>&1
+        $J run --bin "$T/cluster" --out "$store/canary-$n" --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7 --canary >"$store/canary-$n.out" 2>&1
         echo "jepsen: --   canary-$n (exit $?, no expectation): $(grep -E '^[a-z]+ × ' "$store/canary-$n.out")"
         dirs+=("$store/canary-$n")
       else
@@ -57,7 +66,7 @@ case "$mode" in
   *) echo "usage: $0 short|long"; exit 2 ;;
 esac
 echo
-"$J" table "${dirs[@]}" | tee "$store/table.md"
+$J table "${dirs[@]}" | tee "$store/table.md"
 if [ "$mode" = long ]; then
   # Replace the results section of docs/jepsen.md with this run's table.
   awk -v table="$store/table.md" -v when="$(date -u +%Y-%m-%d)" '

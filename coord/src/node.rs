@@ -377,6 +377,12 @@ impl CoordNode {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // One transitions entry in flight at a time. It is written from its own task:
+            // a leader cut off from the quorum waits up to request_timeout_ms for it, and
+            // this loop must keep ticking meanwhile, or `quorum_contact` goes stale and the
+            // cut-off leader keeps acking agents that should move to the new leader (found
+            // by the jepsen-style registry workload under `primaries`).
+            let in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
             loop {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };
@@ -393,7 +399,16 @@ impl CoordNode {
                     node.liveness.step_down();
                     continue;
                 }
-                node.liveness_tick(term).await;
+                if let Some(cmd) = node.liveness_tick(term, &in_flight) {
+                    in_flight.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let (node, in_flight) = (node.clone(), in_flight.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = node.write(cmd).await {
+                            warn!("committing agent state transitions failed, will retry: {e}");
+                        }
+                        in_flight.store(false, std::sync::atomic::Ordering::SeqCst);
+                    });
+                }
             }
         });
     }
@@ -403,17 +418,19 @@ impl CoordNode {
         self.quorum_contact.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn liveness_tick(&self, term: u64) {
+    /// Refreshes `quorum_contact` and returns the transitions entry to commit, if any
+    /// (none while the previous one is still in flight).
+    fn liveness_tick(&self, term: u64, in_flight: &std::sync::atomic::AtomicBool) -> Option<Command> {
         let lease = Duration::from_millis(2 * self.config.election_timeout_max_ms);
         let contact = {
             use openraft::Instant as _;
             self.metrics().last_quorum_acked.map(|t| t.elapsed() < lease).unwrap_or(true)
         };
         self.quorum_contact.store(contact, std::sync::atomic::Ordering::Relaxed);
-        if !contact {
+        if !contact || in_flight.load(std::sync::atomic::Ordering::SeqCst) {
             // Without a quorum nothing can be committed, and the agents' silence is not
             // theirs to answer for.
-            return;
+            return None;
         }
         let timeouts = Timeouts {
             unreachable_after: Duration::from_millis(self.config.unreachable_after_ms),
@@ -429,16 +446,14 @@ impl CoordNode {
         };
         let transitions = self.liveness.decide(term, Instant::now(), now_ms(), timeouts, nodes);
         if transitions.is_empty() {
-            return;
+            return None;
         }
         // Decisions were made on this node's applied state; the entry applies each
         // transition only if its `from` state still holds.
         for t in &transitions {
             info!(node = t.node_id, from = %t.from, to = %t.to, reason = %t.reason, "agent state transition");
         }
-        if let Err(e) = self.write(Command::Registry(RegistryCommand::Transitions { term, transitions })).await {
-            warn!("committing agent state transitions failed, will retry: {e}");
-        }
+        Some(Command::Registry(RegistryCommand::Transitions { term, transitions }))
     }
 
     /// Current IPAM leaks and conflicts, as the leader sees them.

@@ -43,7 +43,7 @@ case "$mode" in
     run register-kill-pause 0 --workload register --nemesis kill,pause --nodes 5 --time 30 --seed 2
     run set-kill 0 --workload set --nemesis kill,partition-one --nodes 3 --time 20 --seed 3
     run ipam-pause 0 --workload ipam --nemesis pause,partition-majority --nodes 3 --time 20 --seed 4
-    run registry-kill 0 --workload registry --nemesis kill,pause --nodes 3 --time 30 --seed 5
+    run registry-leader 0 --workload registry --nemesis primaries,kill,pause --nodes 3 --time 30 --seed 5
     # The canary (leader-local reads without ReadIndex) must be caught: exit 1.
     run canary-primaries 1 --workload register --nemesis primaries --nodes 5 --time 30 --seed 6 --canary
     ;;

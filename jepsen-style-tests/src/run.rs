@@ -116,8 +116,9 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
         let (sh, stop) = (sh.clone(), stop.clone());
         let think_ms = (2 * o.concurrency as u64 * 1000 / o.rate.max(1)).max(1);
         let conc = o.concurrency as u64;
+        let think_seed = o.seed.rotate_left(32) ^ w as u64;
         clients.push(tokio::spawn(async move {
-            let mut rng = schedule::Rng::new(o_seed_mix(w));
+            let mut rng = schedule::Rng::new(think_seed);
             while !stop.load(Ordering::Relaxed) {
                 let (f, key, value) = c.generate(&sh);
                 let mut inv = Op::invoke(c.process, &f, key.clone(), value.clone(), sh.now_ns());
@@ -273,10 +274,6 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
     std::fs::write(o.out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
     std::fs::write(o.out.join("latency.svg"), report::latency_svg(&calls, &summary, live_start))?;
     Ok(summary)
-}
-
-fn o_seed_mix(w: usize) -> u64 {
-    0x5eed_0000 + w as u64
 }
 
 async fn sleep_until(sh: &Shared, ms: u64) {

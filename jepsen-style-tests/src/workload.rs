@@ -309,9 +309,10 @@ pub async fn setup(kind: Kind, leader_ip: &str) -> anyhow::Result<()> {
 /// The final read after the heal, recorded into the history as a `read` by its own
 /// process. Only for set and ipam; retried until it answers.
 pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) -> anyhow::Result<()> {
-    let (key, f) = match kind {
-        Kind::Set => ("set", "read"),
-        Kind::Ipam => (NETWORK, "read"),
+    let f = "read";
+    let key = match kind {
+        Kind::Set => "set",
+        Kind::Ipam => NETWORK,
         _ => return Ok(()),
     };
     for _ in 0..20 {
@@ -345,25 +346,22 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
                     // InspectNetwork answers from the contacted master's applied state. A
                     // linearizable etcd read on the same master first waits until it has
                     // applied everything committed (ReadIndex), so the inspect sees it all.
-                    let barrier = KvClient::new(chan.clone())
+                    KvClient::new(chan.clone())
                         .range(RangeRequest { key: b"jepsen/barrier".to_vec(), ..Default::default() })
-                        .await;
-                    let mut c = IpamClient::new(chan).max_decoding_message_size(256 << 20);
-                    let inspect = async {
-                        barrier.map_err(|s| format!("read barrier: {}", s.message()))?;
-                        c.inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
-                            .await
-                            .map_err(|s| s.message().to_string())
-                    };
-                    inspect.await.and_then(|r| {
-                        let r = r.into_inner();
-                        if r.truncated {
-                            return Err("inspect truncated".into());
-                        }
-                        let m: serde_json::Map<String, Value> =
-                            r.allocations.into_iter().map(|a| (a.owner, json!(a.address))).collect();
-                        Ok(Value::Object(m))
-                    })
+                        .await
+                        .map_err(|s| format!("read barrier: {}", s.message()))?;
+                    let r = IpamClient::new(chan)
+                        .max_decoding_message_size(256 << 20)
+                        .inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
+                        .await
+                        .map_err(|s| s.message().to_string())?
+                        .into_inner();
+                    if r.truncated {
+                        return Err("inspect truncated".into());
+                    }
+                    let m: serde_json::Map<String, Value> =
+                        r.allocations.into_iter().map(|a| (a.owner, json!(a.address))).collect();
+                    Ok(Value::Object(m))
                 }
             }
         };

@@ -717,13 +717,12 @@ impl Ipam {
             }
             // The owner moved to another agent: bind the address to the new one, so leak
             // repair for the old agent does not free an address still in use.
-            if node.is_some() && node != h.node {
-                if let Some(old) = h.node {
+            if let Some(new) = node.filter(|n| h.node != Some(*n)) {
+                if let Some(old) = h.node.replace(new) {
                     store.delete(keys::held(old, net, owner));
                 }
-                h.node = node;
                 store.put(keys::owner(net, owner), enc(&h));
-                store.put(keys::held(node.expect("checked"), net, owner), Vec::new());
+                store.put(keys::held(new, net, owner), Vec::new());
             }
             return Ok((held, false));
         }

@@ -28,41 +28,26 @@ fn schedule_is_a_function_of_the_seed() {
     assert_ne!(run("7"), run("8"));
 }
 
+/// A history file: write 1 acknowledged, then a read that answers `read_value`.
+fn write_then_read(path: &std::path::Path, read_value: &str) {
+    let lines = [
+        r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}"#.to_string(),
+        r#"{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#.to_string(),
+        r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":3}"#.to_string(),
+        format!(r#"{{"process":1,"type":"ok","f":"read","key":"x","value":{read_value},"time":4}}"#),
+    ];
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
 #[test]
 fn check_exits_one_on_an_anomaly_and_zero_when_valid() {
     let dir = tempfile_dir();
     let bad = dir.join("bad.jsonl");
-    std::fs::write(
-        &bad,
-        concat!(
-            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}"#,
-            "\n",
-            r#"{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#,
-            "\n",
-            r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":3}"#,
-            "\n",
-            r#"{"process":1,"type":"ok","f":"read","key":"x","value":null,"time":4}"#,
-            "\n",
-        ),
-    )
-    .unwrap();
+    write_then_read(&bad, "null");
     let out = bin().args(["check", bad.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     let good = dir.join("good.jsonl");
-    std::fs::write(
-        &good,
-        concat!(
-            r#"{"process":0,"type":"invoke","f":"write","key":"x","value":1,"time":1}"#,
-            "\n",
-            r#"{"process":0,"type":"ok","f":"write","key":"x","value":1,"time":2}"#,
-            "\n",
-            r#"{"process":1,"type":"invoke","f":"read","key":"x","value":null,"time":3}"#,
-            "\n",
-            r#"{"process":1,"type":"ok","f":"read","key":"x","value":1,"time":4}"#,
-            "\n",
-        ),
-    )
-    .unwrap();
+    write_then_read(&good, "1");
     let out = bin().args(["check", good.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let out = bin().args(["check", dir.join("missing.jsonl").to_str().unwrap()]).output().unwrap();

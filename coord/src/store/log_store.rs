@@ -113,14 +113,20 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(db: Arc<DB>) -> LogStore {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        let sync_db = db.clone();
+        // A weak handle: the DB must close where its last owner drops it, not on this
+        // detached thread after the owners are gone (closing RocksDB there can race the
+        // process exit and abort with "pthread lock: Invalid argument").
+        let sync_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let res = sync_db.flush_wal(true).map_err(io_err);
+                    let res = match sync_db.upgrade() {
+                        Some(db) => db.flush_wal(true).map_err(io_err),
+                        None => Err(io::Error::other("the database was closed")),
+                    };
                     for cb in waiting {
                         cb.io_completed(res.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
                     }

@@ -18,6 +18,7 @@ demo: build
 ## Every test. The multi-process tests run one at a time because they time elections.
 test: deps
 	cargo fmt --all -- --check
+	cargo clippy --release --locked --workspace --all-targets -- -D warnings
 	cargo build --release --locked --workspace --all-targets
 	cargo test --release --locked --workspace --exclude agent
 	cargo test --release --locked -p agent -- --test-threads=1
@@ -62,4 +63,4 @@ fmt:
 	cargo fmt --all
 
 clippy:
-	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release --locked --workspace --all-targets -- -D warnings

@@ -4,6 +4,9 @@
 //! [`crate::kv`], registry commands by [`crate::registry`], cluster commands by
 //! [`crate::store::state_machine`].
 
+// State-machine code: deterministic on every member (see coord/clippy.toml).
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use serde::{Deserialize, Serialize};
 
 use crate::ipam::{IpamCommand, IpamError, IpamOutput};

@@ -24,6 +24,12 @@ pub struct CoordConfig {
     /// Entries kept in the log behind the snapshot, so a briefly lagging follower can
     /// catch up without a snapshot. Default 1,000.
     pub log_entries_kept_after_snapshot: u64,
+    /// A snapshot received from the leader larger than this is refused (the receiver
+    /// writes it to disk as it arrives). Default 64 GiB.
+    pub snapshot_max_bytes: u64,
+    /// Receiving one snapshot may take this long. Default 3,600,000 ms (an hour: a full
+    /// /8 of IP allocations is about a GB).
+    pub snapshot_receive_timeout_ms: u64,
     /// The leader compacts KV history older than this many revisions. 0 disables it.
     /// Default 100,000.
     pub history_retention_revisions: i64,
@@ -61,6 +67,8 @@ impl Default for CoordConfig {
             request_timeout_ms: 5_000,
             snapshot_every_entries: 100_000,
             log_entries_kept_after_snapshot: 1_000,
+            snapshot_max_bytes: 64 << 30,
+            snapshot_receive_timeout_ms: 3_600_000,
             history_retention_revisions: 100_000,
             promote_lag_entries: 100,
             max_voters: 5,
@@ -89,6 +97,12 @@ impl CoordConfig {
         }
         if self.snapshot_every_entries == 0 {
             return Err("snapshot_every_entries must be > 0".into());
+        }
+        if self.snapshot_max_bytes < 1 << 20 {
+            return Err("snapshot_max_bytes must be at least 1 MiB".into());
+        }
+        if self.snapshot_receive_timeout_ms < 1_000 {
+            return Err("snapshot_receive_timeout_ms must be at least 1,000".into());
         }
         if self.history_retention_revisions < 0 {
             return Err("history_retention_revisions must be >= 0".into());

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::store::codec::{decode, encode};
+use crate::codec::{decode, encode};
 use crate::types::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
 
 /// Snapshot data is sent in chunks of this size.
@@ -95,8 +95,36 @@ fn status_to_rpc_error(s: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// The file's bytes as data chunks, read one at a time as the transport asks for them, so
+/// a snapshot is never in memory whole. A read error ends the stream early; the receiver
+/// then fails the checksum or the length and refuses the snapshot.
+fn file_chunks(file: std::fs::File) -> impl Stream<Item = SnapshotChunk> + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::from_std(file);
+    futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+        let mut n = 0;
+        while n < buf.len() {
+            match file.read(&mut buf[n..]).await {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => {
+                    tracing::warn!("reading the snapshot file failed: {e}");
+                    return None;
+                }
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        buf.truncate(n);
+        Some((SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(buf)) }, Some(file)))
+    })
+}
+
 impl RaftNetworkV2<TypeConfig> for Connection {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = crate::types::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -161,12 +189,10 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
         let meta = encode(&(vote, snapshot.meta.clone())).map_err(|e| NetworkError::new(&e))?;
-        let len_mib = snapshot.snapshot.len() >> 20;
-        let mut chunks = vec![SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) }];
-        for c in snapshot.snapshot.chunks(SNAPSHOT_CHUNK_BYTES) {
-            chunks.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) });
-        }
-        let send = client.install_snapshot(futures::stream::iter(chunks));
+        let len_mib = snapshot.snapshot.size_bytes >> 20;
+        let head = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) };
+        let send =
+            client.install_snapshot(futures::stream::once(async { head }).chain(file_chunks(snapshot.snapshot.file)));
         let resp = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             // Generous and growing with size: a large snapshot must be able to finish.

@@ -1,9 +1,12 @@
-//! A running coord node: the Raft instance over the RocksDB store, the write path
-//! (leader-stamped, bounded wait), the read barrier (ReadIndex) and the leader's
-//! background duties (promoting caught-up learners, finishing `init`, compacting history).
+//! A running coord node: the Raft instance over the RocksDB store, and the one service
+//! path into it: [`CoordNode::read`]/[`CoordNode::view`] (the read API over a
+//! [`ReadView`]) and [`CoordNode::write`] (leader-stamped, bounded wait). A watcher on
+//! the Raft role starts the leader's duties ([`crate::leader`]) when this node gains
+//! leadership and stops them when it loses it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,31 +16,51 @@ use rocksdb::DB;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::command::{Command, Response};
+use crate::cluster::ClusterMeta;
+use crate::command::{Command, Output};
 use crate::config::CoordConfig;
 use crate::error::{CoordError, Result};
-use crate::liveness::{Liveness, NodeClock, Timeouts};
+use crate::ipam::repair::LeakTracker;
+use crate::leader::Leadership;
+use crate::liveness::Liveness;
 use crate::network::{endpoint, Network};
-use crate::registry::RegistryCommand;
-use crate::store::state_machine::ClusterMeta;
+use crate::read::{Consistency, ReadView};
 use crate::store::{open_db, LogStore, SmState, StateMachineStore};
 use crate::types::{LogEntry, NodeId, NodeInfo, Raft, TypeConfig};
+
+/// One master (Raft member) as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub addr: String,
+    /// A voter, rather than a learner.
+    pub voter: bool,
+}
 
 /// The masters (Raft members) as this node sees them.
 #[derive(Debug, Clone)]
 pub struct MastersView {
     pub leader: Option<NodeId>,
     pub state: ServerState,
-    /// (id, name, addr, is voter), by id.
-    pub nodes: Vec<(NodeId, String, String, bool)>,
+    /// By id.
+    pub nodes: Vec<MasterInfo>,
 }
 
 impl MastersView {
-    pub fn get(&self, id: NodeId) -> Option<&(NodeId, String, String, bool)> {
-        self.nodes.iter().find(|n| n.0 == id)
+    pub fn get(&self, id: NodeId) -> Option<&MasterInfo> {
+        self.nodes.iter().find(|n| n.id == id)
     }
+}
+
+/// What a committed write produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The store revision after the entry applied.
+    pub revision: i64,
+    pub output: Output,
 }
 
 /// Cluster identity the `init` node proposes once it leads, until it is committed.
@@ -63,24 +86,27 @@ pub struct CoordNode {
     pub id: NodeId,
     pub name: String,
     pub raft: Raft,
-    pub state: Arc<RwLock<SmState>>,
-    pub db: Arc<DB>,
+    /// The applied state; read through [`CoordNode::read`] and [`CoordNode::view`] only.
+    state: Arc<RwLock<SmState>>,
+    db: Arc<DB>,
     pub config: CoordConfig,
     pub advertise_addr: String,
-    init: Option<InitSecrets>,
+    pub(crate) init: Option<InitSecrets>,
+    snapshot_dir: PathBuf,
     channels: Mutex<BTreeMap<String, Channel>>,
     removed_tx: watch::Sender<bool>,
     /// The etcd header's 64-bit cluster id, once the identity is committed.
     cluster_id_u64: std::sync::OnceLock<u64>,
-    /// Heartbeat table; meaningful on the leader only.
+    /// Heartbeat table; meaningful on the leader only (reset when leadership starts and
+    /// ends).
     pub liveness: Liveness,
     /// The last applied registry event index (changes on every registry event).
     pub registry_events: Arc<watch::Sender<u64>>,
     /// On the leader: a quorum acknowledged it within two election timeouts (refreshed
-    /// by the liveness loop).
-    quorum_contact: std::sync::atomic::AtomicBool,
+    /// by the leader's liveness loop).
+    pub(crate) quorum_contact: AtomicBool,
     /// Agents' IPAM reports and leaks seen; meaningful on the leader only.
-    pub leaks: crate::ipam::repair::LeakTracker,
+    pub leaks: LeakTracker,
 }
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
@@ -92,7 +118,10 @@ impl CoordNode {
     pub async fn open(opts: NodeOptions) -> Result<Arc<CoordNode>> {
         opts.config.validate().map_err(CoordError::InvalidArgument)?;
         let raft_config = Arc::new(opts.config.raft_config().map_err(CoordError::InvalidArgument)?);
-        let db = open_db(&opts.data_dir.join("db")).map_err(|e| CoordError::Internal(format!("open RocksDB: {e}")))?;
+        let db = open_db(&opts.data_dir.join("db")).map_err(|e| match e {
+            crate::store::format::OpenError::Rocks(e) => CoordError::Internal(format!("open RocksDB: {e}")),
+            e => CoordError::FailedPrecondition(format!("cannot open {}: {e}", opts.data_dir.display())),
+        })?;
         let log = LogStore::new(db.clone());
         let sync_inline = log.sync_inline_switch();
         let sm = StateMachineStore::new(db.clone(), opts.data_dir.join("snapshot"))
@@ -112,30 +141,59 @@ impl CoordNode {
             config: opts.config,
             advertise_addr: opts.advertise_addr,
             init: opts.init,
+            snapshot_dir: opts.data_dir.join("snapshot"),
             channels: Mutex::new(BTreeMap::new()),
             removed_tx,
             cluster_id_u64: std::sync::OnceLock::new(),
             liveness: Liveness::default(),
             registry_events,
-            quorum_contact: std::sync::atomic::AtomicBool::new(true),
+            quorum_contact: AtomicBool::new(true),
             leaks: Default::default(),
         });
-        // Followers fsync appends inline, leaders on the sync thread (see LogStore).
-        // server_metrics changes only with state, vote or membership, not on every commit.
-        let mut metrics = node.raft.server_metrics();
+        node.spawn_role_watcher(sync_inline);
+        Ok(node)
+    }
+
+    /// Follows this node's Raft role: followers fsync appends inline and leaders on the
+    /// sync thread (see `LogStore`); the leader's duties run exactly while this node
+    /// leads (one set per term); and a node that sees itself leave the membership marks
+    /// itself removed. `server_metrics` changes only with state, leader, vote or
+    /// membership, not on every commit.
+    fn spawn_role_watcher(self: &Arc<Self>, sync_inline: Arc<AtomicBool>) {
+        let weak = Arc::downgrade(self);
+        let mut metrics = self.raft.server_metrics();
         tokio::spawn(async move {
             use openraft::async_runtime::watch::WatchReceiver;
+            let mut seen_self = false;
+            let mut leadership: Option<Leadership> = None;
             loop {
-                let leader = metrics.borrow_watched().state == ServerState::Leader;
-                sync_inline.store(!leader, std::sync::atomic::Ordering::Relaxed);
-                if metrics.changed().await.is_err() {
+                let (state, member) = {
+                    let m = metrics.borrow_watched();
+                    (m.state, m.membership_config.membership().get_node(&m.id).is_some())
+                };
+                let Some(node) = weak.upgrade() else { return };
+                sync_inline.store(state != ServerState::Leader, Ordering::Relaxed);
+                if member {
+                    seen_self = true;
+                } else if seen_self && !*node.removed_tx.borrow() {
+                    info!(node = node.id, "this node was removed from the cluster");
+                    let _ = node.removed_tx.send(true);
+                }
+                let term = node.current_term();
+                let leading = state == ServerState::Leader;
+                if leadership.as_ref().is_some_and(|l| !leading || l.term() != term) {
+                    // Dropping it stops its tasks and forgets the leader-only memory.
+                    leadership = None;
+                }
+                if leading && leadership.is_none() {
+                    leadership = Some(Leadership::start(&node, term));
+                }
+                drop(node);
+                if state == ServerState::Shutdown || metrics.changed().await.is_err() {
                     return;
                 }
             }
         });
-        node.spawn_background();
-        node.spawn_liveness();
-        Ok(node)
     }
 
     /// Makes this node the single voter of a new cluster. Refused on a node that has
@@ -160,6 +218,25 @@ impl CoordNode {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
+    /// Writes a consistent snapshot of the applied state to `out` (blocking IO; call it
+    /// from a blocking task). The caller decides how fresh it must be (a read barrier
+    /// first, for a linearizable one).
+    pub fn export_snapshot(&self, out: impl std::io::Write) -> std::io::Result<crate::store::snapshot::Summary> {
+        let (_, summary, mut out) = crate::store::snapshot::export(&self.db, out)?;
+        out.flush()?;
+        Ok(summary)
+    }
+
+    /// A file to receive a snapshot into, capped at `snapshot_max_bytes`.
+    pub fn snapshot_sink(&self) -> std::io::Result<crate::store::snapshot::SnapshotSink> {
+        crate::store::snapshot::SnapshotSink::create(&self.snapshot_dir, self.config.snapshot_max_bytes)
+    }
+
+    /// How long receiving one snapshot may take.
+    pub fn snapshot_receive_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.snapshot_receive_timeout_ms)
+    }
+
     /// A copy of the current Raft metrics.
     pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
         use openraft::async_runtime::watch::WatchReceiver;
@@ -172,14 +249,31 @@ impl CoordNode {
         self.raft.metrics().borrow_watched().current_term
     }
 
+    /// Reads this node's applied state as is (serializable): `f` runs under the state
+    /// lock, so keep it short and never await in it.
+    pub fn view<T>(&self, f: impl FnOnce(&ReadView<'_>) -> T) -> T {
+        let st = self.state.read().expect("sm lock");
+        f(&ReadView::new(&st, &self.db))
+    }
+
+    /// Reads the applied state with the given consistency. A linearizable read first
+    /// confirms leadership through a quorum and waits until the read index is applied;
+    /// on a follower it fails `NotLeader` with the leader's address (the caller forwards).
+    pub async fn read<T>(&self, consistency: Consistency, f: impl FnOnce(&ReadView<'_>) -> T) -> Result<T> {
+        if consistency == Consistency::Linearizable {
+            self.read_barrier().await?;
+        }
+        Ok(self.view(f))
+    }
+
     /// The committed cluster identity and join secrets (empty id until `init` recorded it).
     pub fn cluster(&self) -> ClusterMeta {
-        self.state.read().expect("sm lock").cluster.clone()
+        self.view(|v| v.cluster().clone())
     }
 
     /// The committed cluster id; empty until `init` recorded it.
     pub fn cluster_id(&self) -> String {
-        self.state.read().expect("sm lock").cluster.cluster_id.clone()
+        self.view(|v| v.cluster().cluster_id.clone())
     }
 
     /// The cluster id as the 64-bit number etcd headers carry; 0 until it is committed.
@@ -215,20 +309,6 @@ impl CoordNode {
         Ok(c)
     }
 
-    /// Where a request that must run on the leader goes: `None` when this node leads,
-    /// a channel to the leader when it may be forwarded there once; `NotLeader` (with
-    /// the address) when it was already forwarded, `Unavailable` without a leader.
-    pub fn forward_channel(&self, forwarded: bool) -> Result<Option<Channel>> {
-        if self.is_leader() {
-            return Ok(None);
-        }
-        match self.leader() {
-            (Some(id), Some(addr)) if id != self.id && !forwarded => Ok(Some(self.channel(&addr)?)),
-            (Some(id), addr) if id != self.id => Err(CoordError::NotLeader { leader_id: Some(id), leader_addr: addr }),
-            _ => Err(CoordError::Unavailable("no leader: the cluster is electing or has lost quorum".into())),
-        }
-    }
-
     /// `NotLeader` with the leader's address, when a node other than this one leads.
     fn not_leader(&self, leader: Option<NodeId>) -> Option<CoordError> {
         match leader {
@@ -254,9 +334,26 @@ impl CoordNode {
         Ok(())
     }
 
+    /// Succeeds when this node leads. Otherwise `NotLeader` with the leader's address
+    /// once another node is known to lead; while the cluster elects, waits (at most
+    /// `request_timeout_ms`) for the result. For leader-only work that is not a write
+    /// (membership changes, checks against the leader's memory).
+    pub async fn ensure_leader(&self) -> Result<()> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            if self.is_leader() {
+                return Ok(());
+            }
+            let (leader, _) = self.leader();
+            self.retry_after_forward(leader, deadline).await?;
+        }
+    }
+
     /// Proposes `cmd` stamped with this node's clock and waits until it is applied.
-    /// Waits at most `request_timeout_ms` for a leader and a quorum.
-    pub async fn write(&self, cmd: Command) -> Result<Response> {
+    /// Waits at most `request_timeout_ms` for a leader and a quorum. A refusal by the
+    /// state machine is `CoordError::Apply`; on a follower the answer is `NotLeader`
+    /// with the leader's address, for the caller to forward.
+    pub async fn write(&self, cmd: Command) -> Result<Written> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
             let entry = LogEntry { time_ms: now_ms(), cmd: cmd.clone() };
@@ -267,7 +364,13 @@ impl CoordNode {
                     self.config.request_timeout_ms
                 )))
                 }
-                Ok(Ok(resp)) => return Ok(resp.data),
+                Ok(Ok(resp)) => {
+                    let r = resp.data;
+                    return match r.result {
+                        Ok(output) => Ok(Written { revision: r.revision, output }),
+                        Err(e) => Err(CoordError::Apply(e)),
+                    };
+                }
                 // The entry was appended here and then dropped by a leader change: it may
                 // still commit through the new leader, so retrying could apply it twice.
                 Ok(Err(e)) if matches!(e.api_error(), Some(ClientWriteError::LogEntryDiscarded(_))) => {
@@ -287,7 +390,7 @@ impl CoordNode {
 
     /// Waits until a read of the local state is linearizable: this node is the leader,
     /// a quorum confirmed it (ReadIndex), and everything up to the read index is applied.
-    pub async fn read_barrier(&self) -> Result<()> {
+    async fn read_barrier(&self) -> Result<()> {
         if self.config.canary_unsafe_local_reads && self.is_leader() {
             // The deliberate bug the fault-injection suite must catch (see CoordConfig).
             return Ok(());
@@ -316,7 +419,12 @@ impl CoordNode {
         self.raft.server_metrics().borrow_watched().state == ServerState::Leader
     }
 
-    /// Masters as (id, name, addr, is voter), the leader's id and this node's Raft state,
+    /// On the leader: whether a quorum acknowledged it recently (see [`crate::leader`]).
+    pub fn quorum_contact(&self) -> bool {
+        self.quorum_contact.load(Ordering::Relaxed)
+    }
+
+    /// The masters, the leader's id and this node's Raft state,
     /// read without copying all metrics (agents' sessions ask for it often).
     pub fn masters(&self) -> MastersView {
         use openraft::async_runtime::watch::WatchReceiver;
@@ -329,227 +437,19 @@ impl CoordNode {
             state: m.state,
             nodes: membership
                 .nodes()
-                .map(|(id, n)| (*id, n.name.clone(), n.addr.clone(), voters.contains(id)))
+                .map(|(id, n)| MasterInfo {
+                    id: *id,
+                    name: n.name.clone(),
+                    addr: n.addr.clone(),
+                    voter: voters.contains(id),
+                })
                 .collect(),
-        }
-    }
-
-    fn spawn_background(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut seen_self = false;
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            let mut last_compact_check = Instant::now();
-            loop {
-                tick.tick().await;
-                let Some(node) = weak.upgrade() else { return };
-                let m = node.metrics();
-                if m.state == ServerState::Shutdown {
-                    return;
-                }
-                let membership = m.membership_config.membership();
-                let member = membership.get_node(&node.id).is_some();
-                if member {
-                    seen_self = true;
-                } else if seen_self && !*node.removed_tx.borrow() {
-                    info!(node = node.id, "this node was removed from the cluster");
-                    let _ = node.removed_tx.send(true);
-                }
-                if m.state != ServerState::Leader {
-                    node.leaks.reset();
-                    continue;
-                }
-                node.finish_init().await;
-                node.promote_learners(&m).await;
-                if last_compact_check.elapsed() >= Duration::from_secs(1) {
-                    last_compact_check = Instant::now();
-                    node.auto_compact().await;
-                    node.repair_leaks().await;
-                }
-            }
-        });
-    }
-
-    /// The leader's liveness loop: every 100 ms, decide transitions from the heartbeat
-    /// table and commit them as one entry.
-    fn spawn_liveness(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // One transitions entry in flight at a time. It is written from its own task:
-            // a leader cut off from the quorum waits up to request_timeout_ms for it, and
-            // this loop must keep ticking meanwhile, or `quorum_contact` goes stale and the
-            // cut-off leader keeps acking agents that should move to the new leader (found
-            // by the jepsen-style registry workload under `primaries`).
-            let in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            loop {
-                tick.tick().await;
-                let Some(node) = weak.upgrade() else { return };
-                let (state, term) = {
-                    use openraft::async_runtime::watch::WatchReceiver;
-                    let m = node.raft.metrics();
-                    let m = m.borrow_watched();
-                    (m.state, m.current_term)
-                };
-                if state == ServerState::Shutdown {
-                    return;
-                }
-                if state != ServerState::Leader {
-                    node.liveness.step_down();
-                    continue;
-                }
-                if let Some(cmd) = node.liveness_tick(term, &in_flight) {
-                    in_flight.store(true, std::sync::atomic::Ordering::SeqCst);
-                    let (node, in_flight) = (node.clone(), in_flight.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = node.write(cmd).await {
-                            warn!("committing agent state transitions failed, will retry: {e}");
-                        }
-                        in_flight.store(false, std::sync::atomic::Ordering::SeqCst);
-                    });
-                }
-            }
-        });
-    }
-
-    /// On the leader: whether a quorum acknowledged it recently (see `liveness_tick`).
-    pub fn quorum_contact(&self) -> bool {
-        self.quorum_contact.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Refreshes `quorum_contact` and returns the transitions entry to commit, if any
-    /// (none while the previous one is still in flight).
-    fn liveness_tick(&self, term: u64, in_flight: &std::sync::atomic::AtomicBool) -> Option<Command> {
-        let lease = Duration::from_millis(2 * self.config.election_timeout_max_ms);
-        let contact = {
-            use openraft::Instant as _;
-            self.metrics().last_quorum_acked.map(|t| t.elapsed() < lease).unwrap_or(true)
-        };
-        self.quorum_contact.store(contact, std::sync::atomic::Ordering::Relaxed);
-        if !contact || in_flight.load(std::sync::atomic::Ordering::SeqCst) {
-            // Without a quorum nothing can be committed, and the agents' silence is not
-            // theirs to answer for.
-            return None;
-        }
-        let timeouts = Timeouts {
-            unreachable_after: Duration::from_millis(self.config.unreachable_after_ms),
-            down_after: Duration::from_millis(self.config.down_after_ms),
-        };
-        let nodes: Vec<NodeClock> = {
-            let st = self.state.read().expect("sm lock");
-            st.registry
-                .nodes
-                .values()
-                .map(|n| NodeClock { id: n.node_id, state: n.state, since_ms: n.state_since_ms })
-                .collect()
-        };
-        let transitions = self.liveness.decide(term, Instant::now(), now_ms(), timeouts, nodes);
-        if transitions.is_empty() {
-            return None;
-        }
-        // Decisions were made on this node's applied state; the entry applies each
-        // transition only if its `from` state still holds.
-        for t in &transitions {
-            info!(node = t.node_id, from = %t.from, to = %t.to, reason = %t.reason, "agent state transition");
-        }
-        Some(Command::Registry(RegistryCommand::Transitions { term, transitions }))
-    }
-
-    /// Current IPAM leaks and conflicts, as the leader sees them.
-    pub fn ipam_check(&self) -> Result<(Vec<crate::ipam::repair::Leak>, Vec<crate::ipam::repair::Conflict>)> {
-        let st = self.state.read().expect("sm lock");
-        self.leaks
-            .check(&self.db, &st.ipam, &st.registry.removed, Instant::now())
-            .map_err(|e| CoordError::Internal(format!("IPAM check: {e}")))
-    }
-
-    /// Releases leaked addresses whose grace period is over (leader only).
-    async fn repair_leaks(&self) {
-        let leaks = match self.ipam_check() {
-            Ok((l, _)) => l,
-            Err(e) => {
-                warn!("leak check failed: {e}");
-                return;
-            }
-        };
-        let grace = Duration::from_millis(self.config.ip_leak_grace_ms);
-        for (network, holdings) in crate::ipam::repair::LeakTracker::due(&leaks, grace, Instant::now()) {
-            info!(%network, count = holdings.len(), "releasing leaked addresses");
-            let cmd = Command::Ipam(crate::ipam::IpamCommand::ReleaseLeaked { network, holdings });
-            if let Err(e) = self.write(cmd).await {
-                warn!("releasing leaked addresses failed, will retry: {e}");
-            }
-        }
-    }
-
-    async fn finish_init(&self) {
-        let Some(init) = &self.init else { return };
-        if !self.cluster_id().is_empty() {
-            return;
-        }
-        let cmd = Command::InitCluster {
-            cluster_id: init.cluster_id.clone(),
-            manager_secret: init.manager_secret.clone(),
-            worker_secret: init.worker_secret.clone(),
-        };
-        if let Err(e) = self.write(cmd).await {
-            warn!("recording cluster identity failed, will retry: {e}");
-        }
-    }
-
-    async fn promote_learners(&self, m: &openraft::RaftMetrics<crate::types::TypeConfig>) {
-        let membership = m.membership_config.membership();
-        // Only from a settled (non-joint) configuration.
-        if membership.get_joint_config().len() != 1 {
-            return;
-        }
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        if voters.len() >= self.config.max_voters {
-            return;
-        }
-        let last = m.last_log_index.unwrap_or(0);
-        let Some(repl) = &m.replication else { return };
-        for learner in membership.learner_ids() {
-            let matched = repl.get(&learner).cloned().flatten().map(|l| l.index).unwrap_or(0);
-            if matched + self.config.promote_lag_entries >= last && matched > 0 {
-                info!(learner, matched, last, "promoting caught-up learner to voter");
-                let change = ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
-                if let Err(e) = self.raft.change_membership(change, false).await {
-                    warn!(learner, "promotion failed: {e}");
-                }
-                return;
-            }
-        }
-    }
-
-    async fn auto_compact(&self) {
-        let retention = self.config.history_retention_revisions;
-        if retention == 0 {
-            return;
-        }
-        // Small steps keep each compaction entry's apply short (a few ms); several steps
-        // per check keep up with a fast writer.
-        for _ in 0..16 {
-            let (rev, compacted) = {
-                let st = self.state.read().expect("sm lock");
-                (st.kv.revision, st.kv.compact_revision)
-            };
-            let target = rev - retention;
-            if target <= compacted + retention / 10 {
-                return;
-            }
-            let step = target.min(compacted + 2_000);
-            if let Err(e) = self.write(Command::Compact { revision: step }).await {
-                warn!("auto compaction to {step} failed: {e}");
-                return;
-            }
         }
     }
 
     /// Runs a membership change, retrying while a previous one is still in progress
     /// (concurrent joins, a promotion), within `request_timeout_ms`.
-    async fn change_membership<F, Fut>(&self, what: &str, f: F) -> Result<()>
+    pub(crate) async fn change_membership<F, Fut>(&self, what: &str, f: F) -> Result<()>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<

@@ -63,6 +63,11 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-/// A snapshot is the encoded contents of the state machine column family.
-pub type SnapshotData = Vec<u8>;
+/// A snapshot's bytes: an open file in the layout of `store::snapshot`, read in chunks
+/// when sent or installed, never loaded whole.
+#[derive(Debug)]
+pub struct SnapshotData {
+    pub file: std::fs::File,
+    pub size_bytes: u64,
+}
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;

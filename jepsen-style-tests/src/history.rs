@@ -1,4 +1,4 @@
-//! The history of a run: one JSON object per line, as DESIGN.md §6 fixes it:
+//! The history of a run: one JSON object per line, in the shape Jepsen histories take:
 //! `{"process","type":"invoke|ok|fail|info","f","key","value","time"}`.
 //!
 //! `time` is nanoseconds since the run started (one monotonic clock on the host, where

@@ -5,7 +5,7 @@
 //! - [`cluster`]: `cluster` processes in the namespaces and the process-level faults.
 //! - [`schedule`]: the seeded fault plan (same seed, same plan).
 //! - [`workload`]: clients for register, set, ipam and registry; ok/fail/info rules.
-//! - [`history`]: the JSON-lines history (DESIGN.md §6).
+//! - [`history`]: the JSON-lines history (format in docs/jepsen.md).
 //! - [`checker`]: Wing-Gong/Lowe linearizability per key, and the set, ipam and registry
 //!   checkers.
 //! - [`run`] and [`report`]: one run end to end, summary.json and the latency plot.

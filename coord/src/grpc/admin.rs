@@ -6,14 +6,14 @@ use std::sync::Arc;
 use openraft::ServerState;
 use proto::clusterpb as pb;
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use super::{forwarded_request, is_forwarded};
+use super::{channel_stream, leader_view, on_leader, unexpected, BoxStream};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::node::CoordNode;
+use crate::read::Consistency;
 use crate::token::{cluster_digest, format_token, parse_token};
 use crate::types::NodeInfo;
 
@@ -25,59 +25,74 @@ impl Admin {
     pub fn new(node: Arc<CoordNode>) -> Self {
         Admin { node }
     }
+}
 
-    /// The leader's admin client when this node is not the leader and may forward.
-    fn forward_target(&self, forwarded: bool) -> Result<Option<ClusterAdminClient<Channel>>, Status> {
-        Ok(self.node.forward_channel(forwarded)?.map(ClusterAdminClient::new))
-    }
+/// The members with replication progress (known on the leader only).
+fn members(node: &CoordNode) -> pb::MembersResponse {
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let last = m.last_log_index.unwrap_or(0);
+    let leader = m.current_leader.unwrap_or(0);
+    let members = membership
+        .nodes()
+        .map(|(id, n)| {
+            let matched = match (&m.replication, *id == node.id) {
+                (_, true) => m.last_log_index,
+                (Some(r), false) => r.get(id).cloned().flatten().map(|l| l.index).or(Some(0)),
+                (None, false) => None,
+            };
+            pb::Member {
+                node_id: *id,
+                name: n.name.clone(),
+                addr: n.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                is_leader: *id == leader,
+                matched_index: matched,
+                lag: if m.state == ServerState::Leader { matched.map(|x| last.saturating_sub(x)) } else { None },
+            }
+        })
+        .collect();
+    pb::MembersResponse { leader_id: leader, members }
+}
 
-    fn members(&self) -> pb::MembersResponse {
-        let m = self.node.metrics();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let last = m.last_log_index.unwrap_or(0);
-        let leader = m.current_leader.unwrap_or(0);
-        let members = membership
-            .nodes()
-            .map(|(id, n)| {
-                let matched = match (&m.replication, *id == self.node.id) {
-                    (_, true) => m.last_log_index,
-                    (Some(r), false) => r.get(id).cloned().flatten().map(|l| l.index).or(Some(0)),
-                    (None, false) => None,
-                };
-                pb::Member {
-                    node_id: *id,
-                    name: n.name.clone(),
-                    addr: n.addr.clone(),
-                    role: if voters.contains(id) { "voter" } else { "learner" }.into(),
-                    is_leader: *id == leader,
-                    matched_index: matched,
-                    lag: if m.state == ServerState::Leader { matched.map(|x| last.saturating_sub(x)) } else { None },
-                }
-            })
-            .collect();
-        pb::MembersResponse { leader_id: leader, members }
-    }
+/// Tells a removed member directly, best effort and in the background: the leader stops
+/// replicating to it, so it may never receive the configuration that excludes it. A
+/// removed node that is down now is not told, and finds that no one replicates to it.
+fn tell_removed(node: &CoordNode, node_id: u64, addr: &str) {
+    let req = pb::RemovedRequest { node_id, cluster_id: node.cluster_id() };
+    let ch = node.channel(addr);
+    tokio::spawn(async move {
+        let Ok(ch) = ch else { return };
+        for _ in 0..5 {
+            let mut client = ClusterAdminClient::new(ch.clone());
+            let call = client.removed(req.clone());
+            if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(1), call).await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        tracing::warn!(node = req.node_id, "could not tell the removed node; it stays up until stopped");
+    });
 }
 
 #[tonic::async_trait]
 impl pb::cluster_admin_server::ClusterAdmin for Admin {
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
+        let r = req.get_ref();
         let token = parse_token(&r.token).map_err(Status::invalid_argument)?;
         let cluster = self.node.cluster();
-        if cluster.cluster_id.is_empty() {
+        if !cluster.is_initialized() {
             return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
         }
         if token.digest != cluster_digest(&cluster.cluster_id) {
             return Err(Status::permission_denied("token is for a different cluster"));
         }
         let role = if token.secret == cluster.manager_secret {
-            "manager"
+            JoinRole::Manager
         } else if token.secret == cluster.worker_secret {
-            "worker"
+            JoinRole::Worker
         } else {
             return Err(Status::permission_denied("invalid join token: secret does not match (was it rotated?)"));
         };
@@ -87,65 +102,64 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                 r.advertise_addr
             )));
         }
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.join(forwarded_request(r)).await;
-        }
-        let m = self.node.metrics();
-        if let Some((id, _)) = m.membership_config.membership().nodes().find(|(_, n)| n.addr == r.advertise_addr) {
-            return Err(CoordError::AlreadyExists(format!(
-                "{} is already member {id} of this cluster; restart that node with `cluster start --data-dir …`, \
-                 or if its data dir is gone, remove it first with `cluster leave {id}`",
-                r.advertise_addr
-            ))
-            .into());
-        }
-        let resp = self.node.write(Command::AllocNodeId { addr: r.advertise_addr.clone() }).await?;
-        let Ok(Output::NodeId(id)) = resp.result else {
-            return Err(Status::internal(format!("unexpected answer to node id allocation: {:?}", resp.result)));
-        };
-        if role == "manager" {
-            let name = if r.name.is_empty() { format!("node-{id}") } else { r.name.clone() };
-            let info = NodeInfo { addr: r.advertise_addr.clone(), name };
-            self.node.add_learner(id, info).await?;
-        }
-        info!(id, role, addr = %r.advertise_addr, "node joined");
-        Ok(Response::new(pb::JoinResponse {
-            node_id: id,
-            cluster_id: cluster.cluster_id,
-            role: role.into(),
-            members: self.members().members,
-        }))
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                node.ensure_leader().await?;
+                let m = node.metrics();
+                if let Some((id, _)) =
+                    m.membership_config.membership().nodes().find(|(_, n)| n.addr == r.advertise_addr)
+                {
+                    return Err(CoordError::AlreadyExists(format!(
+                        "{} is already member {id} of this cluster; restart that node with `cluster start --data-dir …`, \
+                         or if its data dir is gone, remove it first with `cluster leave {id}`",
+                        r.advertise_addr
+                    ))
+                    .into());
+                }
+                let id = match node.write(Command::AllocNodeId { addr: r.advertise_addr.clone() }).await?.output {
+                    Output::NodeId(id) => id,
+                    o => return Err(unexpected(o)),
+                };
+                if role == JoinRole::Manager {
+                    let name = if r.name.is_empty() { format!("node-{id}") } else { r.name.clone() };
+                    let info = NodeInfo { addr: r.advertise_addr.clone(), name };
+                    node.add_learner(id, info).await?;
+                }
+                info!(id, role = role.as_str(), addr = %r.advertise_addr, "node joined");
+                Ok(pb::JoinResponse {
+                    node_id: id,
+                    cluster_id: cluster.cluster_id.clone(),
+                    role: role.as_str().into(),
+                    members: members(node).members,
+                })
+            },
+            async |ch, r| ClusterAdminClient::new(ch).join(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.leave(forwarded_request(r)).await;
-        }
-        let addr = self.node.metrics().membership_config.membership().get_node(&r.node_id).map(|n| n.addr.clone());
-        self.node.remove_member(r.node_id).await?;
-        info!(removed = r.node_id, "member left");
-        // Best effort, in the background: a removed node that is down now is not told, and
-        // simply finds that no one replicates to it any more.
-        if let Some(addr) = addr.filter(|_| r.node_id != self.node.id) {
-            let req = pb::RemovedRequest { node_id: r.node_id, cluster_id: self.node.cluster_id() };
-            let ch = self.node.channel(&addr);
-            tokio::spawn(async move {
-                let Ok(ch) = ch else { return };
-                for _ in 0..5 {
-                    let mut client = ClusterAdminClient::new(ch.clone());
-                    let call = client.removed(req.clone());
-                    if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(1), call).await {
-                        return;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                node.ensure_leader().await?;
+                let addr = node.metrics().membership_config.membership().get_node(&r.node_id).map(|n| n.addr.clone());
+                node.remove_member(r.node_id).await?;
+                info!(removed = r.node_id, "member left");
+                if let Some(addr) = addr.filter(|_| r.node_id != node.id) {
+                    tell_removed(node, r.node_id, &addr);
                 }
-                tracing::warn!(node = req.node_id, "could not tell the removed node; it stays up until stopped");
-            });
-        }
-        Ok(Response::new(pb::LeaveResponse {}))
+                Ok(pb::LeaveResponse {})
+            },
+            async |ch, r| ClusterAdminClient::new(ch).leave(r).await,
+        )
+        .await
     }
 
     async fn removed(&self, req: Request<pb::RemovedRequest>) -> Result<Response<pb::RemovedResponse>, Status> {
@@ -163,23 +177,15 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     }
 
     async fn members(&self, req: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        // The leader knows replication progress; ask it when it can be reached.
-        if let Ok(Some(mut c)) = self.forward_target(forwarded) {
-            if let Ok(r) = c.members(forwarded_request(pb::MembersRequest {})).await {
-                return Ok(r);
-            }
-        }
-        Ok(Response::new(self.members()))
+        let node = &self.node;
+        leader_view(node, req, |_| Ok(members(node)), async |ch, r| ClusterAdminClient::new(ch).members(r).await).await
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.node.metrics();
         let (leader_id, leader_addr) = self.node.leader();
-        let (cluster_id, revision, compact) = {
-            let st = self.node.state.read().expect("sm lock");
-            (st.cluster.cluster_id.clone(), st.kv.revision, st.kv.compact_revision)
-        };
+        let (cluster_id, revision, compact) =
+            self.node.view(|v| (v.cluster().cluster_id.clone(), v.revision(), v.compact_revision()));
         let voter = m.membership_config.membership().voter_ids().any(|v| v == self.node.id);
         let state = match m.state {
             ServerState::Leader => "leader",
@@ -201,16 +207,57 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
             snapshot_index: m.snapshot.map(|l| l.index),
             revision,
             compact_revision: compact,
-            members: self.members().members,
+            members: members(&self.node).members,
             from_leader: m.state == ServerState::Leader,
             pid: std::process::id(),
         }))
     }
 
+    type SaveSnapshotStream = BoxStream<pb::SnapshotBytes>;
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn save_snapshot(
+        &self,
+        req: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| {
+                // Every write acknowledged before this call is applied here first.
+                node.read(Consistency::Linearizable, |_| ()).await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let n = node.clone();
+                tokio::task::spawn_blocking(move || {
+                    let out = ChunkSender { tx: tx.clone(), buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES) };
+                    match n.export_snapshot(out) {
+                        Ok(summary) => {
+                            info!(
+                                records = summary.records,
+                                bytes = summary.file_bytes,
+                                "snapshot streamed to a client"
+                            )
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(Status::internal(format!("snapshot failed: {e}"))));
+                        }
+                    }
+                });
+                Ok(channel_stream(rx))
+            },
+            async |ch, r| {
+                let s = ClusterAdminClient::new(ch).save_snapshot(r).await?.into_inner();
+                Ok(Response::new(Box::pin(s) as BoxStream<pb::SnapshotBytes>))
+            },
+        )
+        .await
+    }
+
     async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
         let role = req.into_inner().role;
         let c = self.node.cluster();
-        if c.cluster_id.is_empty() {
+        if !c.is_initialized() {
             return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
         }
         let secret = match role.as_str() {
@@ -221,5 +268,59 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
             }
         };
         Ok(Response::new(pb::TokenResponse { token: format_token(&c.cluster_id, &secret) }))
+    }
+}
+
+/// What a join token lets the joiner become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinRole {
+    /// A master: a Raft learner, promoted to voter once caught up.
+    Manager,
+    /// An agent only.
+    Worker,
+}
+
+impl JoinRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Manager => "manager",
+            JoinRole::Worker => "worker",
+        }
+    }
+}
+
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Blocking writer that sends what is written as 1 MiB messages of a server stream; the
+/// bounded channel holds the exporter back while the client is slow.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<pb::SnapshotBytes, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+        self.tx
+            .blocking_send(Ok(pb::SnapshotBytes { data }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len().min(SNAPSHOT_CHUNK_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() == SNAPSHOT_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
     }
 }

@@ -4,16 +4,17 @@ use std::sync::Arc;
 
 use proto::etcdserverpb as pb;
 use proto::etcdserverpb::kv_client::KvClient;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert::*;
-use super::{forwarded_request, is_forwarded};
+use super::{on_leader, unexpected};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::kv::KvStore;
-use crate::node::CoordNode;
-use crate::store::state_machine::ReadOnlyHistory;
+use crate::node::{CoordNode, Written};
+use crate::read::Consistency;
 
 /// The etcd API version we report; etcdctl 3.4 and etcd client libraries accept it.
 pub const ETCD_VERSION: &str = "3.4.0";
@@ -35,64 +36,50 @@ impl EtcdKv {
     pub fn new(node: Arc<CoordNode>) -> Self {
         EtcdKv { node }
     }
-
-    /// Proposes `cmd`; on a follower, the original request is forwarded to the leader.
-    async fn write(&self, cmd: Command, forwarded: bool) -> Result<Result<(i64, Output), String>, Status> {
-        match self.node.write(cmd).await {
-            Ok(resp) => match resp.result {
-                Ok(out) => Ok(Ok((resp.revision, out))),
-                Err(e) => Err(CoordError::Apply(e).into()),
-            },
-            Err(CoordError::NotLeader { leader_addr: Some(addr), .. }) if !forwarded => Ok(Err(addr)),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn leader_client(&self, addr: &str) -> Result<KvClient<tonic::transport::Channel>, Status> {
-        Ok(KvClient::new(self.node.channel(addr)?).max_decoding_message_size(64 << 20))
-    }
 }
 
-fn unexpected(o: Output) -> Status {
-    Status::internal(format!("unexpected apply output {o:?}"))
+fn kv_client(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(64 << 20)
 }
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for EtcdKv {
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let pb_req = req.into_inner();
-        KvStore::validate_range_key(&pb_req.key).map_err(CoordError::Apply)?;
-        if !pb_req.serializable {
-            match self.node.read_barrier().await {
-                Ok(()) => {}
-                Err(CoordError::NotLeader { leader_addr: Some(addr), .. }) if !forwarded => {
-                    return self.leader_client(&addr)?.range(forwarded_request(pb_req)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let r = range_from_pb(&pb_req);
-        let (resp, rev) = {
-            let st = self.node.state.read().expect("sm lock");
-            let resp = st.kv.range(&r, &mut ReadOnlyHistory(&self.node.db)).map_err(CoordError::Apply)?;
-            (resp, st.kv.revision)
-        };
-        Ok(Response::new(range_resp_to_pb(resp, header(&self.node, rev))))
+        KvStore::validate_range_key(&req.get_ref().key).map_err(CoordError::Apply)?;
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                let consistency = if r.serializable { Consistency::Serializable } else { Consistency::Linearizable };
+                let range = range_from_pb(r);
+                let (resp, rev) = node
+                    .read(consistency, |v| v.range(&range).map(|x| (x, v.revision())))
+                    .await?
+                    .map_err(CoordError::Apply)?;
+                Ok(range_resp_to_pb(resp, header(node, rev)))
+            },
+            async |ch, r| kv_client(ch).range(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let pb_req = req.into_inner();
-        let p = put_from_pb(&pb_req);
+        let p = put_from_pb(req.get_ref());
         KvStore::validate_put(&p).map_err(CoordError::Apply)?;
-        match self.write(Command::Put(p), forwarded).await? {
-            Ok((rev, Output::Put(r))) => Ok(Response::new(put_resp_to_pb(r, header(&self.node, rev)))),
-            Ok((_, o)) => Err(unexpected(o)),
-            Err(addr) => self.leader_client(&addr)?.put(forwarded_request(pb_req)).await,
-        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| match node.write(Command::Put(p)).await? {
+                Written { revision, output: Output::Put(r) } => Ok(put_resp_to_pb(r, header(node, revision))),
+                w => Err(unexpected(w.output)),
+            },
+            async |ch, r| kv_client(ch).put(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
@@ -100,37 +87,54 @@ impl pb::kv_server::Kv for EtcdKv {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let pb_req = req.into_inner();
-        KvStore::validate_range_key(&pb_req.key).map_err(CoordError::Apply)?;
-        match self.write(Command::DeleteRange(delete_from_pb(&pb_req)), forwarded).await? {
-            Ok((rev, Output::DeleteRange(r))) => Ok(Response::new(delete_resp_to_pb(r, header(&self.node, rev)))),
-            Ok((_, o)) => Err(unexpected(o)),
-            Err(addr) => self.leader_client(&addr)?.delete_range(forwarded_request(pb_req)).await,
-        }
+        KvStore::validate_range_key(&req.get_ref().key).map_err(CoordError::Apply)?;
+        let d = delete_from_pb(req.get_ref());
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| match node.write(Command::DeleteRange(d)).await? {
+                Written { revision, output: Output::DeleteRange(r) } => {
+                    Ok(delete_resp_to_pb(r, header(node, revision)))
+                }
+                w => Err(unexpected(w.output)),
+            },
+            async |ch, r| kv_client(ch).delete_range(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let pb_req = req.into_inner();
-        let t = txn_from_pb(&pb_req)?;
+        let t = txn_from_pb(req.get_ref())?;
         KvStore::validate_txn(&t).map_err(CoordError::Apply)?;
-        match self.write(Command::Txn(t), forwarded).await? {
-            Ok((rev, Output::Txn(r))) => Ok(Response::new(txn_resp_to_pb(r, header(&self.node, rev)))),
-            Ok((_, o)) => Err(unexpected(o)),
-            Err(addr) => self.leader_client(&addr)?.txn(forwarded_request(pb_req)).await,
-        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| match node.write(Command::Txn(t)).await? {
+                Written { revision, output: Output::Txn(r) } => Ok(txn_resp_to_pb(r, header(node, revision))),
+                w => Err(unexpected(w.output)),
+            },
+            async |ch, r| kv_client(ch).txn(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let pb_req = req.into_inner();
-        match self.write(Command::Compact { revision: pb_req.revision }, forwarded).await? {
-            Ok((rev, _)) => Ok(Response::new(pb::CompactionResponse { header: Some(header(&self.node, rev)) })),
-            Err(addr) => self.leader_client(&addr)?.compact(forwarded_request(pb_req)).await,
-        }
+        let revision = req.get_ref().revision;
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| {
+                let w = node.write(Command::Compact { revision }).await?;
+                Ok(pb::CompactionResponse { header: Some(header(node, w.revision)) })
+            },
+            async |ch, r| kv_client(ch).compact(r).await,
+        )
+        .await
     }
 }
 
@@ -163,7 +167,7 @@ impl pb::cluster_server::Cluster for EtcdCluster {
                 is_learner: !voters.contains(id),
             })
             .collect();
-        let rev = self.node.state.read().expect("sm lock").kv.revision;
+        let rev = self.node.view(|v| v.revision());
         Ok(Response::new(pb::MemberListResponse { header: Some(header(&self.node, rev)), members }))
     }
 }
@@ -184,16 +188,7 @@ impl pb::maintenance_server::Maintenance for EtcdMaintenance {
         let m = self.node.metrics();
         let membership = m.membership_config.membership();
         let is_learner = !membership.voter_ids().any(|v| v == self.node.id);
-        let db = &self.node.db;
-        let mut size = 0u64;
-        for cf in [crate::store::CF_LOG, crate::store::CF_RAFT_META, crate::store::CF_SM] {
-            if let Some(h) = db.cf_handle(cf) {
-                for p in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
-                    size += db.property_int_value_cf(h, p).ok().flatten().unwrap_or(0);
-                }
-            }
-        }
-        let rev = self.node.state.read().expect("sm lock").kv.revision;
+        let (size, rev) = self.node.view(|v| (v.storage_size_bytes(), v.revision()));
         Ok(Response::new(pb::StatusResponse {
             header: Some(header(&self.node, rev)),
             version: ETCD_VERSION.into(),

@@ -9,11 +9,13 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::{forwarded_request, is_forwarded};
+use super::registry::secret_hash;
+use super::{leader_view, on_leader, unexpected};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::ipam::repair::Held;
-use crate::ipam::{self, IpamCommand, IpamError, IpamOutput, IpamStore, Network, NetworkSpec};
+use crate::ipam::{self, IpamCommand, IpamError, IpamOutput, Network, NetworkSpec};
+use crate::leader::ipam_check;
 use crate::node::CoordNode;
 
 /// Default quarantine of a released address before it is reused.
@@ -120,50 +122,22 @@ impl IpamService {
     pub fn new(node: Arc<CoordNode>) -> Self {
         IpamService { node }
     }
+}
 
-    fn forward_target(&self, forwarded: bool) -> Result<Option<IpamClient<Channel>>, Status> {
-        Ok(self.node.forward_channel(forwarded)?.map(|c| IpamClient::new(c).max_decoding_message_size(64 << 20)))
-    }
+fn ipam_client(ch: Channel) -> IpamClient<Channel> {
+    IpamClient::new(ch).max_decoding_message_size(64 << 20)
+}
 
-    async fn write(&self, cmd: IpamCommand) -> Result<IpamOutput, Status> {
-        let resp = self.node.write(Command::Ipam(cmd)).await?;
-        match resp.result {
-            Ok(Output::Ipam(o)) => Ok(o),
-            Ok(o) => Err(Status::internal(format!("unexpected apply output {o:?}"))),
-            Err(e) => Err(CoordError::Apply(e).into()),
-        }
-    }
-
-    fn network(&self, name: &str) -> Result<Network, Status> {
-        let st = self.node.state.read().expect("sm lock");
-        st.ipam.networks.get(name).cloned().ok_or_else(|| invalid(IpamError::UnknownNetwork(name.to_string())))
+/// Proposes an IPAM command and returns its output.
+async fn write(node: &CoordNode, cmd: IpamCommand) -> Result<IpamOutput, Status> {
+    match node.write(Command::Ipam(cmd)).await?.output {
+        Output::Ipam(o) => Ok(o),
+        o => Err(unexpected(o)),
     }
 }
 
-/// Read-only access to the applied IPAM records for listings.
-fn scan(node: &CoordNode, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Status> {
-    struct R<'a>(&'a rocksdb::DB);
-    impl IpamStore for R<'_> {
-        fn get(&mut self, _: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-            unreachable!()
-        }
-        fn put(&mut self, _: Vec<u8>, _: Vec<u8>) {
-            unreachable!()
-        }
-        fn delete(&mut self, _: Vec<u8>) {
-            unreachable!()
-        }
-        fn scan(&mut self, prefix: &[u8], limit: usize) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-            let cf = self.0.cf_handle(crate::store::CF_SM).expect("sm column family");
-            let mut ro = rocksdb::ReadOptions::default();
-            let mut upper = prefix.to_vec();
-            *upper.last_mut().expect("prefix") += 1;
-            ro.set_iterate_upper_bound(upper);
-            let it = self.0.iterator_cf_opt(cf, ro, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
-            it.take(limit).map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(crate::store::io_err)).collect()
-        }
-    }
-    R(&node.db).scan(prefix, limit).map_err(|e| Status::internal(e.to_string()))
+fn unexpected_ipam(o: IpamOutput) -> Status {
+    Status::internal(format!("unexpected IPAM output {o:?}"))
 }
 
 #[tonic::async_trait]
@@ -173,16 +147,18 @@ impl pb::ipam_server::Ipam for IpamService {
         &self,
         req: Request<pb::CreateNetworkRequest>,
     ) -> Result<Response<pb::NetworkInfo>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
-        let spec = network_spec(&r).map_err(invalid)?;
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.create_network(forwarded_request(r)).await;
-        }
-        match self.write(IpamCommand::CreateNetwork(spec)).await? {
-            IpamOutput::Network(n) => Ok(Response::new(network_info(&n))),
-            o => Err(Status::internal(format!("unexpected IPAM output {o:?}"))),
-        }
+        let spec = network_spec(req.get_ref()).map_err(invalid)?;
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| match write(node, IpamCommand::CreateNetwork(spec)).await? {
+                IpamOutput::Network(n) => Ok(network_info(&n)),
+                o => Err(unexpected_ipam(o)),
+            },
+            async |ch, r| ipam_client(ch).create_network(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
@@ -190,25 +166,25 @@ impl pb::ipam_server::Ipam for IpamService {
         &self,
         req: Request<pb::RemoveNetworkRequest>,
     ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.remove_network(forwarded_request(r)).await;
-        }
-        match self.write(IpamCommand::RemoveNetwork { name: r.name, force: r.force }).await? {
-            IpamOutput::Removed { released } => {
-                Ok(Response::new(pb::RemoveNetworkResponse { released: released as u64 }))
-            }
-            o => Err(Status::internal(format!("unexpected IPAM output {o:?}"))),
-        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| match write(node, IpamCommand::RemoveNetwork { name: r.name.clone(), force: r.force }).await? {
+                IpamOutput::Removed { released } => Ok(pb::RemoveNetworkResponse { released: released as u64 }),
+                o => Err(unexpected_ipam(o)),
+            },
+            async |ch, r| ipam_client(ch).remove_network(r).await,
+        )
+        .await
     }
 
     async fn list_networks(
         &self,
         _: Request<pb::ListNetworksRequest>,
     ) -> Result<Response<pb::ListNetworksResponse>, Status> {
-        let st = self.node.state.read().expect("sm lock");
-        Ok(Response::new(pb::ListNetworksResponse { networks: st.ipam.networks.values().map(network_info).collect() }))
+        let networks = self.node.view(|v| v.ipam().networks.values().map(network_info).collect());
+        Ok(Response::new(pb::ListNetworksResponse { networks }))
     }
 
     async fn inspect_network(
@@ -216,40 +192,57 @@ impl pb::ipam_server::Ipam for IpamService {
         req: Request<pb::InspectNetworkRequest>,
     ) -> Result<Response<pb::InspectNetworkResponse>, Status> {
         let r = req.into_inner();
-        let n = self.network(&r.name)?;
         let limit = r.limit as usize;
-        let prefix = ipam::keys::owners_prefix(&r.name);
-        let rows = scan(&self.node, &prefix, limit.saturating_add(1))?;
+        let (n, rows) = self.node.view(|v| {
+            let n = v
+                .ipam()
+                .networks
+                .get(&r.name)
+                .cloned()
+                .ok_or_else(|| invalid(IpamError::UnknownNetwork(r.name.clone())))?;
+            Ok::<_, Status>((n, v.ipam_allocations(&r.name, limit.saturating_add(1))?))
+        })?;
         let truncated = rows.len() > limit;
-        let mut allocations = Vec::new();
-        for (k, v) in rows.into_iter().take(limit) {
-            let h: ipam::Holding = crate::store::codec::decode(&v).map_err(|e| Status::internal(e.to_string()))?;
-            allocations.push(pb::Allocation {
+        let allocations = rows
+            .into_iter()
+            .take(limit)
+            .map(|(owner, h)| pb::Allocation {
                 address: n.pools[h.pool as usize].subnet.addr(h.offset).to_string(),
-                owner: String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                owner,
                 node_id: h.node.unwrap_or(0),
                 since_ms: h.since_ms,
-            });
-        }
+            })
+            .collect();
         Ok(Response::new(pb::InspectNetworkResponse { network: Some(network_info(&n)), allocations, truncated }))
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn allocate(&self, req: Request<pb::AllocateRequest>) -> Result<Response<pb::AllocateResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
+        let r = req.get_ref();
         ipam::validate_owner(&r.owner).map_err(invalid)?;
         let requested = if r.address.is_empty() { None } else { Some(parse_ip(&r.address, "address")?) };
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.allocate(forwarded_request(r)).await;
-        }
-        let node = (r.node_id != 0).then_some(r.node_id);
-        match self.write(IpamCommand::Allocate { network: r.network, owner: r.owner, requested, node }).await? {
-            IpamOutput::Allocated { address, new } => {
-                Ok(Response::new(pb::AllocateResponse { address: address.to_string(), new }))
-            }
-            o => Err(Status::internal(format!("unexpected IPAM output {o:?}"))),
-        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                let owner = (r.node_id != 0).then_some(r.node_id);
+                let cmd = IpamCommand::Allocate {
+                    network: r.network.clone(),
+                    owner: r.owner.clone(),
+                    requested,
+                    node: owner,
+                };
+                match write(node, cmd).await? {
+                    IpamOutput::Allocated { address, new } => {
+                        Ok(pb::AllocateResponse { address: address.to_string(), new })
+                    }
+                    o => Err(unexpected_ipam(o)),
+                }
+            },
+            async |ch, r| ipam_client(ch).allocate(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
@@ -257,46 +250,54 @@ impl pb::ipam_server::Ipam for IpamService {
         &self,
         req: Request<pb::AllocateBatchRequest>,
     ) -> Result<Response<pb::AllocateBatchResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.allocate_batch(forwarded_request(r)).await;
-        }
-        let node = (r.node_id != 0).then_some(r.node_id);
-        match self.write(IpamCommand::AllocateBatch { network: r.network, owners: r.owners, node }).await? {
-            IpamOutput::Batch(a) => {
-                Ok(Response::new(pb::AllocateBatchResponse { addresses: a.iter().map(|x| x.to_string()).collect() }))
-            }
-            o => Err(Status::internal(format!("unexpected IPAM output {o:?}"))),
-        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                let owner = (r.node_id != 0).then_some(r.node_id);
+                let cmd =
+                    IpamCommand::AllocateBatch { network: r.network.clone(), owners: r.owners.clone(), node: owner };
+                match write(node, cmd).await? {
+                    IpamOutput::Batch(a) => {
+                        Ok(pb::AllocateBatchResponse { addresses: a.iter().map(|x| x.to_string()).collect() })
+                    }
+                    o => Err(unexpected_ipam(o)),
+                }
+            },
+            async |ch, r| ipam_client(ch).allocate_batch(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
+        let r = req.get_ref();
         let address = if r.address.is_empty() { None } else { Some(parse_ip(&r.address, "address")?) };
         let owner = (!r.owner.is_empty()).then(|| r.owner.clone());
         if owner.is_none() && address.is_none() {
             return Err(Status::invalid_argument("release needs an owner or an address"));
         }
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.release(forwarded_request(r)).await;
-        }
-        match self.write(IpamCommand::Release { network: r.network, owner, address }).await? {
-            IpamOutput::Released(a) => {
-                Ok(Response::new(pb::ReleaseResponse { address: a.map(|a| a.to_string()).unwrap_or_default() }))
-            }
-            o => Err(Status::internal(format!("unexpected IPAM output {o:?}"))),
-        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| match write(node, IpamCommand::Release { network: r.network.clone(), owner, address }).await? {
+                IpamOutput::Released(a) => {
+                    Ok(pb::ReleaseResponse { address: a.map(|a| a.to_string()).unwrap_or_default() })
+                }
+                o => Err(unexpected_ipam(o)),
+            },
+            async |ch, r| ipam_client(ch).release(r).await,
+        )
+        .await
     }
 
     async fn report_held(
         &self,
         req: Request<pb::ReportHeldRequest>,
     ) -> Result<Response<pb::ReportHeldResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
+        let r = req.get_ref();
         let mut held = Vec::with_capacity(r.held.len());
         for h in &r.held {
             held.push(Held {
@@ -305,61 +306,60 @@ impl pb::ipam_server::Ipam for IpamService {
                 owner: h.owner.clone(),
             });
         }
-        {
-            let st = self.node.state.read().expect("sm lock");
-            let ok = st
-                .registry
-                .nodes
-                .get(&r.node_id)
-                .is_some_and(|n| n.secret_hash == super::registry::secret_hash(&r.node_secret));
-            if !ok {
-                return Err(Status::permission_denied(format!(
-                    "node {} is not registered with this secret",
-                    r.node_id
-                )));
-            }
+        let secret = secret_hash(&r.node_secret);
+        let known = self.node.view(|v| v.registry().nodes.get(&r.node_id).is_some_and(|n| n.secret_hash == secret));
+        if !known {
+            return Err(Status::permission_denied(format!("node {} is not registered with this secret", r.node_id)));
         }
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.report_held(forwarded_request(r)).await;
-        }
-        self.node.leaks.report(r.node_id, held);
-        Ok(Response::new(pb::ReportHeldResponse {}))
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                // Reports live in the leader's memory: only the leader may take one.
+                node.ensure_leader().await?;
+                node.leaks.report(r.node_id, held);
+                Ok(pb::ReportHeldResponse {})
+            },
+            async |ch, r| ipam_client(ch).report_held(r).await,
+        )
+        .await
     }
 
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        if let Ok(Some(mut c)) = self.forward_target(forwarded) {
-            if let Ok(r) = c.check(forwarded_request(pb::CheckRequest {})).await {
-                return Ok(r);
-            }
-        }
-        let (leaks, conflicts) = self.node.ipam_check()?;
-        let grace = std::time::Duration::from_millis(self.node.config.ip_leak_grace_ms);
-        let now_ms = crate::node::now_ms();
-        let leaks = leaks
-            .into_iter()
-            .map(|l| {
-                let left = grace.saturating_sub(l.seen.elapsed());
-                pb::Leak {
-                    network: l.network,
-                    address: l.address.to_string(),
-                    owner: l.owner,
-                    node_id: l.node,
-                    reason: l.reason.into(),
-                    release_at_ms: if left.is_zero() { 0 } else { now_ms + left.as_millis() as u64 },
-                }
-            })
-            .collect();
-        let conflicts = conflicts
-            .into_iter()
-            .map(|c| pb::Conflict {
-                network: c.network,
-                address: c.address.to_string(),
-                node_id: c.node,
-                reported_owner: c.reported_owner,
-                state_owner: c.state_owner,
-            })
-            .collect();
-        Ok(Response::new(pb::CheckResponse { leaks, conflicts, from_leader: self.node.is_leader() }))
+        let node = &self.node;
+        leader_view(node, req, |_| check(node), async |ch, r| ipam_client(ch).check(r).await).await
     }
+}
+
+/// Leaks (with when they will be released) and conflicts, as this node sees them.
+fn check(node: &CoordNode) -> Result<pb::CheckResponse, Status> {
+    let (leaks, conflicts) = ipam_check(node)?;
+    let grace = std::time::Duration::from_millis(node.config.ip_leak_grace_ms);
+    let now_ms = crate::node::now_ms();
+    let leaks = leaks
+        .into_iter()
+        .map(|l| {
+            let left = grace.saturating_sub(l.seen.elapsed());
+            pb::Leak {
+                network: l.network,
+                address: l.address.to_string(),
+                owner: l.owner,
+                node_id: l.node,
+                reason: l.reason.into(),
+                release_at_ms: if left.is_zero() { 0 } else { now_ms + left.as_millis() as u64 },
+            }
+        })
+        .collect();
+    let conflicts = conflicts
+        .into_iter()
+        .map(|c| pb::Conflict {
+            network: c.network,
+            address: c.address.to_string(),
+            node_id: c.node,
+            reported_owner: c.reported_owner,
+            state_owner: c.state_owner,
+        })
+        .collect();
+    Ok(pb::CheckResponse { leaks, conflicts, from_leader: node.is_leader() })
 }

@@ -1,9 +1,10 @@
 //! The gRPC face of a coord node: etcd v3 (KV, Cluster, Maintenance), Raft traffic,
 //! cluster administration, the registry and IPAM, all on one listen address.
 //!
-//! Writes and linearizable reads that reach a follower are forwarded to the leader once
-//! (marked with [`FORWARDED_HEADER`] so they never bounce); a second hop answers
-//! `unavailable` with the leader's address in metadata.
+//! A handler decodes, calls the node's one read API ([`CoordNode::read`]/[`CoordNode::view`])
+//! or write path ([`CoordNode::write`]), and encodes. Requests that must run on the leader
+//! go through [`on_leader`], the one forwarding rule; views only the leader holds go
+//! through [`leader_view`].
 
 mod admin;
 mod convert;
@@ -25,9 +26,12 @@ use proto::raftpb::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::Channel;
 use tonic::transport::Server;
-use tonic::Request;
+use tonic::{Code, Request, Response, Status};
 
+use crate::command::Output;
+use crate::error::LEADER_ADDR_HEADER;
 use crate::node::CoordNode;
 
 pub const FORWARDED_HEADER: &str = "x-cluster-forwarded";
@@ -43,6 +47,90 @@ pub(crate) fn forwarded_request<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     r
+}
+
+/// The one forwarding rule, for requests that must run on the leader (writes,
+/// linearizable reads, leader-only work): `local` runs here first. If it answers that
+/// another node leads (`unavailable` carrying the leader's address) and the request has
+/// not been forwarded yet, the original request goes to that leader once, through
+/// `remote`, marked as forwarded; a forwarded request is never forwarded again, so it
+/// cannot bounce. Every other answer, including a second not-leader, goes back as is.
+///
+/// Running locally first means a follower needs no separate leader check, a node that
+/// is just becoming leader serves the request itself, and while no leader is known the
+/// node's own wait for the election applies (bounded by `request_timeout_ms`).
+pub(crate) async fn on_leader<Req, Resp>(
+    node: &CoordNode,
+    req: Request<Req>,
+    local: impl AsyncFnOnce(&Req) -> Result<Resp, Status>,
+    remote: impl AsyncFnOnce(Channel, Request<Req>) -> Result<Response<Resp>, Status>,
+) -> Result<Response<Resp>, Status> {
+    let forwarded = is_forwarded(&req);
+    let msg = req.into_inner();
+    match local(&msg).await {
+        Ok(r) => Ok(Response::new(r)),
+        Err(s) if !forwarded && s.code() == Code::Unavailable => {
+            let Some(leader) = s.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()) else {
+                return Err(s);
+            };
+            let ch = node.channel(leader)?;
+            remote(ch, forwarded_request(msg)).await
+        }
+        Err(s) => Err(s),
+    }
+}
+
+/// For views that only the leader holds in memory (replication progress, heartbeat ages,
+/// agents' IPAM reports): a follower asks the leader once (1 s at most) and answers from
+/// its own state when the leader cannot be reached. An answer from the leader that is a
+/// verdict on the request (not found, invalid, …) is returned as is.
+pub(crate) async fn leader_view<Req: Clone, Resp>(
+    node: &CoordNode,
+    req: Request<Req>,
+    local: impl FnOnce(&Req) -> Result<Resp, Status>,
+    remote: impl AsyncFnOnce(Channel, Request<Req>) -> Result<Response<Resp>, Status>,
+) -> Result<Response<Resp>, Status> {
+    let forwarded = is_forwarded(&req);
+    let msg = req.into_inner();
+    if !forwarded && !node.is_leader() {
+        if let (Some(id), Some(addr)) = node.leader() {
+            if id != node.id {
+                let ch = node.channel(&addr)?;
+                let call = remote(ch, forwarded_request(msg.clone()));
+                match tokio::time::timeout(std::time::Duration::from_secs(1), call).await {
+                    Ok(Ok(r)) => return Ok(r),
+                    Ok(Err(s))
+                        if !matches!(
+                            s.code(),
+                            Code::Unavailable
+                                | Code::DeadlineExceeded
+                                | Code::Cancelled
+                                | Code::Unknown
+                                | Code::Internal
+                                | Code::Unimplemented
+                        ) =>
+                    {
+                        return Err(s)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    local(&msg).map(Response::new)
+}
+
+/// A server stream as services return it.
+pub(crate) type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// The receiving end of a channel as a server stream.
+pub(crate) fn channel_stream<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }))
+}
+
+/// A write answered with another area's output: a bug, never the client's fault.
+pub(crate) fn unexpected(o: Output) -> Status {
+    Status::internal(format!("unexpected apply output {o:?}"))
 }
 
 /// Serves every service of `node` on `listener` until `shutdown` resolves.

@@ -11,8 +11,8 @@ use proto::raftpb::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::codec::{decode, encode};
 use crate::node::CoordNode;
-use crate::store::codec::{decode, encode};
 use crate::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 pub struct RaftService {
@@ -78,18 +78,44 @@ impl RaftRpc for RaftService {
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftPayload>, Status> {
         let mut stream = req.into_inner();
         let mut head: Option<(Vote, SnapshotMeta)> = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk?.chunk {
+        // Received into a file, within the node's size cap and deadline; never in memory.
+        let mut sink = Some(self.node.snapshot_sink().map_err(|e| Status::internal(format!("snapshot file: {e}")))?);
+        let deadline = tokio::time::Instant::now() + self.node.snapshot_receive_timeout();
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "snapshot transfer took longer than snapshot_receive_timeout_ms",
+                    ))
+                }
+                Ok(None) => break,
+                Ok(Some(c)) => c?,
+            };
+            match chunk.chunk {
                 Some(snapshot_chunk::Chunk::Meta(m)) => {
                     head = Some(decode(&m).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?)
                 }
-                Some(snapshot_chunk::Chunk::Data(d)) => data.extend_from_slice(&d),
+                Some(snapshot_chunk::Chunk::Data(d)) => {
+                    let mut s = sink.take().expect("sink present between chunks");
+                    let (s, r) = tokio::task::spawn_blocking(move || {
+                        let r = s.write(&d);
+                        (s, r)
+                    })
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                    r.map_err(|e| Status::invalid_argument(format!("snapshot refused: {e}")))?;
+                    sink = Some(s);
+                }
                 None => {}
             }
         }
         let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("snapshot stream without meta"))?;
-        tracing::info!(bytes = data.len(), last = ?meta.last_log_id, "received snapshot");
+        let sink = sink.take().expect("sink present");
+        let data = tokio::task::spawn_blocking(move || sink.finish())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("snapshot file: {e}")))?;
+        tracing::info!(bytes = data.size_bytes, last = ?meta.last_log_id, "received snapshot");
         reply(self.node.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await)
     }
 }

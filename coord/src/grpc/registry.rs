@@ -2,21 +2,18 @@
 //! operations, and the registry event stream.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use openraft::ServerState;
 use proto::clusterpb as pb;
 use proto::clusterpb::registry_client::RegistryClient;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
-use super::{forwarded_request, is_forwarded};
+use super::{channel_stream, leader_view, on_leader, unexpected, BoxStream};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::node::{CoordNode, MastersView};
@@ -65,28 +62,15 @@ fn bad(e: RegistryError) -> Status {
     CoordError::Apply(e.into()).into()
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-fn channel_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }))
-}
-
 impl RegistryService {
     pub fn new(node: Arc<CoordNode>) -> Self {
         RegistryService { node }
     }
 
-    /// `Some(client)` when another node leads and this request may be forwarded to it.
-    fn forward_target(&self, forwarded: bool) -> Result<Option<RegistryClient<Channel>>, Status> {
-        Ok(self.node.forward_channel(forwarded)?.map(RegistryClient::new))
-    }
-
     async fn write(&self, cmd: RegistryCommand) -> Result<RegistryOutput, Status> {
-        let resp = self.node.write(Command::Registry(cmd)).await?;
-        match resp.result {
-            Ok(Output::Registry(o)) => Ok(o),
-            Ok(o) => Err(Status::internal(format!("unexpected apply output {o:?}"))),
-            Err(e) => Err(CoordError::Apply(e).into()),
+        match self.node.write(Command::Registry(cmd)).await?.output {
+            Output::Registry(o) => Ok(o),
+            o => Err(unexpected(o)),
         }
     }
 
@@ -96,7 +80,7 @@ impl RegistryService {
         let masters: Vec<pb::Master> = v
             .nodes
             .into_iter()
-            .map(|(id, name, addr, _)| pb::Master { node_id: id, name, addr, is_leader: id == leader })
+            .map(|m| pb::Master { node_id: m.id, is_leader: m.id == leader, name: m.name, addr: m.addr })
             .collect();
         let leader_addr = masters.iter().find(|x| x.is_leader).map(|x| x.addr.clone()).unwrap_or_default();
         pb::MasterList { leader_id: leader, leader_addr, term: self.node.current_term(), masters }
@@ -104,7 +88,7 @@ impl RegistryService {
 
     fn node_info(&self, n: &NodeRecord, leader_view: bool, masters: &MastersView) -> pb::NodeInfo {
         let raft_role = match masters.get(n.node_id) {
-            Some((.., true)) => "voter",
+            Some(m) if m.voter => "voter",
             Some(_) => "learner",
             None => "",
         };
@@ -130,27 +114,26 @@ impl RegistryService {
     fn local_nodes(&self, only: u64) -> Result<pb::NodesResponse, Status> {
         let masters = self.node.masters();
         let leader_view = masters.state == ServerState::Leader;
-        let records: Vec<NodeRecord> = {
-            let st = self.node.state.read().expect("sm lock");
-            st.registry.nodes.values().filter(|n| only == 0 || n.node_id == only).cloned().collect()
-        };
+        let records: Vec<NodeRecord> = self
+            .node
+            .view(|v| v.registry().nodes.values().filter(|n| only == 0 || n.node_id == only).cloned().collect());
         let mut out: BTreeMap<u64, pb::NodeInfo> =
             records.iter().map(|n| (n.node_id, self.node_info(n, leader_view, &masters))).collect();
         // Masters without an agent (--no-worker) are listed too.
-        for (id, name, addr, voter) in &masters.nodes {
-            if out.contains_key(id) || (only != 0 && *id != only) {
+        for m in &masters.nodes {
+            if out.contains_key(&m.id) || (only != 0 && m.id != only) {
                 continue;
             }
             out.insert(
-                *id,
+                m.id,
                 pb::NodeInfo {
-                    node_id: *id,
-                    name: name.clone(),
-                    addr: addr.clone(),
+                    node_id: m.id,
+                    name: m.name.clone(),
+                    addr: m.addr.clone(),
                     role: "manager".into(),
                     state: "no-agent".into(),
-                    raft_role: if *voter { "voter" } else { "learner" }.into(),
-                    is_leader: masters.leader == Some(*id),
+                    raft_role: if m.voter { "voter" } else { "learner" }.into(),
+                    is_leader: masters.leader == Some(m.id),
                     ..Default::default()
                 },
             );
@@ -167,10 +150,7 @@ impl RegistryService {
     }
 
     fn event_pb(&self, e: &Event) -> pb::RegistryEvent {
-        let node = {
-            let st = self.node.state.read().expect("sm lock");
-            st.registry.nodes.get(&e.node_id).cloned()
-        };
+        let node = self.node.view(|v| v.registry().nodes.get(&e.node_id).cloned());
         let (from_state, to_state, reason) = match &e.kind {
             EventKind::State { from, to, reason } => {
                 (from.as_str().to_string(), to.as_str().to_string(), reason.clone())
@@ -191,17 +171,19 @@ impl RegistryService {
 
     /// Events with index >= `from`, or OUT_OF_RANGE if some of them were discarded.
     fn events_from(&self, from: u64) -> Result<Vec<Event>, Status> {
-        let st = self.node.state.read().expect("sm lock");
-        let first = st.registry.first_retained_index();
-        if from < first && from <= st.registry.last_event_index() {
-            return Err(Status::out_of_range(format!(
-                "registry events before {first} were discarded; watch from {first} or from 0 for the current nodes"
-            )));
-        }
-        // Retained events are contiguous: skip straight to `from`, copy at most a batch
-        // (the state lock is held meanwhile).
-        let skip = from.saturating_sub(first) as usize;
-        Ok(st.registry.events.iter().skip(skip).take(WATCH_BATCH).cloned().collect())
+        self.node.view(|v| {
+            let reg = v.registry();
+            let first = reg.first_retained_index();
+            if from < first && from <= reg.last_event_index() {
+                return Err(Status::out_of_range(format!(
+                    "registry events before {first} were discarded; watch from {first} or from 0 for the current nodes"
+                )));
+            }
+            // Retained events are contiguous: skip straight to `from`, copy at most a
+            // batch (the state lock is held meanwhile).
+            let skip = from.saturating_sub(first) as usize;
+            Ok(reg.events.iter().skip(skip).take(WATCH_BATCH).cloned().collect())
+        })
     }
 
     /// Returns when this node leads; answers NOT_LEADER with the leader's address when
@@ -238,14 +220,17 @@ impl RegistryService {
 
     /// Checks the first message of a heartbeat session: a registered node and its secret.
     fn check_session(&self, first: &pb::HeartbeatRequest) -> Result<(), Status> {
-        let st = self.node.state.read().expect("sm lock");
+        self.node.view(|v| Self::check_session_in(v.registry(), first))
+    }
+
+    fn check_session_in(reg: &crate::registry::Registry, first: &pb::HeartbeatRequest) -> Result<(), Status> {
         let id = first.node_id;
-        if st.registry.removed.contains(&id) {
+        if reg.removed.contains(&id) {
             return Err(Status::not_found(format!(
                 "node {id} was removed from the cluster; register again (which fails: join again with a token)"
             )));
         }
-        match st.registry.nodes.get(&id) {
+        match reg.nodes.get(&id) {
             None => Err(Status::not_found(format!("node {id} is not registered; register again"))),
             Some(n) if n.secret_hash != secret_hash(&first.node_secret) => Err(Status::permission_denied(format!(
                 "node {id} is registered by another node (the node secret differs)"
@@ -259,8 +244,7 @@ impl RegistryService {
 impl pb::registry_server::Registry for RegistryService {
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
+        let r = req.get_ref();
         if r.node_secret.is_empty() {
             return Err(Status::invalid_argument("node_secret is required"));
         }
@@ -274,31 +258,40 @@ impl pb::registry_server::Registry for RegistryService {
             labels: r.labels.clone().into_iter().collect(),
         };
         reg.validate().map_err(bad)?;
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.register(forwarded_request(r)).await;
-        }
-        if self.node.cluster_id().is_empty() {
-            return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
-        }
-        let unchanged = {
-            let st = self.node.state.read().expect("sm lock");
-            st.registry.is_unchanged(&reg).then(|| st.registry.nodes[&reg.node_id].clone())
-        };
-        let (record, changed) = match unchanged {
-            Some(n) => (n, false),
-            None => match self.write(RegistryCommand::Register(reg)).await? {
-                RegistryOutput::Node(n) => (*n, true),
-                o => return Err(Status::internal(format!("unexpected registry output {o:?}"))),
+        on_leader(
+            &self.node,
+            req,
+            async |_| {
+                self.node.ensure_leader().await?;
+                if !self.node.view(|v| v.cluster().is_initialized()) {
+                    return Err(Status::unavailable(
+                        "the cluster has not recorded its identity yet; retry in a moment",
+                    ));
+                }
+                // An unchanged registration (an agent restarting) writes nothing.
+                let unchanged = self.node.view(|v| {
+                    let reg_state = v.registry();
+                    reg_state.is_unchanged(&reg).then(|| reg_state.nodes[&reg.node_id].clone())
+                });
+                let (record, changed) = match unchanged {
+                    Some(n) => (n, false),
+                    None => match self.write(RegistryCommand::Register(reg)).await? {
+                        RegistryOutput::Node(n) => (*n, true),
+                        o => return Err(Status::internal(format!("unexpected registry output {o:?}"))),
+                    },
+                };
+                if changed {
+                    info!(node = record.node_id, name = %record.name, "agent registered");
+                }
+                Ok(pb::RegisterResponse {
+                    node: Some(self.node_info(&record, true, &self.node.masters())),
+                    changed,
+                    masters: self.masters().masters,
+                })
             },
-        };
-        if changed {
-            info!(node = record.node_id, name = %record.name, "agent registered");
-        }
-        Ok(Response::new(pb::RegisterResponse {
-            node: Some(self.node_info(&record, true, &self.node.masters())),
-            changed,
-            masters: self.masters().masters,
-        }))
+            async |ch, r| RegistryClient::new(ch).register(r).await,
+        )
+        .await
     }
 
     type HeartbeatStream = BoxStream<pb::HeartbeatResponse>;
@@ -365,7 +358,7 @@ impl pb::registry_server::Registry for RegistryService {
                             let _ = tx.send(Err(Status::invalid_argument("node_id changed within a session"))).await;
                             break;
                         }
-                        if !node.state.read().expect("sm lock").registry.nodes.contains_key(&id) {
+                        if !node.view(|v| v.registry().nodes.contains_key(&id)) {
                             let _ = tx.send(Err(Status::not_found(format!("node {id} is no longer registered; register again")))).await;
                             break;
                         }
@@ -407,17 +400,14 @@ impl pb::registry_server::Registry for RegistryService {
     }
 
     async fn nodes(&self, req: Request<pb::NodesRequest>) -> Result<Response<pb::NodesResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
-        // Heartbeat ages and sessions are known to the leader only: ask it if reachable.
-        if let Ok(Some(mut c)) = self.forward_target(forwarded) {
-            match tokio::time::timeout(Duration::from_secs(1), c.nodes(forwarded_request(r.clone()))).await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(s)) if s.code() == tonic::Code::NotFound => return Err(s),
-                _ => {}
-            }
-        }
-        Ok(Response::new(self.local_nodes(r.node_id)?))
+        // Heartbeat ages and sessions are known to the leader only.
+        leader_view(
+            &self.node,
+            req,
+            |r| self.local_nodes(r.node_id),
+            async |ch, r| RegistryClient::new(ch).nodes(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
@@ -425,16 +415,17 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::SetAvailabilityRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
-        let availability = Availability::parse(&r.availability).map_err(bad)?;
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.set_availability(forwarded_request(r)).await;
-        }
-        match self.write(RegistryCommand::SetAvailability { node_id: r.node_id, availability }).await? {
-            RegistryOutput::Node(n) => Ok(Response::new(self.node_info(&n, true, &self.node.masters()))),
-            o => Err(Status::internal(format!("unexpected registry output {o:?}"))),
-        }
+        let availability = Availability::parse(&req.get_ref().availability).map_err(bad)?;
+        on_leader(
+            &self.node,
+            req,
+            async |r| match self.write(RegistryCommand::SetAvailability { node_id: r.node_id, availability }).await? {
+                RegistryOutput::Node(n) => Ok(self.node_info(&n, true, &self.node.masters())),
+                o => Err(Status::internal(format!("unexpected registry output {o:?}"))),
+            },
+            async |ch, r| RegistryClient::new(ch).set_availability(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
@@ -442,20 +433,23 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let forwarded = is_forwarded(&req);
-        let r = req.into_inner();
-        if self.node.masters().get(r.node_id).is_some() {
+        let id = req.get_ref().node_id;
+        if self.node.masters().get(id).is_some() {
             return Err(Status::failed_precondition(format!(
-                "node {} is a master; remove it from the Raft group first with `cluster leave {}`",
-                r.node_id, r.node_id
+                "node {id} is a master; remove it from the Raft group first with `cluster leave {id}`"
             )));
         }
-        if let Some(mut c) = self.forward_target(forwarded)? {
-            return c.remove_node(forwarded_request(r)).await;
-        }
-        self.write(RegistryCommand::Remove { node_id: r.node_id, force: r.force }).await?;
-        info!(removed = r.node_id, force = r.force, "agent removed from the registry");
-        Ok(Response::new(pb::RemoveNodeResponse {}))
+        on_leader(
+            &self.node,
+            req,
+            async |r| {
+                self.write(RegistryCommand::Remove { node_id: r.node_id, force: r.force }).await?;
+                info!(removed = r.node_id, force = r.force, "agent removed from the registry");
+                Ok(pb::RemoveNodeResponse {})
+            },
+            async |ch, r| RegistryClient::new(ch).remove_node(r).await,
+        )
+        .await
     }
 
     type WatchStream = BoxStream<pb::RegistryEvent>;
@@ -467,9 +461,9 @@ impl pb::registry_server::Registry for RegistryService {
         let mut next = r.start_index;
         let mut initial = Vec::new();
         if next == 0 {
-            let st = self.node.state.read().expect("sm lock");
-            next = st.registry.last_event_index() + 1;
-            initial = st.registry.nodes.values().cloned().collect::<Vec<_>>();
+            (next, initial) = self
+                .node
+                .view(|v| (v.registry().last_event_index() + 1, v.registry().nodes.values().cloned().collect()));
         }
         // Checked now, so a bad start index fails the call rather than the stream.
         let mut batch = self.events_from(next)?;

@@ -16,6 +16,9 @@
 //! - `i/q/<net>/<expires_ms><pool><offset>`: a released address in quarantine;
 //! - `i/h/<node>/<net>/<owner>`: allocations bound to an agent, for leak repair.
 
+// State-machine code: deterministic on every member (see coord/clippy.toml).
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
+
 pub mod repair;
 #[cfg(test)]
 mod tests;
@@ -475,11 +478,11 @@ pub mod keys {
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    crate::store::codec::encode(v).expect("ipam records encode")
+    crate::codec::encode(v).expect("ipam records encode")
 }
 
 fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
-    Ok(crate::store::codec::decode(b)?)
+    Ok(crate::codec::decode(b)?)
 }
 
 /// All networks; the in-memory part of the IPAM state.
@@ -896,7 +899,7 @@ impl Ipam {
         let mut runs: Vec<(String, u8, u128, u128)> = Vec::new();
         for (k, v) in records {
             if let Some(name) = k.strip_prefix(b"i/n/") {
-                let mut n: Network = crate::store::codec::decode(v)?;
+                let mut n: Network = crate::codec::decode(v)?;
                 for p in &mut n.pools {
                     p.rebuild_reserved();
                 }

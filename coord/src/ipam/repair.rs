@@ -4,13 +4,15 @@
 //! each leak (in memory: a new leader starts counting again, which only delays repair)
 //! and, `ip_leak_grace_ms` later, proposes `ReleaseLeaked`, which releases an address
 //! only if the same owner still holds it.
+//!
+//! This module decides; the leader's duties ([`crate::leader`]) run it. It reads the
+//! applied state through [`IpamStore`] only, so it knows nothing of RocksDB.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rocksdb::{IteratorMode, ReadOptions, DB};
 use tokio::time::Instant;
 
 use super::{keys, Holding, Ipam, IpamStore};
@@ -52,41 +54,11 @@ pub struct LeakTracker {
     seen: Mutex<BTreeMap<(String, String), Instant>>,
 }
 
-/// Read-only point reads for the checks (outside apply).
-struct ReadStore<'a>(&'a DB);
-
-impl IpamStore for ReadStore<'_> {
-    fn get(&mut self, key: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-        let cf = self.0.cf_handle(crate::store::CF_SM).expect("sm column family");
-        self.0.get_cf(cf, key).map_err(crate::store::io_err)
-    }
-    fn put(&mut self, _: Vec<u8>, _: Vec<u8>) {
-        unreachable!("read-only IPAM store")
-    }
-    fn delete(&mut self, _: Vec<u8>) {
-        unreachable!("read-only IPAM store")
-    }
-    fn scan(&mut self, prefix: &[u8], limit: usize) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let cf = self.0.cf_handle(crate::store::CF_SM).expect("sm column family");
-        let mut ro = ReadOptions::default();
-        let mut upper = prefix.to_vec();
-        *upper.last_mut().expect("non-empty prefix") += 1;
-        ro.set_iterate_upper_bound(upper);
-        let mut out = Vec::new();
-        for item in self.0.iterator_cf_opt(cf, ro, IteratorMode::From(prefix, rocksdb::Direction::Forward)).take(limit)
-        {
-            let (k, v) = item.map_err(crate::store::io_err)?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
-    }
-}
-
 /// (network, owner) of every allocation bound to `node`.
-fn bound_to(db: &DB, node: NodeId) -> std::io::Result<Vec<(String, String)>> {
+fn bound_to(store: &mut dyn IpamStore, node: NodeId) -> std::io::Result<Vec<(String, String)>> {
     let prefix = keys::held_prefix(node);
     let mut out = Vec::new();
-    for (k, _) in ReadStore(db).scan(&prefix, usize::MAX)? {
+    for (k, _) in store.scan(&prefix, usize::MAX)? {
         let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
         if let Some((net, owner)) = rest.split_once('/') {
             out.push((net.to_string(), owner.to_string()));
@@ -107,10 +79,11 @@ impl LeakTracker {
         self.seen.lock().expect("seen lock").clear();
     }
 
-    /// Current leaks and conflicts. `removed` are the ids removed from the registry.
+    /// Current leaks and conflicts, read from the applied state through `store`.
+    /// `removed` are the ids removed from the registry.
     pub fn check(
         &self,
-        db: &DB,
+        store: &mut dyn IpamStore,
         ipam: &Ipam,
         removed: &BTreeSet<NodeId>,
         now: Instant,
@@ -118,19 +91,18 @@ impl LeakTracker {
         let reports = self.reports.lock().expect("reports lock").clone();
         let mut found: Vec<(String, String, NodeId, &'static str)> = Vec::new();
         for &node in removed {
-            for (net, owner) in bound_to(db, node)? {
+            for (net, owner) in bound_to(store, node)? {
                 found.push((net, owner, node, "its node was removed"));
             }
         }
         let mut conflicts = Vec::new();
-        let mut store = ReadStore(db);
         for (&node, held) in &reports {
             if removed.contains(&node) {
                 continue;
             }
             let reported: BTreeSet<(&str, &str)> =
                 held.iter().map(|h| (h.network.as_str(), h.owner.as_str())).collect();
-            for (net, owner) in bound_to(db, node)? {
+            for (net, owner) in bound_to(store, node)? {
                 if !reported.contains(&(net.as_str(), owner.as_str())) {
                     found.push((net, owner, node, "not reported by its node"));
                 }
@@ -165,7 +137,7 @@ impl LeakTracker {
         let mut leaks = Vec::new();
         for (net, owner, node, reason) in found {
             let Some(b) = store.get(&keys::owner(&net, &owner))? else { continue };
-            let h: Holding = crate::store::codec::decode(&b)?;
+            let h: Holding = crate::codec::decode(&b)?;
             let Some(n) = ipam.networks.get(&net) else { continue };
             let address = n.pools[h.pool as usize].subnet.addr(h.offset);
             let first = *seen.get(&(net.clone(), owner.clone())).unwrap_or(&now);

@@ -7,6 +7,9 @@
 //! a delete that removed something, a txn that wrote) takes the next revision, and all
 //! writes of one txn share it.
 
+// State-machine code: deterministic on every member (see coord/clippy.toml).
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
+
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};

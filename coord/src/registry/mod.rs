@@ -11,6 +11,9 @@
 //! persists exactly those; [`Registry::records`] and [`Registry::load`] are the full
 //! encoding used by snapshots and at startup.
 
+// State-machine code: deterministic on every member (see coord/clippy.toml).
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
+
 #[cfg(test)]
 mod tests;
 
@@ -375,7 +378,7 @@ pub mod keys {
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    crate::store::codec::encode(v).expect("registry records encode")
+    crate::codec::encode(v).expect("registry records encode")
 }
 
 impl Registry {
@@ -582,7 +585,7 @@ impl Registry {
 
     /// Rebuilds a registry from its records (any key outside `g/` is ignored).
     pub fn load<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> std::io::Result<Registry> {
-        use crate::store::codec::decode;
+        use crate::codec::decode;
         let corrupt =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt registry {what}"));
         let id_of = |k: &[u8], p: &[u8]| -> std::io::Result<u64> {

@@ -17,12 +17,12 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
-use super::codec::{decode, encode, key_u64, u64_key};
 use super::{io_err, CF_LOG, CF_RAFT_META};
+use crate::codec::{decode, encode, key_u64, u64_key};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_PURGED: &[u8] = b"last_purged";
 
 /// How many of the newest entries are kept in memory, and how many bytes at most.
 const RECENT_ENTRIES_MAX: usize = 8192;

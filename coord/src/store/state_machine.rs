@@ -1,8 +1,10 @@
-//! The replicated state machine on RocksDB: applies committed entries, builds and
-//! installs snapshots.
+//! The replicated state machine on RocksDB: applies committed entries (each area's
+//! module decides, this one dispatches and persists), and builds and installs snapshots
+//! through [`super::snapshot`].
 //!
 //! Keys of the `sm` column family:
-//! - `m/…`: applied log id, membership, revisions, cluster identity;
+//! - `m/…`: applied log id, membership, revisions, cluster identity, format version;
+//! - `i/…`: IPAM (see [`crate::ipam::keys`]);
 //! - `h/<escaped key><rev>`: a version of a key (a put or a tombstone) for reads at past
 //!   revisions;
 //! - `g/…`: the master registry (see [`crate::registry::keys`]);
@@ -14,6 +16,9 @@
 //! written as one `WriteBatch` holding their data and `m/applied`, so a reader never
 //! sees memory and disk disagree.
 
+// State-machine code: deterministic on every member (see coord/clippy.toml).
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -22,43 +27,29 @@ use std::sync::{Arc, RwLock};
 use futures::{FutureExt, Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
-use super::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
-use super::{io_err, CF_SM};
+use super::rocks_ipam::RocksIpam;
+use super::{io_err, sm_cf, snapshot};
+use crate::cluster::{self, ClusterMeta};
+use crate::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
 use crate::command::{ApplyError, Command, Output, Response};
-use crate::ipam::{Ipam, IpamError, IpamStore};
+use crate::ipam::{Ipam, IpamError};
 use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore};
 use crate::registry::Registry;
 use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
-const KEY_APPLIED: &[u8] = b"m/applied";
-const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+pub(crate) const KEY_APPLIED: &[u8] = b"m/applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
 const KEY_REVISION: &[u8] = b"m/revision";
 const KEY_COMPACT: &[u8] = b"m/compact";
-const KEY_CLUSTER: &[u8] = b"m/cluster";
 const PREFIX_HIST: u8 = b'h';
 const PREFIX_REV: u8 = b'r';
 const OP_PUT: u8 = 0;
 const OP_DELETE: u8 = 1;
-
-/// The state machine's column family.
-fn sm_cf(db: &DB) -> &rocksdb::ColumnFamily {
-    db.cf_handle(CF_SM).expect("sm column family")
-}
-
-/// Cluster identity, replicated so every master can check join tokens.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterMeta {
-    pub cluster_id: String,
-    pub manager_secret: String,
-    pub worker_secret: String,
-    /// Next node id to hand out; ids are never reused. Node 1 is the initial node.
-    pub next_node_id: u64,
-}
 
 /// What readers see: the applied state, consistent between memory and disk.
 #[derive(Debug, Default)]
@@ -72,8 +63,8 @@ pub struct SmState {
 }
 
 /// A stored version of a key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum HistRecord {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum HistRecord {
     Put { create_revision: i64, version: i64, lease: i64, value: Vec<u8> },
     Delete,
 }
@@ -158,59 +149,6 @@ impl History for DbHistory<'_> {
     }
 }
 
-/// [`IpamStore`] over the DB (everything applied before this entry; the batch was
-/// flushed) and this entry's own writes, which also go to the batch.
-struct DbIpam<'a> {
-    db: &'a DB,
-    batch: &'a mut WriteBatch,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl IpamStore for DbIpam<'_> {
-    fn get(&mut self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        if let Some(v) = self.overlay.get(key) {
-            return Ok(v.clone());
-        }
-        self.db.get_cf(sm_cf(self.db), key).map_err(io_err)
-    }
-
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.batch.put_cf(sm_cf(self.db), &key, &value);
-        self.overlay.insert(key, Some(value));
-    }
-
-    fn delete(&mut self, key: Vec<u8>) {
-        self.batch.delete_cf(sm_cf(self.db), &key);
-        self.overlay.insert(key, None);
-    }
-
-    fn scan(&mut self, prefix: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut ro = ReadOptions::default();
-        // IPAM prefixes end in '/': the next byte bounds them.
-        let mut upper = prefix.to_vec();
-        *upper.last_mut().expect("non-empty prefix") += 1;
-        ro.set_iterate_upper_bound(upper);
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        // Overlay deletions may hide DB keys: read enough to still fill `limit`.
-        let want = limit.saturating_add(self.overlay.len());
-        for item in self
-            .db
-            .iterator_cf_opt(sm_cf(self.db), ro, IteratorMode::From(prefix, rocksdb::Direction::Forward))
-            .take(want)
-        {
-            let (k, v) = item.map_err(io_err)?;
-            out.insert(k.to_vec(), v.to_vec());
-        }
-        for (k, v) in self.overlay.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
-        }
-        Ok(out.into_iter().take(limit).collect())
-    }
-}
-
 /// Reads every key in `range` as of `revision` from the `h/` records.
 fn scan_history(
     db: &DB,
@@ -283,15 +221,16 @@ pub struct SnapshotBuilder {
     dir: PathBuf,
 }
 
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    data: SnapshotData,
-}
-
 impl StateMachineStore {
     /// Opens the state machine over `db`, loading the applied state into memory.
     pub fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<StateMachineStore> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        snapshot::clean_dir(&snapshot_dir)?;
+        if snapshot::install_pending(&db)? {
+            tracing::warn!("a snapshot install was interrupted; finishing it before anything reads the state");
+            let meta = snapshot::apply_staged(&db, &snapshot_dir)?;
+            tracing::info!(last = ?meta.last_log_id, "interrupted snapshot install finished");
+        }
         let state = load_state(&db)?;
         let (registry_tx, _) = tokio::sync::watch::channel(state.registry.last_event_index());
         Ok(StateMachineStore {
@@ -344,23 +283,9 @@ impl StateMachineStore {
                 let mut hist = DbHistory { db: &self.db, batch, n: 0 };
                 let r: Result<Output, ApplyError> = match cmd {
                     Command::InitCluster { cluster_id, manager_secret, worker_secret } => {
-                        if !st.cluster.cluster_id.is_empty() {
-                            Err(ApplyError::AlreadyInitialized)
-                        } else {
-                            st.cluster = ClusterMeta {
-                                cluster_id: cluster_id.clone(),
-                                manager_secret: manager_secret.clone(),
-                                worker_secret: worker_secret.clone(),
-                                next_node_id: 2,
-                            };
-                            Ok(Output::Unit)
-                        }
+                        st.cluster.init(cluster_id, manager_secret, worker_secret).map(|()| Output::Unit)
                     }
-                    Command::AllocNodeId { .. } => {
-                        let id = st.cluster.next_node_id.max(2);
-                        st.cluster.next_node_id = id + 1;
-                        Ok(Output::NodeId(id))
-                    }
+                    Command::AllocNodeId { .. } => Ok(Output::NodeId(st.cluster.alloc_node_id())),
                     Command::Registry(c) => {
                         let next_id = st.cluster.next_node_id;
                         let term = {
@@ -381,7 +306,7 @@ impl StateMachineStore {
                         r
                     }
                     Command::Ipam(c) => {
-                        let mut store = DbIpam { db: &self.db, batch: hist.batch, overlay: BTreeMap::new() };
+                        let mut store = RocksIpam::for_apply(&self.db, hist.batch);
                         match st.ipam.apply(*time_ms, c, &mut store) {
                             Ok(o) => Ok(Output::Ipam(o)),
                             Err(IpamError::Storage(e)) => Err(ApplyError::Storage(e)),
@@ -407,7 +332,7 @@ impl StateMachineStore {
                     Err(e) => result = Err(e),
                 }
                 if matches!(cmd, Command::InitCluster { .. } | Command::AllocNodeId { .. }) {
-                    batch.put_cf(cf, KEY_CLUSTER, encode(&st.cluster)?);
+                    batch.put_cf(cf, cluster::KEY, st.cluster.encode());
                 }
             }
         }
@@ -470,45 +395,6 @@ impl StateMachineStore {
         }
         Ok(())
     }
-
-    /// File layout: u32 length of the encoded meta, the meta, then the data as is (so
-    /// saving does not copy the data once more). A build and an install may finish in
-    /// any order: writers are serialized, and a file never replaces a newer one.
-    fn save_snapshot(dir: &std::path::Path, file: &SnapshotFile) -> io::Result<()> {
-        use std::io::Write;
-        static FILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _g = FILE_LOCK.lock().expect("snapshot file lock");
-        if let Some(existing) = read_snapshot_meta(&dir.join("current"))? {
-            if existing.last_log_id > file.meta.last_log_id {
-                tracing::info!(kept = ?existing.last_log_id, "a newer snapshot file exists; not replacing it");
-                return Ok(());
-            }
-        }
-        let tmp = dir.join("current.tmp");
-        let meta = encode(&file.meta)?;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(&(meta.len() as u32).to_be_bytes())?;
-        f.write_all(&meta)?;
-        f.write_all(&file.data)?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join("current"))?;
-        std::fs::File::open(dir)?.sync_all()
-    }
-
-    fn load_snapshot(&self) -> io::Result<Option<SnapshotFile>> {
-        match std::fs::read(self.snapshot_dir.join("current")) {
-            Ok(mut b) => {
-                let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt snapshot file");
-                let n = u32::from_be_bytes(b.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
-                let meta: SnapshotMeta = decode(b.get(4..4 + n).ok_or_else(corrupt)?)?;
-                let data = b.split_off(4 + n);
-                Ok(Some(SnapshotFile { meta, data }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 type Payload = EntryPayload<LogEntry, NodeId, crate::types::NodeInfo>;
@@ -529,21 +415,6 @@ fn reads_history(p: &Payload) -> bool {
     }
 }
 
-/// The meta at the head of a snapshot file, if the file exists.
-fn read_snapshot_meta(path: &std::path::Path) -> io::Result<Option<SnapshotMeta>> {
-    use std::io::Read;
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut len = [0u8; 4];
-    f.read_exact(&mut len)?;
-    let mut meta = vec![0u8; u32::from_be_bytes(len) as usize];
-    f.read_exact(&mut meta)?;
-    Ok(Some(decode(&meta)?))
-}
-
 /// Rebuilds the in-memory state from the `sm` column family.
 fn load_state(db: &DB) -> io::Result<SmState> {
     let cf = sm_cf(db);
@@ -561,8 +432,8 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     if let Some(b) = get(KEY_COMPACT)? {
         st.kv.compact_revision = key_u64(&b) as i64;
     }
-    if let Some(b) = get(KEY_CLUSTER)? {
-        st.cluster = decode(&b)?;
+    if let Some(b) = get(cluster::KEY)? {
+        st.cluster = ClusterMeta::decode(&b)?;
     }
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(vec![b'g', b'/' + 1]);
@@ -615,28 +486,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn build_snapshot_blocking(view: &DbView, dir: &std::path::Path) -> io::Result<Snapshot> {
-    let cf = sm_cf(&view.db);
-    // The applied log id and membership travel in the snapshot meta, not in the data,
-    // so the data of a snapshot of an installed snapshot is byte-identical.
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut last_applied: Option<LogId> = None;
-    let mut membership = StoredMembership::default();
-    let mut ro = ReadOptions::default();
-    ro.set_snapshot(&view.snap);
-    for item in view.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
-        let (k, v) = item.map_err(io_err)?;
-        match &*k {
-            KEY_APPLIED => last_applied = decode(&v)?,
-            KEY_MEMBERSHIP => membership = decode(&v)?,
-            _ => pairs.push((k.to_vec(), v.to_vec())),
-        }
-    }
-    let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership };
-    let data = encode(&pairs)?;
-    let file = SnapshotFile { meta: meta.clone(), data };
-    StateMachineStore::save_snapshot(dir, &file)?;
-    tracing::info!(bytes = file.data.len(), keys = pairs.len(), "snapshot built");
-    Ok(Snapshot { meta, snapshot: file.data })
+    let (meta, summary) = snapshot::build(&view.db, &view.snap, dir)?;
+    tracing::info!(bytes = summary.file_bytes, records = summary.records, last = ?meta.last_log_id, "snapshot built");
+    // A newer snapshot may have replaced ours meanwhile: then serve that one, as openraft
+    // would at its next request anyway.
+    let (meta, data) = snapshot::open_current(dir)?.ok_or_else(|| io_err("snapshot file vanished after build"))?;
+    Ok(Snapshot { meta, snapshot: data })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -706,12 +561,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.load_snapshot()?.map(|f| Snapshot { meta: f.meta, snapshot: f.data }))
+        Ok(snapshot::open_current(&self.snapshot_dir)?.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
 
-/// Replaces the whole `sm` column family with a snapshot in one atomic, synced batch,
-/// then reloads memory; readers wait on the state lock meanwhile.
+/// Installs a snapshot: stages the verified file (nothing changes if it is corrupt or of
+/// an unknown version), then replaces the `sm` column family from it and reloads memory;
+/// readers wait on the state lock meanwhile. See `store::snapshot` for crash safety.
 fn install_snapshot_blocking(
     db: &DB,
     state: &RwLock<SmState>,
@@ -719,25 +575,12 @@ fn install_snapshot_blocking(
     meta: &SnapshotMeta,
     snapshot: SnapshotData,
 ) -> io::Result<()> {
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
-    let cf = sm_cf(db);
-    let mut batch = WriteBatch::default();
-    batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice());
-    for (k, v) in &pairs {
-        batch.put_cf(cf, k, v);
-    }
-    batch.put_cf(cf, KEY_APPLIED, encode(&meta.last_log_id)?);
-    batch.put_cf(cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
-    // The file first: once the DB says "applied through the snapshot", the leader may
-    // purge what precedes it, and this node must then be able to serve the snapshot.
-    StateMachineStore::save_snapshot(dir, &SnapshotFile { meta: meta.clone(), data: snapshot })?;
-    let mut wo = WriteOptions::default();
-    wo.set_sync(true);
+    let summary = snapshot::stage(db, dir, meta, snapshot)?;
     let mut st = state.write().expect("sm lock");
-    db.write_opt(batch, &wo).map_err(io_err)?;
+    snapshot::apply_staged(db, dir)?;
     *st = load_state(db)?;
     drop(st);
-    tracing::info!(keys = pairs.len(), "snapshot installed");
+    tracing::info!(records = summary.records, bytes = summary.file_bytes, "snapshot installed");
     Ok(())
 }
 

@@ -2,3 +2,4 @@
 
 mod t10_storage_suite;
 mod t20_state_machine;
+mod t30_format;

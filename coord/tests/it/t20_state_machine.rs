@@ -6,7 +6,7 @@ use coord::kv::types::{PutRequest, RangeRequest};
 use coord::kv::KvStore;
 use coord::store::state_machine::ReadOnlyHistory;
 use coord::store::{open_db, StateMachineStore};
-use coord::types::{Entry, LogEntry, TypeConfig};
+use coord::types::{Entry, LogEntry, SnapshotData, TypeConfig};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 
@@ -45,6 +45,23 @@ fn read(sm: &StateMachineStore, key: &str, revision: i64) -> Result<Vec<String>,
         .iter()
         .map(|kv| format!("{}={}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value)))
         .collect())
+}
+
+/// The bytes of snapshot data, read without moving its file offset.
+fn bytes(d: &SnapshotData) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut v = vec![0u8; d.size_bytes as usize];
+    d.file.read_exact_at(&mut v, 0).unwrap();
+    v
+}
+
+/// Snapshot data backed by an anonymous temporary file holding `b`.
+fn data(b: &[u8]) -> SnapshotData {
+    use std::io::{Seek, Write};
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(b).unwrap();
+    file.rewind().unwrap();
+    SnapshotData { file, size_bytes: b.len() as u64 }
 }
 
 fn kv_state(sm: &StateMachineStore) -> KvStore {
@@ -98,7 +115,7 @@ async fn snapshot_install_reproduces_the_state_byte_for_byte() {
     let d2 = tempfile::tempdir().unwrap();
     let mut sm2 = StateMachineStore::new(open_db(&d2.path().join("db")).unwrap(), d2.path().join("snap")).unwrap();
     apply(&mut sm2, vec![put_entry(1, "stale", "gone")]).await;
-    sm2.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    sm2.install_snapshot(&snap.meta, data(&bytes(&snap.snapshot))).await.unwrap();
     let mut sm1_at_200 = kv_state(&sm1);
     sm1_at_200.live.remove(b"late".as_slice());
     sm1_at_200.revision -= 1;
@@ -106,7 +123,7 @@ async fn snapshot_install_reproduces_the_state_byte_for_byte() {
     assert_eq!(read(&sm2, "k1", 100).unwrap(), read(&sm1, "k1", 100).unwrap());
     // A snapshot of the installed state has the same bytes.
     let again = sm2.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    assert!(again.snapshot == snap.snapshot, "re-snapshot of the installed state differs");
+    assert!(bytes(&again.snapshot) == bytes(&snap.snapshot), "re-snapshot of the installed state differs");
     let current = sm2.get_current_snapshot().await.unwrap().expect("installed snapshot is kept");
     assert_eq!(current.meta.last_log_id, snap.meta.last_log_id);
 }
@@ -236,11 +253,11 @@ async fn registry_survives_reopen_and_snapshot_install() {
     let mut sm2 = StateMachineStore::new(open_db(&d2.path().join("db")).unwrap(), d2.path().join("snap")).unwrap();
     let events = sm2.registry_events();
     assert_eq!(*events.borrow(), 0);
-    sm2.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    sm2.install_snapshot(&snap.meta, data(&bytes(&snap.snapshot))).await.unwrap();
     assert_eq!(registry(&sm2), r1, "installed registry equals the source");
     assert_eq!(*events.borrow(), r1.last_event_index());
     let again = sm2.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    assert!(again.snapshot == snap.snapshot, "re-snapshot of the installed state differs");
+    assert!(bytes(&again.snapshot) == bytes(&snap.snapshot), "re-snapshot of the installed state differs");
 }
 
 /// IPAM through the real store: allocations, a release into quarantine and its expiry
@@ -302,10 +319,10 @@ async fn ipam_survives_reopen_and_snapshot_install() {
     let snap = sm1.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let d2 = tempfile::tempdir().unwrap();
     let mut sm2 = StateMachineStore::new(open_db(&d2.path().join("db")).unwrap(), d2.path().join("snap")).unwrap();
-    sm2.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    sm2.install_snapshot(&snap.meta, data(&bytes(&snap.snapshot))).await.unwrap();
     assert_eq!(ipam(&sm2), i1, "installed IPAM equals the source");
     let again = sm2.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    assert!(again.snapshot == snap.snapshot, "re-snapshot of the installed state differs");
+    assert!(bytes(&again.snapshot) == bytes(&snap.snapshot), "re-snapshot of the installed state differs");
     // The installed node goes on allocating exactly as the source does.
     let next =
         |i| at(i, 2_000, IpamCommand::Allocate { network: "n".into(), owner: "y".into(), requested: None, node: None });

@@ -1,4 +1,5 @@
-//! Byte encodings shared by the stores: bincode for values, order-preserving keys.
+//! Byte encodings below every other module: bincode for values (state-machine records,
+//! Raft payloads on the wire) and order-preserving keys. Pure: no RocksDB.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -8,7 +9,7 @@ fn config() -> bincode::config::Configuration {
 }
 
 pub fn encode<T: Serialize>(v: &T) -> std::io::Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(v, config()).map_err(super::io_err)
+    bincode::serde::encode_to_vec(v, config()).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {

@@ -1,0 +1,82 @@
+//! The cluster's identity as a state-machine area: `InitCluster` records the id and the
+//! join secrets once, `AllocNodeId` hands out node ids. Pure: no RocksDB, no clock.
+
+// State-machine code: deterministic on every member (see coord/clippy.toml).
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::ApplyError;
+use crate::types::NodeId;
+
+/// The one key this area persists in the state machine, holding the whole [`ClusterMeta`].
+pub const KEY: &[u8] = b"m/cluster";
+
+/// Cluster identity, replicated so every master can check join tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    pub cluster_id: String,
+    pub manager_secret: String,
+    pub worker_secret: String,
+    /// Next node id to hand out; ids are never reused. Node 1 is the initial node.
+    pub next_node_id: u64,
+}
+
+impl ClusterMeta {
+    /// True once `InitCluster` has been applied.
+    pub fn is_initialized(&self) -> bool {
+        !self.cluster_id.is_empty()
+    }
+
+    /// Applies `InitCluster`. Only the first one counts: a retried or duplicated proposal
+    /// (the `init` node re-proposes until it sees the identity committed) is refused.
+    pub fn init(&mut self, cluster_id: &str, manager_secret: &str, worker_secret: &str) -> Result<(), ApplyError> {
+        if self.is_initialized() {
+            return Err(ApplyError::AlreadyInitialized);
+        }
+        *self = ClusterMeta {
+            cluster_id: cluster_id.to_string(),
+            manager_secret: manager_secret.to_string(),
+            worker_secret: worker_secret.to_string(),
+            next_node_id: 2,
+        };
+        Ok(())
+    }
+
+    /// Applies `AllocNodeId`: the next id, never one handed out before. Ids start at 2
+    /// even before `InitCluster` applied, because node 1 is the `init` node.
+    pub fn alloc_node_id(&mut self) -> NodeId {
+        let id = self.next_node_id.max(2);
+        self.next_node_id = id + 1;
+        id
+    }
+
+    /// The persisted form (under [`KEY`]).
+    pub fn encode(&self) -> Vec<u8> {
+        crate::codec::encode(self).expect("cluster meta encodes")
+    }
+
+    pub fn decode(b: &[u8]) -> std::io::Result<ClusterMeta> {
+        crate::codec::decode(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_applies_once_and_ids_are_never_reused() {
+        let mut c = ClusterMeta::default();
+        // An id allocated before the identity still skips the init node's id 1.
+        assert_eq!(c.alloc_node_id(), 2);
+        c = ClusterMeta::default();
+        c.init("c1", "m", "w").unwrap();
+        assert_eq!(c.init("c2", "m2", "w2"), Err(ApplyError::AlreadyInitialized));
+        assert_eq!(c.cluster_id, "c1");
+        assert_eq!((c.alloc_node_id(), c.alloc_node_id()), (2, 3));
+        let back = ClusterMeta::decode(&c.encode()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.clone().alloc_node_id(), 4);
+    }
+}

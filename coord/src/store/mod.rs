@@ -14,6 +14,8 @@ pub mod state_machine;
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod snapshot_tests;
 
 use std::path::Path;
 use std::sync::Arc;

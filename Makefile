@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
 BIN := $(CARGO_TARGET_DIR)/release/cluster
 
-.PHONY: deps build demo test bench bench-agents bench-ipam jepsen-deps jepsen-short jepsen-long fmt clippy
+.PHONY: deps build demo test bench bench-agents bench-ipam bench-snapshot jepsen-deps jepsen-short jepsen-long fmt clippy
 
 deps:
 	bash .ci/install-deps --jepsen
@@ -58,6 +58,14 @@ bench-ipam:
 	bash .ci/install-deps
 	cargo build --release --locked --bin cluster
 	bash .ci/bench-ipam.sh "$(BIN)"
+
+## Snapshot memory: a /8 of IP allocations, then a fourth master catches up by snapshot;
+## peak memory of the leader and the new master above steady state. Writes the
+## "Snapshot memory" section of docs/benchmarks.md (about 15 minutes).
+bench-snapshot:
+	bash .ci/install-deps
+	cargo build --release --locked --bin cluster
+	bash .ci/bench-snapshot.sh "$(BIN)"
 
 fmt:
 	cargo fmt --all

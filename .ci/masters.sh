@@ -1,18 +1,21 @@
 # Sourced by the benchmark scripts: a local cluster of --no-worker masters.
 # Needs BIN (the cluster binary) and CL (an array of listen addresses, the first one
 # runs `init`); sets EPS and PIDS. start_masters DIR forms the cluster in DIR and waits
-# until every master votes; stop_masters kills them all.
+# until every master votes; stop_masters kills them all. MASTER_ARGS (optional) is added to
+# every init and join.
 EPS=$(IFS=,; echo "${CL[*]}")
 PIDS=()
 
 start_masters() { # data-dir
   local d=$1 n=${#CL[@]}
-  "$BIN" init --no-worker --data-dir "$d/c1" --listen "${CL[0]}" >"$d/c1.log" 2>&1 &
+  # shellcheck disable=SC2086
+  "$BIN" init --no-worker ${MASTER_ARGS:-} --data-dir "$d/c1" --listen "${CL[0]}" >"$d/c1.log" 2>&1 &
   PIDS+=($!)
   local tok=""
   for _ in $(seq 100); do tok=$("$BIN" token manager -q --endpoints "${CL[0]}" 2>/dev/null) && break; sleep 0.1; done
   for ((i = 1; i < n; i++)); do
-    "$BIN" join --no-worker --data-dir "$d/c$((i+1))" --listen "${CL[$i]}" --token "$tok" "${CL[0]}" \
+    # shellcheck disable=SC2086
+    "$BIN" join --no-worker ${MASTER_ARGS:-} --data-dir "$d/c$((i+1))" --listen "${CL[$i]}" --token "$tok" "${CL[0]}" \
       >"$d/c$((i+1)).log" 2>&1 &
     PIDS+=($!)
   done

@@ -46,6 +46,8 @@ pub struct Voter {
 /// What a restore or recovery produced.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The single voter's node id.
+    pub node_id: NodeId,
     /// The last log id the state reflects; the new log continues after it.
     pub last_log_id: Option<LogId>,
     /// Log entries applied from the local log (recovery only).
@@ -63,12 +65,13 @@ fn open(data_dir: &Path) -> Result<std::sync::Arc<DB>> {
 }
 
 /// Builds a one-node cluster in `data_dir` (which must not hold a node yet) from the
-/// snapshot `file`, under a new identity `cluster`: the state of the snapshot's revision,
-/// with this node as the only member.
+/// snapshot `file`, under a new identity `cluster` (id and join secrets): the state of the
+/// snapshot's revision, with this node as the only member. The node gets the next id the
+/// snapshot's cluster would have handed out, so no id means two nodes.
 pub async fn restore(
     file: &Path,
     data_dir: &Path,
-    me: Voter,
+    info: NodeInfo,
     cluster: ClusterMeta,
     progress: Progress<'_>,
 ) -> Result<Outcome> {
@@ -94,7 +97,9 @@ pub async fn restore(
         None => ClusterMeta::default(),
     };
     // Ids stay unique across the old and the new cluster's records.
-    let cluster = ClusterMeta { next_node_id: old.next_node_id.max(me.node_id + 1).max(2), ..cluster };
+    let node_id = old.next_node_id.max(2);
+    let cluster = ClusterMeta { next_node_id: node_id + 1, ..cluster };
+    let me = Voter { node_id, info };
     force_single_voter(&db, &snap_dir, &me, meta.last_log_id, Some(&cluster), 0, progress)
 }
 
@@ -204,5 +209,26 @@ fn force_single_voter(
         None => 0,
     };
     progress("snapshot records", summary.records);
-    Ok(Outcome { last_log_id: Some(last), applied_from_log, revision, snapshot: summary })
+    Ok(Outcome { node_id: me.node_id, last_log_id: Some(last), applied_from_log, revision, snapshot: summary })
+}
+
+/// The members the data dir last saw, as (id, info, is voter); for checking, before a
+/// recovery, whether a quorum of them can still be reached.
+pub fn members(data_dir: &Path) -> Result<Vec<(NodeId, NodeInfo, bool)>> {
+    let db = open(data_dir)?;
+    let stored: StoredMembership = match db.get_cf(sm_cf(&db), KEY_MEMBERSHIP).map_err(super::io_err)? {
+        Some(b) => decode(&b)?,
+        None => StoredMembership::default(),
+    };
+    // Membership entries in the log not applied yet are newer than the stored one.
+    let mut membership = stored.membership().clone();
+    let cf_log = db.cf_handle(CF_LOG).expect("log column family");
+    for item in db.iterator_cf(cf_log, IteratorMode::Start) {
+        let (_, v) = item.map_err(super::io_err)?;
+        if let openraft::EntryPayload::Membership(m) = decode::<Entry>(&v)?.payload {
+            membership = m;
+        }
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    Ok(membership.nodes().map(|(id, n)| (*id, n.clone(), voters.contains(id))).collect())
 }

@@ -252,8 +252,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         // Never report a last entry below the purge mark.
         let last = match (on_disk, &last_purged) {
-            (Some(d), Some(p)) if d.index <= p.index => Some(p.clone()),
-            (None, p) => p.clone(),
+            (Some(d), Some(p)) if d.index <= p.index => Some(*p),
+            (None, p) => *p,
             (d, _) => d,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })

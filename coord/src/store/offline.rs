@@ -129,7 +129,7 @@ pub async fn recover(data_dir: &Path, me: Voter, progress: Progress<'_>) -> Resu
         };
     let from =
         applied.as_ref().map(|l| l.index + 1).unwrap_or(0).max(purged.as_ref().map(|l| l.index + 1).unwrap_or(0));
-    let mut last = applied.clone();
+    let mut last = applied;
     let mut n = 0u64;
     let mut batch: Vec<Entry> = Vec::new();
     let start = crate::codec::u64_key(from);
@@ -137,7 +137,7 @@ pub async fn recover(data_dir: &Path, me: Voter, progress: Progress<'_>) -> Resu
     for item in db.iterator_cf(cf_log, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
         let (_, v) = item.map_err(super::io_err)?;
         let e: Entry = decode(&v)?;
-        last = Some(e.log_id.clone());
+        last = Some(e.log_id);
         batch.push(e);
         if batch.len() == 1024 {
             n += apply_entries(&mut sm, std::mem::take(&mut batch)).await?;
@@ -184,11 +184,11 @@ fn force_single_voter(
     let nodes: BTreeMap<NodeId, NodeInfo> = [(me.node_id, me.info.clone())].into();
     let membership =
         Membership::new(vec![members], nodes).map_err(|e| OfflineError::Refused(format!("membership: {e}")))?;
-    let stored = StoredMembership::new(Some(last.clone()), membership);
+    let stored = StoredMembership::new(Some(last), membership);
     let mut batch = WriteBatch::default();
     let sm = sm_cf(db);
     batch.put_cf(sm, KEY_MEMBERSHIP, encode(&stored)?);
-    batch.put_cf(sm, super::state_machine::KEY_APPLIED, encode(&Some(last.clone()))?);
+    batch.put_cf(sm, super::state_machine::KEY_APPLIED, encode(&Some(last))?);
     if let Some(c) = cluster {
         batch.put_cf(sm, crate::cluster::KEY, c.encode());
     }

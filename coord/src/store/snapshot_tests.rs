@@ -112,7 +112,7 @@ async fn crash_after_the_marker_finishes_the_install_at_open() {
 async fn crash_while_staging_keeps_the_old_state() {
     let (_d1, mut leader, d2, follower) = leader_and_follower().await;
     let before = kv(&follower);
-    let applied = follower.state().read().unwrap().last_applied.clone();
+    let applied = follower.state().read().unwrap().last_applied;
     let snap = snapshot_of(&mut leader).await;
     // The crash: half of the snapshot was copied to `installing.tmp`, no marker yet.
     let dir = d2.path().join("snap");

@@ -276,7 +276,7 @@ impl StateMachineStore {
         match payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
-                st.membership = StoredMembership::new(Some(log_id.clone()), m.clone());
+                st.membership = StoredMembership::new(Some(*log_id), m.clone());
                 batch.put_cf(cf, KEY_MEMBERSHIP, encode(&st.membership)?);
             }
             EntryPayload::Normal(LogEntry { time_ms, cmd }) => {
@@ -336,7 +336,7 @@ impl StateMachineStore {
                 }
             }
         }
-        st.last_applied = Some(log_id.clone());
+        st.last_applied = Some(*log_id);
         Ok(Response { revision: st.kv.revision, result: result.map(|_| out) })
     }
 
@@ -500,7 +500,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let st = self.state.read().expect("sm lock");
-        Ok((st.last_applied.clone(), st.membership.clone()))
+        Ok((st.last_applied, st.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>

@@ -27,7 +27,7 @@ fn a_fresh_data_dir_gets_the_current_version_and_reopens() {
 fn newer_state_machine_format_is_refused_naming_both_versions() {
     let dir = tempfile::tempdir().unwrap();
     stamp(dir.path(), "sm", b"m/format", FORMAT_VERSION + 1);
-    let err = open_db(&dir.path().join("db")).err().expect("a newer format must be refused");
+    let err = open_db(&dir.path().join("db")).expect_err("a newer format must be refused");
     assert!(
         matches!(err, OpenError::NewerFormat { found, supported, .. } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
         "{err}"
@@ -41,7 +41,7 @@ fn newer_state_machine_format_is_refused_naming_both_versions() {
 fn newer_raft_metadata_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     stamp(dir.path(), "raft_meta", b"format", FORMAT_VERSION + 7);
-    let err = open_db(&dir.path().join("db")).err().expect("refused");
+    let err = open_db(&dir.path().join("db")).expect_err("refused");
     assert!(err.to_string().contains("Raft metadata"), "{err}");
 }
 

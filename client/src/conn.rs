@@ -102,8 +102,8 @@ impl Client {
     }
 
     /// Runs `f` on the endpoints until one answers. `unavailable` moves on to the next
-    /// endpoint, or first to the leader it names; any other answer, error or not, is the
-    /// result.
+    /// endpoint, or first to the leader it names unless that one is queued already; any
+    /// other answer, error or not, is the result.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: Fn(Channel) -> Fut,
@@ -175,10 +175,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_not_leader_answer_sends_the_call_to_the_named_leader_next() {
-        let c = Client::new(["m1:1", "m2:1", "m3:1"]);
+        let c = Client::new(["m1:1", "m2:1"]);
         let (seen, r) = asked(&c, |a| if a == "m3:1" { Ok(7) } else { Err(not_leader("m3:1")) }).await;
         assert_eq!(seen, ["m1:1", "m3:1"]);
         assert_eq!(r.unwrap(), 7);
+        // A leader queued already keeps its place.
+        let c = Client::new(["m1:1", "m2:1", "m3:1"]);
+        let (seen, _) = asked(&c, |a| if a == "m3:1" { Ok(7) } else { Err(not_leader("m3:1")) }).await;
+        assert_eq!(seen, ["m1:1", "m2:1", "m3:1"]);
     }
 
     #[tokio::test]

@@ -57,13 +57,7 @@ impl Client {
     /// events); with `follow` the stream goes on with new events as they commit.
     pub async fn events(&self, from: u64, follow: bool) -> Result<EventStream, ClientError> {
         let req = pb::WatchRegistryRequest { start_index: from, follow };
-        let s = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { self.registry(ch).watch(req).await }
-            })
-            .await?
-            .into_inner();
+        let s = self.call(|ch| async move { self.registry(ch).watch(req).await }).await?.into_inner();
         Ok(s.map(|e| e.map_err(ClientError::from)).boxed())
     }
 

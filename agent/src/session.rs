@@ -36,10 +36,13 @@ pub struct Identity {
 /// shares a pool among its emulated agents).
 pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, ClientError> + Send + Sync>;
 
+/// Called with every master list the leader pushes.
+pub type OnMasters = Arc<dyn Fn(&pb::MasterList) + Send + Sync>;
+
 /// Callbacks for the daemon (persist the master list) and the bench (measure reattach).
 #[derive(Default, Clone)]
 pub struct Hooks {
-    pub on_masters: Option<Arc<dyn Fn(&pb::MasterList) + Send + Sync>>,
+    pub on_masters: Option<OnMasters>,
     /// Called with the leader's id each time a session opens.
     pub on_attach: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }

@@ -30,7 +30,8 @@ impl Client {
         self.nodes_request(0).await
     }
 
-    /// One node, or `None` if the registry does not know it.
+    /// One node. An id neither a master nor a registered agent is a `NotFound` error;
+    /// `None` is an answer that names no node.
     pub async fn node(&self, node_id: u64) -> Result<Option<pb::NodeInfo>, ClientError> {
         Ok(self.nodes_request(node_id).await?.nodes.into_iter().next())
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use coord::{CoordNode, InitSecrets, NodeOptions};
+use client::Role;
+use coord::{CoordConfig, CoordNode, InitSecrets, NodeOptions};
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
 use proto::clusterpb::JoinRequest;
 use rand::distr::{Alphanumeric, SampleString};
@@ -15,11 +16,54 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::cli::{AgentArgs, NodeArgs, Tuning};
 use crate::resources::AgentSettings;
 use crate::session;
 
 const NODE_FILE: &str = "node.json";
+
+/// A new node, as `init` and `join` get it.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Must be empty or absent.
+    pub data_dir: PathBuf,
+    /// host:port to serve gRPC on.
+    pub listen: String,
+    /// host:port others reach this node at; `None` is `listen`.
+    pub advertise: Option<String>,
+    /// `None` is `node-<id>`.
+    pub name: Option<String>,
+    pub agent: AgentFlags,
+    pub config: CoordConfig,
+}
+
+/// What the agent should offer, as given on the command line: each value given replaces
+/// the recorded one, and labels given replace all recorded labels.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFlags {
+    /// Run no agent on this master (a worker always runs one).
+    pub no_worker: bool,
+    pub cpus: Option<f64>,
+    pub memory_mb: Option<u64>,
+    pub disk_mb: Option<u64>,
+    pub ports: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+impl AgentFlags {
+    /// Applies these flags over recorded settings.
+    fn merge_into(&self, no_worker: &mut bool, s: &mut AgentSettings) {
+        if self.no_worker {
+            *no_worker = true;
+        }
+        s.cpus = self.cpus.or(s.cpus);
+        s.memory_mb = self.memory_mb.or(s.memory_mb);
+        s.disk_mb = self.disk_mb.or(s.disk_mb);
+        s.ports = self.ports.clone().or(s.ports.take());
+        if !self.labels.is_empty() {
+            s.labels = self.labels.iter().cloned().collect();
+        }
+    }
+}
 
 /// What a node must remember across restarts, besides its RocksDB.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,8 +71,7 @@ struct NodeFile {
     node_id: u64,
     name: String,
     cluster_id: String,
-    /// "manager" or "worker".
-    role: String,
+    role: Role,
     listen: String,
     advertise: String,
     /// Only on the node that ran `init`, until its identity is committed.
@@ -48,19 +91,8 @@ struct NodeFile {
 }
 
 impl NodeFile {
-    /// Applies agent flags given on the command line over the recorded ones.
-    fn merge_agent_args(&mut self, a: &AgentArgs) {
-        if a.no_worker {
-            self.no_worker = true;
-        }
-        let s = &mut self.agent;
-        s.cpus = a.cpus.or(s.cpus);
-        s.memory_mb = a.memory_mb.or(s.memory_mb);
-        s.disk_mb = a.disk_mb.or(s.disk_mb);
-        s.ports = a.ports.clone().or(s.ports.take());
-        if !a.labels.is_empty() {
-            s.labels = a.labels.iter().cloned().collect();
-        }
+    fn merge_agent_flags(&mut self, a: &AgentFlags) {
+        a.merge_into(&mut self.no_worker, &mut self.agent);
     }
 }
 
@@ -68,25 +100,6 @@ impl NodeFile {
 struct InitFile {
     manager_secret: String,
     worker_secret: String,
-}
-
-impl NodeFile {
-    /// A placeholder carrying only agent settings, before the join answer is known.
-    fn default_agent() -> NodeFile {
-        NodeFile {
-            node_id: 0,
-            name: String::new(),
-            cluster_id: String::new(),
-            role: String::new(),
-            listen: String::new(),
-            advertise: String::new(),
-            init: None,
-            node_secret: String::new(),
-            no_worker: false,
-            agent: AgentSettings::default(),
-            masters: Vec::new(),
-        }
-    }
 }
 
 fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
@@ -124,7 +137,7 @@ fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
 }
 
-fn resolve_addrs(node: &NodeArgs) -> anyhow::Result<(String, String)> {
+fn resolve_addrs(node: &NodeSpec) -> anyhow::Result<(String, String)> {
     let listen: SocketAddr =
         node.listen.parse().with_context(|| format!("--listen {:?} is not IP:PORT", node.listen))?;
     let advertise = node.advertise.clone().unwrap_or_else(|| node.listen.clone());
@@ -143,7 +156,9 @@ fn secret() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 26)
 }
 
-pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
+/// `init`: a new cluster with this node as its only master; prints the join tokens and
+/// serves until stopped.
+pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
@@ -151,7 +166,7 @@ pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
         node_id: 1,
         name: node.name.clone().unwrap_or_else(|| "node-1".into()),
         cluster_id: hex_id(),
-        role: "manager".into(),
+        role: Role::Manager,
         listen,
         advertise: advertise.clone(),
         init: Some(InitFile { manager_secret: secret(), worker_secret: secret() }),
@@ -160,11 +175,11 @@ pub async fn init(node: NodeArgs) -> anyhow::Result<()> {
         agent: AgentSettings::default(),
         masters: vec![advertise],
     };
-    file.merge_agent_args(&node.agent);
+    file.merge_agent_flags(&node.agent);
     // Fail before anything is written if the agent's resources are malformed.
     crate::resources::resolve(&file.agent, &node.data_dir)?;
     write_node_file(&node.data_dir, &file)?;
-    let coord = open(&node.data_dir, &file, &node.tuning).await?;
+    let coord = open(&node.data_dir, &file, &node.config).await?;
     coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
     wait_for_identity(&coord).await?;
@@ -200,16 +215,22 @@ async fn wait_for_identity(coord: &CoordNode) -> anyhow::Result<()> {
     bail!("the cluster identity was not committed within 10 s")
 }
 
-pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result<()> {
+/// `join`: becomes a member of `seed`'s cluster as the token's role, then runs the node.
+pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node)?;
     coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
-    let mut settings = NodeFile::default_agent();
-    settings.merge_agent_args(&node.agent);
+    let (mut no_worker, mut agent) = (false, AgentSettings::default());
+    node.agent.merge_into(&mut no_worker, &mut agent);
     let probe = node.data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    crate::resources::resolve(&settings.agent, probe)?;
+    crate::resources::resolve(&agent, probe)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
-    let resp = match join_rpc(&seed, &token, &advertise, node.name.clone().unwrap_or_default()).await {
+    let joined = join_rpc(&seed, &token, &advertise, node.name.clone().unwrap_or_default()).await.and_then(|r| {
+        // The role is checked before anything is written, like every other refusal.
+        let role = r.role.parse::<Role>().with_context(|| format!("join answered by {seed}"))?;
+        Ok((r, role))
+    });
+    let (resp, role) = match joined {
         Ok(r) => r,
         Err(e) => {
             // Leave nothing behind: the directory must stay usable for another attempt.
@@ -225,17 +246,18 @@ pub async fn join(node: NodeArgs, token: String, seed: String) -> anyhow::Result
         node_id: resp.node_id,
         name: node.name.clone().unwrap_or_else(|| format!("node-{}", resp.node_id)),
         cluster_id: resp.cluster_id.clone(),
-        role: resp.role.clone(),
+        role,
         listen,
         advertise,
         init: None,
         node_secret: secret(),
+        no_worker,
+        agent,
         masters,
-        ..settings
     };
     write_node_file(&node.data_dir, &file)?;
-    println!("Joined cluster {} as node {} ({}).", resp.cluster_id, resp.node_id, resp.role);
-    run(&node.data_dir, file, Some(listener), &node.tuning).await
+    println!("Joined cluster {} as node {} ({role}).", resp.cluster_id, resp.node_id);
+    run(&node.data_dir, file, Some(listener), &node.config).await
 }
 
 async fn join_rpc(
@@ -266,13 +288,20 @@ async fn join_rpc(
     }
 }
 
-pub async fn start(data_dir: PathBuf, listen: Option<String>, agent: AgentArgs, tuning: Tuning) -> anyhow::Result<()> {
+/// `start`: restarts the node recorded in `data_dir`; `listen` and `agent` override what
+/// init/join recorded.
+pub async fn start(
+    data_dir: PathBuf,
+    listen: Option<String>,
+    agent: AgentFlags,
+    config: CoordConfig,
+) -> anyhow::Result<()> {
     let mut file = read_node_file(&data_dir)?;
     if let Some(l) = listen {
         file.listen = l;
     }
     let before = (file.no_worker, file.agent.clone(), file.node_secret.clone());
-    file.merge_agent_args(&agent);
+    file.merge_agent_flags(&agent);
     crate::resources::resolve(&file.agent, &data_dir)?;
     if file.node_secret.is_empty() {
         file.node_secret = secret();
@@ -281,19 +310,19 @@ pub async fn start(data_dir: PathBuf, listen: Option<String>, agent: AgentArgs, 
         write_node_file(&data_dir, &file)?;
     }
     info!(node = file.node_id, role = %file.role, "restarting node from {}", data_dir.display());
-    let listener = if file.role == "worker" { None } else { Some(bind(&file.listen).await?) };
-    run(&data_dir, file, listener, &tuning).await
+    let listener = if file.role == Role::Worker { None } else { Some(bind(&file.listen).await?) };
+    run(&data_dir, file, listener, &config).await
 }
 
-async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, tuning: &Tuning) -> anyhow::Result<()> {
-    if file.role == "worker" {
+async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, config: &CoordConfig) -> anyhow::Result<()> {
+    if file.role == Role::Worker {
         // A worker serves nothing yet: a socket left listening would accept connections
         // that are never answered.
         drop(listener);
         return run_worker(dir, file).await;
     }
     let listener = listener.context("a master needs its listener")?;
-    let coord = open(dir, &file, tuning).await?;
+    let coord = open(dir, &file, config).await?;
     let serving = serve(coord, listener);
     spawn_own_agent(dir, &file)?;
     serving.await
@@ -307,7 +336,7 @@ fn agent_parts(dir: &Path, file: &NodeFile) -> anyhow::Result<(session::Identity
         secret: file.node_secret.clone(),
         name: file.name.clone(),
         addr: file.advertise.clone(),
-        role: file.role.clone(),
+        role: file.role,
         resources: crate::resources::to_pb(&resources),
         labels: file.agent.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
@@ -334,7 +363,7 @@ fn connector() -> session::Connect {
         if let Some(ch) = c.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = crate::client::channel(addr)?;
+        let ch = client::channel(addr)?;
         c.insert(addr.to_string(), ch.clone());
         Ok(ch)
     })
@@ -369,13 +398,13 @@ async fn run_worker(dir: &Path, file: NodeFile) -> anyhow::Result<()> {
     }
 }
 
-async fn open(dir: &Path, file: &NodeFile, tuning: &Tuning) -> anyhow::Result<Arc<CoordNode>> {
+async fn open(dir: &Path, file: &NodeFile, config: &CoordConfig) -> anyhow::Result<Arc<CoordNode>> {
     let opts = NodeOptions {
         node_id: file.node_id,
         name: file.name.clone(),
         data_dir: dir.to_path_buf(),
         advertise_addr: file.advertise.clone(),
-        config: tuning.config(),
+        config: config.clone(),
         init: file.init.as_ref().map(|i| InitSecrets {
             cluster_id: file.cluster_id.clone(),
             manager_secret: i.manager_secret.clone(),

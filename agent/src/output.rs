@@ -1,4 +1,12 @@
-//! Printing tables and JSON.
+//! Output format, and printing tables and JSON.
+
+/// How results are printed: aligned columns for people, JSON for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
 
 /// Prints rows as left-aligned columns under `header`.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -22,6 +30,7 @@ pub fn json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).expect("json"));
 }
 
+/// A value, or `-` when absent.
 pub fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
 }

@@ -11,14 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use client::{ClientError, Role};
 use proto::clusterpb as pb;
 use proto::clusterpb::registry_client::RegistryClient;
+use proto::consts::LEADER_ADDR_HEADER;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-use coord::error::LEADER_ADDR_HEADER;
 
 /// What an agent registers as.
 #[derive(Debug, Clone)]
@@ -27,19 +27,22 @@ pub struct Identity {
     pub secret: String,
     pub name: String,
     pub addr: String,
-    pub role: String,
+    pub role: Role,
     pub resources: pb::Resources,
     pub labels: std::collections::HashMap<String, String>,
 }
 
 /// Gives a channel for a master address (the daemon opens one per master; the bench
 /// shares a pool among its emulated agents).
-pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, Status> + Send + Sync>;
+pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, ClientError> + Send + Sync>;
+
+/// Called with every master list the leader pushes.
+pub type OnMasters = Arc<dyn Fn(&pb::MasterList) + Send + Sync>;
 
 /// Callbacks for the daemon (persist the master list) and the bench (measure reattach).
 #[derive(Default, Clone)]
 pub struct Hooks {
-    pub on_masters: Option<Arc<dyn Fn(&pb::MasterList) + Send + Sync>>,
+    pub on_masters: Option<OnMasters>,
     /// Called with the leader's id each time a session opens.
     pub on_attach: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
@@ -139,7 +142,7 @@ impl Agent {
             node_secret: self.id.secret.clone(),
             name: self.id.name.clone(),
             addr: self.id.addr.clone(),
-            role: self.id.role.clone(),
+            role: self.id.role.as_str().into(),
             resources: Some(self.id.resources.clone()),
             labels: self.id.labels.clone(),
         };

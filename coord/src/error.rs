@@ -9,8 +9,7 @@ use crate::registry::RegistryError;
 use crate::types::NodeId;
 
 /// gRPC metadata keys of a not-leader answer.
-pub const LEADER_ADDR_HEADER: &str = "x-cluster-leader-addr";
-pub const LEADER_ID_HEADER: &str = "x-cluster-leader-id";
+pub use proto::consts::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {

@@ -4,13 +4,12 @@
 
 use crate::net::{self, Net};
 use anyhow::{bail, Context, Result};
-use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
-use proto::clusterpb::{LeaveRequest, MembersRequest, StatusRequest, StatusResponse, TokenRequest};
+use client::{Client, RaftRole, Role, Settings};
+use proto::clusterpb::StatusResponse;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 
 pub const PORT: u16 = 2379;
 pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -39,12 +38,16 @@ pub struct Cluster {
     clock_dir: Option<PathBuf>,
 }
 
-pub fn endpoint(ip: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{ip}:{PORT}"))
-        .expect("valid uri")
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .connect_lazy()
+/// A client of the one master at `ip`. It does not follow a not-leader answer: the
+/// suite chooses which master each request goes to. Callers set their own deadlines.
+pub fn master(ip: &str) -> Client {
+    let settings = Settings {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: None,
+        follow_leader: false,
+        ..Settings::default()
+    };
+    Client::with_settings([format!("{ip}:{PORT}")], settings)
 }
 
 impl Cluster {
@@ -104,7 +107,7 @@ impl Cluster {
         let args = self.node_args(0);
         self.spawn(0, "init", &args)?;
         self.wait_status(0, Duration::from_secs(30)).await.context("n1 did not come up after init")?;
-        let token = self.token("manager").await?;
+        let token = self.token(Role::Manager).await?;
         for i in 1..self.masters {
             let mut args = self.node_args(i);
             args.extend(["--token".into(), token.clone(), format!("{first}:{PORT}")]);
@@ -113,7 +116,7 @@ impl Cluster {
             self.wait_status(i, Duration::from_secs(10)).await?;
         }
         if workers > 0 {
-            let wtoken = self.token("worker").await?;
+            let wtoken = self.token(Role::Worker).await?;
             for i in self.masters..self.nodes.len() {
                 let mut args = self.node_args(i);
                 args.extend(["--token".into(), wtoken.clone(), format!("{first}:{PORT}")]);
@@ -215,9 +218,8 @@ impl Cluster {
     }
 
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
-        let mut c = ClusterAdminClient::new(endpoint(&self.nodes[i].ip));
-        match tokio::time::timeout(Duration::from_millis(700), c.status(StatusRequest {})).await {
-            Ok(Ok(r)) => Some(r.into_inner()),
+        match tokio::time::timeout(Duration::from_millis(700), master(&self.nodes[i].ip).status()).await {
+            Ok(Ok(s)) => Some(s),
             _ => None,
         }
     }
@@ -239,14 +241,11 @@ impl Cluster {
         }
     }
 
-    async fn token(&self, role: &str) -> Result<String> {
+    async fn token(&self, role: Role) -> Result<String> {
         for _ in 0..50 {
             for n in self.nodes.iter().take(self.masters) {
-                let mut c = ClusterAdminClient::new(endpoint(&n.ip));
-                if let Ok(Ok(t)) =
-                    tokio::time::timeout(Duration::from_secs(2), c.token(TokenRequest { role: role.into() })).await
-                {
-                    return Ok(t.into_inner().token);
+                if let Ok(Ok(t)) = tokio::time::timeout(Duration::from_secs(2), master(&n.ip).token(role)).await {
+                    return Ok(t);
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -258,9 +257,9 @@ impl Cluster {
     async fn wait_voters(&self, want: usize, within: Duration) -> Result<()> {
         let end = tokio::time::Instant::now() + within;
         loop {
-            let mut c = ClusterAdminClient::new(endpoint(&self.nodes[0].ip));
-            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), c.members(MembersRequest {})).await {
-                let voters = m.into_inner().members.iter().filter(|m| m.role == "voter").count();
+            let first = master(&self.nodes[0].ip);
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), first.members()).await {
+                let voters = m.members.iter().filter(|m| m.role.parse() == Ok(RaftRole::Voter)).count();
                 if voters >= want {
                     return Ok(());
                 }
@@ -308,14 +307,14 @@ impl Cluster {
     pub async fn leave(&mut self, i: usize) -> Result<()> {
         let id = self.nodes[i].id;
         let via = (0..self.masters).find(|&j| j != i && !self.nodes[j].removed).context("no other master")?;
-        let mut c = ClusterAdminClient::new(endpoint(&self.nodes[via].ip));
-        let res = tokio::time::timeout(Duration::from_secs(10), c.leave(LeaveRequest { node_id: id })).await;
+        let c = master(&self.nodes[via].ip);
+        let res = tokio::time::timeout(Duration::from_secs(10), c.leave(Some(id))).await;
         if !matches!(res, Ok(Ok(_))) {
             // The removal may still have committed: the member list decides.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let members = tokio::time::timeout(Duration::from_secs(5), c.members(MembersRequest {})).await;
+            let members = tokio::time::timeout(Duration::from_secs(5), c.members()).await;
             let still = match members {
-                Ok(Ok(m)) => m.into_inner().members.iter().any(|m| m.node_id == id),
+                Ok(Ok(m)) => m.members.iter().any(|m| m.node_id == id),
                 _ => true,
             };
             if still {
@@ -333,7 +332,7 @@ impl Cluster {
     pub async fn rejoin(&mut self, i: usize) -> Result<()> {
         self.kill(i);
         let _ = std::fs::remove_dir_all(&self.nodes[i].data_dir);
-        let token = self.token("manager").await?;
+        let token = self.token(Role::Manager).await?;
         let seed = (0..self.masters).find(|&j| j != i && !self.nodes[j].removed).context("no master to join")?;
         let mut args = self.node_args(i);
         args.extend(["--token".into(), token, format!("{}:{PORT}", self.nodes[seed].ip)]);

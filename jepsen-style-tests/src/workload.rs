@@ -7,21 +7,15 @@
 //! refused before anything was sent.
 
 use crate::history::{Op, OpType};
-use proto::clusterpb::ipam_client::IpamClient;
-use proto::clusterpb::registry_client::RegistryClient;
-use proto::clusterpb::{
-    AllocateRequest, CreateNetworkRequest, InspectNetworkRequest, NodesRequest, ReleaseRequest, WatchRegistryRequest,
-};
+use client::{ClientError, GetOptions, NetworkSpec};
 use proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use proto::etcdserverpb::kv_client::KvClient;
 use proto::etcdserverpb::request_op::Request as ReqOp;
-use proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use proto::etcdserverpb::{Compare, PutRequest, RequestOp, TxnRequest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -97,7 +91,7 @@ impl Shared {
 pub struct Client {
     pub process: u64,
     pub node: String,
-    chan: Channel,
+    master: client::Client,
     rng: crate::schedule::Rng,
     /// IPAM owners this client holds and may release.
     held: Vec<String>,
@@ -111,6 +105,20 @@ pub struct Done {
 
 fn ok(value: Value) -> Done {
     Done { kind: OpType::Ok, value, error: None }
+}
+
+/// The status exactly as the master or the transport gave it, which the rules below read
+/// (a client pinned to one master adds nothing to it).
+fn raw(e: ClientError) -> tonic::Status {
+    match e.status() {
+        Some(s) => s.clone(),
+        None => tonic::Status::new(e.code(), e.message()),
+    }
+}
+
+fn read_error(e: ClientError) -> Done {
+    let s = raw(e);
+    failed(OpType::Fail, Value::Null, format!("{:?}: {}", s.code(), s.message()))
 }
 
 /// Whether the request certainly never reached a server.
@@ -129,7 +137,8 @@ fn failed(kind: OpType, value: Value, e: String) -> Done {
 }
 
 /// The outcome of a write that returned an error.
-fn write_error(value: Value, s: tonic::Status) -> Done {
+fn write_error(value: Value, e: ClientError) -> Done {
+    let s = raw(e);
     let definite = never_sent(&s)
         || matches!(
             s.code(),
@@ -145,7 +154,7 @@ fn write_error(value: Value, s: tonic::Status) -> Done {
 
 impl Client {
     pub fn new(process: u64, node: String, ip: &str, seed: u64) -> Client {
-        Client { process, node, chan: crate::cluster::endpoint(ip), rng: crate::schedule::Rng::new(seed), held: vec![] }
+        Client { process, node, master: crate::cluster::master(ip), rng: crate::schedule::Rng::new(seed), held: vec![] }
     }
 
     /// Picks the next operation: (f, key, value).
@@ -193,29 +202,20 @@ impl Client {
 
     async fn call(&mut self, f: &str, key: Option<&str>, value: &Value) -> Done {
         let key = key.unwrap_or("").to_string();
-        let mut kv = KvClient::new(self.chan.clone());
+        let m = &self.master;
         match f {
-            "read" => {
-                let r = kv.range(RangeRequest { key: key.into_bytes(), ..Default::default() }).await;
-                match r {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        let v = r.kvs.first().and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<i64>().ok());
-                        ok(v.map_or(Value::Null, |v| json!(v)))
-                    }
-                    Err(s) => failed(OpType::Fail, Value::Null, format!("{:?}: {}", s.code(), s.message())),
+            "read" => match m.get(key, GetOptions::default()).await {
+                Ok(r) => {
+                    let v = r.kvs.first().and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<i64>().ok());
+                    ok(v.map_or(Value::Null, |v| json!(v)))
                 }
-            }
+                Err(e) => read_error(e),
+            },
             "write" => {
                 let v = value.as_i64().unwrap_or_default();
-                let r = kv.put(PutRequest {
-                    key: key.into_bytes(),
-                    value: v.to_string().into_bytes(),
-                    ..Default::default()
-                });
-                match r.await {
+                match m.put(key, v.to_string()).await {
                     Ok(_) => ok(value.clone()),
-                    Err(s) => write_error(value.clone(), s),
+                    Err(e) => write_error(value.clone(), e),
                 }
             }
             "cas" => {
@@ -238,51 +238,35 @@ impl Client {
                     }],
                     failure: vec![],
                 };
-                match kv.txn(t).await {
-                    Ok(r) if r.get_ref().succeeded => ok(value.clone()),
+                match m.txn(t).await {
+                    Ok(r) if r.succeeded => ok(value.clone()),
                     Ok(_) => failed(OpType::Fail, value.clone(), "compare failed".into()),
-                    Err(s) => write_error(value.clone(), s),
+                    Err(e) => write_error(value.clone(), e),
                 }
             }
             "add" => {
                 let n = value.as_i64().unwrap_or_default();
-                let r = kv.put(PutRequest {
-                    key: format!("{SET_PREFIX}{n:012}").into_bytes(),
-                    value: n.to_string().into_bytes(),
-                    ..Default::default()
-                });
-                match r.await {
+                match m.put(format!("{SET_PREFIX}{n:012}"), n.to_string()).await {
                     Ok(_) => ok(value.clone()),
-                    Err(s) => write_error(value.clone(), s),
+                    Err(e) => write_error(value.clone(), e),
                 }
             }
-            "allocate" => {
-                let mut c = IpamClient::new(self.chan.clone());
-                let r =
-                    c.allocate(AllocateRequest { network: NETWORK.into(), owner: key.clone(), ..Default::default() });
-                match r.await {
-                    Ok(r) => {
-                        self.held.push(key);
-                        ok(json!(r.into_inner().address))
-                    }
-                    Err(s) => write_error(Value::Null, s),
+            "allocate" => match m.allocate(NETWORK, &key, None, None).await {
+                Ok(r) => {
+                    self.held.push(key);
+                    ok(json!(r.address))
                 }
-            }
-            "release" => {
-                let mut c = IpamClient::new(self.chan.clone());
-                let r = c.release(ReleaseRequest { network: NETWORK.into(), owner: key, ..Default::default() });
-                match r.await {
-                    Ok(r) => ok(json!(r.into_inner().address)),
-                    Err(s) => write_error(Value::Null, s),
-                }
-            }
-            "nodes" => {
-                let mut c = RegistryClient::new(self.chan.clone());
-                match c.nodes(NodesRequest::default()).await {
-                    Ok(r) => ok(json!(r.into_inner().nodes.len())),
-                    Err(s) => failed(OpType::Fail, Value::Null, format!("{:?}: {}", s.code(), s.message())),
-                }
-            }
+                Err(e) => write_error(Value::Null, e),
+            },
+            // Nothing released is recorded as "", as the wire says it.
+            "release" => match m.release(NETWORK, Some(&key), None).await {
+                Ok(released) => ok(json!(released.unwrap_or_default())),
+                Err(e) => write_error(Value::Null, e),
+            },
+            "nodes" => match m.nodes().await {
+                Ok(r) => ok(json!(r.nodes.len())),
+                Err(e) => read_error(e),
+            },
             other => failed(OpType::Fail, Value::Null, format!("unknown operation {other}")),
         }
     }
@@ -291,14 +275,15 @@ impl Client {
 /// Per-workload setup once the cluster is up.
 pub async fn setup(kind: Kind, leader_ip: &str) -> anyhow::Result<()> {
     if kind == Kind::Ipam {
-        let mut c = IpamClient::new(crate::cluster::endpoint(leader_ip));
-        let create = c.create_network(CreateNetworkRequest {
+        let spec = NetworkSpec {
             name: NETWORK.into(),
             subnets: vec!["10.200.0.0/16".into()],
             // Short quarantine so released addresses are handed out again within a run.
             quarantine_ms: Some(2_000),
             ..Default::default()
-        });
+        };
+        let master = crate::cluster::master(leader_ip);
+        let create = master.create_network(spec);
         tokio::time::timeout(Duration::from_secs(30), create)
             .await
             .map_err(|_| anyhow::anyhow!("creating the test network timed out"))??;
@@ -317,45 +302,36 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
     };
     for _ in 0..20 {
         sh.record(Op::invoke(process, f, Some(key.into()), Value::Null, sh.now_ns()));
-        let chan = crate::cluster::endpoint(leader_ip);
+        let master = crate::cluster::master(leader_ip);
         let read = async {
             match kind {
                 Kind::Set => {
-                    let mut kv = KvClient::new(chan).max_decoding_message_size(256 << 20);
-                    let mut end = SET_PREFIX.as_bytes().to_vec();
-                    *end.last_mut().expect("prefix") += 1;
-                    kv.range(RangeRequest {
-                        key: SET_PREFIX.into(),
-                        range_end: end,
-                        keys_only: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|r| {
-                        let v: Vec<i64> = r
-                            .into_inner()
-                            .kvs
-                            .iter()
-                            .filter_map(|kv| std::str::from_utf8(&kv.key).ok()?.strip_prefix(SET_PREFIX)?.parse().ok())
-                            .collect();
-                        json!(v)
-                    })
-                    .map_err(|s| s.message().to_string())
+                    let keys = GetOptions { prefix: true, keys_only: true, ..Default::default() };
+                    master
+                        .get(SET_PREFIX, keys)
+                        .await
+                        .map(|r| {
+                            let v: Vec<i64> = r
+                                .kvs
+                                .iter()
+                                .filter_map(|kv| {
+                                    std::str::from_utf8(&kv.key).ok()?.strip_prefix(SET_PREFIX)?.parse().ok()
+                                })
+                                .collect();
+                            json!(v)
+                        })
+                        .map_err(|e| raw(e).message().to_string())
                 }
                 _ => {
                     // InspectNetwork answers from the contacted master's applied state. A
                     // linearizable etcd read on the same master first waits until it has
                     // applied everything committed (ReadIndex), so the inspect sees it all.
-                    KvClient::new(chan.clone())
-                        .range(RangeRequest { key: b"jepsen/barrier".to_vec(), ..Default::default() })
+                    master
+                        .get("jepsen/barrier", GetOptions::default())
                         .await
-                        .map_err(|s| format!("read barrier: {}", s.message()))?;
-                    let r = IpamClient::new(chan)
-                        .max_decoding_message_size(256 << 20)
-                        .inspect_network(InspectNetworkRequest { name: NETWORK.into(), limit: 1_000_000 })
-                        .await
-                        .map_err(|s| s.message().to_string())?
-                        .into_inner();
+                        .map_err(|e| format!("read barrier: {}", raw(e).message()))?;
+                    let r =
+                        master.inspect_network(NETWORK, 1_000_000).await.map_err(|e| raw(e).message().to_string())?;
                     if r.truncated {
                         return Err("inspect truncated".into());
                     }
@@ -393,19 +369,12 @@ pub async fn final_read(sh: &Shared, kind: Kind, leader_ip: &str, process: u64) 
 
 /// Registry events as committed (read from the leader after the heal).
 pub async fn registry_events(leader_ip: &str) -> anyhow::Result<Vec<proto::clusterpb::RegistryEvent>> {
-    use futures::StreamExt;
-    let read = async {
-        let mut c = RegistryClient::new(crate::cluster::endpoint(leader_ip));
-        let mut s = c.watch(WatchRegistryRequest { start_index: 1, follow: false }).await?.into_inner();
-        let mut out = Vec::new();
-        while let Some(e) = s.next().await {
-            out.push(e?);
-        }
-        anyhow::Ok(out)
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
+    let master = crate::cluster::master(leader_ip);
+    let read = master.events_until_now(1);
+    let events = tokio::time::timeout(Duration::from_secs(30), read)
         .await
-        .map_err(|_| anyhow::anyhow!("registry watch timed out"))?
+        .map_err(|_| anyhow::anyhow!("registry watch timed out"))??;
+    Ok(events)
 }
 
 /// Node names by registry id, for messages.

@@ -2,7 +2,11 @@
 //!
 //! - [`etcdserverpb`] and [`mvccpb`]: the etcd v3 subset (KV, Cluster, Maintenance).
 //! - [`raftpb`]: Raft traffic between masters.
-//! - [`clusterpb`]: join, leave, members, status and tokens.
+//! - [`clusterpb`]: join, leave, members, status and tokens; the registry; IPAM.
+//! - [`consts`]: the only hand-written part: metadata header names and
+//!   `prefix_range_end`, shared by coord and the client library.
+
+pub mod consts;
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");

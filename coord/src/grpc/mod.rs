@@ -34,7 +34,7 @@ use crate::command::Output;
 use crate::error::LEADER_ADDR_HEADER;
 use crate::node::CoordNode;
 
-pub const FORWARDED_HEADER: &str = "x-cluster-forwarded";
+pub use proto::consts::FORWARDED_HEADER;
 /// Largest gRPC message accepted; above etcd's 1.5 MiB request limit, so an oversized
 /// value gets etcd's "request is too large" rather than a transport error.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;

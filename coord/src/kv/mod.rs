@@ -100,19 +100,7 @@ impl KeyRange {
     }
 }
 
-/// Returns the smallest key greater than every key that starts with `prefix`, as etcd's
-/// `clientv3.GetPrefixRangeEnd` does; `"\0"` when no such key exists.
-pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.last_mut() {
-        if *last < 0xff {
-            *last += 1;
-            return end;
-        }
-        end.pop();
-    }
-    vec![0]
-}
+pub use proto::consts::prefix_range_end;
 
 /// The live keys and revision counters. Deterministic: only `BTreeMap`s.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -1,9 +1,16 @@
-//! Command-line arguments. A command parses its arguments and calls into `daemon`,
-//! `commands` or `bench`; nothing else happens here.
+//! Command-line arguments. A command's arguments are parsed here, turned into plain
+//! values, and handed to `agent::daemon`, `agent::bench` or [`crate::commands`]; clap
+//! types go no further.
 
 use std::path::PathBuf;
 
+use agent::output::Format;
+use agent::{bench, daemon};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::{Availability, Client, GetOptions, NetworkSpec, Role};
+
+use crate::commands::{cluster, ipam, kv, nodes};
 
 /// cluster: a cluster manager whose masters coordinate through their own Raft log.
 ///
@@ -28,10 +35,29 @@ pub struct ClientOpts {
     pub output: OutputFormat,
 }
 
+impl ClientOpts {
+    fn client(&self) -> Client {
+        Client::new(self.endpoints.clone())
+    }
+
+    fn format(&self) -> Format {
+        self.output.into()
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+impl From<OutputFormat> for Format {
+    fn from(o: OutputFormat) -> Format {
+        match o {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Json => Format::Json,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -53,6 +79,19 @@ pub struct NodeArgs {
     pub agent: AgentArgs,
     #[command(flatten)]
     pub tuning: Tuning,
+}
+
+impl NodeArgs {
+    fn spec(self) -> daemon::NodeSpec {
+        daemon::NodeSpec {
+            data_dir: self.data_dir,
+            listen: self.listen,
+            advertise: self.advertise,
+            name: self.name,
+            agent: self.agent.flags(),
+            config: self.tuning.config(),
+        }
+    }
 }
 
 /// What this node's agent offers. Detected from the machine unless given; values given
@@ -77,8 +116,21 @@ pub struct AgentArgs {
     #[arg(long)]
     pub ports: Option<String>,
     /// A label KEY=VALUE for placement constraints; repeat for several.
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::resources::parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = agent::resources::parse_label)]
     pub labels: Vec<(String, String)>,
+}
+
+impl AgentArgs {
+    fn flags(self) -> daemon::AgentFlags {
+        daemon::AgentFlags {
+            no_worker: self.no_worker,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            disk_mb: self.disk_mb,
+            ports: self.ports,
+            labels: self.labels,
+        }
+    }
 }
 
 /// Raft and storage tuning; the defaults suit most clusters.
@@ -233,6 +285,15 @@ pub enum Command {
 pub enum TokenRole {
     Manager,
     Worker,
+}
+
+impl From<TokenRole> for Role {
+    fn from(r: TokenRole) -> Role {
+        match r {
+            TokenRole::Manager => Role::Manager,
+            TokenRole::Worker => Role::Worker,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -398,6 +459,35 @@ pub struct BenchArgs {
     pub output: OutputFormat,
 }
 
+impl BenchArgs {
+    fn options(self) -> bench::Options {
+        bench::Options {
+            op: match self.op {
+                BenchOp::Put => bench::Op::Put,
+                BenchOp::Get => bench::Op::Get,
+                BenchOp::Agents => bench::Op::Agents,
+                BenchOp::Ipam => bench::Op::Ipam,
+            },
+            endpoints: self.endpoints,
+            clients: self.clients,
+            conns: self.conns,
+            duration_s: self.duration,
+            value_size: self.value_size,
+            keys: self.keys,
+            serializable: self.serializable,
+            target: match self.target {
+                BenchTarget::Leader => bench::Target::Leader,
+                BenchTarget::All => bench::Target::All,
+            },
+            agents: self.agents,
+            kill_leader_at_s: self.kill_leader_at,
+            batch: self.batch,
+            fill: self.fill,
+            output: self.output.into(),
+        }
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchOp {
     Put,
@@ -424,23 +514,81 @@ impl Cli {
 
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Init { node } => crate::daemon::init(node).await,
-            Command::Join { node, token, seed_addr } => crate::daemon::join(node, token, seed_addr).await,
+            Command::Init { node } => daemon::init(node.spec()).await,
+            Command::Join { node, token, seed_addr } => daemon::join(node.spec(), token, seed_addr).await,
             Command::Start { data_dir, listen, agent, tuning } => {
-                crate::daemon::start(data_dir, listen, agent, tuning).await
+                daemon::start(data_dir, listen, agent.flags(), tuning.config()).await
             }
-            Command::Token { role, quiet, client } => crate::commands::token(&client, role, quiet).await,
-            Command::Status { client } => crate::commands::status(&client).await,
-            Command::Members { client } => crate::commands::members(&client).await,
-            Command::Leave { node_id, client } => crate::commands::leave(&client, node_id).await,
-            Command::Kv { op, client } => crate::commands::kv(&client, op).await,
-            Command::Nodes { client } => crate::nodes::list(&client).await,
-            Command::Network { op, client } => crate::ipam::network(&client, op).await,
-            Command::Ip { op, client } => crate::ipam::ip(&client, op).await,
-            Command::Node { op, client } => crate::nodes::node(&client, op).await,
-            Command::Bench(args) if args.op == BenchOp::Agents => crate::bench_agents::run(args).await,
-            Command::Bench(args) if args.op == BenchOp::Ipam => crate::bench_ipam::run(args).await,
-            Command::Bench(args) => crate::bench::run(args).await,
+            Command::Token { role, quiet, client: o } => {
+                cluster::token(&o.client(), o.format(), role.into(), quiet).await
+            }
+            Command::Status { client: o } => cluster::status(&o.client(), o.format()).await,
+            Command::Members { client: o } => cluster::members(&o.client(), o.format()).await,
+            Command::Leave { node_id, client: o } => cluster::leave(&o.client(), o.format(), node_id).await,
+            Command::Kv { op, client: o } => op.run(&o.client(), o.format()).await,
+            Command::Nodes { client: o } => nodes::list(&o.client(), o.format()).await,
+            Command::Node { op, client: o } => op.run(&o.client(), o.format()).await,
+            Command::Network { op, client: o } => op.run(&o.client(), o.format()).await,
+            Command::Ip { op, client: o } => op.run(&o.client(), o.format()).await,
+            Command::Bench(args) => bench::run(args.options()).await,
+        }
+    }
+}
+
+impl NodeOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            NodeOp::Inspect { node_id } => nodes::inspect(c, f, node_id).await,
+            NodeOp::Drain { node_id } => nodes::set_availability(c, f, node_id, Availability::Drain).await,
+            NodeOp::Activate { node_id } => nodes::set_availability(c, f, node_id, Availability::Active).await,
+            NodeOp::Rm { node_id, force } => nodes::remove(c, f, node_id, force).await,
+            NodeOp::Events { from, follow } => nodes::events(c, f, from, follow).await,
+        }
+    }
+}
+
+impl NetworkOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            NetworkOp::Create { name, subnet, gateway, reserve, quarantine_ms } => {
+                let spec = NetworkSpec { name, subnets: subnet, gateway, reserve, quarantine_ms: Some(quarantine_ms) };
+                ipam::create_network(c, f, spec).await
+            }
+            NetworkOp::Ls => ipam::list_networks(c, f).await,
+            NetworkOp::Inspect { name, limit } => ipam::inspect_network(c, f, &name, limit).await,
+            NetworkOp::Rm { name, force } => ipam::remove_network(c, f, &name, force).await,
+            NetworkOp::Check => ipam::check(c, f).await,
+        }
+    }
+}
+
+impl IpOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            IpOp::Allocate { network, owner, ip, node } => {
+                ipam::allocate(c, f, &network, &owner, ip.as_deref(), node).await
+            }
+            IpOp::Release { network, owner, ip } => {
+                if owner.is_none() && ip.is_none() {
+                    bail!("give --owner OWNER or --ip ADDRESS");
+                }
+                ipam::release(c, f, &network, owner.as_deref(), ip.as_deref()).await
+            }
+        }
+    }
+}
+
+impl KvOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            KvOp::Put { key, value } => kv::put(c, f, &key, &value).await,
+            KvOp::Get { key, prefix, rev, keys_only, serializable } => {
+                if key.is_empty() {
+                    bail!("key must not be empty");
+                }
+                kv::get(c, f, &key, GetOptions { prefix, revision: rev, keys_only, serializable }).await
+            }
+            KvOp::Del { key, prefix } => kv::del(c, f, &key, prefix).await,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `cluster bench`: a closed-loop load generator over the etcd v3 API.
+//! `cluster bench put|get`: a closed-loop load generator over the etcd v3 API.
 //!
 //! Each client keeps one request in flight and picks keys uniformly from `--keys`.
 //! Reported: throughput, p50/p99 latency, and the longest gap between two successful
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use client::channel;
 use proto::etcdserverpb as epb;
 use proto::etcdserverpb::kv_client::KvClient;
 use proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -16,8 +17,15 @@ use rand::Rng;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::cli::{BenchArgs, BenchOp, BenchTarget, OutputFormat};
-use crate::client::channel;
+use super::{Options, Target};
+use crate::output::Format;
+
+/// The request each client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvOp {
+    Put,
+    Get,
+}
 
 /// Finds the endpoint whose member id is the leader, asking Maintenance.Status.
 async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
@@ -53,19 +61,19 @@ impl Shared {
     }
 }
 
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
-    if a.clients == 0 || a.keys == 0 || a.duration <= 0.0 {
+pub async fn run(op: KvOp, a: Options) -> anyhow::Result<()> {
+    if a.clients == 0 || a.keys == 0 || a.duration_s <= 0.0 {
         bail!("--clients, --keys and --duration must be positive");
     }
     let targets = match a.target {
-        BenchTarget::Leader => vec![find_leader(&a.endpoints).await?],
-        BenchTarget::All => a.endpoints.clone(),
+        Target::Leader => vec![find_leader(&a.endpoints).await?],
+        Target::All => a.endpoints.clone(),
     };
     let conns = a.conns.unwrap_or(a.clients.min(8)).max(1);
     let channels: Vec<Channel> = (0..conns)
         .map(|i| {
             // connect_lazy shares nothing between Channels, so each is its own TCP connection.
-            channel(&targets[i % targets.len()]).map_err(|s| anyhow::anyhow!(s.message().to_string()))
+            channel(&targets[i % targets.len()]).map_err(|e| anyhow::anyhow!(e.message()))
         })
         .collect::<anyhow::Result<_>>()?;
     let shared = Arc::new(Shared {
@@ -74,24 +82,24 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         max_gap_us: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
+    let deadline = Instant::now() + Duration::from_secs_f64(a.duration_s);
     let value = vec![b'x'; a.value_size];
     let mut tasks = Vec::new();
     for i in 0..a.clients {
         let mut kv = KvClient::new(channels[i % channels.len()].clone()).max_decoding_message_size(64 << 20);
         let shared = shared.clone();
         let value = value.clone();
-        let (op, keys, serializable) = (a.op, a.keys, a.serializable);
+        let (keys, serializable) = (a.keys, a.serializable);
         tasks.push(tokio::spawn(async move {
             let mut lat_us: Vec<u32> = Vec::with_capacity(1 << 16);
             while Instant::now() < deadline {
                 let key = format!("bench/{:08}", rand::rng().random_range(0..keys)).into_bytes();
                 let t = Instant::now();
                 let res = match op {
-                    BenchOp::Put => {
+                    KvOp::Put => {
                         kv.put(epb::PutRequest { key, value: value.clone(), ..Default::default() }).await.map(|_| ())
                     }
-                    BenchOp::Get | BenchOp::Agents | BenchOp::Ipam => {
+                    KvOp::Get => {
                         kv.range(epb::RangeRequest { key, serializable, ..Default::default() }).await.map(|_| ())
                     }
                 };
@@ -126,21 +134,21 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let tput = ops as f64 / elapsed;
     let gap_ms = shared.max_gap_us.load(Ordering::Relaxed) as f64 / 1000.0;
     let errors = shared.errors.load(Ordering::Relaxed);
-    let op = match a.op {
-        BenchOp::Put => "put",
-        BenchOp::Get if a.serializable => "get-serializable",
-        BenchOp::Get | BenchOp::Agents | BenchOp::Ipam => "get",
+    let name = match op {
+        KvOp::Put => "put",
+        KvOp::Get if a.serializable => "get-serializable",
+        KvOp::Get => "get",
     };
-    if a.output == OutputFormat::Json {
+    if a.output == Format::Json {
         println!(
             "{}",
-            json!({"op": op, "clients": a.clients, "conns": conns, "ops": ops, "seconds": elapsed,
+            json!({"op": name, "clients": a.clients, "conns": conns, "ops": ops, "seconds": elapsed,
                    "ops_per_sec": tput, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
                    "max_gap_ms": gap_ms, "errors": errors, "targets": targets})
         );
     } else {
         println!(
-            "{op}: clients={} conns={conns} ops={ops} in {elapsed:.1}s = {tput:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, longest gap {gap_ms:.1} ms, errors {errors}",
+            "{name}: clients={} conns={conns} ops={ops} in {elapsed:.1}s = {tput:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, longest gap {gap_ms:.1} ms, errors {errors}",
             a.clients,
             pct(0.50),
             pct(0.99),

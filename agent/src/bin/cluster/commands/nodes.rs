@@ -1,13 +1,10 @@
 //! `cluster nodes` and `cluster node inspect|drain|activate|rm|events`.
 
+use agent::output::{json, opt, table, Format};
+use client::{Availability, Client, Role};
 use futures::StreamExt;
 use proto::clusterpb as pb;
-use proto::clusterpb::registry_client::RegistryClient;
 use serde_json::{json, Value};
-
-use crate::cli::{ClientOpts, NodeOp, OutputFormat};
-use crate::client::{call, status_err};
-use crate::output::{json, opt, table};
 
 fn ports(r: &pb::Resources) -> String {
     let p: Vec<String> = r
@@ -37,18 +34,9 @@ fn node_json(n: &pb::NodeInfo) -> Value {
     })
 }
 
-async fn fetch(c: &ClientOpts, node_id: u64) -> anyhow::Result<pb::NodesResponse> {
-    Ok(call(&c.endpoints, |ch| async move {
-        RegistryClient::new(ch).max_decoding_message_size(256 << 20).nodes(pb::NodesRequest { node_id }).await
-    })
-    .await
-    .map_err(status_err)?
-    .into_inner())
-}
-
-pub async fn list(c: &ClientOpts) -> anyhow::Result<()> {
-    let r = fetch(c, 0).await?;
-    if c.output == OutputFormat::Json {
+pub async fn list(c: &Client, f: Format) -> anyhow::Result<()> {
+    let r = c.nodes().await?;
+    if f == Format::Json {
         json(&json!({"leader_id": r.leader_id, "term": r.term, "from_leader": r.from_leader,
                      "nodes": r.nodes.iter().map(node_json).collect::<Vec<_>>()}));
         return Ok(());
@@ -58,10 +46,10 @@ pub async fn list(c: &ClientOpts) -> anyhow::Result<()> {
         .iter()
         .map(|n| {
             let res = n.resources.clone().unwrap_or_default();
-            let role = match (n.role.as_str(), n.is_leader, n.raft_role.as_str()) {
+            let role = match (n.role.parse::<Role>(), n.is_leader, n.raft_role.as_str()) {
                 (_, true, _) => "manager (leader)".to_string(),
-                ("manager", _, rr) if !rr.is_empty() => format!("manager ({rr})"),
-                (r, _, _) => r.to_string(),
+                (Ok(Role::Manager), _, rr) if !rr.is_empty() => format!("manager ({rr})"),
+                _ => n.role.clone(),
             };
             let has_agent = n.state != "no-agent";
             vec![
@@ -103,8 +91,8 @@ pub async fn list(c: &ClientOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_node(c: &ClientOpts, n: &pb::NodeInfo) {
-    if c.output == OutputFormat::Json {
+fn print_node(f: Format, n: &pb::NodeInfo) {
+    if f == Format::Json {
         json(&node_json(n));
         return;
     }
@@ -114,57 +102,40 @@ fn print_node(c: &ClientOpts, n: &pb::NodeInfo) {
     }
 }
 
-pub async fn node(c: &ClientOpts, op: NodeOp) -> anyhow::Result<()> {
-    match op {
-        NodeOp::Inspect { node_id } => {
-            let r = fetch(c, node_id).await?;
-            let n = r.nodes.into_iter().next().ok_or_else(|| anyhow::anyhow!("node {node_id} not found"))?;
-            print_node(c, &n);
-        }
-        NodeOp::Drain { node_id } | NodeOp::Activate { node_id } => {
-            let availability = if matches!(op, NodeOp::Drain { .. }) { "drain" } else { "active" };
-            let req = pb::SetAvailabilityRequest { node_id, availability: availability.into() };
-            let n = call(&c.endpoints, |ch| {
-                let req = req.clone();
-                async move { RegistryClient::new(ch).set_availability(req).await }
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner();
-            print_node(c, &n);
-        }
-        NodeOp::Rm { node_id, force } => {
-            call(&c.endpoints, |ch| async move {
-                RegistryClient::new(ch).remove_node(pb::RemoveNodeRequest { node_id, force }).await
-            })
-            .await
-            .map_err(status_err)?;
-            if c.output == OutputFormat::Json {
-                json(&json!({"removed": node_id}));
-            } else {
-                println!("node {node_id} removed from the registry");
-            }
-        }
-        NodeOp::Events { from, follow } => {
-            let req = pb::WatchRegistryRequest { start_index: from, follow };
-            let mut stream = call(&c.endpoints, |ch| {
-                let req = req.clone();
-                async move { RegistryClient::new(ch).watch(req).await }
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner();
-            while let Some(e) = stream.next().await {
-                let e = e.map_err(status_err)?;
-                print_event(c, &e);
-            }
-        }
+pub async fn inspect(c: &Client, f: Format, node_id: u64) -> anyhow::Result<()> {
+    let n = c.node(node_id).await?.ok_or_else(|| anyhow::anyhow!("node {node_id} not found"))?;
+    print_node(f, &n);
+    Ok(())
+}
+
+/// `node drain` and `node activate`: prints the node as it is afterwards.
+pub async fn set_availability(c: &Client, f: Format, node_id: u64, a: Availability) -> anyhow::Result<()> {
+    let n = c.set_availability(node_id, a).await?;
+    print_node(f, &n);
+    Ok(())
+}
+
+pub async fn remove(c: &Client, f: Format, node_id: u64, force: bool) -> anyhow::Result<()> {
+    c.remove_node(node_id, force).await?;
+    if f == Format::Json {
+        json(&json!({"removed": node_id}));
+    } else {
+        println!("node {node_id} removed from the registry");
     }
     Ok(())
 }
 
-fn print_event(c: &ClientOpts, e: &pb::RegistryEvent) {
-    if c.output == OutputFormat::Json {
+/// Prints events from index `from`; with `follow`, until interrupted.
+pub async fn events(c: &Client, f: Format, from: u64, follow: bool) -> anyhow::Result<()> {
+    let mut stream = c.events(from, follow).await?;
+    while let Some(e) = stream.next().await {
+        print_event(f, &e?);
+    }
+    Ok(())
+}
+
+fn print_event(f: Format, e: &pb::RegistryEvent) {
+    if f == Format::Json {
         // One JSON object per line, so a follower can be piped.
         let v = json!({"index": e.index, "time_ms": e.time_ms, "node_id": e.node_id, "kind": e.kind,
                        "from": e.from_state, "to": e.to_state, "reason": e.reason});

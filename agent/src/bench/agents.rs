@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use client::{Client, Role};
 use futures::StreamExt;
 use proto::clusterpb as pb;
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
-use proto::clusterpb::registry_client::RegistryClient;
 use serde_json::json;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::cli::{BenchArgs, OutputFormat};
-use crate::client::{call, status_err};
+use super::{percentile as pct, Options};
+use crate::output::Format;
 use crate::session;
 
 const AGENTS_PER_CONN: usize = 100;
@@ -39,26 +39,11 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-pub async fn status(endpoints: &[String]) -> anyhow::Result<pb::StatusResponse> {
-    let s = call(endpoints, |ch| async move { ClusterAdminClient::new(ch).status(pb::StatusRequest {}).await })
-        .await
-        .map_err(status_err)?
-        .into_inner();
-    if s.from_leader || s.leader_addr.is_empty() {
-        return Ok(s);
-    }
-    let l = vec![s.leader_addr.clone()];
-    Ok(call(&l, |ch| async move { ClusterAdminClient::new(ch).status(pb::StatusRequest {}).await })
-        .await
-        .map_err(status_err)?
-        .into_inner())
-}
-
 /// Counts unreachable/down transitions of `ids` by following the registry events,
 /// reconnecting to any endpoint (and resuming after the last event seen) when the
 /// answering master dies.
 fn watch_transitions(
-    endpoints: Vec<String>,
+    masters: Client,
     start: u64,
     ids: Arc<std::collections::BTreeSet<u64>>,
 ) -> Arc<Mutex<Vec<String>>> {
@@ -67,11 +52,8 @@ fn watch_transitions(
     tokio::spawn(async move {
         let mut next = start;
         loop {
-            for ep in &endpoints {
-                let Ok(ch) = crate::client::channel(ep) else { continue };
-                let req = pb::WatchRegistryRequest { start_index: next, follow: true };
-                let Ok(resp) = RegistryClient::new(ch).watch(req).await else { continue };
-                let mut s = resp.into_inner();
+            for ep in masters.endpoints() {
+                let Ok(mut s) = masters.at(ep).events(next, true).await else { continue };
                 while let Some(Ok(e)) = s.next().await {
                     next = e.index + 1;
                     if e.kind == "state"
@@ -91,17 +73,13 @@ fn watch_transitions(
 }
 
 /// Polls the surviving masters every 10 ms; resolves when one reports itself leader.
-fn watch_election(masters: Vec<String>) -> tokio::task::JoinHandle<Option<Instant>> {
+fn watch_election(masters: Vec<Client>) -> tokio::task::JoinHandle<Option<Instant>> {
     tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let chans: Vec<Channel> = masters.iter().filter_map(|m| crate::client::channel(m).ok()).collect();
         while Instant::now() < deadline {
-            for ch in &chans {
-                let mut client = ClusterAdminClient::new(ch.clone());
-                if let Ok(Ok(s)) =
-                    tokio::time::timeout(Duration::from_millis(200), client.status(pb::StatusRequest {})).await
-                {
-                    if s.get_ref().state == "leader" {
+            for m in &masters {
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), m.status()).await {
+                    if s.state == "leader" {
                         return Some(Instant::now());
                     }
                 }
@@ -112,36 +90,21 @@ fn watch_election(masters: Vec<String>) -> tokio::task::JoinHandle<Option<Instan
     })
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(a: Options) -> anyhow::Result<()> {
     let n = a.agents;
     if n == 0 {
         bail!("--agents must be > 0");
     }
-    let eps = a.endpoints.clone();
-    let token =
-        call(
-            &eps,
-            |ch| async move { ClusterAdminClient::new(ch).token(pb::TokenRequest { role: "worker".into() }).await },
-        )
-        .await
-        .map_err(status_err)?
-        .into_inner()
-        .token;
-    let st = status(&eps).await?;
+    let eps = Client::new(a.endpoints.clone());
+    let token = eps.token(Role::Worker).await?;
+    let st = eps.leader_status().await?;
     let leader_addr = st.leader_addr.clone();
-    let masters: Vec<String> = st.members.iter().map(|m| m.addr.clone()).collect();
+    let masters = Client::new(st.members.iter().map(|m| m.addr.clone()));
     eprintln!("leader: node {} at {leader_addr} (pid {}); joining {n} emulated agents", st.node_id, st.pid);
 
     // Worker ids, through the real join path.
     let t0 = Instant::now();
-    let leader_ch = crate::client::channel(&leader_addr).map_err(status_err)?;
+    let leader_ch = client::channel(&leader_addr)?;
     let ids: Vec<u64> = futures::stream::iter(0..n)
         .map(|i| {
             let (ch, token) = (leader_ch.clone(), token.clone());
@@ -155,27 +118,20 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<_, _>>()
-        .map_err(status_err)
+        .collect::<Result<_, tonic::Status>>()
+        .map_err(client::ClientError::from)
         .context("joining emulated agents")?;
     let join_s = t0.elapsed().as_secs_f64();
     let id_set: Arc<std::collections::BTreeSet<u64>> = Arc::new(ids.iter().copied().collect());
 
     let start_index = {
-        let mut s = RegistryClient::new(crate::client::channel(&leader_addr).map_err(status_err)?)
-            .watch(pb::WatchRegistryRequest { start_index: 0, follow: false })
-            .await
-            .map_err(status_err)?
-            .into_inner();
+        let leader = Client::new([leader_addr.clone()]);
+        let mut s = leader.events(0, false).await?;
         while s.next().await.is_some() {}
         // Resume after whatever exists now: ask for the newest index through Nodes' term… the
         // simplest exact way is an event replay from 1, bounded by retention.
         let mut last = 0;
-        let mut s = RegistryClient::new(crate::client::channel(&leader_addr).map_err(status_err)?)
-            .watch(pb::WatchRegistryRequest { start_index: 1, follow: false })
-            .await
-            .map_err(status_err)?
-            .into_inner();
+        let mut s = leader.events(1, false).await?;
         while let Some(Ok(e)) = s.next().await {
             last = e.index;
         }
@@ -202,7 +158,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             if let Some(c) = p.get(&key) {
                 return Ok(c.clone());
             }
-            let c = crate::client::channel(addr)?;
+            let c = client::channel(addr)?;
             p.insert(key, c.clone());
             Ok(c)
         });
@@ -216,7 +172,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             secret: format!("emulated-agent-{id}-{}", rand::random::<u64>()),
             name: format!("emu-{i}"),
             addr: format!("127.{}.{}.{}:7000", 100 + i / 65536, (i / 256) % 256, i % 256),
-            role: "worker".into(),
+            role: Role::Worker,
             resources: pb::Resources {
                 cpus_milli: 4000,
                 memory_mb: 8192,
@@ -238,13 +194,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let t1 = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = call(&eps, |ch| async move {
-            RegistryClient::new(ch).max_decoding_message_size(256 << 20).nodes(pb::NodesRequest { node_id: 0 }).await
-        })
-        .await;
-        if let Ok(r) = r {
-            let active =
-                r.into_inner().nodes.iter().filter(|x| id_set.contains(&x.node_id) && x.state == "active").count();
+        if let Ok(r) = eps.nodes().await {
+            let active = r.nodes.iter().filter(|x| id_set.contains(&x.node_id) && x.state == "active").count();
             if active == n {
                 break;
             }
@@ -256,24 +207,24 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let ramp_s = t1.elapsed().as_secs_f64();
     eprintln!(
         "{n} agents active ({join_s:.1} s to join, {ramp_s:.1} s to register and activate); measuring for {} s",
-        a.duration
+        a.duration_s
     );
 
     // Measured window, on the leader of now (the ramp may have moved leadership).
-    let st = status(&eps).await?;
+    let st = eps.leader_status().await?;
     let leader_addr = st.leader_addr.clone();
     let w0 = Instant::now();
     let cpu0 = cpu_seconds(st.pid);
-    let kill_at = a.kill_leader_at.map(Duration::from_secs_f64);
+    let kill_at = a.kill_leader_at_s.map(Duration::from_secs_f64);
     let mut killed_at: Option<Instant> = None;
     let mut elected: Option<tokio::task::JoinHandle<Option<Instant>>> = None;
     let mut cpu_steady: Option<f64> = None;
-    let duration = Duration::from_secs_f64(a.duration);
+    let duration = Duration::from_secs_f64(a.duration_s);
     while w0.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if let (Some(k), None) = (kill_at, killed_at) {
             if w0.elapsed() >= k {
-                let now = status(&eps).await?;
+                let now = eps.leader_status().await?;
                 if now.pid != st.pid {
                     bail!(
                         "leadership moved during the steady window (node {} to {}): the leader was overloaded",
@@ -288,7 +239,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 }
                 eprintln!("killed the leader (pid {}) at {:.1} s", st.pid, w0.elapsed().as_secs_f64());
                 killed_at = Some(Instant::now());
-                elected = Some(watch_election(masters.iter().filter(|m| **m != leader_addr).cloned().collect()));
+                // Own connections: the registry watch must not share them.
+                let survivors = masters.endpoints().iter().filter(|m| **m != leader_addr);
+                elected = Some(watch_election(survivors.map(|m| Client::new([m.clone()])).collect()));
             }
         }
     }
@@ -318,13 +271,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Let transitions that were decided at the end of the window arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let false_list = false_transitions.lock().unwrap().clone();
-    let new_leader = status(&eps).await.ok();
+    let new_leader = eps.leader_status().await.ok();
     let result = json!({
         "agents": n,
         "connections_per_master": conns,
         "join_seconds": join_s,
         "activate_seconds": ramp_s,
-        "window_seconds": a.duration,
+        "window_seconds": a.duration_s,
         "leader_cpu_percent_steady": cpu_steady.map(|c| (c * 1000.0).round() / 10.0),
         "killed_leader": killed_at.is_some(),
         "new_leader": new_leader.as_ref().and_then(|s| s.leader_id),
@@ -336,7 +289,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "false_transitions": false_list.len(),
         "sessions_opened": attaches.load(Ordering::Relaxed),
     });
-    if a.output == OutputFormat::Json {
+    if a.output == Format::Json {
         println!("{result}");
     } else {
         println!("emulated agents            {n} ({conns} connections per master)");

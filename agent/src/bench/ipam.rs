@@ -12,25 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use client::{Client, ClientError, NetworkSpec};
 use proto::clusterpb as pb;
 use proto::clusterpb::ipam_client::IpamClient;
 use serde_json::json;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::cli::{BenchArgs, OutputFormat};
+use super::{percentile as pct, Options};
+use crate::output::Format;
 
 fn rss_mb(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 struct Phase {
@@ -109,8 +104,8 @@ async fn load(
                             return Err(e);
                         }
                         retries.fetch_add(1, Ordering::Relaxed);
-                        let leader = e.metadata().get(coord::error::LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok());
-                        if let Some(Ok(ch)) = leader.map(crate::client::channel) {
+                        let leader = e.metadata().get(proto::consts::LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok());
+                        if let Some(Ok(ch)) = leader.map(client::channel) {
                             cl = IpamClient::new(ch).max_decoding_message_size(256 << 20);
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -136,7 +131,7 @@ async fn load(
         }));
     }
     for t in tasks {
-        t.await?.map_err(crate::client::status_err)?;
+        t.await?.map_err(ClientError::from)?;
     }
     let seconds = t0.elapsed().as_secs_f64();
     let latencies_ms = std::mem::take(&mut *lats.lock().unwrap());
@@ -148,36 +143,30 @@ async fn load(
     })
 }
 
-async fn create(ch: &Channel, name: &str, cidr: &str) -> anyhow::Result<()> {
-    let req = pb::CreateNetworkRequest {
+async fn create(leader: &Client, name: &str, cidr: &str) -> anyhow::Result<()> {
+    let spec = NetworkSpec {
         name: name.into(),
         subnets: vec![cidr.into()],
         quarantine_ms: Some(60_000),
         ..Default::default()
     };
-    IpamClient::new(ch.clone())
-        .create_network(req)
-        .await
-        .map_err(crate::client::status_err)
-        .context("create network")?;
+    leader.create_network(spec).await.context("create network")?;
     Ok(())
 }
 
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(a: Options) -> anyhow::Result<()> {
     if a.batch == 0 || a.clients == 0 {
         bail!("--batch and --clients must be > 0");
     }
-    let st = crate::bench_agents::status(&a.endpoints).await?;
+    let st = Client::new(a.endpoints.clone()).leader_status().await?;
     if st.leader_addr.is_empty() {
         bail!("no leader");
     }
     let conns = a.conns.unwrap_or(a.clients.min(8)).max(1);
-    let chans: Vec<Channel> = (0..conns)
-        .map(|_| crate::client::channel(&st.leader_addr))
-        .collect::<Result<_, _>>()
-        .map_err(crate::client::status_err)?;
+    let chans: Vec<Channel> = (0..conns).map(|_| client::channel(&st.leader_addr)).collect::<Result<_, _>>()?;
+    let leader = Client::new([st.leader_addr.clone()]);
     let tag = format!("b{}", rand::random::<u32>());
-    let dur = Duration::from_secs_f64(a.duration);
+    let dur = Duration::from_secs_f64(a.duration_s);
     // Each phase gets its own network, so the numbers do not depend on the others.
     // Each phase gets its own network (a /10 of a random first octet), so the numbers do
     // not depend on each other, and reruns against the same cluster do not overlap.
@@ -185,14 +174,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let (n1, c1) = (format!("{tag}-1"), format!("{base}.0.0.0/10"));
     let (n2, c2) = (format!("{tag}-2"), format!("{base}.64.0.0/10"));
     let room = Some((1u64 << 22) - 3);
-    create(&chans[0], &n1, &c1).await?;
-    eprintln!("single: {} clients, 1 owner per request, {:.0} s", a.clients, a.duration);
+    create(&leader, &n1, &c1).await?;
+    eprintln!("single: {} clients, 1 owner per request, {:.0} s", a.clients, a.duration_s);
     let mut single = load(&chans, &n1, a.clients, 1, Some(dur), room, &tag).await?;
-    create(&chans[0], &n2, &c2).await?;
+    create(&leader, &n2, &c2).await?;
     // More than 8 batches in flight only queue behind each other (and starve the
     // leader's heartbeats on 2 cores).
     let bclients = a.clients.min(8);
-    eprintln!("batched: {bclients} clients, {} owners per request, {:.0} s", a.batch, a.duration);
+    eprintln!("batched: {bclients} clients, {} owners per request, {:.0} s", a.batch, a.duration_s);
     let mut batched = load(&chans, &n2, bclients, a.batch, Some(dur), room, &tag).await?;
     let mut out = json!({
         "single": single.json(),
@@ -205,7 +194,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.fill {
         let rss0 = rss_mb(st.pid);
         let (n8, c8) = (format!("{tag}-8"), "10.0.0.0/8".to_string());
-        create(&chans[0], &n8, &c8).await.context("the /8 fill needs 10.0.0.0/8 free")?;
+        create(&leader, &n8, &c8).await.context("the /8 fill needs 10.0.0.0/8 free")?;
         let usable = (1u64 << 24) - 3;
         eprintln!("fill: {usable} allocations in {c8}");
         let mut fill = load(&chans, &n8, bclients, a.batch, None, Some(usable), &tag).await?;
@@ -220,7 +209,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             .await;
         let exhausted = matches!(&e, Err(s) if s.code() == tonic::Code::ResourceExhausted);
         let (n6, c6) = (format!("{tag}-6"), format!("fd{:02x}:{:x}::/64", base % 256, rand::random::<u16>()));
-        create(&chans[0], &n6, &c6).await?;
+        create(&leader, &n6, &c6).await?;
         eprintln!("fill: 1,000,000 allocations in {c6}");
         let mut fill6 = load(&chans, &n6, bclients, a.batch, None, Some(1_000_000), &tag).await?;
         let rss6 = rss_mb(st.pid);
@@ -231,7 +220,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             "unavailable_retries": fill6.retries,
             "leader_rss_mb_after": rss6});
     }
-    if a.output == OutputFormat::Json {
+    if a.output == Format::Json {
         println!("{out}");
     } else {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -1,0 +1,67 @@
+//! `cluster bench …`: load generators against a running cluster.
+//!
+//! - [`etcd`]: `bench put|get`, closed-loop etcd v3 load that drives cluster and etcd alike;
+//! - [`agents`]: `bench agents`, emulated agents running the real session code;
+//! - [`ipam`]: `bench ipam`, allocation rates, and memory of full pools.
+
+pub mod agents;
+pub mod etcd;
+pub mod ipam;
+
+use crate::output::Format;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Get,
+    Agents,
+    Ipam,
+}
+
+/// Where `put`/`get` requests go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The endpoint that reports itself leader.
+    Leader,
+    /// Spread over all endpoints.
+    All,
+}
+
+/// Every benchmark's parameters; each uses the ones its `--help` names.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub op: Op,
+    pub endpoints: Vec<String>,
+    /// Concurrent clients, each with one request in flight.
+    pub clients: usize,
+    /// gRPC connections shared by the clients; `None` is min(clients, 8).
+    pub conns: Option<usize>,
+    pub duration_s: f64,
+    pub value_size: usize,
+    pub keys: u64,
+    pub serializable: bool,
+    pub target: Target,
+    pub agents: usize,
+    pub kill_leader_at_s: Option<f64>,
+    pub batch: usize,
+    pub fill: bool,
+    pub output: Format,
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    match o.op {
+        Op::Put => etcd::run(etcd::KvOp::Put, o).await,
+        Op::Get => etcd::run(etcd::KvOp::Get, o).await,
+        Op::Agents => agents::run(o).await,
+        Op::Ipam => ipam::run(o).await,
+    }
+}
+
+/// The value at fraction `p` of sorted samples, NaN when there are none.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}

@@ -1,0 +1,71 @@
+//! The cluster admin service: status, members, leave and join tokens.
+
+use proto::clusterpb as pb;
+use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
+use tonic::transport::Channel;
+
+use crate::conn::Client;
+use crate::error::ClientError;
+use crate::types::Role;
+
+impl Client {
+    fn admin(&self, ch: Channel) -> ClusterAdminClient<Channel> {
+        ClusterAdminClient::new(ch).max_decoding_message_size(self.settings().max_response_bytes)
+    }
+
+    /// The status as the first master that answers sees it.
+    pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
+        self.call(|ch| async move { self.admin(ch).status(pb::StatusRequest {}).await }).await.map(|r| r.into_inner())
+    }
+
+    /// The leader's status when the answering master names a leader (only the leader
+    /// knows each member's replication lag and the agents' sessions); otherwise the
+    /// answer as is. Fails if the named leader does not answer.
+    pub async fn leader_status(&self) -> Result<pb::StatusResponse, ClientError> {
+        let s = self.status().await?;
+        if s.from_leader || s.leader_addr.is_empty() {
+            return Ok(s);
+        }
+        self.at(&s.leader_addr).status().await
+    }
+
+    /// [`Client::leader_status`], but a leader that does not answer gives the first
+    /// answer instead of an error.
+    pub async fn status_prefer_leader(&self) -> Result<pb::StatusResponse, ClientError> {
+        let s = self.status().await?;
+        if s.from_leader || s.leader_addr.is_empty() {
+            return Ok(s);
+        }
+        Ok(self.at(&s.leader_addr).status().await.unwrap_or(s))
+    }
+
+    /// The Raft members (masters), their roles and replication lag.
+    pub async fn members(&self) -> Result<pb::MembersResponse, ClientError> {
+        self.call(|ch| async move { self.admin(ch).members(pb::MembersRequest {}).await }).await.map(|r| r.into_inner())
+    }
+
+    /// Removes master `node_id` from the Raft group; without one, the master at the first
+    /// endpoint. Returns the id removed.
+    pub async fn leave(&self, node_id: Option<u64>) -> Result<u64, ClientError> {
+        let id = match node_id {
+            Some(id) => id,
+            None => {
+                let first = self.endpoints().first().ok_or(ClientError::NoEndpoints)?;
+                self.at(first).status().await?.node_id
+            }
+        };
+        self.call(|ch| async move { self.admin(ch).leave(pb::LeaveRequest { node_id: id }).await }).await?;
+        Ok(id)
+    }
+
+    /// The join token for `role`.
+    pub async fn token(&self, role: Role) -> Result<String, ClientError> {
+        let req = pb::TokenRequest { role: role.as_str().into() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { self.admin(ch).token(req).await }
+        })
+        .await
+        .map(|r| r.into_inner().token)
+    }
+}

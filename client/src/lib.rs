@@ -1,0 +1,29 @@
+//! The client library for cluster's masters. It links neither coord nor RocksDB, so the
+//! CLI, the benchmarks and the fault-injection suite can use it cheaply.
+//!
+//! - [`Client`] ([`conn`]): an endpoint list that fails over between masters and follows
+//!   a not-leader answer to the leader it names; [`Settings`] for timeouts;
+//! - [`ClientError`] ([`error`]): the gRPC code, message and leader hint of a failure;
+//! - [`types`]: wire enums ([`Role`], [`RaftRole`], [`Availability`]) and their strings;
+//! - typed calls, as methods of [`Client`]: [`admin`] (status, members, leave, token),
+//!   [`kv`] (get, put, delete, txn), [`registry`] (nodes, drain, remove, events) and
+//!   [`ipam`] (networks and addresses).
+
+pub mod admin;
+pub mod conn;
+pub mod error;
+pub mod ipam;
+pub mod kv;
+pub mod registry;
+pub mod types;
+
+pub use conn::{channel, channel_with, Client, Settings};
+pub use error::ClientError;
+pub use ipam::NetworkSpec;
+pub use kv::GetOptions;
+pub use registry::EventStream;
+pub use types::{Availability, RaftRole, Role};
+
+/// The generated message types the calls take and return.
+pub use proto::clusterpb;
+pub use proto::etcdserverpb;

@@ -17,11 +17,13 @@ SAMPLER=""
 cleanup() { [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null; stop_masters; rm -rf "$DIR"; }
 trap cleanup EXIT INT TERM
 rss_mb() { awk '/^VmRSS/ {printf "%d", $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
-status() { "$BIN" status --endpoints "$1" -o json 2>/dev/null; }
-field() { python3 -c "import json,sys; print(json.load(sys.stdin).get('$1') or 0)"; }
+status() { "$BIN" status --endpoints "$1" -o json 2>/dev/null || echo '{}'; }
+# A node that does not answer yet reads as 0 (set -e must not end the script on it).
+field() { python3 -c "import json,sys; t=sys.stdin.read().strip() or '{}'; print(json.loads(t).get('$1') or 0)" || echo 0; }
+# Node ids follow join order, which is not start order: match the leader by address.
 leader_pid() {
-  local id; id=$(status "${CL[0]}" | field leader_id)
-  echo "${PIDS[$((id - 1))]}"
+  local a; a=$(status "${CL[0]}" | field leader_addr)
+  for i in "${!CL[@]}"; do [ "${CL[$i]}" = "$a" ] && echo "${PIDS[$i]}"; done
 }
 # Steady state: the median of 10 samples over 5 s.
 steady() { local s=(); for _ in $(seq 10); do s+=("$(rss_mb "$1")"); sleep 0.5; done; printf '%s\n' "${s[@]}" | sort -n | sed -n 5p; }

@@ -197,10 +197,7 @@ impl LogStore {
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.db.get_cf(self.cf_meta(), key).map_err(io_err)? {
-            Some(b) => Ok(Some(decode(&b)?)),
-            None => Ok(None),
-        }
+        super::get_decoded(&self.db, self.cf_meta(), key)
     }
 
     fn put_meta_synced<T: serde::Serialize>(&self, key: &[u8], v: &T) -> io::Result<()> {

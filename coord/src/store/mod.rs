@@ -74,3 +74,17 @@ pub(crate) fn size_bytes(db: &DB) -> u64 {
     }
     size
 }
+
+/// The value under `key` in `cf`, decoded as it was encoded (`None` when absent). Every
+/// store reads its typed records through this, so a record is decoded as the type it was
+/// written as.
+pub(crate) fn get_decoded<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    cf: &rocksdb::ColumnFamily,
+    key: &[u8],
+) -> std::io::Result<Option<T>> {
+    match db.get_cf(cf, key).map_err(io_err)? {
+        Some(b) => Ok(Some(crate::codec::decode(&b)?)),
+        None => Ok(None),
+    }
+}

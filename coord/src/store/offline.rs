@@ -19,7 +19,7 @@ use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use super::log_store::{KEY_PURGED, KEY_VOTE};
 use super::snapshot::{self, Summary};
 use super::state_machine::KEY_MEMBERSHIP;
-use super::{open_db, sm_cf, StateMachineStore, CF_LOG, CF_RAFT_META};
+use super::{get_decoded, open_db, sm_cf, StateMachineStore, CF_LOG, CF_RAFT_META};
 use crate::cluster::ClusterMeta;
 use crate::codec::{decode, encode};
 use crate::types::{Entry, LogId, NodeId, NodeInfo, StoredMembership, Vote};
@@ -122,11 +122,7 @@ pub async fn recover(data_dir: &Path, me: Voter, progress: Progress<'_>) -> Resu
             membership.membership().nodes().map(|(id, _)| *id).collect::<Vec<_>>()
         )));
     }
-    let purged: Option<LogId> =
-        match db.get_cf(db.cf_handle(CF_RAFT_META).expect("cf"), KEY_PURGED).map_err(super::io_err)? {
-            Some(b) => decode(&b)?,
-            None => None,
-        };
+    let purged: Option<LogId> = get_decoded(&db, db.cf_handle(CF_RAFT_META).expect("cf"), KEY_PURGED)?;
     let from =
         applied.as_ref().map(|l| l.index + 1).unwrap_or(0).max(purged.as_ref().map(|l| l.index + 1).unwrap_or(0));
     let mut last = applied;
@@ -175,10 +171,7 @@ fn force_single_voter(
         return Err(OfflineError::Refused("the data dir has no applied state to start from".into()));
     };
     let meta_cf = db.cf_handle(CF_RAFT_META).expect("raft_meta column family");
-    let old_vote: Option<Vote> = match db.get_cf(meta_cf, KEY_VOTE).map_err(super::io_err)? {
-        Some(b) => decode(&b)?,
-        None => None,
-    };
+    let old_vote: Option<Vote> = get_decoded(db, meta_cf, KEY_VOTE)?;
     let term = last.committed_leader_id().term().max(old_vote.map(|v| v.leader_id().term()).unwrap_or(0));
     let members: BTreeSet<NodeId> = [me.node_id].into();
     let nodes: BTreeMap<NodeId, NodeInfo> = [(me.node_id, me.info.clone())].into();
@@ -204,7 +197,7 @@ fn force_single_voter(
     let view = db.snapshot();
     let (_, summary) = snapshot::build(db, &view, snap_dir)?;
     drop(view);
-    let revision = match db.get_cf(sm, b"m/revision").map_err(super::io_err)? {
+    let revision = match db.get_cf(sm, super::state_machine::KEY_REVISION).map_err(super::io_err)? {
         Some(b) => crate::codec::key_u64(&b) as i64,
         None => 0,
     };
@@ -216,10 +209,7 @@ fn force_single_voter(
 /// recovery, whether a quorum of them can still be reached.
 pub fn members(data_dir: &Path) -> Result<Vec<(NodeId, NodeInfo, bool)>> {
     let db = open(data_dir)?;
-    let stored: StoredMembership = match db.get_cf(sm_cf(&db), KEY_MEMBERSHIP).map_err(super::io_err)? {
-        Some(b) => decode(&b)?,
-        None => StoredMembership::default(),
-    };
+    let stored: StoredMembership = get_decoded(&db, sm_cf(&db), KEY_MEMBERSHIP)?.unwrap_or_default();
     // Membership entries in the log not applied yet are newer than the stored one.
     let mut membership = stored.membership().clone();
     let cf_log = db.cf_handle(CF_LOG).expect("log column family");
@@ -231,4 +221,147 @@ pub fn members(data_dir: &Path) -> Result<Vec<(NodeId, NodeInfo, bool)>> {
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     Ok(membership.nodes().map(|(id, n)| (*id, n.clone(), voters.contains(id))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::command::Command;
+    use crate::kv::types::PutRequest;
+    use crate::types::{LogEntry, TypeConfig};
+
+    fn put(index: u64, key: &str) -> Entry {
+        let mut e: Entry = openraft::testing::blank_ent::<TypeConfig>(1, 1, index);
+        e.payload = EntryPayload::Normal(LogEntry {
+            time_ms: 0,
+            cmd: Command::Put(PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() }),
+        });
+        e
+    }
+
+    fn cmd(index: u64, cmd: Command) -> Entry {
+        let mut e: Entry = openraft::testing::blank_ent::<TypeConfig>(1, 1, index);
+        e.payload = EntryPayload::Normal(LogEntry { time_ms: 0, cmd });
+        e
+    }
+
+    fn info(addr: &str) -> NodeInfo {
+        NodeInfo { addr: addr.into(), name: "survivor".into() }
+    }
+
+    fn quiet(_: &str, _: u64) {}
+
+    fn keys(sm: &StateMachineStore) -> Vec<Vec<u8>> {
+        sm.state().read().unwrap().kv.live.keys().cloned().collect()
+    }
+
+    fn voters(sm: &StateMachineStore) -> Vec<NodeId> {
+        sm.state().read().unwrap().membership.membership().voter_ids().collect()
+    }
+
+    #[tokio::test]
+    async fn recover_applies_the_logged_tail_and_leaves_this_node_the_only_voter() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir.path().join("db")).unwrap();
+            let mut sm = StateMachineStore::new(db.clone(), dir.path().join("snapshot")).unwrap();
+            let mut log = vec![openraft::testing::membership_ent::<TypeConfig>(1, 1, 1, vec![[1, 2, 3].into()])];
+            log.extend((2..=8).map(|i| put(i, &format!("k{i}"))));
+            // Entries 1-5 applied; 6-8 only in the log (this node never learned they
+            // committed, but the old quorum may have acknowledged them).
+            let s = futures::stream::iter(log[..5].iter().cloned().map(|e| Ok((e, None))));
+            sm.apply(s).await.unwrap();
+            let cf_log = db.cf_handle(CF_LOG).unwrap();
+            for e in &log {
+                db.put_cf(cf_log, crate::codec::u64_key(e.log_id.index), encode(e).unwrap()).unwrap();
+            }
+            let meta = db.cf_handle(CF_RAFT_META).unwrap();
+            db.put_cf(meta, KEY_VOTE, encode(&Vote::new(4, 2)).unwrap()).unwrap();
+        }
+        let out = recover(dir.path(), Voter { node_id: 1, info: info("127.0.0.1:1") }, &quiet).await.unwrap();
+        assert_eq!(out.applied_from_log, 3);
+        assert_eq!(out.last_log_id.map(|l| l.index), Some(8));
+
+        let db = open_db(&dir.path().join("db")).unwrap();
+        let meta = db.cf_handle(CF_RAFT_META).unwrap();
+        let vote: Vote = get_decoded(&db, meta, KEY_VOTE).unwrap().expect("vote");
+        assert_eq!((vote.leader_id().term(), vote.leader_id().node_id), (4, 1), "the old vote's term, for this node");
+        let purged: LogId = get_decoded(&db, meta, KEY_PURGED).unwrap().expect("purged");
+        assert_eq!(purged.index, 8);
+        assert_eq!(db.iterator_cf(db.cf_handle(CF_LOG).unwrap(), IteratorMode::Start).count(), 0, "log emptied");
+        let sm = StateMachineStore::new(db, dir.path().join("snapshot")).unwrap();
+        let want: Vec<Vec<u8>> = (2..=8).map(|i| format!("k{i}").into_bytes()).collect();
+        assert_eq!(keys(&sm), want, "every logged write is there");
+        assert_eq!(voters(&sm), vec![1]);
+        let (snap, _) = snapshot::open_current(&dir.path().join("snapshot")).unwrap().expect("snapshot");
+        assert_eq!(snap.last_log_id.map(|l| l.index), Some(8));
+        assert_eq!(snap.last_membership.membership().voter_ids().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn recover_refuses_a_node_that_is_not_a_member() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir.path().join("db")).unwrap();
+            let mut sm = StateMachineStore::new(db, dir.path().join("snapshot")).unwrap();
+            let e = openraft::testing::membership_ent::<TypeConfig>(1, 1, 1, vec![[1, 2, 3].into()]);
+            sm.apply(futures::stream::iter([Ok((e, None))])).await.unwrap();
+        }
+        let err = recover(dir.path(), Voter { node_id: 9, info: info("127.0.0.1:9") }, &quiet).await.unwrap_err();
+        assert!(err.to_string().contains("not a member"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn restore_builds_a_one_node_cluster_under_a_new_identity_and_refuses_a_corrupt_file() {
+        let d1 = tempfile::tempdir().unwrap();
+        let db1 = open_db(&d1.path().join("db")).unwrap();
+        let mut sm1 = StateMachineStore::new(db1.clone(), d1.path().join("snapshot")).unwrap();
+        let mut entries = vec![
+            openraft::testing::membership_ent::<TypeConfig>(1, 1, 1, vec![[1].into()]),
+            cmd(
+                2,
+                Command::InitCluster {
+                    cluster_id: "old".into(),
+                    manager_secret: "m".into(),
+                    worker_secret: "w".into(),
+                },
+            ),
+            cmd(3, Command::AllocNodeId { addr: "127.0.0.1:2".into() }),
+            cmd(4, Command::AllocNodeId { addr: "127.0.0.1:3".into() }),
+        ];
+        entries.extend((5..=20).map(|i| put(i, &format!("k{i}"))));
+        sm1.apply(futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))))).await.unwrap();
+        let file = d1.path().join("backup.snap");
+        let (_, saved, _) = snapshot::export(&db1, std::fs::File::create(&file).unwrap()).unwrap();
+
+        let mut bad = std::fs::read(&file).unwrap();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x01;
+        let bad_file = d1.path().join("bad.snap");
+        std::fs::write(&bad_file, &bad).unwrap();
+        let new_id = ClusterMeta {
+            cluster_id: "new".into(),
+            manager_secret: "m2".into(),
+            worker_secret: "w2".into(),
+            next_node_id: 0,
+        };
+        let d2 = tempfile::tempdir().unwrap();
+        let target = d2.path().join("node");
+        assert!(restore(&bad_file, &target, info("127.0.0.1:5"), new_id.clone(), &quiet).await.is_err());
+        assert!(!target.exists(), "a refused file leaves nothing behind");
+
+        let out = restore(&file, &target, info("127.0.0.1:5"), new_id, &quiet).await.unwrap();
+        assert_eq!(out.node_id, 4, "the next id the old cluster would have handed out");
+        assert_eq!(out.revision, saved.revision);
+        let sm2 = StateMachineStore::new(open_db(&target.join("db")).unwrap(), target.join("snapshot")).unwrap();
+        assert_eq!(sm2.state().read().unwrap().kv, sm1.state().read().unwrap().kv);
+        let cluster = sm2.state().read().unwrap().cluster.clone();
+        assert_eq!(
+            (cluster.cluster_id.as_str(), cluster.manager_secret.as_str(), cluster.next_node_id),
+            ("new", "m2", 5)
+        );
+        assert_eq!(voters(&sm2), vec![4]);
+    }
 }

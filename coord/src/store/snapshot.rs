@@ -68,7 +68,7 @@ impl Summary {
     fn note(&mut self, key: &[u8], value: &[u8]) {
         self.records += 1;
         *self.records_by_area.entry(area_of(key)).or_default() += 1;
-        if key == b"m/revision" && value.len() == 8 {
+        if key == super::state_machine::KEY_REVISION && value.len() == 8 {
             self.revision = crate::codec::key_u64(value) as i64;
         }
     }

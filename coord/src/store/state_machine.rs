@@ -44,7 +44,7 @@ use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta
 
 pub(crate) const KEY_APPLIED: &[u8] = b"m/applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
-const KEY_REVISION: &[u8] = b"m/revision";
+pub(crate) const KEY_REVISION: &[u8] = b"m/revision";
 const KEY_COMPACT: &[u8] = b"m/compact";
 const PREFIX_HIST: u8 = b'h';
 const PREFIX_REV: u8 = b'r';

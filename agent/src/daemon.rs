@@ -67,27 +67,27 @@ impl AgentFlags {
 
 /// What a node must remember across restarts, besides its RocksDB.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct NodeFile {
-    node_id: u64,
-    name: String,
-    cluster_id: String,
-    role: Role,
-    listen: String,
-    advertise: String,
+pub(crate) struct NodeFile {
+    pub(crate) node_id: u64,
+    pub(crate) name: String,
+    pub(crate) cluster_id: String,
+    pub(crate) role: Role,
+    pub(crate) listen: String,
+    pub(crate) advertise: String,
     /// Only on the node that ran `init`, until its identity is committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    init: Option<InitFile>,
+    pub(crate) init: Option<InitFile>,
     /// Proves to the registry that this node owns its id.
     #[serde(default)]
-    node_secret: String,
+    pub(crate) node_secret: String,
     /// A master that runs no agent.
     #[serde(default)]
-    no_worker: bool,
+    pub(crate) no_worker: bool,
     #[serde(default)]
-    agent: AgentSettings,
+    pub(crate) agent: AgentSettings,
     /// Master addresses, as last pushed by the leader: where a restarted agent looks.
     #[serde(default)]
-    masters: Vec<String>,
+    pub(crate) masters: Vec<String>,
 }
 
 impl NodeFile {
@@ -97,12 +97,12 @@ impl NodeFile {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct InitFile {
-    manager_secret: String,
-    worker_secret: String,
+pub(crate) struct InitFile {
+    pub(crate) manager_secret: String,
+    pub(crate) worker_secret: String,
 }
 
-fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
+pub(crate) fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = dir.join("node.json.tmp");
     let mut file = std::fs::File::create(&tmp)?;
@@ -113,7 +113,7 @@ fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_node_file(dir: &Path) -> anyhow::Result<NodeFile> {
+pub(crate) fn read_node_file(dir: &Path) -> anyhow::Result<NodeFile> {
     let p = dir.join(NODE_FILE);
     let b = std::fs::read(&p).with_context(|| {
         format!(
@@ -126,7 +126,7 @@ fn read_node_file(dir: &Path) -> anyhow::Result<NodeFile> {
 }
 
 /// `init` and `join` need a fresh data dir; anything in it means a node lived there.
-fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!(
             "data dir {} is not empty; to restart the node that lives there use `cluster start --data-dir {}`",
@@ -137,29 +137,29 @@ fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
 }
 
-fn resolve_addrs(node: &NodeSpec) -> anyhow::Result<(String, String)> {
-    let listen: SocketAddr =
-        node.listen.parse().with_context(|| format!("--listen {:?} is not IP:PORT", node.listen))?;
-    let advertise = node.advertise.clone().unwrap_or_else(|| node.listen.clone());
+/// The listen address and the address others use (`advertise`, default `listen`).
+pub(crate) fn resolve_addrs(listen: &str, advertise: Option<&str>) -> anyhow::Result<(String, String)> {
+    let listen_addr: SocketAddr = listen.parse().with_context(|| format!("--listen {listen:?} is not IP:PORT"))?;
+    let advertise = advertise.unwrap_or(listen).to_string();
     let adv: SocketAddr = advertise.parse().with_context(|| format!("--advertise {advertise:?} is not IP:PORT"))?;
     if adv.ip().is_unspecified() {
-        bail!("--listen {listen} is a wildcard address; give --advertise with the address other nodes should use");
+        bail!("--listen {listen_addr} is a wildcard address; give --advertise with the address other nodes should use");
     }
-    Ok((listen.to_string(), advertise))
+    Ok((listen_addr.to_string(), advertise))
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))
 }
 
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 26)
 }
 
 /// `init`: a new cluster with this node as its only master; prints the join tokens and
 /// serves until stopped.
 pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
-    let (listen, advertise) = resolve_addrs(&node)?;
+    let (listen, advertise) = resolve_addrs(&node.listen, node.advertise.as_deref())?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
     let mut file = NodeFile {
@@ -199,7 +199,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     serving.await
 }
 
-fn hex_id() -> String {
+pub(crate) fn hex_id() -> String {
     let mut b = [0u8; 16];
     rand::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -217,7 +217,7 @@ async fn wait_for_identity(coord: &CoordNode) -> anyhow::Result<()> {
 
 /// `join`: becomes a member of `seed`'s cluster as the token's role, then runs the node.
 pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result<()> {
-    let (listen, advertise) = resolve_addrs(&node)?;
+    let (listen, advertise) = resolve_addrs(&node.listen, node.advertise.as_deref())?;
     coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
     let (mut no_worker, mut agent) = (false, AgentSettings::default());
     node.agent.merge_into(&mut no_worker, &mut agent);

@@ -3,11 +3,14 @@
 //! (`src/bin/cluster/`) only parses arguments, calls this library or `client`, and prints.
 //!
 //! - [`daemon`]: `init`, `join` and `start`: one foreground process per node;
+//! - [`backup`]: `snapshot save|inspect|restore` and `recover`: backup, restore and
+//!   quorum-loss recovery;
 //! - [`session`]: the agent's registration and heartbeat session, following the leader;
 //! - [`resources`]: what the machine offers, and label parsing;
 //! - [`bench`]: `cluster bench …`: etcd v3 load, emulated agents, IPAM rates;
 //! - [`output`]: the output format and table/JSON printing shared with the binary.
 
+pub mod backup;
 pub mod bench;
 pub mod daemon;
 pub mod output;

@@ -1,5 +1,7 @@
 //! The cluster admin service: status, members, leave and join tokens.
 
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use proto::clusterpb as pb;
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
 use tonic::transport::Channel;
@@ -7,6 +9,9 @@ use tonic::transport::Channel;
 use crate::conn::Client;
 use crate::error::ClientError;
 use crate::types::Role;
+
+/// The pieces of a snapshot file as they arrive; an error ends the stream.
+pub type SnapshotStream = BoxStream<'static, Result<Vec<u8>, ClientError>>;
 
 impl Client {
     fn admin(&self, ch: Channel) -> ClusterAdminClient<Channel> {
@@ -67,5 +72,12 @@ impl Client {
         })
         .await
         .map(|r| r.into_inner().token)
+    }
+
+    /// A consistent snapshot of the state machine, streamed by the leader in pieces of at
+    /// most 1 MiB: the bytes of a snapshot file, whose checksum the caller should verify.
+    pub async fn save_snapshot(&self) -> Result<SnapshotStream, ClientError> {
+        let s = self.call(|ch| async move { self.admin(ch).save_snapshot(pb::SaveSnapshotRequest {}).await }).await?;
+        Ok(s.into_inner().map(|r| r.map(|b| b.data).map_err(ClientError::from)).boxed())
     }
 }

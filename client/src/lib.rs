@@ -5,7 +5,7 @@
 //!   a not-leader answer to the leader it names; [`Settings`] for timeouts;
 //! - [`ClientError`] ([`error`]): the gRPC code, message and leader hint of a failure;
 //! - [`types`]: wire enums ([`Role`], [`RaftRole`], [`Availability`]) and their strings;
-//! - typed calls, as methods of [`Client`]: [`admin`] (status, members, leave, token),
+//! - typed calls, as methods of [`Client`]: [`admin`] (status, members, leave, token, snapshot save),
 //!   [`kv`] (get, put, delete, txn), [`registry`] (nodes, drain, remove, events) and
 //!   [`ipam`] (networks and addresses).
 
@@ -17,6 +17,7 @@ pub mod kv;
 pub mod registry;
 pub mod types;
 
+pub use admin::SnapshotStream;
 pub use conn::{channel, channel_with, Client, Settings};
 pub use error::ClientError;
 pub use ipam::NetworkSpec;

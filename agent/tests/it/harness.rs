@@ -1,12 +1,17 @@
 //! Starts and kills `cluster` processes in temporary data dirs.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
 use proto::clusterpb::StatusRequest;
+use proto::etcdserverpb::kv_client::KvClient;
+use proto::etcdserverpb::{PutRequest, RangeRequest};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cluster")
@@ -67,13 +72,19 @@ impl Cluster {
         c
     }
 
-    /// Adds a node slot (port, data dir) and joins it as a manager.
-    pub async fn add_node(&mut self) -> usize {
+    /// Adds a node slot (a free port, a data dir path, a log file); starts nothing.
+    pub fn add_slot(&mut self) -> usize {
         let i = self.nodes.len();
         let addr = format!("127.0.0.1:{}", free_port());
         let dir = self.tmp.path().join(format!("n{i}"));
         let log = self.tmp.path().join(format!("n{i}.log"));
         self.nodes.push(Node { addr, dir, log, child: None });
+        i
+    }
+
+    /// Adds a node slot and joins it as a manager.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.add_slot();
         self.join(i).await;
         i
     }
@@ -295,4 +306,79 @@ pub async fn agent_channel(addr: &str) -> Option<tonic::transport::Channel> {
 /// An etcd-client connection to one member.
 pub async fn etcd(addr: &str) -> etcd_client::Client {
     etcd_client::Client::connect([format!("http://{addr}")], None).await.expect("etcd client connect")
+}
+
+/// Writers that record every key whose put was acknowledged.
+pub struct Writers {
+    pub acked: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    pub fn start(endpoints: Vec<String>, n: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let tasks = (0..n)
+            .map(|w| {
+                let (stop, acked, endpoints) = (stop.clone(), acked.clone(), endpoints.clone());
+                tokio::spawn(async move {
+                    let mut seq = 0u64;
+                    let mut ep = w % endpoints.len();
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("w{w:02}/{seq:08}");
+                        let Some(ch) = agent_channel(&endpoints[ep]).await else {
+                            ep = (ep + 1) % endpoints.len();
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        let mut kv = KvClient::new(ch);
+                        let req = PutRequest {
+                            key: key.clone().into_bytes(),
+                            value: key.clone().into_bytes(),
+                            ..Default::default()
+                        };
+                        match tokio::time::timeout(Duration::from_secs(3), kv.put(req)).await {
+                            Ok(Ok(_)) => {
+                                acked.lock().unwrap().insert(key);
+                                seq += 1;
+                            }
+                            // Unknown outcome: never counted as acknowledged; use a new key.
+                            _ => {
+                                seq += 1;
+                                ep = (ep + 1) % endpoints.len();
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers { stop, acked, tasks }
+    }
+
+    pub async fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Every key-value on node `i`, read locally (serializable), with revisions.
+pub async fn dump(c: &Cluster, i: usize) -> Vec<(String, String, i64, i64)> {
+    let ch = agent_channel(&c.nodes[i].addr).await.expect("connect");
+    let r = KvClient::new(ch)
+        .max_decoding_message_size(256 << 20)
+        .range(RangeRequest { key: vec![0], range_end: vec![0], serializable: true, ..Default::default() })
+        .await
+        .expect("range")
+        .into_inner();
+    r.kvs
+        .into_iter()
+        .map(|kv| {
+            (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap(), kv.mod_revision, kv.version)
+        })
+        .collect()
 }

@@ -8,3 +8,4 @@ mod t30_bad_input;
 mod t40_membership;
 mod t50_registry;
 mod t60_ipam;
+mod t70_backup;

@@ -2,89 +2,12 @@
 //! behind catches up by snapshot; a whole-cluster kill -9 loses no acknowledged write.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::etcdserverpb::kv_client::KvClient;
-use proto::etcdserverpb::{PutRequest, RangeRequest};
+use proto::etcdserverpb::PutRequest;
 
-use crate::harness::{agent_channel, Cluster};
-
-/// Writers that record every key whose put was acknowledged.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<BTreeSet<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(endpoints: Vec<String>, n: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeSet::new()));
-        let tasks = (0..n)
-            .map(|w| {
-                let (stop, acked, endpoints) = (stop.clone(), acked.clone(), endpoints.clone());
-                tokio::spawn(async move {
-                    let mut seq = 0u64;
-                    let mut ep = w % endpoints.len();
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = format!("w{w:02}/{seq:08}");
-                        let Some(ch) = agent_channel(&endpoints[ep]).await else {
-                            ep = (ep + 1) % endpoints.len();
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        };
-                        let mut kv = KvClient::new(ch);
-                        let req = PutRequest {
-                            key: key.clone().into_bytes(),
-                            value: key.clone().into_bytes(),
-                            ..Default::default()
-                        };
-                        match tokio::time::timeout(Duration::from_secs(3), kv.put(req)).await {
-                            Ok(Ok(_)) => {
-                                acked.lock().unwrap().insert(key);
-                                seq += 1;
-                            }
-                            // Unknown outcome: never counted as acknowledged; use a new key.
-                            _ => {
-                                seq += 1;
-                                ep = (ep + 1) % endpoints.len();
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Writers { stop, acked, tasks }
-    }
-
-    async fn stop(self) -> BTreeSet<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
-    }
-}
-
-/// Every key-value on node `i`, read locally (serializable), with revisions.
-async fn dump(c: &Cluster, i: usize) -> Vec<(String, String, i64, i64)> {
-    let ch = agent_channel(&c.nodes[i].addr).await.expect("connect");
-    let r = KvClient::new(ch)
-        .max_decoding_message_size(256 << 20)
-        .range(RangeRequest { key: vec![0], range_end: vec![0], serializable: true, ..Default::default() })
-        .await
-        .expect("range")
-        .into_inner();
-    r.kvs
-        .into_iter()
-        .map(|kv| {
-            (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap(), kv.mod_revision, kv.version)
-        })
-        .collect()
-}
+use crate::harness::{agent_channel, dump, Cluster, Writers};
 
 async fn assert_all_acked_and_equal(c: &Cluster, acked: &BTreeSet<String>) {
     let first = dump(c, 0).await;

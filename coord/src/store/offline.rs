@@ -67,7 +67,8 @@ fn open(data_dir: &Path) -> Result<std::sync::Arc<DB>> {
 /// Builds a one-node cluster in `data_dir` (which must not hold a node yet) from the
 /// snapshot `file`, under a new identity `cluster` (id and join secrets): the state of the
 /// snapshot's revision, with this node as the only member. The node gets the next id the
-/// snapshot's cluster would have handed out, so no id means two nodes.
+/// snapshot's cluster would have handed out, so no id means two nodes; an empty
+/// `info.name` becomes `node-<id>`.
 pub async fn restore(
     file: &Path,
     data_dir: &Path,
@@ -99,7 +100,8 @@ pub async fn restore(
     // Ids stay unique across the old and the new cluster's records.
     let node_id = old.next_node_id.max(2);
     let cluster = ClusterMeta { next_node_id: node_id + 1, ..cluster };
-    let me = Voter { node_id, info };
+    let name = if info.name.is_empty() { format!("node-{node_id}") } else { info.name };
+    let me = Voter { node_id, info: NodeInfo { name, ..info } };
     force_single_voter(&db, &snap_dir, &me, meta.last_log_id, Some(&cluster), 0, progress)
 }
 

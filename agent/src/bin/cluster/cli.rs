@@ -10,7 +10,7 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Availability, Client, GetOptions, NetworkSpec, Role};
 
-use crate::commands::{cluster, ipam, kv, nodes};
+use crate::commands::{backup, cluster, ipam, kv, nodes};
 
 /// cluster: a cluster manager whose masters coordinate through their own Raft log.
 ///
@@ -277,8 +277,70 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Back up the state machine to a file, inspect a backup, or restore one as a new
+    /// cluster.
+    Snapshot {
+        #[command(subcommand)]
+        op: SnapshotOp,
+    },
+    /// Make a surviving master of a cluster that lost its quorum for good the only voter
+    /// of its cluster, keeping its data; other masters then join it afresh.
+    ///
+    /// Run it on a stopped master, then `cluster start` it. It first applies any entries
+    /// of its log not applied yet (writes the old quorum may have acknowledged). Refused
+    /// while a quorum of the voters it knew still answers: remove dead masters with
+    /// `cluster leave` then. Never start the other old masters again afterwards.
+    Recover {
+        /// The stopped master's data dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Recover even though a quorum of the old voters answers.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Load generator speaking the etcd v3 API: works against cluster and etcd alike.
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotOp {
+    /// Save a consistent snapshot of the state machine, streamed from the leader, to
+    /// FILE. It holds every write acknowledged before the call, a format version and a
+    /// SHA-256 checksum; FILE is replaced only once the whole snapshot has verified.
+    Save {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Verify FILE's checksum and print its version, revision, log index, size and
+    /// record counts by area.
+    Inspect {
+        file: PathBuf,
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Build a new one-node cluster from FILE in an empty data dir: the state of the
+    /// snapshot's revision, with a new cluster id and new join tokens, so members of the
+    /// old cluster cannot join it by mistake. Then run `cluster start --data-dir DIR`.
+    Restore {
+        file: PathBuf,
+        /// Directory for the new node; must be empty or absent.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// host:port the node will serve on.
+        #[arg(long, default_value = "127.0.0.1:2379")]
+        listen: String,
+        /// host:port other nodes and clients use to reach it [default: --listen].
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Name shown in member lists [default: node-<id>].
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -530,7 +592,22 @@ impl Cli {
             Command::Node { op, client: o } => op.run(&o.client(), o.format()).await,
             Command::Network { op, client: o } => op.run(&o.client(), o.format()).await,
             Command::Ip { op, client: o } => op.run(&o.client(), o.format()).await,
+            Command::Snapshot { op } => op.run().await,
+            Command::Recover { data_dir, force, output } => backup::recover(output.into(), &data_dir, force).await,
             Command::Bench(args) => bench::run(args.options()).await,
+        }
+    }
+}
+
+impl SnapshotOp {
+    async fn run(self) -> anyhow::Result<()> {
+        match self {
+            SnapshotOp::Save { file, client: o } => backup::save(&o.client(), o.format(), &file).await,
+            SnapshotOp::Inspect { file, output } => backup::inspect(output.into(), &file),
+            SnapshotOp::Restore { file, data_dir, listen, advertise, name, output } => {
+                let spec = agent::backup::RestoreSpec { file, data_dir, listen, advertise, name };
+                backup::restore(output.into(), spec).await
+            }
         }
     }
 }

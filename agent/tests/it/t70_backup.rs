@@ -300,7 +300,7 @@ async fn kill9_in_the_middle_of_a_snapshot_install_leaves_the_old_or_the_new_sta
     // is synced): it must come back with the old state. Round 2 kills it while SST files
     // are being written for ingestion (after the marker, the `sm` range already deleted):
     // it must finish the install when it opens, and come back with the new state.
-    let rounds: [(&str, fn(&str) -> bool, bool); 2] = [
+    let rounds: [Round; 2] = [
         ("staging", |n| n == "installing.tmp", false),
         ("ingesting", |n| n.starts_with("ingest-"), true),
     ];
@@ -341,6 +341,10 @@ async fn kill9_in_the_middle_of_a_snapshot_install_leaves_the_old_or_the_new_sta
     let big = vc.inspect_network("big", 1).await.unwrap().network.unwrap();
     assert_eq!(big.subnets[0].allocated, 256_000, "{big:?}");
 }
+
+/// A phase of an install: its name, the file that shows it, and whether a kill then
+/// must leave the new state.
+type Round = (&'static str, fn(&str) -> bool, bool);
 
 /// Restarts node `v` and kill -9s it as soon as a file named so that `during` holds
 /// appears in its snapshot dir; returns that name.

@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
 BIN := $(CARGO_TARGET_DIR)/release/cluster
 
-.PHONY: deps build demo test bench bench-agents bench-ipam bench-snapshot jepsen-deps jepsen-short jepsen-long fmt clippy
+.PHONY: deps build demo test bench bench-compare bench-agents bench-ipam bench-snapshot jepsen-deps jepsen-short jepsen-long fmt clippy
 
 deps:
 	bash .ci/install-deps --jepsen
@@ -58,6 +58,14 @@ bench-ipam:
 	bash .ci/install-deps
 	cargo build --release --locked --bin cluster
 	bash .ci/bench-ipam.sh "$(BIN)"
+
+## This build against git revision REV (default: the parent commit), side by side: the
+## same loads on a 3-node cluster of each, alternating rounds, medians and ratios.
+REV ?= HEAD~1
+bench-compare:
+	bash .ci/install-deps
+	cargo build --release --locked --bin cluster
+	bash .ci/bench-compare.sh "$$(bash .ci/build-rev.sh $(REV))" "$(BIN)" "$(REV)" "this build"
 
 ## Snapshot memory: a /8 of IP allocations, then a fourth master catches up by snapshot;
 ## peak memory of the leader and the new master above steady state. Writes the

@@ -6,6 +6,7 @@
 # leader's next snapshot build, the transfer and the install, and prints each one's peak
 # above its steady state. Writes the "## Snapshot memory" section of docs/benchmarks.md.
 set -euo pipefail
+trap 'echo "bench-snapshot: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 BIN=${1:-cluster}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/cluster-bench-snap.XXXXXX)
@@ -64,7 +65,7 @@ N_STEADY=$(steady "$NP")
 L_PEAK=$(sort -n "$DIR/leader.rss" | tail -1)
 N_PEAK=$(sort -n "$DIR/new.rss" | tail -1)
 grep -q "received snapshot" "$DIR/c4.log" || { echo "the new master did not catch up by snapshot" >&2; exit 1; }
-INSTALLED=$(grep -o 'records=[0-9]*' "$DIR/c4.log" | tail -1 | cut -d= -f2)
+INSTALLED=$(grep -o 'records=[0-9]*' "$DIR/c4.log" | tail -1 | cut -d= -f2 || true)
 echo "leader: steady ${L_STEADY} MiB, peak ${L_PEAK} MiB; new master: steady ${N_STEADY} MiB, peak ${N_PEAK} MiB; caught up in ${CATCHUP} s" >&2
 
 python3 - "$ROOT/docs/benchmarks.md" "$DIR/fill.json" "$L_STEADY" "$L_PEAK" "$N_STEADY" "$N_PEAK" "$SNAP_BYTES" "$CATCHUP" "${INSTALLED:-?}" <<'PY'

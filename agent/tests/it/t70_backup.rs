@@ -197,11 +197,20 @@ async fn after_losing_two_of_three_masters_recover_serves_alone_keeps_acked_writ
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Two masters are lost for good while the writes go on; then the survivor stops.
+    // The follower goes first and the leader only after more writes were acknowledged:
+    // those needed the survivor's vote, so it holds every acknowledged entry (a write
+    // that only the two lost masters stored would be lost with them, as in any Raft).
     let l = c.leader(Duration::from_secs(5)).await;
     let s = (l + 1) % 3;
     let other = 3 - l - s;
-    c.kill9(l);
     c.kill9(other);
+    let n = writers.acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writers.acked.lock().unwrap().len() < n + 50 {
+        assert!(Instant::now() < deadline, "no writes acknowledged by the leader and the survivor\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.kill9(l);
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.kill9(s);
     let acked = writers.stop().await;
@@ -321,7 +330,8 @@ async fn kill9_in_the_middle_of_a_snapshot_install_leaves_the_old_or_the_new_sta
         let want: BTreeSet<String> = a_keys.union(&b_keys).cloned().collect();
         assert!(keys == want, "{phase}: node {v}'s keys are not the state at its revision {}", st.revision);
         if expect_new {
-            assert_eq!(st.applied_index, Some(snap), "{phase}: the interrupted install was not finished");
+            // At the snapshot sent, which may be one the leader built after `snap`.
+            assert!(st.applied_index >= Some(snap), "{phase}: the interrupted install was not finished: {st:?}");
             let log = std::fs::read_to_string(&c.nodes[v].log).unwrap();
             assert!(log.contains("interrupted snapshot install finished"), "{phase}: no redo in the log");
         } else {

@@ -83,15 +83,16 @@ pub async fn restore(
         )));
     }
     progress("verifying the snapshot file", 0);
-    let (meta, summary) = snapshot::verify(file)?;
+    let (meta, summary) = snapshot::verify_with(file, &|n| progress("verified records", n))?;
     progress("verified records", summary.records);
     std::fs::create_dir_all(data_dir)?;
     let db = open(data_dir)?;
     let snap_dir = data_dir.join("snapshot");
     std::fs::create_dir_all(&snap_dir)?;
+    progress("staging records", 0);
+    snapshot::stage(&db, &snap_dir, &meta, snapshot::open_data(file)?, &|n| progress("staged records", n))?;
     progress("installing records", 0);
-    snapshot::stage(&db, &snap_dir, &meta, snapshot::open_data(file)?)?;
-    snapshot::apply_staged(&db, &snap_dir)?;
+    snapshot::apply_staged(&db, &snap_dir, &|n| progress("installed records", n))?;
     progress("installed records", summary.records);
     let old: ClusterMeta = match db.get_cf(sm_cf(&db), crate::cluster::KEY).map_err(super::io_err)? {
         Some(b) => ClusterMeta::decode(&b)?,
@@ -159,7 +160,10 @@ async fn apply_entries(sm: &mut StateMachineStore, entries: Vec<Entry>) -> Resul
 
 /// Membership {me} at `last`, the log emptied and purged through `last`, a vote for me
 /// in `last`'s term (or the vote's, if later), an optional new identity, and a fresh
-/// snapshot file of the result.
+/// snapshot file of the result. In that order of durability: the state first, then the
+/// snapshot, and only then is the log purged behind it, so a crash at any point leaves
+/// a data dir that a second run finishes (the snapshot joiners need always exists
+/// before the log behind it is gone).
 fn force_single_voter(
     db: &DB,
     snap_dir: &Path,
@@ -180,25 +184,27 @@ fn force_single_voter(
     let membership =
         Membership::new(vec![members], nodes).map_err(|e| OfflineError::Refused(format!("membership: {e}")))?;
     let stored = StoredMembership::new(Some(last), membership);
-    let mut batch = WriteBatch::default();
-    let sm = sm_cf(db);
-    batch.put_cf(sm, KEY_MEMBERSHIP, encode(&stored)?);
-    batch.put_cf(sm, super::state_machine::KEY_APPLIED, encode(&Some(last))?);
-    if let Some(c) = cluster {
-        batch.put_cf(sm, crate::cluster::KEY, c.encode());
-    }
-    let cf_log = db.cf_handle(CF_LOG).expect("log column family");
-    batch.delete_range_cf(cf_log, crate::codec::u64_key(0).as_slice(), [0xffu8; 9].as_slice());
-    batch.put_cf(meta_cf, KEY_PURGED, encode(&last)?);
-    batch.put_cf(meta_cf, KEY_VOTE, encode(&Vote::new(term, me.node_id))?);
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
-    db.write_opt(batch, &wo).map_err(super::io_err)?;
+    let mut state = WriteBatch::default();
+    let sm = sm_cf(db);
+    state.put_cf(sm, KEY_MEMBERSHIP, encode(&stored)?);
+    state.put_cf(sm, super::state_machine::KEY_APPLIED, encode(&Some(last))?);
+    if let Some(c) = cluster {
+        state.put_cf(sm, crate::cluster::KEY, c.encode());
+    }
+    db.write_opt(state, &wo).map_err(super::io_err)?;
     progress("building the snapshot", 0);
-    // Joiners catch up from this file: the log behind it is gone.
+    // Joiners catch up from this file: the log behind it goes next.
     let view = db.snapshot();
     let (_, summary) = snapshot::build(db, &view, snap_dir)?;
     drop(view);
+    let mut log = WriteBatch::default();
+    let cf_log = db.cf_handle(CF_LOG).expect("log column family");
+    log.delete_range_cf(cf_log, crate::codec::u64_key(0).as_slice(), [0xffu8; 9].as_slice());
+    log.put_cf(meta_cf, KEY_PURGED, encode(&last)?);
+    log.put_cf(meta_cf, KEY_VOTE, encode(&Vote::new(term, me.node_id))?);
+    db.write_opt(log, &wo).map_err(super::io_err)?;
     let revision = match db.get_cf(sm, super::state_machine::KEY_REVISION).map_err(super::io_err)? {
         Some(b) => crate::codec::key_u64(&b) as i64,
         None => 0,
@@ -207,22 +213,42 @@ fn force_single_voter(
     Ok(Outcome { node_id: me.node_id, last_log_id: Some(last), applied_from_log, revision, snapshot: summary })
 }
 
-/// The members the data dir last saw, as (id, info, is voter); for checking, before a
-/// recovery, whether a quorum of them can still be reached.
-pub fn members(data_dir: &Path) -> Result<Vec<(NodeId, NodeInfo, bool)>> {
+/// What a stopped master's data dir last saw of its cluster.
+#[derive(Debug, Clone)]
+pub struct LastSeen {
+    /// (id, info, is voter), the membership in its log included.
+    pub members: Vec<(NodeId, NodeInfo, bool)>,
+    /// The last index in its log, or applied if later: how much of the history it holds.
+    pub last_log_index: Option<u64>,
+}
+
+/// The members the data dir last saw and how far its log goes; for checking, before a
+/// recovery, whether a quorum of them can still be reached and whether one that answers
+/// holds more. Finishes an interrupted snapshot install first (as opening the node
+/// would), so the membership read is the installed one.
+pub async fn last_seen(data_dir: &Path) -> Result<LastSeen> {
+    if !data_dir.join("db").exists() {
+        return Err(OfflineError::Refused(format!("{} holds no node", data_dir.display())));
+    }
     let db = open(data_dir)?;
-    let stored: StoredMembership = get_decoded(&db, sm_cf(&db), KEY_MEMBERSHIP)?.unwrap_or_default();
+    let mut sm = StateMachineStore::new(db.clone(), data_dir.join("snapshot"))?;
+    let (applied, stored) = sm.applied_state().await?;
+    drop(sm);
     // Membership entries in the log not applied yet are newer than the stored one.
     let mut membership = stored.membership().clone();
+    let mut last = applied.map(|l| l.index);
     let cf_log = db.cf_handle(CF_LOG).expect("log column family");
     for item in db.iterator_cf(cf_log, IteratorMode::Start) {
         let (_, v) = item.map_err(super::io_err)?;
-        if let openraft::EntryPayload::Membership(m) = decode::<Entry>(&v)?.payload {
+        let e: Entry = decode(&v)?;
+        last = last.max(Some(e.log_id.index));
+        if let openraft::EntryPayload::Membership(m) = e.payload {
             membership = m;
         }
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    Ok(membership.nodes().map(|(id, n)| (*id, n.clone(), voters.contains(id))).collect())
+    let members = membership.nodes().map(|(id, n)| (*id, n.clone(), voters.contains(id))).collect();
+    Ok(LastSeen { members, last_log_index: last })
 }
 
 #[cfg(test)]

@@ -238,8 +238,29 @@ fn corrupt(m: &str) -> io::Error {
 
 /// Reads a whole snapshot file, checking its checksum: its meta and summary.
 pub fn verify(path: &Path) -> io::Result<(SnapshotMeta, Summary)> {
+    verify_with(path, &|_| {})
+}
+
+/// Long passes over a snapshot report the records done so far this often.
+const PROGRESS_EVERY_RECORDS: u64 = 1 << 16;
+
+/// Progress of a pass over a snapshot: records done so far.
+pub type RecordProgress<'a> = &'a (dyn Fn(u64) + Sync);
+
+fn tick(progress: RecordProgress<'_>, n: u64) {
+    if n % PROGRESS_EVERY_RECORDS == 0 {
+        progress(n);
+    }
+}
+
+/// [`verify`], reporting the records read so far.
+pub fn verify_with(path: &Path, progress: RecordProgress<'_>) -> io::Result<(SnapshotMeta, Summary)> {
     let mut r = SnapshotReader::new(BufReader::with_capacity(1 << 20, File::open(path)?))?;
-    while r.next_record()?.is_some() {}
+    let mut n = 0u64;
+    while r.next_record()?.is_some() {
+        n += 1;
+        tick(progress, n);
+    }
     let meta = r.meta().clone();
     Ok((meta, r.finish()?))
 }
@@ -356,7 +377,13 @@ pub fn export<W: Write>(db: &DB, out: W) -> io::Result<(SnapshotMeta, Summary, W
 /// Copies `data` to `dir/installing` while checking it, syncs it there, then records in
 /// `raft_meta` that an install is under way. From here on the install completes, now or
 /// at the next open.
-pub(crate) fn stage(db: &DB, dir: &Path, meta: &SnapshotMeta, data: SnapshotData) -> io::Result<Summary> {
+pub(crate) fn stage(
+    db: &DB,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    data: SnapshotData,
+    progress: RecordProgress<'_>,
+) -> io::Result<Summary> {
     let tmp = dir.join("installing.tmp");
     let summary = {
         let mut r = SnapshotReader::new(BufReader::with_capacity(1 << 20, data.file))?;
@@ -368,8 +395,11 @@ pub(crate) fn stage(db: &DB, dir: &Path, meta: &SnapshotMeta, data: SnapshotData
             )));
         }
         let mut w = SnapshotWriter::new(BufWriter::with_capacity(1 << 20, File::create(&tmp)?), r.meta())?;
+        let mut n = 0u64;
         while let Some((k, v)) = r.next_record()? {
             w.record(&k, &v)?;
+            n += 1;
+            tick(progress, n);
         }
         r.finish()?;
         let (out, summary) = w.finish()?;
@@ -394,7 +424,7 @@ pub(crate) fn install_pending(db: &DB) -> io::Result<bool> {
 /// everything, the records ingested as SST files, then one synced batch with the applied
 /// log id, membership, format version and the cleared marker. Idempotent: a crash
 /// anywhere before that batch leaves the marker, and the next open runs this again.
-pub(crate) fn apply_staged(db: &DB, dir: &Path) -> io::Result<SnapshotMeta> {
+pub(crate) fn apply_staged(db: &DB, dir: &Path, progress: RecordProgress<'_>) -> io::Result<SnapshotMeta> {
     let staged = dir.join("installing");
     let cf = sm_cf(db);
     db.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 9].as_slice()).map_err(io_err)?;
@@ -404,6 +434,7 @@ pub(crate) fn apply_staged(db: &DB, dir: &Path) -> io::Result<SnapshotMeta> {
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let mut ssts: Vec<PathBuf> = Vec::new();
     let mut writer: Option<rocksdb::SstFileWriter<'_>> = None;
+    let mut n = 0u64;
     while let Some((k, v)) = r.next_record()? {
         if writer.as_ref().is_none_or(|w| w.file_size() >= SST_BYTES) {
             if let Some(mut w) = writer.take() {
@@ -416,6 +447,8 @@ pub(crate) fn apply_staged(db: &DB, dir: &Path) -> io::Result<SnapshotMeta> {
             writer = Some(w);
         }
         writer.as_mut().expect("writer").put(&k, &v).map_err(io_err)?;
+        n += 1;
+        tick(progress, n);
     }
     if let Some(mut w) = writer.take() {
         w.finish().map_err(io_err)?;

@@ -91,7 +91,7 @@ async fn crash_after_the_marker_finishes_the_install_at_open() {
     let snap = snapshot_of(&mut leader).await;
     let db = follower.db();
     let dir = d2.path().join("snap");
-    snapshot::stage(&db, &dir, &snap.meta, snap.snapshot).unwrap();
+    snapshot::stage(&db, &dir, &snap.meta, snap.snapshot, &|_| {}).unwrap();
     // The crash: the range delete is done, part of the records are in an SST file that
     // was never ingested, the final batch never ran.
     db.delete_range_cf(super::sm_cf(&db), [0u8].as_slice(), [0xffu8; 9].as_slice()).unwrap();

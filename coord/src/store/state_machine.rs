@@ -228,7 +228,7 @@ impl StateMachineStore {
         snapshot::clean_dir(&snapshot_dir)?;
         if snapshot::install_pending(&db)? {
             tracing::warn!("a snapshot install was interrupted; finishing it before anything reads the state");
-            let meta = snapshot::apply_staged(&db, &snapshot_dir)?;
+            let meta = snapshot::apply_staged(&db, &snapshot_dir, &|_| {})?;
             tracing::info!(last = ?meta.last_log_id, "interrupted snapshot install finished");
         }
         let state = load_state(&db)?;
@@ -575,9 +575,9 @@ fn install_snapshot_blocking(
     meta: &SnapshotMeta,
     snapshot: SnapshotData,
 ) -> io::Result<()> {
-    let summary = snapshot::stage(db, dir, meta, snapshot)?;
+    let summary = snapshot::stage(db, dir, meta, snapshot, &|_| {})?;
     let mut st = state.write().expect("sm lock");
-    snapshot::apply_staged(db, dir)?;
+    snapshot::apply_staged(db, dir, &|_| {})?;
     *st = load_state(db)?;
     drop(st);
     tracing::info!(records = summary.records, bytes = summary.file_bytes, "snapshot installed");

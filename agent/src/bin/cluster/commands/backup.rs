@@ -69,7 +69,7 @@ pub async fn save(c: &Client, f: Format, file: &Path) -> anyhow::Result<()> {
 
 pub fn inspect(f: Format, file: &Path) -> anyhow::Result<()> {
     let pb = spinner("reading and checking the checksum");
-    let r = backup::inspect(file);
+    let r = backup::inspect(file, &|n| pb.set_message(format!("checked records: {n}")));
     pb.finish_and_clear();
     let (meta, s) = r?;
     if f == Format::Json {
@@ -136,7 +136,7 @@ pub async fn recover(f: Format, data_dir: &Path, force: bool) -> anyhow::Result<
     if f == Format::Json {
         json(&json!({
             "cluster_id": r.cluster_id, "node_id": r.node_id, "voters_before": r.probe.voters,
-            "answered": r.probe.answered, "silent": r.probe.silent, "applied_from_log": o.applied_from_log,
+            "answered": r.probe.answered.iter().map(|a| &a.addr).collect::<Vec<_>>(), "silent": r.probe.silent, "applied_from_log": o.applied_from_log,
             "revision": o.revision, "index": o.last_log_id.map(|l| l.index),
         }));
         return Ok(());

@@ -44,7 +44,8 @@ echo "leader pid $LP steady ${L_STEADY} MiB; snapshot file ${SNAP_BYTES} bytes" 
 # Sample from here: a fresh build on the leader (2,000 small writes trigger it), then
 # the new master's transfer and install.
 : >"$DIR/leader.rss"; : >"$DIR/new.rss"
-( while :; do rss_mb "$LP" >>"$DIR/leader.rss"; [ -f "$DIR/new.pid" ] && rss_mb "$(cat "$DIR/new.pid")" >>"$DIR/new.rss"; sleep 0.2; done ) &
+# One sample a line (rss_mb prints no newline).
+( while :; do echo "$(rss_mb "$LP")" >>"$DIR/leader.rss"; [ -f "$DIR/new.pid" ] && echo "$(rss_mb "$(cat "$DIR/new.pid")")" >>"$DIR/new.rss"; sleep 0.2; done ) &
 SAMPLER=$!
 "$BIN" bench put --endpoints "$EPS" --clients 4 --duration 3 --keys 100 -o json >/dev/null
 sleep 30
@@ -65,6 +66,7 @@ N_STEADY=$(steady "$NP")
 L_PEAK=$(sort -n "$DIR/leader.rss" | tail -1)
 N_PEAK=$(sort -n "$DIR/new.rss" | tail -1)
 grep -q "received snapshot" "$DIR/c4.log" || { echo "the new master did not catch up by snapshot" >&2; exit 1; }
+grep -E "snapshot (installed|received)|received snapshot" "$DIR/c4.log" >&2 || true
 INSTALLED=$(grep -o 'records=[0-9]*' "$DIR/c4.log" | tail -1 | cut -d= -f2 || true)
 echo "leader: steady ${L_STEADY} MiB, peak ${L_PEAK} MiB; new master: steady ${N_STEADY} MiB, peak ${N_PEAK} MiB; caught up in ${CATCHUP} s" >&2
 

@@ -46,7 +46,7 @@ bench() { # index op clients [extra]
   local i=$1 op=$2 clients=$3; shift 3
   local out
   out=$("$NEW" bench "$op" --endpoints "${EPS[$i]}" --clients "$clients" --duration "$DUR" -o json "$@")
-  echo "${LABELS[$i]} $out" >>"$DIR/results"
+  printf '%s\t%s\n' "${LABELS[$i]}" "$out" >>"$DIR/results"
   echo "  ${LABELS[$i]} $op clients=$clients: $(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f ops/s, p50 %.2f ms, p99 %.2f ms" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"]))')"
 }
 
@@ -74,7 +74,7 @@ import json, sys, statistics
 path, old, new, rss_old, rss_new = sys.argv[1:6]
 runs = {}
 for line in open(path):
-    label, js = line.split(" ", 1)
+    label, js = line.rstrip("\n").split("\t", 1)
     r = json.loads(js)
     runs.setdefault((label, r["op"], r["clients"]), []).append(r)
 med = lambda label, op, c, k: statistics.median(x[k] for x in runs[(label, op, c)])

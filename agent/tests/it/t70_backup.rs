@@ -309,10 +309,8 @@ async fn kill9_in_the_middle_of_a_snapshot_install_leaves_the_old_or_the_new_sta
     // is synced): it must come back with the old state. Round 2 kills it while SST files
     // are being written for ingestion (after the marker, the `sm` range already deleted):
     // it must finish the install when it opens, and come back with the new state.
-    let rounds: [Round; 2] = [
-        ("staging", |n| n == "installing.tmp", false),
-        ("ingesting", |n| n.starts_with("ingest-"), true),
-    ];
+    let rounds: [Round; 2] =
+        [("staging", |n| n == "installing.tmp", false), ("ingesting", |n| n.starts_with("ingest-"), true)];
     for (phase, during, expect_new) in rounds {
         let seen = restart_and_kill_during(&mut c, v, during).await;
         eprintln!("{phase}: killed node {v} while {seen} existed");

@@ -248,7 +248,7 @@ const PROGRESS_EVERY_RECORDS: u64 = 1 << 16;
 pub type RecordProgress<'a> = &'a (dyn Fn(u64) + Sync);
 
 fn tick(progress: RecordProgress<'_>, n: u64) {
-    if n % PROGRESS_EVERY_RECORDS == 0 {
+    if n.is_multiple_of(PROGRESS_EVERY_RECORDS) {
         progress(n);
     }
 }

@@ -55,9 +55,10 @@ t1=$(date +%s)
 NP=$!; PIDS+=("$NP"); echo "$NP" >"$DIR/new.pid"
 # Caught up: a voter whose applied index reached the leader's at the time of the join.
 target=$(status "${CL[0]}" | field applied_index)
+# `status` prefers the leader's answer, so it cannot tell the new node's applied index:
+# wait for the new node's own log line that the install finished.
 for _ in $(seq 1800); do
-  a=$(status "$NEW" | field applied_index)
-  [ "$a" -ge "$target" ] && break; sleep 1
+  grep -q "snapshot installed" "$DIR/c4.log" && break; sleep 1
 done
 CATCHUP=$(( $(date +%s) - t1 ))
 sleep 10

@@ -325,14 +325,20 @@ impl Writers {
                 tokio::spawn(async move {
                     let mut seq = 0u64;
                     let mut ep = w % endpoints.len();
+                    // One connection per writer, kept until a put fails, as a real client
+                    // does: a new connection per put made the writers themselves the
+                    // bottleneck on a loaded machine.
+                    let mut conn: Option<KvClient<tonic::transport::Channel>> = None;
                     while !stop.load(Ordering::Relaxed) {
                         let key = format!("w{w:02}/{seq:08}");
-                        let Some(ch) = agent_channel(&endpoints[ep]).await else {
+                        if conn.is_none() {
+                            conn = agent_channel(&endpoints[ep]).await.map(KvClient::new);
+                        }
+                        let Some(kv) = conn.as_mut() else {
                             ep = (ep + 1) % endpoints.len();
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
                         };
-                        let mut kv = KvClient::new(ch);
                         let req = PutRequest {
                             key: key.clone().into_bytes(),
                             value: key.clone().into_bytes(),
@@ -346,6 +352,7 @@ impl Writers {
                             // Unknown outcome: never counted as acknowledged; use a new key.
                             _ => {
                                 seq += 1;
+                                conn = None;
                                 ep = (ep + 1) % endpoints.len();
                                 tokio::time::sleep(Duration::from_millis(10)).await;
                             }

@@ -1,0 +1,31 @@
+//! The cluster's public-key infrastructure and its TLS, shared by masters (coord), the
+//! client library and the agent: one place that makes certificates, reads identities
+//! back from them and sets up rustls.
+//!
+//! - [`cert`]: the cluster CA, node and client certificates, [`cert::PeerIdentity`].
+//! - [`tls`]: [`tls::Credentials`] (replaceable at run time) and the rustls
+//!   configurations built from them; the digest-pinned configuration a joining node uses.
+//! - [`net`]: TLS channels for tonic clients and the accepting side for tonic servers.
+//! - [`files`]: credentials as PEM files, written 0600.
+
+pub mod cert;
+pub mod files;
+pub mod net;
+pub mod tls;
+
+pub use cert::{CertRole, PeerIdentity};
+pub use files::CredentialFiles;
+pub use net::PeerInfo;
+pub use tls::{ClientTls, Credentials};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Malformed or mismatched certificates, keys, requests or names.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Io(String),
+}

@@ -24,7 +24,7 @@ field() { python3 -c "import json,sys; t=sys.stdin.read().strip() or '{}'; print
 # Node ids follow join order, which is not start order: match the leader by address.
 leader_pid() {
   local a; a=$(status "${CL[0]}" | field leader_addr)
-  for i in "${!CL[@]}"; do [ "${CL[$i]}" = "$a" ] && echo "${PIDS[$i]}"; done
+  for i in "${!CL[@]}"; do if [ "${CL[$i]}" = "$a" ]; then echo "${PIDS[$i]}"; fi; done
 }
 # Steady state: the median of 10 samples over 5 s.
 steady() { local s=(); for _ in $(seq 10); do s+=("$(rss_mb "$1")"); sleep 0.5; done; printf '%s\n' "${s[@]}" | sort -n | sed -n 5p; }

@@ -29,6 +29,9 @@ wait_up() { for _ in $(seq 100); do "$BIN" status --endpoints "$1" >/dev/null 2>
 echo "== 1. cluster init on node 1 (logs in $DIR/n1.log)"
 "$BIN" init --data-dir "$DIR/n1" --listen "127.0.0.1:${PORTS[0]}" >"$DIR/n1.out" 2>"$DIR/n1.log" &
 PIDS[0]=$!
+# Every connection is mutual TLS: CLI commands use the admin credential init writes
+# into its data dir (tls/admin.crt, tls/admin.key, tls/ca.crt).
+export CLUSTER_DATA_DIR="$DIR/n1"
 wait_up "127.0.0.1:${PORTS[0]}"
 sleep 0.5; cat "$DIR/n1.out"
 TOKEN=$("$BIN" token manager -q --endpoints "127.0.0.1:${PORTS[0]}")
@@ -61,8 +64,10 @@ run "$BIN" kv put greeting hello
 run "$BIN" kv put config/replicas 3
 run "$BIN" kv get config --prefix
 if command -v etcdctl >/dev/null; then
-  ETCDCTL_API=3 run etcdctl --endpoints "$EPS" member list -w table
-  ETCDCTL_API=3 run etcdctl --endpoints "$EPS" get greeting
+  T="$DIR/n1/tls"
+  HTTPS_EPS="https://${EPS//,/,https://}"
+  ETCDCTL_API=3 run etcdctl --endpoints "$HTTPS_EPS" --cacert "$T/ca.crt" --cert "$T/admin.crt" --key "$T/admin.key" member list -w table
+  ETCDCTL_API=3 run etcdctl --endpoints "$HTTPS_EPS" --cacert "$T/ca.crt" --cert "$T/admin.crt" --key "$T/admin.key" get greeting
 fi
 
 echo; echo "== 3b. an overlay network; addresses are allocated by the replicated state machine"

@@ -2,7 +2,8 @@
 # Needs BIN (the cluster binary) and CL (an array of listen addresses, the first one
 # runs `init`); sets EPS and PIDS. start_masters DIR forms the cluster in DIR and waits
 # until every master votes; stop_masters kills them all. MASTER_ARGS (optional) is added to
-# every init and join.
+# every init and join. Exports CLUSTER_DATA_DIR (the first master's data dir), where
+# client commands find the admin credential.
 EPS=$(IFS=,; echo "${CL[*]}")
 PIDS=()
 
@@ -11,6 +12,8 @@ start_masters() { # data-dir
   # shellcheck disable=SC2086
   "$BIN" init --no-worker ${MASTER_ARGS:-} --data-dir "$d/c1" --listen "${CL[0]}" >"$d/c1.log" 2>&1 &
   PIDS+=($!)
+  # Client commands connect with the admin credential init writes there (mutual TLS).
+  export CLUSTER_DATA_DIR="$d/c1"
   local tok=""
   for _ in $(seq 100); do tok=$("$BIN" token manager -q --endpoints "${CL[0]}" 2>/dev/null) && break; sleep 0.1; done
   for ((i = 1; i < n; i++)); do

@@ -21,7 +21,12 @@ use crate::daemon::{self, NodeFile};
 pub async fn save(c: &Client, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> anyhow::Result<(SnapshotMeta, Summary)> {
     use std::io::Write;
     let part = part_path(path);
-    let mut out = std::fs::File::create(&part).with_context(|| format!("create {}", part.display()))?;
+    // The snapshot holds the cluster CA's key and the join secrets: owner only.
+    let mut out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&part)
+    }
+    .with_context(|| format!("create {}", part.display()))?;
     let received = async {
         let mut s = c.save_snapshot().await?;
         let mut n = 0u64;
@@ -78,6 +83,8 @@ pub struct RestoreSpec {
     pub listen: String,
     pub advertise: Option<String>,
     pub name: Option<String>,
+    /// Lifetime of the new node's certificate.
+    pub cert_validity: Duration,
 }
 
 /// What a restore made: a one-node cluster under a new identity.
@@ -120,11 +127,22 @@ pub async fn restore(spec: RestoreSpec, progress: Progress<'_>) -> anyhow::Resul
         worker_secret: daemon::secret(),
         next_node_id: 0,
     };
+    // A new CA too: certificates of the old cluster mean nothing to the new one.
+    let now = std::time::SystemTime::now();
+    let ca = pki::cert::Ca::generate(&cluster.cluster_id, now)?;
+    let record = coord::cluster::CaRecord {
+        cert: ca.cert.to_vec(),
+        key: ca.key_der(),
+        trusted: vec![ca.cert.to_vec()],
+        bridges: vec![],
+    };
     let info = NodeInfo { addr: advertise.clone(), name: spec.name.clone().unwrap_or_default() };
-    let done = offline::restore(&spec.file, &spec.data_dir, info, cluster.clone(), progress)
+    let done = offline::restore(&spec.file, &spec.data_dir, info, cluster.clone(), record, progress)
         .await
         .with_context(|| format!("restore {}", spec.file.display()));
     let outcome = done.map_err(undo)?;
+    daemon::write_node_pki(&spec.data_dir, &ca, &cluster.cluster_id, outcome.node_id, &advertise, spec.cert_validity)
+        .map_err(undo)?;
     let file = NodeFile {
         node_id: outcome.node_id,
         name: spec.name.unwrap_or_else(|| format!("node-{}", outcome.node_id)),
@@ -140,8 +158,8 @@ pub async fn restore(spec: RestoreSpec, progress: Progress<'_>) -> anyhow::Resul
     };
     daemon::write_node_file(&spec.data_dir, &file).map_err(undo)?;
     Ok(Restored {
-        manager_token: coord::token::format_token(&cluster.cluster_id, &cluster.manager_secret),
-        worker_token: coord::token::format_token(&cluster.cluster_id, &cluster.worker_secret),
+        manager_token: coord::token::format_token(&ca.digest(), &cluster.manager_secret),
+        worker_token: coord::token::format_token(&ca.digest(), &cluster.worker_secret),
         cluster_id: cluster.cluster_id,
         advertise,
         outcome,
@@ -218,7 +236,8 @@ pub async fn recover(data_dir: &Path, force: bool, progress: Progress<'_>) -> an
         .collect();
     let me_voter = *me_voter;
     let voters = others.len() + usize::from(me_voter);
-    let probe = probe(&others, &file.cluster_id, file.node_id, voters, me_voter).await;
+    let tls = daemon::load_node_credential(data_dir)?.client()?;
+    let probe = probe(&others, &file.cluster_id, file.node_id, voters, me_voter, tls).await;
     if !force {
         refuse_unless_lost(&probe, seen.last_log_index)?;
     }
@@ -275,7 +294,14 @@ fn refuse_unless_lost(p: &Probe, my_last_index: Option<u64>) -> anyhow::Result<(
 
 /// Asks each voter for its status (1 s each, all at once); an answer counts only if it
 /// comes from that very node of `cluster_id`.
-async fn probe(others: &[(u64, String)], cluster_id: &str, me: u64, voters: usize, me_voter: bool) -> Probe {
+async fn probe(
+    others: &[(u64, String)],
+    cluster_id: &str,
+    me: u64,
+    voters: usize,
+    me_voter: bool,
+    tls: client::ClientTls,
+) -> Probe {
     let settings = Settings {
         connect_timeout: Duration::from_secs(1),
         request_timeout: Some(Duration::from_secs(1)),
@@ -283,7 +309,7 @@ async fn probe(others: &[(u64, String)], cluster_id: &str, me: u64, voters: usiz
         ..Settings::default()
     };
     let asks = others.iter().map(|(id, addr)| {
-        let c = Client::with_settings([addr.clone()], settings.clone());
+        let c = Client::with_settings([addr.clone()], tls.clone(), settings.clone());
         async move {
             match c.status().await {
                 Ok(s) if s.cluster_id == cluster_id && s.node_id == *id => Ok(Answer {

@@ -20,6 +20,25 @@ use crate::resources::AgentSettings;
 use crate::session;
 
 const NODE_FILE: &str = "node.json";
+/// Where a node keeps its certificates and keys, inside its data dir.
+pub const TLS_DIR: &str = "tls";
+
+/// A node's own credential: `tls/ca.crt`, `tls/node.crt`, `tls/node.key`.
+pub fn node_credential(dir: &Path) -> pki::CredentialFiles {
+    pki::CredentialFiles::in_dir(&dir.join(TLS_DIR), "node")
+}
+
+/// The admin credential `init` writes: `tls/ca.crt`, `tls/admin.crt`, `tls/admin.key`.
+pub fn admin_credential(dir: &Path) -> pki::CredentialFiles {
+    pki::CredentialFiles::in_dir(&dir.join(TLS_DIR), "admin")
+}
+
+fn ca_key_path(dir: &Path) -> PathBuf {
+    dir.join(TLS_DIR).join("ca.key")
+}
+
+/// How long the admin credential `init` writes lasts (`cluster cert issue` makes more).
+const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// A new node, as `init` and `join` get it.
 #[derive(Debug, Clone)]
@@ -104,8 +123,11 @@ pub(crate) struct InitFile {
 
 pub(crate) fn write_node_file(dir: &Path, f: &NodeFile) -> anyhow::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join("node.json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
+    // It holds the node's secret (and on the init node, until its identity is committed,
+    // the join secrets): owner only.
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     file.write_all(serde_json::to_string_pretty(f)?.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, dir.join(NODE_FILE))?;
@@ -162,10 +184,11 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node.listen, node.advertise.as_deref())?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
+    let cluster_id = hex_id();
     let mut file = NodeFile {
         node_id: 1,
         name: node.name.clone().unwrap_or_else(|| "node-1".into()),
-        cluster_id: hex_id(),
+        cluster_id: cluster_id.clone(),
         role: Role::Manager,
         listen,
         advertise: advertise.clone(),
@@ -173,20 +196,25 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
         node_secret: secret(),
         no_worker: false,
         agent: AgentSettings::default(),
-        masters: vec![advertise],
+        masters: vec![advertise.clone()],
     };
     file.merge_agent_flags(&node.agent);
     // Fail before anything is written if the agent's resources are malformed.
     crate::resources::resolve(&file.agent, &node.data_dir)?;
+    let ca = make_init_pki(&node.data_dir, &cluster_id, &advertise, &node.config)?;
     write_node_file(&node.data_dir, &file)?;
     let coord = open(&node.data_dir, &file, &node.config).await?;
     coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
     wait_for_identity(&coord).await?;
-    spawn_own_agent(&node.data_dir, &file)?;
+    // The join secrets now live in the replicated state; node.json keeps none.
+    file.init = None;
+    write_node_file(&node.data_dir, &file)?;
+    spawn_own_agent(&node.data_dir, &file, coord.tls.clone())?;
     let st = coord.cluster();
-    let mt = coord::token::format_token(&st.cluster_id, &st.manager_secret);
-    let wt = coord::token::format_token(&st.cluster_id, &st.worker_secret);
+    let mt = coord::token::format_token(&ca, &st.manager_secret);
+    let wt = coord::token::format_token(&ca, &st.worker_secret);
+    let admin = admin_credential(&node.data_dir);
     println!("Cluster {} initialized; this is node 1 ({}), its leader.", st.cluster_id, file.advertise);
     println!();
     println!("To add a manager (master), run on the other machine:");
@@ -195,8 +223,63 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     println!("To add a worker:");
     println!("    cluster join --data-dir DIR --listen IP:PORT --token {wt} {}", file.advertise);
     println!();
-    println!("etcdctl works too: ETCDCTL_API=3 etcdctl --endpoints {} member list", file.advertise);
+    println!(
+        "An admin credential is in {} (keep it private).",
+        admin.cert.parent().unwrap_or(Path::new(".")).display()
+    );
+    println!("`cluster` commands find it with --data-dir {}, or --cert-dir.", node.data_dir.display());
+    println!("etcdctl works too:");
+    println!(
+        "    ETCDCTL_API=3 etcdctl --endpoints https://{} --cacert {} --cert {} --key {} member list",
+        file.advertise,
+        admin.ca.display(),
+        admin.cert.display(),
+        admin.key.display()
+    );
     serving.await
+}
+
+/// `init`'s certificates: a new CA (its key kept in `tls/ca.key` until the cluster has
+/// it in its state, and after, as the one offline copy), this node's manager certificate
+/// and an admin credential. Returns the CA digest that tokens carry.
+fn make_init_pki(dir: &Path, cluster_id: &str, advertise: &str, config: &CoordConfig) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now();
+    let ca = pki::cert::Ca::generate(cluster_id, now)?;
+    write_node_pki(dir, &ca, cluster_id, 1, advertise, Duration::from_secs(config.cert_validity_secs))?;
+    Ok(ca.digest())
+}
+
+/// A manager's certificate for `node_id` signed by `ca` (a key made here), the CA's key
+/// and an admin credential, all under `dir/tls`: what `init` and `snapshot restore` leave.
+pub(crate) fn write_node_pki(
+    dir: &Path,
+    ca: &pki::cert::Ca,
+    cluster_id: &str,
+    node_id: u64,
+    advertise: &str,
+    validity: Duration,
+) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now();
+    let (key, csr) = pki::cert::new_key_and_csr()?;
+    let hosts = [host_of(advertise)];
+    let spec = pki::cert::NodeCert { cluster_id, node_id, role: pki::CertRole::Manager, hosts: &hosts, validity, now };
+    let cert = ca.sign_node(&csr, &spec)?;
+    node_credential(dir).save(std::slice::from_ref(&ca.cert), &[cert, ca.cert.clone()], &key)?;
+    pki::files::write_key(&ca_key_path(dir), &rustls_key(ca.key_der()))?;
+    let (acert, akey) = ca.issue_client(cluster_id, pki::CertRole::Admin, "admin", ADMIN_CERT_VALIDITY, now)?;
+    admin_credential(dir).save(std::slice::from_ref(&ca.cert), &[acert], &akey)?;
+    Ok(())
+}
+
+fn rustls_key(pkcs8: Vec<u8>) -> pki::types::PrivateKeyDer<'static> {
+    pki::types::PrivateKeyDer::Pkcs8(pkcs8.into())
+}
+
+/// The host part of host:port.
+pub fn host_of(addr: &str) -> String {
+    addr.parse::<SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| {
+        addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_else(|| addr.to_string())
+    })
 }
 
 pub(crate) fn hex_id() -> String {
@@ -207,30 +290,45 @@ pub(crate) fn hex_id() -> String {
 
 async fn wait_for_identity(coord: &CoordNode) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if !coord.cluster_id().is_empty() {
+        if !coord.cluster_id().is_empty() && coord.view(|v| v.ca().is_some()) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the cluster identity was not committed within 10 s")
+    bail!("the cluster identity and CA were not committed within 10 s")
 }
 
 /// `join`: becomes a member of `seed`'s cluster as the token's role, then runs the node.
 pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node.listen, node.advertise.as_deref())?;
-    coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
+    let parsed = coord::token::parse_token(&token).map_err(anyhow::Error::msg)?;
     let (mut no_worker, mut agent) = (false, AgentSettings::default());
     node.agent.merge_into(&mut no_worker, &mut agent);
     let probe = node.data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     crate::resources::resolve(&agent, probe)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
-    let joined = join_rpc(&seed, &token, &advertise, node.name.clone().unwrap_or_default()).await.and_then(|r| {
+    let (key, csr) = pki::cert::new_key_and_csr()?;
+    let req = JoinRequest {
+        token: token.clone(),
+        advertise_addr: advertise.clone(),
+        name: node.name.clone().unwrap_or_default(),
+        csr,
+    };
+    let joined = join_rpc(&seed, &parsed.digest, req).await.and_then(|r| {
         // The role is checked before anything is written, like every other refusal.
         let role = r.role.parse::<Role>().with_context(|| format!("join answered by {seed}"))?;
-        Ok((r, role))
+        let chain: Vec<_> = std::iter::once(r.cert.clone()).chain(r.chain.iter().cloned()).map(Into::into).collect();
+        let trusted: Vec<_> = r.trusted.iter().cloned().map(Into::into).collect();
+        // Check the credential before writing it: it must load and name this node.
+        let creds = pki::Credentials::new(trusted.clone(), chain.clone(), Some(key.clone_key()))
+            .with_context(|| format!("the certificate {seed} signed is unusable"))?;
+        if creds.identity().and_then(|i| i.node_id) != Some(r.node_id) {
+            bail!("the certificate {seed} signed does not name node {}", r.node_id);
+        }
+        Ok((r, role, trusted, chain))
     });
-    let (resp, role) = match joined {
+    let (resp, role, trusted, chain) = match joined {
         Ok(r) => r,
         Err(e) => {
             // Leave nothing behind: the directory must stay usable for another attempt.
@@ -255,37 +353,50 @@ pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result
         agent,
         masters,
     };
+    node_credential(&node.data_dir).save(&trusted, &chain, &key)?;
     write_node_file(&node.data_dir, &file)?;
     println!("Joined cluster {} as node {} ({role}).", resp.cluster_id, resp.node_id);
     run(&node.data_dir, file, Some(listener), &node.config).await
 }
 
-async fn join_rpc(
-    seed: &str,
-    token: &str,
-    advertise: &str,
-    name: String,
-) -> anyhow::Result<proto::clusterpb::JoinResponse> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{seed}"))
-        .with_context(|| format!("bad seed address {seed:?}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {seed}"))?;
+/// Asks `seed` to admit this node. The TLS handshake checks that the seed's CA has the
+/// token's digest; if it does not, the call fails before the token's secret is sent.
+async fn join_rpc(seed: &str, ca_digest: &str, req: JoinRequest) -> anyhow::Result<proto::clusterpb::JoinResponse> {
+    let (tls, _found) = pki::ClientTls::pinned(ca_digest)?;
+    let o = pki::net::ChannelOptions { connect_timeout: Duration::from_secs(3), ..Default::default() };
+    let ch = pki::net::channel(seed, &tls, &o).with_context(|| format!("bad seed address {seed:?}"))?;
     let mut c = ClusterAdminClient::new(ch);
-    let req = JoinRequest { token: token.to_string(), advertise_addr: advertise.to_string(), name };
     // A cluster that just started may still be committing its identity.
     let mut attempts = 0;
     loop {
         match c.join(req.clone()).await {
             Ok(r) => return Ok(r.into_inner()),
-            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 20 => {
+            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 20 && !is_tls_refusal(&s) => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(s) if is_tls_refusal(&s) => {
+                bail!("cannot join through {seed}: {} (is the token for this cluster?)", transport_reason(&s))
             }
             Err(s) => bail!("join refused by {seed}: {}", s.message()),
         }
     }
+}
+
+/// The deepest cause of a transport failure (the TLS alert, the refused connection).
+fn transport_reason(s: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut e: Option<&(dyn Error + 'static)> = s.source();
+    let mut last = s.message().to_string();
+    while let Some(x) = e {
+        last = x.to_string();
+        e = x.source();
+    }
+    last
+}
+
+fn is_tls_refusal(s: &tonic::Status) -> bool {
+    transport_reason(s).contains("CA digest")
 }
 
 /// `start`: restarts the node recorded in `data_dir`; `listen` and `agent` override what
@@ -315,17 +426,23 @@ pub async fn start(
 }
 
 async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, config: &CoordConfig) -> anyhow::Result<()> {
+    let tls = load_node_credential(dir)?;
     if file.role == Role::Worker {
         // A worker serves nothing yet: a socket left listening would accept connections
         // that are never answered.
         drop(listener);
-        return run_worker(dir, file).await;
+        return run_worker(dir, file, tls).await;
     }
     let listener = listener.context("a master needs its listener")?;
     let coord = open(dir, &file, config).await?;
-    let serving = serve(coord, listener);
-    spawn_own_agent(dir, &file)?;
+    let serving = serve(coord.clone(), listener);
+    spawn_own_agent(dir, &file, coord.tls.clone())?;
     serving.await
+}
+
+pub(crate) fn load_node_credential(dir: &Path) -> anyhow::Result<Arc<pki::Credentials>> {
+    let f = node_credential(dir);
+    f.load().with_context(|| format!("loading this node's certificate from {}", f.cert.display()))
 }
 
 /// The agent's identity and a hook that keeps node.json's master list current.
@@ -356,21 +473,25 @@ fn agent_parts(dir: &Path, file: &NodeFile) -> anyhow::Result<(session::Identity
     Ok((id, session::Hooks { on_masters: Some(Arc::new(on_masters)), on_attach: None }))
 }
 
-fn connector() -> session::Connect {
+fn connector(tls: Arc<pki::Credentials>) -> session::Connect {
+    let tls = tls.client();
     let cache = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, tonic::transport::Channel>::new()));
     Arc::new(move |addr: &str| {
         let mut c = cache.lock().expect("channel cache lock");
         if let Some(ch) = c.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = client::channel(addr)?;
+        let tls = tls
+            .as_ref()
+            .map_err(|e| client::ClientError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })?;
+        let ch = client::channel(addr, tls)?;
         c.insert(addr.to_string(), ch.clone());
         Ok(ch)
     })
 }
 
 /// A master's own agent (unless `--no-worker`): a refusal is logged, the master stays up.
-fn spawn_own_agent(dir: &Path, file: &NodeFile) -> anyhow::Result<()> {
+fn spawn_own_agent(dir: &Path, file: &NodeFile, tls: Arc<pki::Credentials>) -> anyhow::Result<()> {
     if file.no_worker {
         info!("--no-worker: this master runs no agent");
         return Ok(());
@@ -379,7 +500,7 @@ fn spawn_own_agent(dir: &Path, file: &NodeFile) -> anyhow::Result<()> {
     let mut masters = vec![file.advertise.clone()];
     masters.extend(file.masters.iter().filter(|m| **m != file.advertise).cloned());
     tokio::spawn(async move {
-        if let Err(e) = session::run(id, masters, connector(), hooks).await {
+        if let Err(e) = session::run(id, masters, connector(tls), hooks).await {
             tracing::error!("this master's agent stopped: {e}");
         }
     });
@@ -387,29 +508,42 @@ fn spawn_own_agent(dir: &Path, file: &NodeFile) -> anyhow::Result<()> {
 }
 
 /// A worker: only the agent runs; it exits on Ctrl-C/SIGTERM or when refused.
-async fn run_worker(dir: &Path, file: NodeFile) -> anyhow::Result<()> {
+async fn run_worker(dir: &Path, file: NodeFile, tls: Arc<pki::Credentials>) -> anyhow::Result<()> {
     let (id, hooks) = agent_parts(dir, &file)?;
     info!(node = file.node_id, masters = ?file.masters, "worker agent starting");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = session::run(id, file.masters.clone(), connector(), hooks) => r.map_err(anyhow::Error::from),
+        r = session::run(id, file.masters.clone(), connector(tls), hooks) => r.map_err(anyhow::Error::from),
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     }
 }
 
 async fn open(dir: &Path, file: &NodeFile, config: &CoordConfig) -> anyhow::Result<Arc<CoordNode>> {
+    let tls = load_node_credential(dir)?;
+    // Until the init node's identity is committed, it proposes its CA from the files.
+    let ca = match &file.init {
+        Some(_) => {
+            let cert = pki::files::read_certs(&node_credential(dir).ca)?.swap_remove(0).to_vec();
+            let key = pki::files::read_key(&ca_key_path(dir))?.secret_der().to_vec();
+            Some((cert, key))
+        }
+        None => None,
+    };
     let opts = NodeOptions {
         node_id: file.node_id,
         name: file.name.clone(),
         data_dir: dir.to_path_buf(),
         advertise_addr: file.advertise.clone(),
         config: config.clone(),
-        init: file.init.as_ref().map(|i| InitSecrets {
+        init: file.init.as_ref().zip(ca).map(|(i, (ca_cert, ca_key))| InitSecrets {
             cluster_id: file.cluster_id.clone(),
             manager_secret: i.manager_secret.clone(),
             worker_secret: i.worker_secret.clone(),
+            ca_cert,
+            ca_key,
         }),
+        tls,
     };
     Ok(CoordNode::open(opts).await?)
 }
@@ -428,7 +562,7 @@ fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Futu
             _ = term.recv() => "terminated",
             _ = removed.wait_for(|r| *r) => "removed from the cluster",
             r = server => {
-                r??;
+                r?.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))?;
                 "server stopped"
             }
         };

@@ -12,6 +12,7 @@
 
 pub mod backup;
 pub mod bench;
+pub mod credentials;
 pub mod daemon;
 pub mod output;
 pub mod resources;

@@ -11,6 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::error::ClientError;
+use pki::ClientTls;
 
 /// A bound on the addresses one call tries, so that two masters naming each other as
 /// leader cannot keep a call going.
@@ -41,20 +42,23 @@ impl Default for Settings {
     }
 }
 
-/// A lazily connected channel to `addr` (host:port) with the default settings.
-pub fn channel(addr: &str) -> Result<Channel, ClientError> {
-    channel_with(addr, &Settings::default())
+/// A lazily connected TLS channel to `addr` (host:port) with the default settings.
+pub fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ClientError> {
+    channel_with(addr, tls, &Settings::default())
 }
 
-/// A lazily connected channel to `addr` (host:port).
-pub fn channel_with(addr: &str, s: &Settings) -> Result<Channel, ClientError> {
-    let bad = |e: &dyn std::fmt::Display| ClientError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() };
-    let mut e = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e))?;
-    e = e.connect_timeout(s.connect_timeout).tcp_nodelay(true);
-    if let Some(t) = s.request_timeout {
-        e = e.timeout(t);
-    }
-    Ok(e.connect_lazy())
+/// A lazily connected TLS channel to `addr` (host:port).
+pub fn channel_with(addr: &str, tls: &ClientTls, s: &Settings) -> Result<Channel, ClientError> {
+    // Refuse what is not host:port before dialling, with the address in the error.
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })?;
+    let o = pki::net::ChannelOptions {
+        connect_timeout: s.connect_timeout,
+        request_timeout: s.request_timeout,
+        keepalive: None,
+    };
+    pki::net::channel(addr, tls, &o)
+        .map_err(|e| ClientError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })
 }
 
 /// The masters a program talks to. Cheap to clone; clones share their channels, one per
@@ -63,17 +67,27 @@ pub fn channel_with(addr: &str, s: &Settings) -> Result<Channel, ClientError> {
 pub struct Client {
     endpoints: Vec<String>,
     settings: Settings,
+    tls: ClientTls,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
 }
 
 impl Client {
-    /// A client of `endpoints` (host:port, tried in this order) with default settings.
-    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Client {
-        Client::with_settings(endpoints, Settings::default())
+    /// A client of `endpoints` (host:port, tried in this order) with default settings,
+    /// speaking mutual TLS with `tls` (see [`pki::Credentials::client`]).
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>, tls: ClientTls) -> Client {
+        Client::with_settings(endpoints, tls, Settings::default())
     }
 
-    pub fn with_settings<S: Into<String>>(endpoints: impl IntoIterator<Item = S>, settings: Settings) -> Client {
-        Client { endpoints: endpoints.into_iter().map(Into::into).collect(), settings, channels: Arc::default() }
+    pub fn with_settings<S: Into<String>>(
+        endpoints: impl IntoIterator<Item = S>,
+        tls: ClientTls,
+        settings: Settings,
+    ) -> Client {
+        Client { endpoints: endpoints.into_iter().map(Into::into).collect(), settings, tls, channels: Arc::default() }
+    }
+
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -87,7 +101,12 @@ impl Client {
     /// A client of one of this client's peers (such as the leader a status names), with
     /// the same settings and channels.
     pub fn at(&self, addr: &str) -> Client {
-        Client { endpoints: vec![addr.to_string()], settings: self.settings.clone(), channels: self.channels.clone() }
+        Client {
+            endpoints: vec![addr.to_string()],
+            settings: self.settings.clone(),
+            tls: self.tls.clone(),
+            channels: self.channels.clone(),
+        }
     }
 
     /// The shared channel to `addr`, made on first use.
@@ -96,7 +115,7 @@ impl Client {
         if let Some(ch) = c.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = channel_with(addr, &self.settings)?;
+        let ch = channel_with(addr, &self.tls, &self.settings)?;
         c.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
@@ -151,6 +170,15 @@ mod tests {
     use proto::consts::LEADER_ADDR_HEADER;
     use tonic::metadata::MetadataValue;
 
+    fn tls() -> ClientTls {
+        let ca = pki::cert::Ca::generate("t", std::time::SystemTime::now()).unwrap();
+        pki::Credentials::new(vec![ca.cert.clone()], vec![], None).unwrap().client().unwrap()
+    }
+
+    fn client<S: Into<String>>(eps: impl IntoIterator<Item = S>) -> Client {
+        Client::new(eps, tls())
+    }
+
     fn not_leader(leader: &'static str) -> Status {
         let mut s = Status::unavailable("not the leader");
         s.metadata_mut().insert(LEADER_ADDR_HEADER, MetadataValue::from_static(leader));
@@ -175,19 +203,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_not_leader_answer_sends_the_call_to_the_named_leader_next() {
-        let c = Client::new(["m1:1", "m2:1"]);
+        let c = client(["m1:1", "m2:1"]);
         let (seen, r) = asked(&c, |a| if a == "m3:1" { Ok(7) } else { Err(not_leader("m3:1")) }).await;
         assert_eq!(seen, ["m1:1", "m3:1"]);
         assert_eq!(r.unwrap(), 7);
         // A leader queued already keeps its place.
-        let c = Client::new(["m1:1", "m2:1", "m3:1"]);
+        let c = client(["m1:1", "m2:1", "m3:1"]);
         let (seen, _) = asked(&c, |a| if a == "m3:1" { Ok(7) } else { Err(not_leader("m3:1")) }).await;
         assert_eq!(seen, ["m1:1", "m2:1", "m3:1"]);
     }
 
     #[tokio::test]
     async fn other_errors_are_the_answer_and_unavailable_everywhere_names_the_last_master() {
-        let c = Client::new(["m1:1", "m2:1"]);
+        let c = client(["m1:1", "m2:1"]);
         let (seen, r) = asked(&c, |_| Err(Status::not_found("no such node"))).await;
         assert_eq!(seen, ["m1:1"]);
         assert_eq!(r.unwrap_err().code(), Code::NotFound);
@@ -198,11 +226,11 @@ mod tests {
 
     #[tokio::test]
     async fn masters_naming_each_other_end_and_pinned_clients_do_not_follow() {
-        let c = Client::new(["m1:1"]);
+        let c = client(["m1:1"]);
         let (seen, r) = asked(&c, |a| Err(if a == "m1:1" { not_leader("m2:1") } else { not_leader("m1:1") })).await;
         assert_eq!(seen.len(), MAX_ATTEMPTS, "{seen:?}");
         assert_eq!(r.unwrap_err().leader_addr(), Some("m1:1"));
-        let pinned = Client::with_settings(["m1:1"], Settings { follow_leader: false, ..Settings::default() });
+        let pinned = Client::with_settings(["m1:1"], tls(), Settings { follow_leader: false, ..Settings::default() });
         let (seen, r) = asked(&pinned, |_| Err(not_leader("m2:1"))).await;
         assert_eq!(seen, ["m1:1"]);
         assert_eq!(r.unwrap_err().status().map(|s| s.message()), Some("not the leader"));
@@ -210,10 +238,10 @@ mod tests {
 
     #[tokio::test]
     async fn no_endpoints_and_bad_endpoints_fail_before_sending() {
-        let (seen, r) = asked(&Client::new(Vec::<String>::new()), |_| Ok(1)).await;
+        let (seen, r) = asked(&client(Vec::<String>::new()), |_| Ok(1)).await;
         assert!(seen.is_empty());
         assert!(matches!(r, Err(ClientError::NoEndpoints)));
-        let (seen, r) = asked(&Client::new(["bad host:1"]), |_| Ok(1)).await;
+        let (seen, r) = asked(&client(["bad host:1"]), |_| Ok(1)).await;
         assert!(seen.is_empty());
         assert_eq!(r.unwrap_err().code(), Code::InvalidArgument);
     }

@@ -25,6 +25,10 @@ pub use kv::GetOptions;
 pub use registry::EventStream;
 pub use types::{Availability, RaftRole, Role};
 
+/// Certificates and TLS: every connection to a master is mutual TLS.
+pub use pki;
+pub use pki::{ClientTls, CredentialFiles, Credentials};
+
 /// The generated message types the calls take and return.
 pub use proto::clusterpb;
 pub use proto::etcdserverpb;

@@ -1,5 +1,6 @@
 //! The cluster's identity as a state-machine area: `InitCluster` records the id and the
-//! join secrets once, `AllocNodeId` hands out node ids. Pure: no RocksDB, no clock.
+//! join secrets once, `AllocNodeId` hands out node ids, `SetCa` records the cluster CA
+//! every manager signs node certificates with. Pure: no RocksDB, no clock.
 
 // State-machine code: deterministic on every member (see coord/clippy.toml).
 #![deny(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -61,6 +62,43 @@ impl ClusterMeta {
     }
 }
 
+/// The key of the cluster CA's record ([`CaRecord`]).
+pub const CA_KEY: &[u8] = b"m/ca";
+
+/// The cluster CA, replicated so that whichever manager leads can sign node
+/// certificates. It travels in snapshots (and so in `snapshot save` files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    /// The CA that signs new certificates: DER certificate and PKCS#8 key.
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// Every CA certificate nodes trust, DER: the signing one, and during a rotation
+    /// also the one it replaces.
+    pub trusted: Vec<Vec<u8>>,
+    /// Presented after a node's own certificate: during a rotation, the new CA
+    /// cross-signed by the old one, so nodes that trust only the old CA still accept it.
+    pub bridges: Vec<Vec<u8>>,
+}
+
+impl CaRecord {
+    /// SHA-256 of the signing certificate, hex: what join tokens pin.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&self.cert))
+    }
+
+    /// Applies `SetCa`: replaces the record if the current one's digest is `prev_digest`
+    /// (empty: there is none yet), so a stale or repeated proposal changes nothing.
+    pub fn set(current: &mut Option<CaRecord>, prev_digest: &str, new: &CaRecord) -> Result<(), ApplyError> {
+        let now = current.as_ref().map(CaRecord::digest).unwrap_or_default();
+        if now != prev_digest {
+            return Err(ApplyError::CaChanged);
+        }
+        *current = Some(new.clone());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +116,18 @@ mod tests {
         let back = ClusterMeta::decode(&c.encode()).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.clone().alloc_node_id(), 4);
+    }
+
+    #[test]
+    fn ca_is_replaced_only_over_the_expected_one() {
+        let a = CaRecord { cert: b"a".to_vec(), key: b"ka".to_vec(), trusted: vec![b"a".to_vec()], bridges: vec![] };
+        let b = CaRecord { cert: b"b".to_vec(), ..a.clone() };
+        let mut cur = None;
+        assert_eq!(CaRecord::set(&mut cur, &b.digest(), &a), Err(ApplyError::CaChanged));
+        CaRecord::set(&mut cur, "", &a).unwrap();
+        // A repeated init proposal is refused and changes nothing.
+        assert_eq!(CaRecord::set(&mut cur, "", &b), Err(ApplyError::CaChanged));
+        CaRecord::set(&mut cur, &a.digest(), &b).unwrap();
+        assert_eq!(cur, Some(b));
     }
 }

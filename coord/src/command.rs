@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::CaRecord;
 use crate::ipam::{IpamCommand, IpamError, IpamOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
@@ -37,6 +38,11 @@ pub enum Command {
     Registry(RegistryCommand),
     /// Overlay network IPAM: networks, allocations, releases.
     Ipam(IpamCommand),
+    /// Records the cluster CA, compare-and-set on the current CA's digest (empty: none).
+    SetCa {
+        prev_digest: String,
+        record: CaRecord,
+    },
 }
 
 impl Command {
@@ -51,6 +57,7 @@ impl Command {
             Command::Compact { .. } => "compact",
             Command::Registry(r) => r.name(),
             Command::Ipam(c) => c.name(),
+            Command::SetCa { .. } => "set_ca",
         }
     }
 }
@@ -103,4 +110,7 @@ pub enum ApplyError {
     /// the node rather than answer differently from the other members.
     #[error("storage error: {0}")]
     Storage(String),
+    /// `SetCa` named a CA that is no longer current (a rotation or init already applied).
+    #[error("the cluster CA changed meanwhile")]
+    CaChanged,
 }

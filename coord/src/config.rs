@@ -50,6 +50,9 @@ pub struct CoordConfig {
     /// An address whose owner is gone (its agent removed, or no longer reported by its
     /// agent) is released this long after the leader first sees it so. Default 180,000 ms.
     pub ip_leak_grace_ms: u64,
+    /// Lifetime of the node certificates the leader signs. Default 7,776,000 s (90 days,
+    /// Swarm's); nodes renew theirs when a third of it is left.
+    pub cert_validity_secs: u64,
     /// TEST ONLY, deliberately unsafe: a leader answers linearizable reads from its own
     /// state without confirming leadership through a quorum (no ReadIndex). A deposed
     /// leader that has not yet heard of its successor then serves stale reads. The
@@ -76,6 +79,7 @@ impl Default for CoordConfig {
             unreachable_after_ms: 5_000,
             down_after_ms: 10_000,
             ip_leak_grace_ms: 180_000,
+            cert_validity_secs: 90 * 86_400,
             canary_unsafe_local_reads: false,
         }
     }
@@ -121,6 +125,9 @@ impl CoordConfig {
         }
         if self.down_after_ms == 0 {
             return Err("down_after_ms must be > 0".into());
+        }
+        if self.cert_validity_secs < 30 {
+            return Err("cert_validity_secs must be at least 30".into());
         }
         if !(1..=7).contains(&self.max_voters) {
             return Err("max_voters must be between 1 and 7".into());

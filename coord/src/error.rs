@@ -55,6 +55,7 @@ impl From<CoordError> for Status {
                     ApplyError::Compacted | ApplyError::FutureRevision => Code::OutOfRange,
                     ApplyError::LeaseNotFound => Code::NotFound,
                     ApplyError::AlreadyInitialized => Code::AlreadyExists,
+                    ApplyError::CaChanged => Code::Aborted,
                     ApplyError::Other(_) => Code::FailedPrecondition,
                     ApplyError::Registry(ref r) => match r {
                         RegistryError::Invalid(_) => Code::InvalidArgument,

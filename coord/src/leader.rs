@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::cluster::CaRecord;
 use crate::command::Command;
 use crate::error::{CoordError, Result};
 use crate::ipam::repair::{Conflict, Leak, LeakTracker};
@@ -163,19 +164,32 @@ async fn housekeeping_loop(weak: Weak<CoordNode>) {
     }
 }
 
-/// The `init` node proposes the cluster's identity until it is committed.
+/// The `init` node proposes the cluster's identity, then its CA, until both are
+/// committed.
 async fn finish_init(node: &CoordNode) {
     let Some(init) = &node.init else { return };
-    if node.view(|v| v.cluster().is_initialized()) {
-        return;
+    let (identity, ca) = node.view(|v| (v.cluster().is_initialized(), v.ca().is_some()));
+    if !identity {
+        let cmd = Command::InitCluster {
+            cluster_id: init.cluster_id.clone(),
+            manager_secret: init.manager_secret.clone(),
+            worker_secret: init.worker_secret.clone(),
+        };
+        if let Err(e) = node.write(cmd).await {
+            warn!("recording cluster identity failed, will retry: {e}");
+            return;
+        }
     }
-    let cmd = Command::InitCluster {
-        cluster_id: init.cluster_id.clone(),
-        manager_secret: init.manager_secret.clone(),
-        worker_secret: init.worker_secret.clone(),
-    };
-    if let Err(e) = node.write(cmd).await {
-        warn!("recording cluster identity failed, will retry: {e}");
+    if !ca {
+        let record = CaRecord {
+            cert: init.ca_cert.clone(),
+            key: init.ca_key.clone(),
+            trusted: vec![init.ca_cert.clone()],
+            bridges: vec![],
+        };
+        if let Err(e) = node.write(Command::SetCa { prev_digest: String::new(), record }).await {
+            warn!("recording the cluster CA failed, will retry: {e}");
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use proto::raftpb::raft_client::RaftClient;
 use proto::raftpb::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec::{decode, encode};
 use crate::types::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
@@ -26,15 +26,23 @@ use crate::types::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
 /// Snapshot data is sent in chunks of this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
-/// Creates one [`Connection`] per peer.
-#[derive(Clone, Default)]
-pub struct Network {}
+/// Creates one [`Connection`] per peer, over mutual TLS with this node's certificate.
+#[derive(Clone)]
+pub struct Network {
+    tls: pki::ClientTls,
+}
+
+impl Network {
+    pub fn new(tls: pki::ClientTls) -> Network {
+        Network { tls }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
-        Connection::new(target, &node.addr)
+        Connection::new(target, &node.addr, &self.tls)
     }
 }
 
@@ -45,10 +53,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(target: NodeId, addr: &str) -> Connection {
-        let client = endpoint(addr).ok().map(|e| {
-            RaftClient::new(e.connect_lazy()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
-        });
+    fn new(target: NodeId, addr: &str, tls: &pki::ClientTls) -> Connection {
+        let client = channel(addr, tls)
+            .ok()
+            .map(|ch| RaftClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20));
         Connection { target, client, addr: addr.to_string() }
     }
 
@@ -78,12 +86,14 @@ impl Connection {
     }
 }
 
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5)))
+/// A lazily connected channel to another master, over mutual TLS.
+pub(crate) fn channel(addr: &str, tls: &pki::ClientTls) -> Result<Channel, pki::PkiError> {
+    let o = pki::net::ChannelOptions {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: None,
+        keepalive: Some(Duration::from_secs(5)),
+    };
+    pki::net::channel(addr, tls, &o)
 }
 
 fn status_to_rpc_error(s: tonic::Status) -> RPCError<TypeConfig> {

@@ -25,7 +25,7 @@ use crate::error::{CoordError, Result};
 use crate::ipam::repair::LeakTracker;
 use crate::leader::Leadership;
 use crate::liveness::Liveness;
-use crate::network::{endpoint, Network};
+use crate::network::{channel, Network};
 use crate::read::{Consistency, ReadView};
 use crate::store::{open_db, LogStore, SmState, StateMachineStore};
 use crate::types::{LogEntry, NodeId, NodeInfo, Raft, TypeConfig};
@@ -69,6 +69,9 @@ pub struct InitSecrets {
     pub cluster_id: String,
     pub manager_secret: String,
     pub worker_secret: String,
+    /// The CA `init` made: DER certificate and PKCS#8 key.
+    pub ca_cert: Vec<u8>,
+    pub ca_key: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,9 @@ pub struct NodeOptions {
     pub advertise_addr: String,
     pub config: CoordConfig,
     pub init: Option<InitSecrets>,
+    /// This node's certificate and the CAs it trusts: what it serves with and what it
+    /// presents to other masters.
+    pub tls: Arc<pki::Credentials>,
 }
 
 pub struct CoordNode {
@@ -92,6 +98,8 @@ pub struct CoordNode {
     pub config: CoordConfig,
     pub advertise_addr: String,
     pub(crate) init: Option<InitSecrets>,
+    pub tls: Arc<pki::Credentials>,
+    client_tls: pki::ClientTls,
     snapshot_dir: PathBuf,
     channels: Mutex<BTreeMap<String, Channel>>,
     removed_tx: watch::Sender<bool>,
@@ -128,7 +136,8 @@ impl CoordNode {
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
         let state = sm.state();
         let registry_events = sm.registry_events();
-        let raft = Raft::new(opts.node_id, raft_config, Network::default(), log, sm)
+        let client_tls = opts.tls.client().map_err(|e| CoordError::InvalidArgument(format!("TLS client: {e}")))?;
+        let raft = Raft::new(opts.node_id, raft_config, Network::new(client_tls.clone()), log, sm)
             .await
             .map_err(|e| CoordError::Internal(format!("start raft: {e}")))?;
         let (removed_tx, _) = watch::channel(false);
@@ -141,6 +150,8 @@ impl CoordNode {
             config: opts.config,
             advertise_addr: opts.advertise_addr,
             init: opts.init,
+            tls: opts.tls,
+            client_tls,
             snapshot_dir: opts.data_dir.join("snapshot"),
             channels: Mutex::new(BTreeMap::new()),
             removed_tx,
@@ -304,7 +315,8 @@ impl CoordNode {
         if let Some(c) = ch.get(addr) {
             return Ok(c.clone());
         }
-        let c = endpoint(addr).map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?.connect_lazy();
+        let c =
+            channel(addr, &self.client_tls).map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?;
         ch.insert(addr.to_string(), c.clone());
         Ok(c)
     }

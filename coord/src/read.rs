@@ -5,7 +5,7 @@
 
 use rocksdb::DB;
 
-use crate::cluster::ClusterMeta;
+use crate::cluster::{CaRecord, ClusterMeta};
 use crate::command::ApplyError;
 use crate::error::{CoordError, Result};
 use crate::ipam::{self, Holding, Ipam, IpamStore};
@@ -51,6 +51,11 @@ impl<'a> ReadView<'a> {
 
     pub fn cluster(&self) -> &ClusterMeta {
         &self.st.cluster
+    }
+
+    /// The cluster CA, once `init` recorded it.
+    pub fn ca(&self) -> Option<&CaRecord> {
+        self.st.ca.as_ref()
     }
 
     pub fn registry(&self) -> &Registry {

@@ -1,14 +1,14 @@
-//! Join tokens: `CLTKN-1-<cluster digest>-<secret>`.
+//! Join tokens: `CLTKN-1-<CA digest>-<secret>`.
 //!
-//! The digest names the cluster a token belongs to. Today it is derived from the cluster
-//! id; when mutual TLS arrives it becomes the digest of the cluster CA (as Swarm's
-//! `SWMTKN-1-<CA digest>-<secret>`), so a joining node can pin the CA with no new format.
+//! The digest is the SHA-256 of the cluster CA's certificate (as Swarm's
+//! `SWMTKN-1-<CA digest>-<secret>`): a joining node trusts the server only if the CA in
+//! its TLS chain has that digest, before it sends the secret.
 
 use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "CLTKN";
 const VERSION: &str = "1";
-const DIGEST_CHARS: usize = 32;
+const DIGEST_CHARS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinToken {
@@ -16,13 +16,9 @@ pub struct JoinToken {
     pub secret: String,
 }
 
-pub fn cluster_digest(cluster_id: &str) -> String {
-    let h = Sha256::digest(cluster_id.as_bytes());
-    hex::encode(h)[..DIGEST_CHARS].to_string()
-}
-
-pub fn format_token(cluster_id: &str, secret: &str) -> String {
-    format!("{PREFIX}-{VERSION}-{}-{secret}", cluster_digest(cluster_id))
+/// A token from the CA digest (hex SHA-256 of the CA certificate) and a secret.
+pub fn format_token(ca_digest: &str, secret: &str) -> String {
+    format!("{PREFIX}-{VERSION}-{ca_digest}-{secret}")
 }
 
 /// A stable 64-bit cluster id for etcd response headers.
@@ -33,7 +29,7 @@ pub fn cluster_id_u64(cluster_id: &str) -> u64 {
 
 pub fn parse_token(s: &str) -> Result<JoinToken, String> {
     let bad = || {
-        format!("malformed token: expected {PREFIX}-{VERSION}-<32 hex digits>-<secret>, as printed by `cluster token`")
+        format!("malformed token: expected {PREFIX}-{VERSION}-<64 hex digits>-<secret>, as printed by `cluster token`")
     };
     let mut parts = s.trim().splitn(4, '-');
     let (Some(p), Some(v), Some(d), Some(secret)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -57,17 +53,19 @@ mod tests {
 
     #[test]
     fn token_round_trips_and_malformed_ones_are_refused() {
-        let t = format_token("abc", "s3cr3tS3cr3tS3cr3t");
+        let d = "ab".repeat(32);
+        let t = format_token(&d, "s3cr3tS3cr3tS3cr3t");
         let p = parse_token(&t).unwrap();
-        assert_eq!(p.digest, cluster_digest("abc"));
+        assert_eq!(p.digest, d);
         assert_eq!(p.secret, "s3cr3tS3cr3tS3cr3t");
         for bad in [
             "",
             "CLTKN-1",
             "SWMTKN-1-aaaa-bbbb",
-            "CLTKN-2-00000000000000000000000000000000-abcdefghijklmnopq",
-            "CLTKN-1-zz000000000000000000000000000000-abcdefghijklmnopq",
-            "CLTKN-1-00000000000000000000000000000000-short",
+            "CLTKN-2-0000000000000000000000000000000000000000000000000000000000000000-abcdefghijklmnopq",
+            "CLTKN-1-zz00000000000000000000000000000000000000000000000000000000000000-abcdefghijklmnopq",
+            "CLTKN-1-00000000000000000000000000000000-abcdefghijklmnopq",
+            "CLTKN-1-0000000000000000000000000000000000000000000000000000000000000000-short",
         ] {
             assert!(parse_token(bad).is_err(), "{bad} accepted");
         }

@@ -38,6 +38,9 @@ pub struct Cluster {
     clock_dir: Option<PathBuf>,
 }
 
+/// The admin credential the first master wrote at `init`; every client of the run uses it.
+static ADMIN_TLS: std::sync::OnceLock<client::ClientTls> = std::sync::OnceLock::new();
+
 /// A client of the one master at `ip`. It does not follow a not-leader answer: the
 /// suite chooses which master each request goes to. Callers set their own deadlines.
 pub fn master(ip: &str) -> Client {
@@ -47,7 +50,23 @@ pub fn master(ip: &str) -> Client {
         follow_leader: false,
         ..Settings::default()
     };
-    Client::with_settings([format!("{ip}:{PORT}")], settings)
+    let tls = ADMIN_TLS.get().expect("the admin credential is loaded right after init").clone();
+    Client::with_settings([format!("{ip}:{PORT}")], tls, settings)
+}
+
+/// Waits for `init` to write its admin credential into `data_dir`, then loads it for
+/// [`master`].
+async fn load_admin_credential(data_dir: &Path) -> Result<()> {
+    let files = client::CredentialFiles::in_dir(&data_dir.join("tls"), "admin");
+    for _ in 0..300 {
+        if files.exist() {
+            let tls = files.load()?.client()?;
+            let _ = ADMIN_TLS.set(tls);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("init wrote no admin credential to {} within 30 s", files.cert.display())
 }
 
 impl Cluster {
@@ -106,6 +125,7 @@ impl Cluster {
         let first = self.nodes[0].ip.clone();
         let args = self.node_args(0);
         self.spawn(0, "init", &args)?;
+        load_admin_credential(&self.nodes[0].data_dir).await?;
         self.wait_status(0, Duration::from_secs(30)).await.context("n1 did not come up after init")?;
         let token = self.token(Role::Manager).await?;
         for i in 1..self.masters {

@@ -153,6 +153,19 @@ pub fn digest(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// What a node certificate says, and for how long.
+#[derive(Debug, Clone)]
+pub struct NodeCert<'a> {
+    pub cluster_id: &'a str,
+    pub node_id: u64,
+    /// Manager or worker.
+    pub role: CertRole,
+    /// IPs or DNS names a manager is reached at, added to its names.
+    pub hosts: &'a [String],
+    pub validity: Duration,
+    pub now: std::time::SystemTime,
+}
+
 /// A CA that can sign: its certificate and key.
 pub struct Ca {
     pub cert: CertificateDer<'static>,
@@ -223,21 +236,12 @@ impl Ca {
     /// subject and names come from here, never from the request: only its public key is
     /// used. `hosts` (IPs or DNS names) are added to a manager's names so that clients
     /// dialling an address (etcdctl) can verify it.
-    pub fn sign_node(
-        &self,
-        csr_der: &[u8],
-        cluster_id: &str,
-        node_id: u64,
-        role: CertRole,
-        hosts: &[String],
-        validity: Duration,
-        now: std::time::SystemTime,
-    ) -> Result<CertificateDer<'static>, PkiError> {
-        if !role.is_node() {
-            return Err(PkiError::Invalid(format!("{role} is not a node role")));
+    pub fn sign_node(&self, csr_der: &[u8], n: &NodeCert<'_>) -> Result<CertificateDer<'static>, PkiError> {
+        if !n.role.is_node() {
+            return Err(PkiError::Invalid(format!("{} is not a node role", n.role)));
         }
         let public = csr_public_key(csr_der)?;
-        let p = leaf_params(cluster_id, role, &node_id.to_string(), hosts, validity, now)?;
+        let p = leaf_params(n.cluster_id, n.role, &n.node_id.to_string(), n.hosts, n.validity, n.now)?;
         Ok(p.signed_by(&public, &self.issuer).map_err(rc)?.der().clone())
     }
 
@@ -359,6 +363,11 @@ fn csr_public_key(csr_der: &[u8]) -> Result<rcgen::PublicKey, PkiError> {
         .map_err(|e| PkiError::Invalid(format!("bad certificate request: {e}")))
 }
 
+/// Checks that `csr_der` is a well-formed, self-signed request of acceptable size.
+pub fn check_csr(csr_der: &[u8]) -> Result<(), PkiError> {
+    csr_public_key(csr_der).map(|_| ())
+}
+
 /// A new node key and a CSR for it: the key never leaves the node.
 pub fn new_key_and_csr() -> Result<(PrivateKeyDer<'static>, Vec<u8>), PkiError> {
     let key = KeyPair::generate().map_err(rc)?;
@@ -379,8 +388,9 @@ mod tests {
         let now = SystemTime::now();
         let ca = Ca::generate("c1", now).unwrap();
         let (_key, csr) = new_key_and_csr().unwrap();
-        let cert =
-            ca.sign_node(&csr, "c1", 7, CertRole::Manager, &["10.0.0.5".into()], DEFAULT_CERT_VALIDITY, now).unwrap();
+        let hosts = ["10.0.0.5".to_string()];
+        let spec = NodeCert { role: CertRole::Manager, hosts: &hosts, now, ..worker(7) };
+        let cert = ca.sign_node(&csr, &spec).unwrap();
         let id = PeerIdentity::from_der(&cert).unwrap();
         assert_eq!((id.cluster_id.as_str(), id.role, id.node_id), ("c1", CertRole::Manager, Some(7)));
         let (c, _) = ca.issue_client("c1", CertRole::Reader, "app", DEFAULT_CERT_VALIDITY, now).unwrap();
@@ -393,16 +403,25 @@ mod tests {
         assert!(Ca::from_der(ca.cert.to_vec(), &other.key_der()).is_err());
     }
 
+    fn worker(id: u64) -> NodeCert<'static> {
+        NodeCert {
+            cluster_id: "c1",
+            node_id: id,
+            role: CertRole::Worker,
+            hosts: &[],
+            validity: DEFAULT_CERT_VALIDITY,
+            now: SystemTime::now(),
+        }
+    }
+
     #[test]
     fn garbage_csrs_and_certificates_are_errors() {
         let ca = Ca::generate("c1", SystemTime::now()).unwrap();
         for bad in [&b""[..], b"\x30\x82\xff\xff", &[0u8; 100], &vec![0x30; MAX_CSR_BYTES + 1]] {
-            assert!(ca
-                .sign_node(bad, "c1", 2, CertRole::Worker, &[], DEFAULT_CERT_VALIDITY, SystemTime::now())
-                .is_err());
+            assert!(ca.sign_node(bad, &worker(2)).is_err());
             assert!(PeerIdentity::from_der(bad).is_err());
         }
         let (_k, csr) = new_key_and_csr().unwrap();
-        assert!(ca.sign_node(&csr, "c1", 2, CertRole::Admin, &[], DEFAULT_CERT_VALIDITY, SystemTime::now()).is_err());
+        assert!(ca.sign_node(&csr, &NodeCert { role: CertRole::Admin, ..worker(2) }).is_err());
     }
 }

@@ -18,6 +18,9 @@ pub use files::CredentialFiles;
 pub use net::PeerInfo;
 pub use tls::{ClientTls, Credentials};
 
+/// DER types of certificates and keys (rustls's).
+pub use rustls::pki_types as types;
+
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -28,4 +31,10 @@ pub enum PkiError {
     Tls(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+pub fn secret_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }

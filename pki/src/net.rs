@@ -38,6 +38,41 @@ impl Default for ChannelOptions {
 
 /// A lazily connected channel to `addr` (host:port) over TLS.
 pub fn channel(addr: &str, tls: &ClientTls, o: &ChannelOptions) -> Result<Channel, PkiError> {
+    let (e, dial) = endpoint(addr, tls, o)?;
+    Ok(e.connect_with_connector_lazy(dial))
+}
+
+/// Like [`channel`], but connects (and finishes the handshake) before returning.
+pub async fn connect(addr: &str, tls: &ClientTls, o: &ChannelOptions) -> Result<Channel, PkiError> {
+    let (e, dial) = endpoint(addr, tls, o)?;
+    e.connect_with_connector(dial).await.map_err(|e| {
+        use std::error::Error;
+        let mut msg = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        PkiError::Tls(format!("{addr}: {msg}"))
+    })
+}
+
+type Dial = tower::util::ServiceFn<
+    Box<
+        dyn Fn(
+                http::Uri,
+            ) -> Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
+                        > + Send,
+                >,
+            > + Send
+            + Sync,
+    >,
+>;
+
+fn endpoint(addr: &str, tls: &ClientTls, o: &ChannelOptions) -> Result<(Endpoint, Dial), PkiError> {
     // The scheme stays http: TLS is below HTTP/2 here, done by the connector.
     let mut e = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| PkiError::Invalid(format!("bad address {addr:?}: {e}")))?
@@ -51,17 +86,17 @@ pub fn channel(addr: &str, tls: &ClientTls, o: &ChannelOptions) -> Result<Channe
     let connector = TlsConnector::from(tls.config.clone());
     let name = tls.server_name.clone();
     let target = addr.to_string();
-    let dial = tower::service_fn(move |_uri: http::Uri| {
+    let dial: Dial = tower::service_fn(Box::new(move |_uri: http::Uri| {
         let (connector, name, target) = (connector.clone(), name.clone(), target.clone());
-        async move {
+        Box::pin(async move {
             let tcp = TcpStream::connect(&target).await?;
             // Small RPCs must not wait for a delayed ACK.
             tcp.set_nodelay(true)?;
             let s = connector.connect(name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(s))
-        }
-    });
-    Ok(e.connect_with_connector_lazy(dial))
+        }) as Pin<Box<dyn std::future::Future<Output = _> + Send>>
+    }));
+    Ok((e, dial))
 }
 
 /// What a request learns about the connection it came on (a request extension).

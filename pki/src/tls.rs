@@ -258,6 +258,9 @@ impl ClientCertVerifier for LiveClientVerifier {
     }
 }
 
+/// Where a pinned handshake leaves the CA certificate that matched.
+pub type PinnedCa = Arc<Mutex<Option<CertificateDer<'static>>>>;
+
 /// How a client dials with TLS: its configuration and the name it verifies.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
@@ -292,7 +295,7 @@ impl ClientTls {
     /// and whose certificate that CA signed for [`SERVER_NAME`]. Anything else fails the
     /// handshake, before a byte of the request (and its secret) is sent. The CA that
     /// matched is left in the returned slot.
-    pub fn pinned(ca_digest: &str) -> Result<(ClientTls, Arc<Mutex<Option<CertificateDer<'static>>>>), PkiError> {
+    pub fn pinned(ca_digest: &str) -> Result<(ClientTls, PinnedCa), PkiError> {
         let found = Arc::new(Mutex::new(None));
         let verifier = Arc::new(PinnedVerifier { digest: ca_digest.to_ascii_lowercase(), found: found.clone() });
         let mut c = ClientConfig::builder_with_provider(provider())
@@ -312,7 +315,7 @@ impl ClientTls {
 #[derive(Debug)]
 struct PinnedVerifier {
     digest: String,
-    found: Arc<Mutex<Option<CertificateDer<'static>>>>,
+    found: PinnedCa,
 }
 
 impl ServerCertVerifier for PinnedVerifier {

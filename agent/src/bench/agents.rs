@@ -95,22 +95,24 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
     if n == 0 {
         bail!("--agents must be > 0");
     }
-    let eps = Client::new(a.endpoints.clone());
+    let eps = a.client(a.endpoints.clone())?;
     let token = eps.token(Role::Worker).await?;
     let st = eps.leader_status().await?;
     let leader_addr = st.leader_addr.clone();
-    let masters = Client::new(st.members.iter().map(|m| m.addr.clone()));
+    let masters = a.client(st.members.iter().map(|m| m.addr.clone()))?;
     eprintln!("leader: node {} at {leader_addr} (pid {}); joining {n} emulated agents", st.node_id, st.pid);
 
     // Worker ids, through the real join path.
     let t0 = Instant::now();
-    let leader_ch = client::channel(&leader_addr)?;
+    let leader_ch = a.channel(&leader_addr)?;
+    // One key for every emulated agent: each still gets its own certificate.
+    let (_key, csr) = client::pki::cert::new_key_and_csr()?;
     let ids: Vec<u64> = futures::stream::iter(0..n)
         .map(|i| {
-            let (ch, token) = (leader_ch.clone(), token.clone());
+            let (ch, token, csr) = (leader_ch.clone(), token.clone(), csr.clone());
             async move {
                 let addr = format!("127.{}.{}.{}:7000", 100 + i / 65536, (i / 256) % 256, i % 256);
-                let req = pb::JoinRequest { token, advertise_addr: addr, name: format!("emu-{i}") };
+                let req = pb::JoinRequest { token, advertise_addr: addr, name: format!("emu-{i}"), csr };
                 ClusterAdminClient::new(ch).join(req).await.map(|r| r.into_inner().node_id)
             }
         })
@@ -125,7 +127,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
     let id_set: Arc<std::collections::BTreeSet<u64>> = Arc::new(ids.iter().copied().collect());
 
     let start_index = {
-        let leader = Client::new([leader_addr.clone()]);
+        let leader = a.client([leader_addr.clone()])?;
         let mut s = leader.events(0, false).await?;
         while s.next().await.is_some() {}
         // Resume after whatever exists now: ask for the newest index through Nodes' term… the
@@ -152,13 +154,14 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         }
         let slot = i / AGENTS_PER_CONN;
         let pool = pool.clone();
+        let tls = a.tls.clone().expect("checked by a.client above");
         let connect: session::Connect = Arc::new(move |addr: &str| {
             let mut p = pool.lock().expect("pool");
             let key = (addr.to_string(), slot);
             if let Some(c) = p.get(&key) {
                 return Ok(c.clone());
             }
-            let c = client::channel(addr)?;
+            let c = client::channel(addr, &tls)?;
             p.insert(key, c.clone());
             Ok(c)
         });
@@ -241,7 +244,9 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
                 killed_at = Some(Instant::now());
                 // Own connections: the registry watch must not share them.
                 let survivors = masters.endpoints().iter().filter(|m| **m != leader_addr);
-                elected = Some(watch_election(survivors.map(|m| Client::new([m.clone()])).collect()));
+                elected = Some(watch_election(
+                    survivors.map(|m| Client::new([m.clone()], a.tls.clone().expect("checked"))).collect(),
+                ));
             }
         }
     }

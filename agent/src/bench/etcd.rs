@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use client::channel;
 use proto::etcdserverpb as epb;
 use proto::etcdserverpb::kv_client::KvClient;
 use proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -28,10 +27,11 @@ pub enum KvOp {
 }
 
 /// Finds the endpoint whose member id is the leader, asking Maintenance.Status.
-async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
+async fn find_leader(a: &Options) -> anyhow::Result<String> {
+    let endpoints = &a.endpoints;
     for _ in 0..50 {
         for e in endpoints {
-            let Ok(ch) = channel(e) else { continue };
+            let Ok(ch) = a.channel(e) else { continue };
             if let Ok(r) = MaintenanceClient::new(ch).status(epb::StatusRequest {}).await {
                 let r = r.into_inner();
                 if r.leader != 0 && r.header.map(|h| h.member_id) == Some(r.leader) {
@@ -66,14 +66,14 @@ pub async fn run(op: KvOp, a: Options) -> anyhow::Result<()> {
         bail!("--clients, --keys and --duration must be positive");
     }
     let targets = match a.target {
-        Target::Leader => vec![find_leader(&a.endpoints).await?],
+        Target::Leader => vec![find_leader(&a).await?],
         Target::All => a.endpoints.clone(),
     };
     let conns = a.conns.unwrap_or(a.clients.min(8)).max(1);
     let channels: Vec<Channel> = (0..conns)
         .map(|i| {
             // connect_lazy shares nothing between Channels, so each is its own TCP connection.
-            channel(&targets[i % targets.len()]).map_err(|e| anyhow::anyhow!(e.message()))
+            a.channel(&targets[i % targets.len()]).map_err(|e| anyhow::anyhow!(e.to_string()))
         })
         .collect::<anyhow::Result<_>>()?;
     let shared = Arc::new(Shared {

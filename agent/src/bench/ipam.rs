@@ -52,8 +52,9 @@ impl Phase {
 
 /// `clients` loops of `batch`-owner requests (1: `Allocate`, else `AllocateBatch`) for
 /// `duration`, or until `limit` allocations when given.
+/// `conns`: the TLS to reach a leader named in an answer, and the channels to load.
 async fn load(
-    chans: &[Channel],
+    conns: (&client::ClientTls, &[Channel]),
     network: &str,
     clients: usize,
     batch: usize,
@@ -61,6 +62,7 @@ async fn load(
     limit: Option<u64>,
     tag: &str,
 ) -> anyhow::Result<Phase> {
+    let (tls, chans) = conns;
     let done = Arc::new(AtomicU64::new(0));
     let retries = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -72,6 +74,7 @@ async fn load(
         let (done, stop, lats, network, tag) =
             (done.clone(), stop.clone(), lats.clone(), network.to_string(), tag.to_string());
         let retries = retries.clone();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut mine = Vec::new();
@@ -105,7 +108,7 @@ async fn load(
                         }
                         retries.fetch_add(1, Ordering::Relaxed);
                         let leader = e.metadata().get(proto::consts::LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok());
-                        if let Some(Ok(ch)) = leader.map(client::channel) {
+                        if let Some(Ok(ch)) = leader.map(|l| client::channel(l, &tls)) {
                             cl = IpamClient::new(ch).max_decoding_message_size(256 << 20);
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -158,13 +161,13 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
     if a.batch == 0 || a.clients == 0 {
         bail!("--batch and --clients must be > 0");
     }
-    let st = Client::new(a.endpoints.clone()).leader_status().await?;
+    let st = a.client(a.endpoints.clone())?.leader_status().await?;
     if st.leader_addr.is_empty() {
         bail!("no leader");
     }
     let conns = a.conns.unwrap_or(a.clients.min(8)).max(1);
-    let chans: Vec<Channel> = (0..conns).map(|_| client::channel(&st.leader_addr)).collect::<Result<_, _>>()?;
-    let leader = Client::new([st.leader_addr.clone()]);
+    let chans: Vec<Channel> = (0..conns).map(|_| a.channel(&st.leader_addr)).collect::<Result<_, _>>()?;
+    let leader = a.client([st.leader_addr.clone()])?;
     let tag = format!("b{}", rand::random::<u32>());
     let dur = Duration::from_secs_f64(a.duration_s);
     // Each phase gets its own network, so the numbers do not depend on the others.
@@ -176,13 +179,13 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
     let room = Some((1u64 << 22) - 3);
     create(&leader, &n1, &c1).await?;
     eprintln!("single: {} clients, 1 owner per request, {:.0} s", a.clients, a.duration_s);
-    let mut single = load(&chans, &n1, a.clients, 1, Some(dur), room, &tag).await?;
+    let mut single = load((leader.tls(), &chans), &n1, a.clients, 1, Some(dur), room, &tag).await?;
     create(&leader, &n2, &c2).await?;
     // More than 8 batches in flight only queue behind each other (and starve the
     // leader's heartbeats on 2 cores).
     let bclients = a.clients.min(8);
     eprintln!("batched: {bclients} clients, {} owners per request, {:.0} s", a.batch, a.duration_s);
-    let mut batched = load(&chans, &n2, bclients, a.batch, Some(dur), room, &tag).await?;
+    let mut batched = load((leader.tls(), &chans), &n2, bclients, a.batch, Some(dur), room, &tag).await?;
     let mut out = json!({
         "single": single.json(),
         "batched": batched.json(),
@@ -197,7 +200,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         create(&leader, &n8, &c8).await.context("the /8 fill needs 10.0.0.0/8 free")?;
         let usable = (1u64 << 24) - 3;
         eprintln!("fill: {usable} allocations in {c8}");
-        let mut fill = load(&chans, &n8, bclients, a.batch, None, Some(usable), &tag).await?;
+        let mut fill = load((leader.tls(), &chans), &n8, bclients, a.batch, None, Some(usable), &tag).await?;
         let rss8 = rss_mb(st.pid);
         // The pool is full: one more must fail with "exhausted".
         let e = IpamClient::new(chans[0].clone())
@@ -211,7 +214,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         let (n6, c6) = (format!("{tag}-6"), format!("fd{:02x}:{:x}::/64", base % 256, rand::random::<u16>()));
         create(&leader, &n6, &c6).await?;
         eprintln!("fill: 1,000,000 allocations in {c6}");
-        let mut fill6 = load(&chans, &n6, bclients, a.batch, None, Some(1_000_000), &tag).await?;
+        let mut fill6 = load((leader.tls(), &chans), &n6, bclients, a.batch, None, Some(1_000_000), &tag).await?;
         let rss6 = rss_mb(st.pid);
         out["fill_v4_slash8"] = json!({"allocations": fill.allocations, "per_second": fill.json()["per_second"],
             "unavailable_retries": fill.retries,

@@ -47,6 +47,32 @@ pub struct Options {
     pub batch: usize,
     pub fill: bool,
     pub output: Format,
+    /// `None`: plain HTTP/2 (an etcd without TLS).
+    pub tls: Option<client::ClientTls>,
+}
+
+impl Options {
+    /// A channel to `addr`, over TLS unless the run is plaintext.
+    pub(crate) fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, client::ClientError> {
+        match &self.tls {
+            Some(t) => client::channel(addr, t),
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map(|e| e.tcp_nodelay(true).connect_lazy())
+                .map_err(|e| client::ClientError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    /// The masters of this cluster, which need TLS.
+    pub(crate) fn client<S: Into<String>>(
+        &self,
+        endpoints: impl IntoIterator<Item = S>,
+    ) -> anyhow::Result<client::Client> {
+        let tls = self
+            .tls
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("this benchmark talks to cluster masters: drop --plaintext"))?;
+        Ok(client::Client::new(endpoints, tls))
+    }
 }
 
 pub async fn run(o: Options) -> anyhow::Result<()> {

@@ -1,8 +1,9 @@
 //! Starts and kills `cluster` processes in temporary data dirs.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,9 +38,79 @@ pub struct Cluster {
     pub worker_token: String,
 }
 
-/// Runs `cluster ARGS` to completion.
+/// What a test connects to a master with: the admin credential of its cluster.
+#[derive(Clone)]
+struct Trust {
+    tls: client::ClientTls,
+    /// `<data dir>/tls`, holding ca.crt and admin.*: `--cert-dir` for the CLI.
+    dir: PathBuf,
+}
+
+/// Master address → its cluster's admin credential. Tests run in parallel, one cluster
+/// (and CA) each, and every address is a fresh port, so the address names the cluster.
+static TRUST: Mutex<BTreeMap<String, Trust>> = Mutex::new(BTreeMap::new());
+
+/// Connect to `addr` with the admin credential `init` (or `snapshot restore`) wrote into
+/// `data_dir`, waiting up to 30 s for it to appear.
+pub async fn trust(addr: &str, data_dir: &Path) {
+    let dir = data_dir.join("tls");
+    let files = client::CredentialFiles::in_dir(&dir, "admin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !files.exist() {
+        assert!(Instant::now() < deadline, "no admin credential in {} after 30 s", dir.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Written by another process: a partly written file may fail to load once.
+    let tls = loop {
+        match files.load().and_then(|c| c.client()) {
+            Ok(t) => break t,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "admin credential in {}: {e}", dir.display());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    TRUST.lock().unwrap().insert(addr.to_string(), Trust { tls, dir });
+}
+
+/// `addr` is served by the same cluster as `known`.
+pub fn same_cluster(addr: &str, known: &str) {
+    let t = TRUST.lock().unwrap().get(known).cloned().expect("known address");
+    TRUST.lock().unwrap().insert(addr.to_string(), t);
+}
+
+fn trust_of(addr: &str) -> Option<Trust> {
+    TRUST.lock().unwrap().get(addr).cloned()
+}
+
+/// The admin client TLS for master `addr`.
+pub fn tls_for(addr: &str) -> client::ClientTls {
+    trust_of(addr).unwrap_or_else(|| panic!("no credential registered for {addr}")).tls
+}
+
+/// A `client::Client` of `endpoints` (all of one cluster) with its admin credential.
+pub fn client_of<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> client::Client {
+    let eps: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+    let tls = tls_for(&eps[0]);
+    client::Client::new(eps, tls)
+}
+
+/// Runs `cluster ARGS` to completion. A client command (`--endpoints`) gets the admin
+/// credential of the cluster its first endpoint belongs to, unless it names one itself.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run cluster")
+    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let named = a.iter().any(|x| matches!(x.as_str(), "--cert-dir" | "--data-dir" | "--cacert"));
+    let first = a
+        .iter()
+        .position(|x| x == "--endpoints")
+        .and_then(|i| a.get(i + 1))
+        .map(|e| e.split(',').next().unwrap_or("").to_string());
+    if let (false, Some(ep)) = (named, first) {
+        if let Some(t) = trust_of(&ep) {
+            a.extend(["--cert-dir".to_string(), t.dir.display().to_string()]);
+        }
+    }
+    Command::new(bin()).args(&a).output().expect("run cluster")
 }
 
 impl Cluster {
@@ -63,6 +134,10 @@ impl Cluster {
         let n0 = &c.nodes[0];
         let (dir, addr) = (n0.dir.to_str().unwrap().to_string(), n0.addr.clone());
         c.spawn(0, &["init", "--data-dir", &dir, "--listen", &addr]);
+        trust(&addr, &c.nodes[0].dir).await;
+        for i in 1..n {
+            same_cluster(&c.nodes[i].addr, &addr);
+        }
         c.manager_token = c.token("manager").await;
         c.worker_token = c.token("worker").await;
         for i in 1..n {
@@ -78,6 +153,7 @@ impl Cluster {
         let addr = format!("127.0.0.1:{}", free_port());
         let dir = self.tmp.path().join(format!("n{i}"));
         let log = self.tmp.path().join(format!("n{i}.log"));
+        same_cluster(&addr, &self.nodes[0].addr);
         self.nodes.push(Node { addr, dir, log, child: None });
         i
     }
@@ -95,6 +171,7 @@ impl Cluster {
         let addr = format!("127.0.0.1:{}", free_port());
         let dir = self.tmp.path().join(format!("n{i}"));
         let log = self.tmp.path().join(format!("n{i}.log"));
+        same_cluster(&addr, &self.nodes[0].addr);
         self.nodes.push(Node { addr: addr.clone(), dir: dir.clone(), log, child: None });
         let (seed, token) = (self.nodes[seed].addr.clone(), self.worker_token.clone());
         let mut a = vec!["join", "--data-dir", dir.to_str().unwrap(), "--listen", &addr, "--token", &token, &seed];
@@ -296,16 +373,19 @@ impl Drop for Cluster {
     }
 }
 
+/// A connected channel to master `addr` with its cluster's admin credential; `None` if
+/// it cannot be reached.
 pub async fn agent_channel(addr: &str) -> Option<tonic::transport::Channel> {
-    let e = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(300));
-    e.connect().await.ok()
+    let o = client::pki::net::ChannelOptions { connect_timeout: Duration::from_millis(300), ..Default::default() };
+    client::pki::net::connect(addr, &tls_for(addr), &o).await.ok()
 }
 
 /// An etcd-client connection to one member.
 pub async fn etcd(addr: &str) -> etcd_client::Client {
-    etcd_client::Client::connect([format!("http://{addr}")], None).await.expect("etcd client connect")
+    // etcd-client speaks over our TLS channel (its `raw-channel` feature), with the
+    // cluster's admin certificate.
+    let ch = agent_channel(addr).await.expect("connect");
+    etcd_client::Client::from_channel(etcd_client::Channel::Tonic(ch), None).await.expect("etcd client")
 }
 
 /// Writers that record every key whose put was acknowledged.

@@ -68,9 +68,17 @@ async fn etcd_client_crate_works_against_three_node_cluster() {
     assert_eq!(e.get("fresh", None).await.unwrap().kvs()[0].value_str().unwrap(), "yes");
 }
 
-fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> String {
+/// etcdctl over TLS with the cluster's admin certificate, as an operator runs it.
+fn etcdctl(c: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
+    let eps: Vec<String> = c.endpoints().iter().map(|e| format!("https://{e}")).collect();
+    let tls = c.nodes[0].dir.join("tls");
     let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3").arg(format!("--endpoints={endpoints}")).args(args);
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", eps.join(",")))
+        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("admin.crt").display()))
+        .arg(format!("--key={}", tls.join("admin.key").display()))
+        .args(args);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -86,39 +94,38 @@ fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_works_against_three_node_cluster() {
     let c = Cluster::start(3).await;
-    let eps = c.endpoints().join(",");
-    assert_eq!(etcdctl(&eps, &["put", "foo", "bar"], None).trim(), "OK");
-    assert_eq!(etcdctl(&eps, &["put", "foo2", "baz"], None).trim(), "OK");
-    let out = etcdctl(&eps, &["get", "foo", "--prefix"], None);
+    assert_eq!(etcdctl(&c, &["put", "foo", "bar"], None).trim(), "OK");
+    assert_eq!(etcdctl(&c, &["put", "foo2", "baz"], None).trim(), "OK");
+    let out = etcdctl(&c, &["get", "foo", "--prefix"], None);
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["foo", "bar", "foo2", "baz"]);
 
-    let json = etcdctl(&eps, &["get", "foo", "-w", "json"], None);
+    let json = etcdctl(&c, &["get", "foo", "-w", "json"], None);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let rev = v["kvs"][0]["mod_revision"].as_i64().unwrap();
-    etcdctl(&eps, &["put", "foo", "newer"], None);
-    let old = etcdctl(&eps, &["get", "foo", &format!("--rev={rev}")], None);
+    etcdctl(&c, &["put", "foo", "newer"], None);
+    let old = etcdctl(&c, &["get", "foo", &format!("--rev={rev}")], None);
     assert_eq!(old.lines().collect::<Vec<_>>(), vec!["foo", "bar"]);
 
-    let keys = etcdctl(&eps, &["get", "foo", "--prefix", "--keys-only"], None);
+    let keys = etcdctl(&c, &["get", "foo", "--prefix", "--keys-only"], None);
     assert_eq!(keys.split_whitespace().collect::<Vec<_>>(), vec!["foo", "foo2"]);
 
     // txn: compares, blank line, success ops, blank line, failure ops.
     let txn = "value(\"foo\") = \"newer\"\nversion(\"foo\") = \"2\"\n\nput foo swapped\n\nput foo failed\n\n";
-    let out = etcdctl(&eps, &["txn"], Some(txn));
+    let out = etcdctl(&c, &["txn"], Some(txn));
     assert!(out.starts_with("SUCCESS"), "txn output: {out}");
-    let out = etcdctl(&eps, &["txn"], Some(txn));
+    let out = etcdctl(&c, &["txn"], Some(txn));
     assert!(out.starts_with("FAILURE"), "txn output: {out}");
-    assert_eq!(etcdctl(&eps, &["get", "foo", "--print-value-only"], None).trim(), "failed");
+    assert_eq!(etcdctl(&c, &["get", "foo", "--print-value-only"], None).trim(), "failed");
 
-    assert_eq!(etcdctl(&eps, &["del", "foo"], None).trim(), "1");
-    assert_eq!(etcdctl(&eps, &["get", "foo"], None).trim(), "");
+    assert_eq!(etcdctl(&c, &["del", "foo"], None).trim(), "1");
+    assert_eq!(etcdctl(&c, &["get", "foo"], None).trim(), "");
 
-    let members = etcdctl(&eps, &["member", "list"], None);
+    let members = etcdctl(&c, &["member", "list"], None);
     assert_eq!(members.lines().count(), 3, "member list: {members}");
     for n in &c.nodes {
         assert!(members.contains(&n.addr), "member list lacks {}: {members}", n.addr);
     }
-    let status = etcdctl(&eps, &["endpoint", "status", "-w", "json"], None);
+    let status = etcdctl(&c, &["endpoint", "status", "-w", "json"], None);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     let arr = v.as_array().unwrap();
     assert_eq!(arr.len(), 3);

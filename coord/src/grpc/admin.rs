@@ -14,7 +14,7 @@ use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::node::CoordNode;
 use crate::read::Consistency;
-use crate::token::{cluster_digest, format_token, parse_token};
+use crate::token::{format_token, parse_token};
 use crate::types::NodeInfo;
 
 pub struct Admin {
@@ -82,26 +82,28 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let r = req.get_ref();
         let token = parse_token(&r.token).map_err(Status::invalid_argument)?;
-        let cluster = self.node.cluster();
-        if !cluster.is_initialized() {
+        let (cluster, ca) = self.node.view(|v| (v.cluster().clone(), v.ca().cloned()));
+        let (true, Some(ca)) = (cluster.is_initialized(), ca) else {
             return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
+        };
+        if token.digest != ca.digest() {
+            return Err(Status::permission_denied("token is for a different cluster (or from before a CA rotation)"));
         }
-        if token.digest != cluster_digest(&cluster.cluster_id) {
-            return Err(Status::permission_denied("token is for a different cluster"));
-        }
-        let role = if token.secret == cluster.manager_secret {
+        let role = if pki::secret_eq(&token.secret, &cluster.manager_secret) {
             JoinRole::Manager
-        } else if token.secret == cluster.worker_secret {
+        } else if pki::secret_eq(&token.secret, &cluster.worker_secret) {
             JoinRole::Worker
         } else {
             return Err(Status::permission_denied("invalid join token: secret does not match (was it rotated?)"));
         };
-        if r.advertise_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!(
+        let addr: std::net::SocketAddr = r.advertise_addr.parse().map_err(|_| {
+            Status::invalid_argument(format!(
                 "advertise address {:?} is not host:port with an IP address",
                 r.advertise_addr
-            )));
-        }
+            ))
+        })?;
+        // Checked before an id is allocated: a refused join burns no node id.
+        pki::cert::check_csr(&r.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let node = &self.node;
         on_leader(
             node,
@@ -123,6 +125,24 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                     Output::NodeId(id) => id,
                     o => return Err(unexpected(o)),
                 };
+                // Signed with the CA as this (the leader's) state holds it now.
+                let ca = node
+                    .view(|v| v.ca().cloned())
+                    .ok_or_else(|| CoordError::Unavailable("the cluster CA is not recorded yet".into()))?;
+                let signer = pki::cert::Ca::from_der(ca.cert.clone(), &ca.key)
+                    .map_err(|e| CoordError::Internal(format!("the recorded CA is unusable: {e}")))?;
+                let cert_role = if role == JoinRole::Manager { pki::CertRole::Manager } else { pki::CertRole::Worker };
+                let validity = std::time::Duration::from_secs(node.config.cert_validity_secs);
+                let hosts = [addr.ip().to_string()];
+                let spec = pki::cert::NodeCert {
+                    cluster_id: &cluster.cluster_id,
+                    node_id: id,
+                    role: cert_role,
+                    hosts: &hosts,
+                    validity,
+                    now: std::time::SystemTime::now(),
+                };
+                let cert = signer.sign_node(&r.csr, &spec).map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
                 if role == JoinRole::Manager {
                     let name = if r.name.is_empty() { format!("node-{id}") } else { r.name.clone() };
                     let info = NodeInfo { addr: r.advertise_addr.clone(), name };
@@ -134,6 +154,9 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                     cluster_id: cluster.cluster_id.clone(),
                     role: role.as_str().into(),
                     members: members(node).members,
+                    cert: cert.to_vec(),
+                    chain: std::iter::once(ca.cert.clone()).chain(ca.bridges.iter().cloned()).collect(),
+                    trusted: ca.trusted.clone(),
                 })
             },
             async |ch, r| ClusterAdminClient::new(ch).join(r).await,
@@ -256,10 +279,10 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
 
     async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
         let role = req.into_inner().role;
-        let c = self.node.cluster();
-        if !c.is_initialized() {
+        let (c, ca) = self.node.view(|v| (v.cluster().clone(), v.ca().cloned()));
+        let (true, Some(ca)) = (c.is_initialized(), ca) else {
             return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
-        }
+        };
         let secret = match role.as_str() {
             "manager" => c.manager_secret,
             "worker" => c.worker_secret,
@@ -267,7 +290,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                 return Err(Status::invalid_argument(format!("unknown token role {other:?}: use manager or worker")))
             }
         };
-        Ok(Response::new(pb::TokenResponse { token: format_token(&c.cluster_id, &secret) }))
+        Ok(Response::new(pb::TokenResponse { token: format_token(&ca.digest(), &secret) }))
     }
 }
 

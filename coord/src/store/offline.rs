@@ -20,7 +20,7 @@ use super::log_store::{KEY_PURGED, KEY_VOTE};
 use super::snapshot::{self, Summary};
 use super::state_machine::KEY_MEMBERSHIP;
 use super::{get_decoded, open_db, sm_cf, StateMachineStore, CF_LOG, CF_RAFT_META};
-use crate::cluster::ClusterMeta;
+use crate::cluster::{CaRecord, ClusterMeta};
 use crate::codec::{decode, encode};
 use crate::types::{Entry, LogId, NodeId, NodeInfo, StoredMembership, Vote};
 
@@ -74,6 +74,7 @@ pub async fn restore(
     data_dir: &Path,
     info: NodeInfo,
     cluster: ClusterMeta,
+    ca: CaRecord,
     progress: Progress<'_>,
 ) -> Result<Outcome> {
     if data_dir.join("db").exists() {
@@ -103,7 +104,7 @@ pub async fn restore(
     let cluster = ClusterMeta { next_node_id: node_id + 1, ..cluster };
     let name = if info.name.is_empty() { format!("node-{node_id}") } else { info.name };
     let me = Voter { node_id, info: NodeInfo { name, ..info } };
-    force_single_voter(&db, &snap_dir, &me, meta.last_log_id, Some(&cluster), 0, progress)
+    force_single_voter(&db, &snap_dir, &me, meta.last_log_id, Some((&cluster, &ca)), 0, progress)
 }
 
 /// Makes the master in `data_dir` the single voter of its cluster, keeping its data:
@@ -169,7 +170,7 @@ fn force_single_voter(
     snap_dir: &Path,
     me: &Voter,
     last: Option<LogId>,
-    cluster: Option<&ClusterMeta>,
+    identity: Option<(&ClusterMeta, &CaRecord)>,
     applied_from_log: u64,
     progress: Progress<'_>,
 ) -> Result<Outcome> {
@@ -190,8 +191,9 @@ fn force_single_voter(
     let sm = sm_cf(db);
     state.put_cf(sm, KEY_MEMBERSHIP, encode(&stored)?);
     state.put_cf(sm, super::state_machine::KEY_APPLIED, encode(&Some(last))?);
-    if let Some(c) = cluster {
+    if let Some((c, ca)) = identity {
         state.put_cf(sm, crate::cluster::KEY, c.encode());
+        state.put_cf(sm, crate::cluster::CA_KEY, encode(ca)?);
     }
     db.write_opt(state, &wo).map_err(super::io_err)?;
     progress("building the snapshot", 0);
@@ -377,10 +379,11 @@ mod tests {
         };
         let d2 = tempfile::tempdir().unwrap();
         let target = d2.path().join("node");
-        assert!(restore(&bad_file, &target, info("127.0.0.1:5"), new_id.clone(), &quiet).await.is_err());
+        let ca = CaRecord { cert: b"c".to_vec(), key: b"k".to_vec(), trusted: vec![b"c".to_vec()], bridges: vec![] };
+        assert!(restore(&bad_file, &target, info("127.0.0.1:5"), new_id.clone(), ca.clone(), &quiet).await.is_err());
         assert!(!target.exists(), "a refused file leaves nothing behind");
 
-        let out = restore(&file, &target, info("127.0.0.1:5"), new_id, &quiet).await.unwrap();
+        let out = restore(&file, &target, info("127.0.0.1:5"), new_id, ca.clone(), &quiet).await.unwrap();
         assert_eq!(out.node_id, 4, "the next id the old cluster would have handed out");
         assert_eq!(out.revision, saved.revision);
         let sm2 = StateMachineStore::new(open_db(&target.join("db")).unwrap(), target.join("snapshot")).unwrap();
@@ -390,6 +393,7 @@ mod tests {
             (cluster.cluster_id.as_str(), cluster.manager_secret.as_str(), cluster.next_node_id),
             ("new", "m2", 5)
         );
+        assert_eq!(sm2.state().read().unwrap().ca, Some(ca), "the new cluster's CA replaces the old one");
         assert_eq!(voters(&sm2), vec![4]);
     }
 }

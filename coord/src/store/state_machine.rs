@@ -33,7 +33,7 @@ use tracing::instrument;
 
 use super::rocks_ipam::RocksIpam;
 use super::{io_err, sm_cf, snapshot};
-use crate::cluster::{self, ClusterMeta};
+use crate::cluster::{self, CaRecord, ClusterMeta};
 use crate::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
 use crate::command::{ApplyError, Command, Output, Response};
 use crate::ipam::{Ipam, IpamError};
@@ -58,6 +58,7 @@ pub struct SmState {
     pub registry: Registry,
     pub ipam: Ipam,
     pub cluster: ClusterMeta,
+    pub ca: Option<CaRecord>,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -286,6 +287,13 @@ impl StateMachineStore {
                         st.cluster.init(cluster_id, manager_secret, worker_secret).map(|()| Output::Unit)
                     }
                     Command::AllocNodeId { .. } => Ok(Output::NodeId(st.cluster.alloc_node_id())),
+                    Command::SetCa { prev_digest, record } => {
+                        let r = CaRecord::set(&mut st.ca, prev_digest, record).map(|()| Output::Unit);
+                        if r.is_ok() {
+                            hist.batch.put_cf(cf, cluster::CA_KEY, encode(record)?);
+                        }
+                        r
+                    }
                     Command::Registry(c) => {
                         let next_id = st.cluster.next_node_id;
                         let term = {
@@ -434,6 +442,9 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     }
     if let Some(b) = get(cluster::KEY)? {
         st.cluster = ClusterMeta::decode(&b)?;
+    }
+    if let Some(b) = get(cluster::CA_KEY)? {
+        st.ca = Some(decode(&b)?);
     }
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(vec![b'g', b'/' + 1]);

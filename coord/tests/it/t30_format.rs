@@ -56,6 +56,12 @@ async fn a_node_on_newer_data_fails_to_start_with_a_clear_message() {
         advertise_addr: "127.0.0.1:1".into(),
         config: CoordConfig::default(),
         init: None,
+        tls: {
+            let ca =
+                pki::cert::Ca::generate("c", std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+                    .unwrap();
+            pki::Credentials::new(vec![ca.cert.clone()], vec![], None).unwrap()
+        },
     };
     let err = CoordNode::open(opts).await.err().expect("refused");
     let msg = err.to_string();

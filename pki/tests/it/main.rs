@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use pki::cert::{new_key_and_csr, Ca, CertRole, DEFAULT_CERT_VALIDITY};
+use pki::cert::{new_key_and_csr, Ca, CertRole, NodeCert, DEFAULT_CERT_VALIDITY};
 use pki::net::{incoming, AcceptLimits};
 use pki::{ClientTls, Credentials};
 use rustls::pki_types::CertificateDer;
@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 fn manager(ca: &Ca, id: u64, now: SystemTime, validity: Duration) -> Arc<Credentials> {
     let (key, csr) = new_key_and_csr().unwrap();
-    let cert = ca.sign_node(&csr, "c1", id, CertRole::Manager, &[], validity, now).unwrap();
+    let spec = NodeCert { cluster_id: "c1", node_id: id, role: CertRole::Manager, hosts: &[], validity, now };
+    let cert = ca.sign_node(&csr, &spec).unwrap();
     Credentials::new(vec![ca.cert.clone()], vec![cert, ca.cert.clone()], Some(key)).unwrap()
 }
 
@@ -82,7 +83,15 @@ async fn mutual_tls_reads_the_clients_role_and_refuses_strangers() {
 
     // A worker certificate cannot serve as a master: it lacks the server name.
     let (wkey, csr) = new_key_and_csr().unwrap();
-    let wcert = ca.sign_node(&csr, "c1", 9, CertRole::Worker, &[], DEFAULT_CERT_VALIDITY, now).unwrap();
+    let spec = NodeCert {
+        cluster_id: "c1",
+        node_id: 9,
+        role: CertRole::Worker,
+        hosts: &[],
+        validity: DEFAULT_CERT_VALIDITY,
+        now,
+    };
+    let wcert = ca.sign_node(&csr, &spec).unwrap();
     let worker = Credentials::new(vec![ca.cert.clone()], vec![wcert, ca.cert.clone()], Some(wkey)).unwrap();
     let (waddr, _seen) = server(worker).await;
     assert!(dial(&waddr, &client(&ca, CertRole::Admin, now, DEFAULT_CERT_VALIDITY).client().unwrap()).await.is_err());
@@ -113,7 +122,15 @@ async fn a_cross_signed_ca_bridges_old_and_new_trust() {
     // A server already on the new CA presents the bridge; a client that trusts only the
     // old CA still accepts it.
     let (key, csr) = new_key_and_csr().unwrap();
-    let cert = new.sign_node(&csr, "c1", 1, CertRole::Manager, &[], DEFAULT_CERT_VALIDITY, now).unwrap();
+    let spec = NodeCert {
+        cluster_id: "c1",
+        node_id: 1,
+        role: CertRole::Manager,
+        hosts: &[],
+        validity: DEFAULT_CERT_VALIDITY,
+        now,
+    };
+    let cert = new.sign_node(&csr, &spec).unwrap();
     let srv =
         Credentials::new(vec![old.cert.clone(), new.cert.clone()], vec![cert, bridge.clone()], Some(key)).unwrap();
     let (addr, _seen) = server(srv).await;

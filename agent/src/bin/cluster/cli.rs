@@ -33,11 +33,47 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub creds: CredArgs,
+}
+
+/// Every connection to a master is mutual TLS. The credential is found, in this order,
+/// from --cacert/--cert/--key, --cert-dir, --data-dir, or the default data dir
+/// /var/lib/cluster (a master's `tls/admin.*`, which `init` writes, or its `tls/node.*`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CredArgs {
+    /// CA certificate to trust (PEM).
+    #[arg(long = "cacert", id = "tls_cacert", env = "CLUSTER_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long = "cert", id = "tls_cert", env = "CLUSTER_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long = "key", id = "tls_key", env = "CLUSTER_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// Directory with ca.crt and admin.crt/admin.key or reader.crt/reader.key.
+    #[arg(long = "cert-dir", id = "tls_cert_dir", env = "CLUSTER_CERT_DIR", global = true)]
+    pub cert_dir: Option<PathBuf>,
+    /// A master's data dir, to use the credential it holds.
+    #[arg(long = "data-dir", id = "tls_data_dir", env = "CLUSTER_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl CredArgs {
+    fn source(&self) -> agent::credentials::CredentialSource {
+        agent::credentials::CredentialSource {
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            cert_dir: self.cert_dir.clone(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
 }
 
 impl ClientOpts {
-    fn client(&self) -> Client {
-        Client::new(self.endpoints.clone())
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.endpoints.clone(), self.creds.source().load()?.client()?))
     }
 
     fn format(&self) -> Format {
@@ -519,11 +555,31 @@ pub struct BenchArgs {
     pub fill: bool,
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Speak plain HTTP/2, for an etcd started without TLS (masters of this cluster
+    /// accept TLS only).
+    #[arg(long)]
+    pub plaintext: bool,
+    #[command(flatten)]
+    pub creds: CredArgs,
 }
 
 impl BenchArgs {
-    fn options(self) -> bench::Options {
-        bench::Options {
+    fn options(self) -> anyhow::Result<bench::Options> {
+        // Verified against the first endpoint's host, so the same flags work for etcd's
+        // certificates and for this cluster's (which name their addresses too).
+        let tls = if self.plaintext {
+            None
+        } else {
+            let f = self.creds.source().files()?;
+            let host = self.endpoints.first().map(|e| daemon::host_of(e)).unwrap_or_default();
+            Some(client::ClientTls::for_server(
+                client::pki::files::read_certs(&f.ca)?,
+                client::pki::files::read_certs(&f.cert)?,
+                Some(client::pki::files::read_key(&f.key)?),
+                &host,
+            )?)
+        };
+        Ok(bench::Options {
             op: match self.op {
                 BenchOp::Put => bench::Op::Put,
                 BenchOp::Get => bench::Op::Get,
@@ -546,7 +602,8 @@ impl BenchArgs {
             batch: self.batch,
             fill: self.fill,
             output: self.output.into(),
-        }
+            tls,
+        })
     }
 }
 
@@ -582,19 +639,19 @@ impl Cli {
                 daemon::start(data_dir, listen, agent.flags(), tuning.config()).await
             }
             Command::Token { role, quiet, client: o } => {
-                cluster::token(&o.client(), o.format(), role.into(), quiet).await
+                cluster::token(&o.client()?, o.format(), role.into(), quiet).await
             }
-            Command::Status { client: o } => cluster::status(&o.client(), o.format()).await,
-            Command::Members { client: o } => cluster::members(&o.client(), o.format()).await,
-            Command::Leave { node_id, client: o } => cluster::leave(&o.client(), o.format(), node_id).await,
-            Command::Kv { op, client: o } => op.run(&o.client(), o.format()).await,
-            Command::Nodes { client: o } => nodes::list(&o.client(), o.format()).await,
-            Command::Node { op, client: o } => op.run(&o.client(), o.format()).await,
-            Command::Network { op, client: o } => op.run(&o.client(), o.format()).await,
-            Command::Ip { op, client: o } => op.run(&o.client(), o.format()).await,
+            Command::Status { client: o } => cluster::status(&o.client()?, o.format()).await,
+            Command::Members { client: o } => cluster::members(&o.client()?, o.format()).await,
+            Command::Leave { node_id, client: o } => cluster::leave(&o.client()?, o.format(), node_id).await,
+            Command::Kv { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Nodes { client: o } => nodes::list(&o.client()?, o.format()).await,
+            Command::Node { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Network { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Ip { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Snapshot { op } => op.run().await,
             Command::Recover { data_dir, force, output } => backup::recover(output.into(), &data_dir, force).await,
-            Command::Bench(args) => bench::run(args.options()).await,
+            Command::Bench(args) => bench::run(args.options()?).await,
         }
     }
 }
@@ -602,10 +659,11 @@ impl Cli {
 impl SnapshotOp {
     async fn run(self) -> anyhow::Result<()> {
         match self {
-            SnapshotOp::Save { file, client: o } => backup::save(&o.client(), o.format(), &file).await,
+            SnapshotOp::Save { file, client: o } => backup::save(&o.client()?, o.format(), &file).await,
             SnapshotOp::Inspect { file, output } => backup::inspect(output.into(), &file),
             SnapshotOp::Restore { file, data_dir, listen, advertise, name, output } => {
-                let spec = agent::backup::RestoreSpec { file, data_dir, listen, advertise, name };
+                let cert_validity = std::time::Duration::from_secs(coord::CoordConfig::default().cert_validity_secs);
+                let spec = agent::backup::RestoreSpec { file, data_dir, listen, advertise, name, cert_validity };
                 backup::restore(output.into(), spec).await
             }
         }

@@ -156,7 +156,11 @@ pub(crate) fn require_empty_dir(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    // The state (and so the CA key and join secrets) lives here: owner only.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 700 {}", dir.display()))
 }
 
 /// The listen address and the address others use (`advertise`, default `listen`).

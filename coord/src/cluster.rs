@@ -87,10 +87,18 @@ impl CaRecord {
         hex::encode(sha2::Sha256::digest(&self.cert))
     }
 
-    /// Applies `SetCa`: replaces the record if the current one's digest is `prev_digest`
-    /// (empty: there is none yet), so a stale or repeated proposal changes nothing.
+    /// SHA-256 of the whole encoded record, hex: what `SetCa` compares, so that a change
+    /// of the trusted roots or bridges alone is told apart too.
+    pub fn record_digest(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(crate::codec::encode(self).expect("CA record encodes")))
+    }
+
+    /// Applies `SetCa`: replaces the record if the current one's [`CaRecord::record_digest`]
+    /// is `prev_digest` (empty: there is none yet), so a stale or repeated proposal
+    /// changes nothing.
     pub fn set(current: &mut Option<CaRecord>, prev_digest: &str, new: &CaRecord) -> Result<(), ApplyError> {
-        let now = current.as_ref().map(CaRecord::digest).unwrap_or_default();
+        let now = current.as_ref().map(CaRecord::record_digest).unwrap_or_default();
         if now != prev_digest {
             return Err(ApplyError::CaChanged);
         }
@@ -123,11 +131,15 @@ mod tests {
         let a = CaRecord { cert: b"a".to_vec(), key: b"ka".to_vec(), trusted: vec![b"a".to_vec()], bridges: vec![] };
         let b = CaRecord { cert: b"b".to_vec(), ..a.clone() };
         let mut cur = None;
-        assert_eq!(CaRecord::set(&mut cur, &b.digest(), &a), Err(ApplyError::CaChanged));
+        assert_eq!(CaRecord::set(&mut cur, &b.record_digest(), &a), Err(ApplyError::CaChanged));
         CaRecord::set(&mut cur, "", &a).unwrap();
         // A repeated init proposal is refused and changes nothing.
         assert_eq!(CaRecord::set(&mut cur, "", &b), Err(ApplyError::CaChanged));
-        CaRecord::set(&mut cur, &a.digest(), &b).unwrap();
+        // The signing certificate alone does not identify the record: a stale proposal
+        // naming the same certificate with other trusted roots is refused.
+        let a2 = CaRecord { trusted: vec![], ..a.clone() };
+        assert_eq!(CaRecord::set(&mut cur, &a2.record_digest(), &b), Err(ApplyError::CaChanged));
+        CaRecord::set(&mut cur, &a.record_digest(), &b).unwrap();
         assert_eq!(cur, Some(b));
     }
 }

@@ -38,7 +38,8 @@ pub enum Command {
     Registry(RegistryCommand),
     /// Overlay network IPAM: networks, allocations, releases.
     Ipam(IpamCommand),
-    /// Records the cluster CA, compare-and-set on the current CA's digest (empty: none).
+    /// Records the cluster CA, compare-and-set on the current record's digest
+    /// (`CaRecord::record_digest`; empty: none).
     SetCa {
         prev_digest: String,
         record: CaRecord,

@@ -51,7 +51,7 @@ pub struct CoordConfig {
     /// agent) is released this long after the leader first sees it so. Default 180,000 ms.
     pub ip_leak_grace_ms: u64,
     /// Lifetime of the node certificates the leader signs. Default 7,776,000 s (90 days,
-    /// Swarm's); nodes renew theirs when a third of it is left.
+    /// Swarm's). Renewal is not built yet (#11, next stages).
     pub cert_validity_secs: u64,
     /// TEST ONLY, deliberately unsafe: a leader answers linearizable reads from its own
     /// state without confirming leadership through a quorum (no ReadIndex). A deposed

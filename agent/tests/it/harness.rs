@@ -376,7 +376,8 @@ impl Drop for Cluster {
 /// A connected channel to master `addr` with its cluster's admin credential; `None` if
 /// it cannot be reached.
 pub async fn agent_channel(addr: &str) -> Option<tonic::transport::Channel> {
-    let o = client::pki::net::ChannelOptions { connect_timeout: Duration::from_millis(300), ..Default::default() };
+    // The timeout covers the TLS handshake too, which needs the server to be scheduled.
+    let o = client::pki::net::ChannelOptions { connect_timeout: Duration::from_secs(2), ..Default::default() };
     client::pki::net::connect(addr, &tls_for(addr), &o).await.ok()
 }
 

@@ -162,8 +162,9 @@ impl pb::cluster_server::Cluster for EtcdCluster {
             .map(|(id, n)| pb::Member {
                 id: *id,
                 name: n.name.clone(),
-                peer_ur_ls: vec![format!("http://{}", n.addr)],
-                client_ur_ls: vec![format!("http://{}", n.addr)],
+                // Every master serves TLS only.
+                peer_ur_ls: vec![format!("https://{}", n.addr)],
+                client_ur_ls: vec![format!("https://{}", n.addr)],
                 is_learner: !voters.contains(id),
             })
             .collect();

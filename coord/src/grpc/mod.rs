@@ -7,6 +7,7 @@
 //! through [`leader_view`].
 
 mod admin;
+mod authz;
 mod convert;
 mod etcd;
 pub mod ipam;
@@ -145,7 +146,9 @@ pub async fn serve(
     // client's delayed ACK: 40 ms).
     let tls = node.tls.server_config().map_err(|e| std::io::Error::other(e.to_string()))?;
     let incoming = pki::net::incoming(listener, tls, pki::net::AcceptLimits::default());
+    let cluster_id = node.tls.identity().map(|i| i.cluster_id).unwrap_or_default();
     Server::builder()
+        .layer(authz::AuthzLayer { cluster_id })
         .add_service(
             RaftServer::new(raft_service::RaftService::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

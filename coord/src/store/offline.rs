@@ -87,6 +87,11 @@ pub async fn restore(
     let (meta, summary) = snapshot::verify_with(file, &|n| progress("verified records", n))?;
     progress("verified records", summary.records);
     std::fs::create_dir_all(data_dir)?;
+    {
+        // It will hold the CA key and the join secrets: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let db = open(data_dir)?;
     let snap_dir = data_dir.join("snapshot");
     std::fs::create_dir_all(&snap_dir)?;

@@ -359,7 +359,7 @@ pub(crate) fn write_to<W: Write>(
 /// Builds a snapshot of the `sm` column family as seen by `snap` into `dir/current`.
 pub(crate) fn build(db: &DB, snap: &SnapshotWithThreadMode<'_, DB>, dir: &Path) -> io::Result<(SnapshotMeta, Summary)> {
     let tmp = dir.join(format!("build-{}.tmp", std::process::id()));
-    let out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let out = BufWriter::with_capacity(1 << 20, private_file(&tmp)?);
     let (meta, summary, out) = write_to(db, snap, out)?;
     out.into_inner().map_err(|e| e.into_error())?;
     publish(dir, &tmp, &meta)?;
@@ -394,7 +394,7 @@ pub(crate) fn stage(
                 meta.last_log_id
             )));
         }
-        let mut w = SnapshotWriter::new(BufWriter::with_capacity(1 << 20, File::create(&tmp)?), r.meta())?;
+        let mut w = SnapshotWriter::new(BufWriter::with_capacity(1 << 20, private_file(&tmp)?), r.meta())?;
         let mut n = 0u64;
         while let Some((k, v)) = r.next_record()? {
             w.record(&k, &v)?;
@@ -491,7 +491,7 @@ impl SnapshotSink {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!("recv-{}-{n}.part", std::process::id()));
-        let out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+        let out = BufWriter::with_capacity(1 << 20, private_file(&path)?);
         Ok(SnapshotSink { path, out: Some(out), written_bytes: 0, max_bytes })
     }
 
@@ -537,4 +537,11 @@ pub(crate) fn clean_dir(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new file only the owner can read: snapshots hold the cluster CA's key and the join
+/// secrets.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }

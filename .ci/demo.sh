@@ -104,8 +104,10 @@ run "$BIN" ip allocate blue --owner web-2
 
 echo
 echo "The cluster keeps running. Try, in another shell:"
-echo "    export CLUSTER_ENDPOINTS=$EPS"
-echo "    $BIN status;  $BIN kv put k v;  ETCDCTL_API=3 etcdctl --endpoints \$CLUSTER_ENDPOINTS get k"
+echo "    export CLUSTER_ENDPOINTS=$EPS CLUSTER_DATA_DIR=$DIR/n1"
+echo "    $BIN status;  $BIN kv put k v"
+echo "    ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:${PORTS[0]} --cacert $DIR/n1/tls/ca.crt \\"
+echo "        --cert $DIR/n1/tls/admin.crt --key $DIR/n1/tls/admin.key get k"
 echo "Logs: $DIR/n*.log. Press Ctrl-C to stop and clean up."
 if [ -n "${CI:-}" ] || [ ! -t 0 ]; then exit 0; fi
 wait

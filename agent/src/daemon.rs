@@ -207,7 +207,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     crate::resources::resolve(&file.agent, &node.data_dir)?;
     let ca = make_init_pki(&node.data_dir, &cluster_id, &advertise, &node.config)?;
     write_node_file(&node.data_dir, &file)?;
-    let coord = open(&node.data_dir, &file, &node.config).await?;
+    let coord = open(&node.data_dir, &file, &node.config, load_node_credential(&node.data_dir)?).await?;
     coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
     wait_for_identity(&coord).await?;
@@ -375,12 +375,13 @@ async fn join_rpc(seed: &str, ca_digest: &str, req: JoinRequest) -> anyhow::Resu
     loop {
         match c.join(req.clone()).await {
             Ok(r) => return Ok(r.into_inner()),
-            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 20 && !is_tls_refusal(&s) => {
+            // A CA that does not match the token is final: retrying cannot help.
+            Err(s) if transport_reason(&s).contains("CA digest") => {
+                bail!("cannot join through {seed}: {} (is the token for this cluster?)", transport_reason(&s))
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && attempts < 20 => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(s) if is_tls_refusal(&s) => {
-                bail!("cannot join through {seed}: {} (is the token for this cluster?)", transport_reason(&s))
             }
             Err(s) => bail!("join refused by {seed}: {}", s.message()),
         }
@@ -397,10 +398,6 @@ fn transport_reason(s: &tonic::Status) -> String {
         e = x.source();
     }
     last
-}
-
-fn is_tls_refusal(s: &tonic::Status) -> bool {
-    transport_reason(s).contains("CA digest")
 }
 
 /// `start`: restarts the node recorded in `data_dir`; `listen` and `agent` override what
@@ -438,7 +435,7 @@ async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, config: 
         return run_worker(dir, file, tls).await;
     }
     let listener = listener.context("a master needs its listener")?;
-    let coord = open(dir, &file, config).await?;
+    let coord = open(dir, &file, config, tls).await?;
     let serving = serve(coord.clone(), listener);
     spawn_own_agent(dir, &file, coord.tls.clone())?;
     serving.await
@@ -523,8 +520,12 @@ async fn run_worker(dir: &Path, file: NodeFile, tls: Arc<pki::Credentials>) -> a
     }
 }
 
-async fn open(dir: &Path, file: &NodeFile, config: &CoordConfig) -> anyhow::Result<Arc<CoordNode>> {
-    let tls = load_node_credential(dir)?;
+async fn open(
+    dir: &Path,
+    file: &NodeFile,
+    config: &CoordConfig,
+    tls: Arc<pki::Credentials>,
+) -> anyhow::Result<Arc<CoordNode>> {
     // Until the init node's identity is committed, it proposes its CA from the files.
     let ca = match &file.init {
         Some(_) => {

@@ -426,6 +426,13 @@ impl CoordNode {
         }
     }
 
+    /// Whether `id` is a voter or learner in this node's latest membership (committed or
+    /// not).
+    pub fn is_member(&self, id: NodeId) -> bool {
+        use openraft::async_runtime::watch::WatchReceiver;
+        self.raft.server_metrics().borrow_watched().membership_config.membership().get_node(&id).is_some()
+    }
+
     pub fn is_leader(&self) -> bool {
         use openraft::async_runtime::watch::WatchReceiver;
         self.raft.server_metrics().borrow_watched().state == ServerState::Leader

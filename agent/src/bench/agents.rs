@@ -154,7 +154,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         }
         let slot = i / AGENTS_PER_CONN;
         let pool = pool.clone();
-        let tls = a.tls.clone().expect("checked by a.client above");
+        let tls = a.agent_tls.clone().context("emulated agents need a master's node certificate")?;
         let connect: session::Connect = Arc::new(move |addr: &str| {
             let mut p = pool.lock().expect("pool");
             let key = (addr.to_string(), slot);

@@ -49,6 +49,8 @@ pub struct Options {
     pub output: Format,
     /// `None`: plain HTTP/2 (an etcd without TLS).
     pub tls: Option<client::ClientTls>,
+    /// `bench agents`: what the emulated agents present (a master's node certificate).
+    pub agent_tls: Option<client::ClientTls>,
 }
 
 impl Options {

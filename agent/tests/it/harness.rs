@@ -381,6 +381,17 @@ pub async fn agent_channel(addr: &str) -> Option<tonic::transport::Channel> {
     client::pki::net::connect(addr, &tls_for(addr), &o).await.ok()
 }
 
+/// A connected channel to master `addr` that presents the node certificate kept in
+/// `data_dir` (a master's: manager; an agent's: worker).
+pub async fn node_channel(addr: &str, data_dir: &Path) -> tonic::transport::Channel {
+    let tls = client::CredentialFiles::in_dir(&data_dir.join("tls"), "node")
+        .load()
+        .and_then(|c| c.client())
+        .unwrap_or_else(|e| panic!("node credential in {}: {e}", data_dir.display()));
+    let o = client::pki::net::ChannelOptions { connect_timeout: Duration::from_secs(2), ..Default::default() };
+    client::pki::net::connect(addr, &tls, &o).await.expect("connect with the node credential")
+}
+
 /// An etcd-client connection to one member.
 pub async fn etcd(addr: &str) -> etcd_client::Client {
     // etcd-client speaks over our TLS channel (its `raw-channel` feature), with the

@@ -10,7 +10,7 @@ use proto::clusterpb as pb;
 use proto::clusterpb::ipam_client::IpamClient;
 use tonic::transport::Channel;
 
-use crate::harness::{agent_channel, cli, Cluster};
+use crate::harness::{agent_channel, cli, node_channel, Cluster};
 
 /// Calls `f` on the endpoints in turn until one succeeds (following the cluster through
 /// failovers); gives up after `within`.
@@ -173,17 +173,19 @@ async fn leaked_addresses_are_reported_and_released_after_the_grace_period() {
         String::from_utf8(o.stdout).unwrap().trim().to_string()
     };
     // The agent reports task-a (right), task-b at the wrong address, and omits task-c.
+    // Reported with the agent's own certificate, as the agent would.
+    let mut reporter = IpamClient::new(node_channel(&ep, &c.nodes[w].dir).await);
     let mut ipam = IpamClient::new(agent_channel(&ep).await.unwrap());
     let held = vec![
         pb::HeldAddress { network: "net".into(), address: addr_of("task-a"), owner: "task-a".into() },
         pb::HeldAddress { network: "net".into(), address: addr_of("unbound"), owner: "task-b".into() },
     ];
-    let e = ipam
+    let e = reporter
         .report_held(pb::ReportHeldRequest { node_id, node_secret: "wrong".into(), held: held.clone() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
-    ipam.report_held(pb::ReportHeldRequest { node_id, node_secret: secret, held }).await.unwrap();
+    reporter.report_held(pb::ReportHeldRequest { node_id, node_secret: secret, held }).await.unwrap();
     let check = ipam.check(pb::CheckRequest {}).await.unwrap().into_inner();
     let leaks: BTreeSet<(String, String)> = check.leaks.iter().map(|l| (l.owner.clone(), l.reason.clone())).collect();
     // task-b is reported (at the wrong address: a conflict, not a leak).

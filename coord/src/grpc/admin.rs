@@ -9,7 +9,7 @@ use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use super::{channel_stream, leader_view, on_leader, unexpected, BoxStream};
+use super::{authz, channel_stream, leader_view, on_leader, unexpected, BoxStream};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::node::CoordNode;
@@ -186,6 +186,16 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     }
 
     async fn removed(&self, req: Request<pb::RemovedRequest>) -> Result<Response<pb::RemovedResponse>, Status> {
+        // Only the leader removes members, so only the leader may say so.
+        let from = authz::caller(&req).and_then(|w| w.node_id);
+        let (leader, _) = self.node.leader();
+        if from.is_none() || from != leader {
+            return Err(Status::permission_denied(format!(
+                "only the leader (node {}) may tell this node it was removed; this call came from node {}",
+                leader.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+                from.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+            )));
+        }
         let r = req.into_inner();
         let cluster_id = self.node.cluster_id();
         if r.node_id != self.node.id || r.cluster_id != cluster_id {

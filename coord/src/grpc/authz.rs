@@ -1,57 +1,92 @@
 //! Who may call what: one table from gRPC method to the callers it admits, applied by
-//! [`AuthzLayer`] to every request before any service sees it.
+//! [`AuthzLayer`] to every request before any service sees it, plus the few checks that
+//! need the request or the state ([`acts_as`], the Raft sender check in
+//! `raft_service`, `Removed` from the leader only).
 //!
 //! The caller is the identity in its TLS client certificate ([`pki::PeerInfo`]), which
-//! the handshake verified against the cluster CA. This is the first cut of the table:
-//! it closes the cluster's own services to callers without a certificate (except
-//! `Join`, which a new node calls before it has one), keeps Raft traffic to managers,
-//! and snapshots, tokens and membership changes to managers and admins. Finer rules
-//! (the caller's own node id for registry calls, readers' read-only access) come next.
+//! the handshake verified against the cluster CA. Authorization happens on the first
+//! hop: a follower that forwards a request to the leader has already checked the real
+//! caller, and the leader sees the follower's manager certificate. Managers are trusted
+//! with everything (they hold the CA key in their replicated state), so that hop needs
+//! no claim about who called first.
 
 use std::task::{Context, Poll};
 
-use pki::{CertRole, PeerInfo};
+use pki::{CertRole, PeerIdentity, PeerInfo};
 use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tonic::Status;
 use tower::{Layer, Service};
 
-/// The callers a method admits.
+/// The callers a method admits. Every class but `Anyone` also requires a certificate of
+/// this cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Allow {
     /// Anyone who completed the TLS handshake, with or without a certificate.
     Anyone,
-    /// Any certificate of this cluster.
-    Member,
+    /// Managers, admins and readers: reads of cluster state.
+    Readers,
+    /// Managers and workers, each as the node its certificate names ([`acts_as`]).
+    Nodes,
+    /// Managers and admins: writes and administration.
+    Admins,
     /// Managers only (the masters themselves).
     Managers,
-    /// Managers and admin clients.
-    Admins,
 }
 
-/// The table. Unknown methods admit managers only (default deny for everyone else).
+/// The table: every method of every service a master serves. A method missing from it
+/// admits managers only (default deny for everyone else); a test checks that every
+/// `rpc` in the .proto files has a row.
+pub(crate) const TABLE: &[(&str, Allow)] = &[
+    // A new node has no certificate yet: the token secret and the CSR are its proof.
+    ("/cluster.v1.ClusterAdmin/Join", Allow::Anyone),
+    ("/cluster.v1.ClusterAdmin/Leave", Allow::Admins),
+    // And only from the current leader (checked by the handler).
+    ("/cluster.v1.ClusterAdmin/Removed", Allow::Managers),
+    ("/cluster.v1.ClusterAdmin/Members", Allow::Readers),
+    ("/cluster.v1.ClusterAdmin/Status", Allow::Readers),
+    ("/cluster.v1.ClusterAdmin/Token", Allow::Admins),
+    // A snapshot holds the CA key.
+    ("/cluster.v1.ClusterAdmin/SaveSnapshot", Allow::Admins),
+    // And only from members (checked by the handler).
+    ("/cluster.raft.v1.Raft/AppendEntries", Allow::Managers),
+    ("/cluster.raft.v1.Raft/StreamAppend", Allow::Managers),
+    ("/cluster.raft.v1.Raft/Vote", Allow::Managers),
+    ("/cluster.raft.v1.Raft/PreVote", Allow::Managers),
+    ("/cluster.raft.v1.Raft/InstallSnapshot", Allow::Managers),
+    ("/cluster.v1.Registry/Register", Allow::Nodes),
+    ("/cluster.v1.Registry/Heartbeat", Allow::Nodes),
+    ("/cluster.v1.Registry/Nodes", Allow::Readers),
+    ("/cluster.v1.Registry/SetAvailability", Allow::Admins),
+    ("/cluster.v1.Registry/RemoveNode", Allow::Admins),
+    ("/cluster.v1.Registry/Watch", Allow::Readers),
+    ("/cluster.v1.Ipam/CreateNetwork", Allow::Admins),
+    ("/cluster.v1.Ipam/RemoveNetwork", Allow::Admins),
+    ("/cluster.v1.Ipam/ListNetworks", Allow::Readers),
+    ("/cluster.v1.Ipam/InspectNetwork", Allow::Readers),
+    ("/cluster.v1.Ipam/Allocate", Allow::Admins),
+    ("/cluster.v1.Ipam/AllocateBatch", Allow::Admins),
+    ("/cluster.v1.Ipam/Release", Allow::Admins),
+    ("/cluster.v1.Ipam/ReportHeld", Allow::Nodes),
+    ("/cluster.v1.Ipam/Check", Allow::Readers),
+    ("/etcdserverpb.KV/Range", Allow::Readers),
+    ("/etcdserverpb.KV/Put", Allow::Admins),
+    ("/etcdserverpb.KV/DeleteRange", Allow::Admins),
+    // A Txn may write; a reader reads with Range.
+    ("/etcdserverpb.KV/Txn", Allow::Admins),
+    ("/etcdserverpb.KV/Compact", Allow::Admins),
+    ("/etcdserverpb.Cluster/MemberList", Allow::Readers),
+    ("/etcdserverpb.Maintenance/Status", Allow::Readers),
+];
+
+/// The rule for a gRPC path.
 pub(crate) fn rule(path: &str) -> Allow {
-    match path {
-        "/cluster.v1.ClusterAdmin/Join" => Allow::Anyone,
-        p if p.starts_with("/cluster.raft.v1.Raft/") => Allow::Managers,
-        "/cluster.v1.ClusterAdmin/Removed" => Allow::Managers,
-        "/cluster.v1.ClusterAdmin/SaveSnapshot"
-        | "/cluster.v1.ClusterAdmin/Token"
-        | "/cluster.v1.ClusterAdmin/Leave" => Allow::Admins,
-        p if p.starts_with("/cluster.v1.ClusterAdmin/")
-            || p.starts_with("/cluster.v1.Registry/")
-            || p.starts_with("/cluster.v1.Ipam/")
-            || p.starts_with("/etcdserverpb.") =>
-        {
-            Allow::Member
-        }
-        _ => Allow::Managers,
-    }
+    TABLE.iter().find(|(p, _)| *p == path).map_or(Allow::Managers, |(_, a)| *a)
 }
 
 /// Whether `who` (none: no certificate) may call a method with rule `allow`, on a node
 /// of `cluster_id`.
-pub(crate) fn admits(allow: Allow, who: Option<&pki::PeerIdentity>, cluster_id: &str) -> Result<(), Status> {
+pub(crate) fn admits(allow: Allow, who: Option<&PeerIdentity>, cluster_id: &str) -> Result<(), Status> {
     if allow == Allow::Anyone {
         return Ok(());
     }
@@ -61,15 +96,48 @@ pub(crate) fn admits(allow: Allow, who: Option<&pki::PeerIdentity>, cluster_id: 
     if who.cluster_id != cluster_id {
         return Err(Status::permission_denied("the certificate is for another cluster"));
     }
+    use CertRole::*;
     let ok = match allow {
-        Allow::Anyone | Allow::Member => true,
-        Allow::Managers => who.role == CertRole::Manager,
-        Allow::Admins => matches!(who.role, CertRole::Manager | CertRole::Admin),
+        Allow::Anyone => true,
+        Allow::Readers => matches!(who.role, Manager | Admin | Reader),
+        Allow::Nodes => matches!(who.role, Manager | Worker),
+        Allow::Admins => matches!(who.role, Manager | Admin),
+        Allow::Managers => who.role == Manager,
     };
     if ok {
         Ok(())
     } else {
-        Err(Status::permission_denied(format!("a {} certificate may not make this call", who.role)))
+        Err(Status::permission_denied(format!(
+            "a {} certificate may not make this call (it needs {})",
+            who.role,
+            match allow {
+                Allow::Anyone => "nothing",
+                Allow::Readers => "an admin or reader certificate",
+                Allow::Nodes => "the certificate of a node",
+                Allow::Admins => "an admin certificate",
+                Allow::Managers => "a master's certificate",
+            }
+        )))
+    }
+}
+
+/// The caller of a request, as its certificate names it (none: no certificate).
+pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Option<&PeerIdentity> {
+    req.extensions().get::<PeerInfo>().and_then(|p| p.identity.as_ref())
+}
+
+/// For calls a node makes about itself (register, heartbeat, report held addresses):
+/// the caller's certificate must name `node_id`, so no one can act under another node's
+/// id. A master may act for any node: it forwards agents' calls to the leader.
+pub(crate) fn acts_as(who: Option<&PeerIdentity>, node_id: u64) -> Result<(), Status> {
+    match who {
+        Some(w) if w.role == CertRole::Manager => Ok(()),
+        Some(w) if w.node_id == Some(node_id) => Ok(()),
+        Some(w) => Err(Status::permission_denied(format!(
+            "this certificate is for {}, not node {node_id}",
+            w.node_id.map_or_else(|| format!("user {:?}", w.name), |id| format!("node {id}"))
+        ))),
+        None => Err(Status::unauthenticated("a client certificate of this cluster is required")),
     }
 }
 
@@ -133,38 +201,103 @@ mod tests {
         }
     }
 
-    /// One row per rule: who gets in and who does not.
+    /// One row per method: who gets in, written out by hand (not derived from the
+    /// table), with `-` for a caller without a certificate, and M, W, A, R for manager,
+    /// worker, admin and reader certificates.
+    const EXPECTED: &[(&str, &str)] = &[
+        ("/cluster.v1.ClusterAdmin/Join", "- M W A R"),
+        ("/cluster.v1.ClusterAdmin/Leave", "M A"),
+        ("/cluster.v1.ClusterAdmin/Removed", "M"),
+        ("/cluster.v1.ClusterAdmin/Members", "M A R"),
+        ("/cluster.v1.ClusterAdmin/Status", "M A R"),
+        ("/cluster.v1.ClusterAdmin/Token", "M A"),
+        ("/cluster.v1.ClusterAdmin/SaveSnapshot", "M A"),
+        ("/cluster.raft.v1.Raft/AppendEntries", "M"),
+        ("/cluster.raft.v1.Raft/StreamAppend", "M"),
+        ("/cluster.raft.v1.Raft/Vote", "M"),
+        ("/cluster.raft.v1.Raft/PreVote", "M"),
+        ("/cluster.raft.v1.Raft/InstallSnapshot", "M"),
+        ("/cluster.v1.Registry/Register", "M W"),
+        ("/cluster.v1.Registry/Heartbeat", "M W"),
+        ("/cluster.v1.Registry/Nodes", "M A R"),
+        ("/cluster.v1.Registry/SetAvailability", "M A"),
+        ("/cluster.v1.Registry/RemoveNode", "M A"),
+        ("/cluster.v1.Registry/Watch", "M A R"),
+        ("/cluster.v1.Ipam/CreateNetwork", "M A"),
+        ("/cluster.v1.Ipam/RemoveNetwork", "M A"),
+        ("/cluster.v1.Ipam/ListNetworks", "M A R"),
+        ("/cluster.v1.Ipam/InspectNetwork", "M A R"),
+        ("/cluster.v1.Ipam/Allocate", "M A"),
+        ("/cluster.v1.Ipam/AllocateBatch", "M A"),
+        ("/cluster.v1.Ipam/Release", "M A"),
+        ("/cluster.v1.Ipam/ReportHeld", "M W"),
+        ("/cluster.v1.Ipam/Check", "M A R"),
+        ("/etcdserverpb.KV/Range", "M A R"),
+        ("/etcdserverpb.KV/Put", "M A"),
+        ("/etcdserverpb.KV/DeleteRange", "M A"),
+        ("/etcdserverpb.KV/Txn", "M A"),
+        ("/etcdserverpb.KV/Compact", "M A"),
+        ("/etcdserverpb.Cluster/MemberList", "M A R"),
+        ("/etcdserverpb.Maintenance/Status", "M A R"),
+        ("/some.Unknown/Method", "M"),
+    ];
+
     #[test]
-    fn each_rule_admits_exactly_its_callers() {
+    fn each_row_admits_exactly_its_callers() {
         use CertRole::*;
-        let cases: &[(&str, Option<CertRole>, bool)] = &[
-            ("/cluster.v1.ClusterAdmin/Join", None, true),
-            ("/cluster.raft.v1.Raft/Vote", None, false),
-            ("/cluster.raft.v1.Raft/Vote", Some(Worker), false),
-            ("/cluster.raft.v1.Raft/AppendEntries", Some(Admin), false),
-            ("/cluster.raft.v1.Raft/InstallSnapshot", Some(Manager), true),
-            ("/cluster.v1.ClusterAdmin/SaveSnapshot", Some(Worker), false),
-            ("/cluster.v1.ClusterAdmin/SaveSnapshot", Some(Reader), false),
-            ("/cluster.v1.ClusterAdmin/SaveSnapshot", Some(Admin), true),
-            ("/cluster.v1.ClusterAdmin/Token", None, false),
-            ("/cluster.v1.ClusterAdmin/Token", Some(Manager), true),
-            ("/cluster.v1.ClusterAdmin/Leave", Some(Worker), false),
-            ("/cluster.v1.ClusterAdmin/Removed", Some(Admin), false),
-            ("/cluster.v1.ClusterAdmin/Status", None, false),
-            ("/cluster.v1.ClusterAdmin/Status", Some(Reader), true),
-            ("/etcdserverpb.KV/Put", None, false),
-            ("/etcdserverpb.KV/Range", Some(Worker), true),
-            ("/cluster.v1.Registry/Heartbeat", Some(Worker), true),
-            ("/cluster.v1.Ipam/Allocate", None, false),
-            ("/some.Unknown/Method", Some(Admin), false),
-            ("/some.Unknown/Method", Some(Manager), true),
-        ];
-        for (path, role, want) in cases {
-            let who = role.map(|r| id(r, "c1"));
-            let got = admits(rule(path), who.as_ref(), "c1").is_ok();
-            assert_eq!(got, *want, "{path} as {role:?}");
+        let callers: [(&str, Option<CertRole>); 5] =
+            [("-", None), ("M", Some(Manager)), ("W", Some(Worker)), ("A", Some(Admin)), ("R", Some(Reader))];
+        for (path, want) in EXPECTED {
+            let want: Vec<&str> = want.split(' ').collect();
+            for (tag, role) in callers {
+                let who = role.map(|r| id(r, "c1"));
+                let got = admits(rule(path), who.as_ref(), "c1").is_ok();
+                assert_eq!(got, want.contains(&tag), "{path} as {tag}");
+            }
+            // A certificate of another cluster gets nothing but what anyone gets.
+            let other = admits(rule(path), Some(&id(Manager, "c2")), "c1").is_ok();
+            assert_eq!(other, want.contains(&"-"), "{path} with another cluster's certificate");
         }
-        // A certificate that names another cluster gets nothing but Join.
-        assert!(admits(rule("/etcdserverpb.KV/Range"), Some(&id(CertRole::Admin, "c2")), "c1").is_err());
+        assert_eq!(EXPECTED.len(), TABLE.len() + 1, "a table row without an expectation");
+    }
+
+    /// Every `rpc` of every service in the .proto files has a row, so a new method
+    /// cannot ship with the managers-only default by accident.
+    #[test]
+    fn every_rpc_in_the_protos_has_a_row() {
+        let protos = [
+            include_str!("../../../proto/proto/cluster/cluster.proto"),
+            include_str!("../../../proto/proto/cluster/raft.proto"),
+            include_str!("../../../proto/proto/cluster/registry.proto"),
+            include_str!("../../../proto/proto/cluster/ipam.proto"),
+            include_str!("../../../proto/proto/etcd/rpc.proto"),
+        ];
+        let mut seen = 0;
+        for text in protos {
+            let mut package = "";
+            let mut service = "";
+            for line in text.lines().map(str::trim) {
+                if let Some(p) = line.strip_prefix("package ") {
+                    package = p.trim_end_matches(';');
+                } else if let Some(s) = line.strip_prefix("service ") {
+                    service = s.trim_end_matches('{').trim();
+                } else if let Some(r) = line.strip_prefix("rpc ") {
+                    let method = &r[..r.find('(').expect("rpc Name(")];
+                    let path = format!("/{package}.{service}/{}", method.trim());
+                    assert!(TABLE.iter().any(|(p, _)| *p == path), "{path} has no row in the authorization table");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, TABLE.len(), "the table has rows for methods that do not exist");
+    }
+
+    #[test]
+    fn a_node_acts_only_as_itself() {
+        assert!(acts_as(Some(&id(CertRole::Worker, "c1")), 2).is_ok());
+        assert!(acts_as(Some(&id(CertRole::Worker, "c1")), 3).is_err());
+        assert!(acts_as(Some(&id(CertRole::Admin, "c1")), 2).is_err());
+        assert!(acts_as(Some(&id(CertRole::Manager, "c1")), 3).is_ok());
+        assert!(acts_as(None, 2).is_err());
     }
 }

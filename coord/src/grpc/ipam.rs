@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::registry::secret_hash;
-use super::{leader_view, on_leader, unexpected};
+use super::{authz, leader_view, on_leader, unexpected};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::ipam::repair::Held;
@@ -298,6 +298,7 @@ impl pb::ipam_server::Ipam for IpamService {
         req: Request<pb::ReportHeldRequest>,
     ) -> Result<Response<pb::ReportHeldResponse>, Status> {
         let r = req.get_ref();
+        authz::acts_as(authz::caller(&req), r.node_id)?;
         let mut held = Vec::with_capacity(r.held.len());
         for h in &r.held {
             held.push(Held {

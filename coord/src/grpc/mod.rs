@@ -39,8 +39,10 @@ pub use proto::consts::FORWARDED_HEADER;
 /// value gets etcd's "request is too large" rather than a transport error.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Whether a master forwarded this request. The mark counts only from a manager's
+/// certificate; anyone else who sets it is treated as a first hop.
 pub(crate) fn is_forwarded<T>(r: &Request<T>) -> bool {
-    r.metadata().contains_key(FORWARDED_HEADER)
+    r.metadata().contains_key(FORWARDED_HEADER) && authz::caller(r).is_some_and(|w| w.role == pki::CertRole::Manager)
 }
 
 pub(crate) fn forwarded_request<T>(msg: T) -> Request<T> {

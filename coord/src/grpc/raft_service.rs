@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult, VoteRequest};
+use openraft::vote::RaftLeaderId;
 use proto::raftpb::raft_server::Raft as RaftRpc;
 use proto::raftpb::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authz;
 use crate::codec::{decode, encode};
 use crate::node::CoordNode;
 use crate::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
@@ -35,6 +37,37 @@ fn payload<T: serde::de::DeserializeOwned>(r: Request<RaftPayload>) -> Result<T,
     decode(&r.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
 }
 
+/// Who a Raft message claims to come from: the candidate of a vote, the leader of an
+/// append or a snapshot.
+fn sender(vote: &Vote) -> u64 {
+    *vote.leader_id().node_id()
+}
+
+impl RaftService {
+    /// The Raft rule beyond "managers only" ([`authz`]): the certificate must name the
+    /// node the message claims to come from, and that node must be a member here (voter
+    /// or learner), or have an id newer than any this node has applied: ids are never
+    /// reused, so such a node was added after what this node has seen (a lagging
+    /// follower must accept a leader it has not heard of yet). A member that was removed
+    /// keeps a valid certificate until it expires, and is refused here.
+    fn check_sender(&self, who: Option<&pki::PeerIdentity>, claimed: u64) -> Result<(), Status> {
+        let cert_id = who.and_then(|w| w.node_id);
+        if cert_id != Some(claimed) {
+            return Err(Status::permission_denied(format!(
+                "the certificate is for node {}, but the message claims node {claimed}",
+                cert_id.map_or_else(|| "none".to_string(), |i| i.to_string())
+            )));
+        }
+        let member = self.node.is_member(claimed);
+        let unseen = self.node.view(|v| claimed >= v.cluster().next_node_id);
+        if member || unseen {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!("node {claimed} is not a member of this cluster (removed?)")))
+        }
+    }
+}
+
 type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -45,13 +78,22 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        // A broken or undecodable message ends the stream; the leader reopens it.
+        // A broken, undecodable or unauthorized message ends the stream; the leader
+        // reopens it.
+        let who = authz::caller(&req).cloned();
+        let svc = RaftService { node: self.node.clone() };
         let input = req
             .into_inner()
-            .map(|r| match r {
-                Ok(p) => decode::<AppendEntriesRequest<TypeConfig>>(&p.data).map_err(|e| {
-                    tracing::warn!("undecodable AppendEntries ends the stream: {e}");
-                }),
+            .map(move |r| match r {
+                Ok(p) => {
+                    let m = decode::<AppendEntriesRequest<TypeConfig>>(&p.data).map_err(|e| {
+                        tracing::warn!("undecodable AppendEntries ends the stream: {e}");
+                    })?;
+                    svc.check_sender(who.as_ref(), sender(&m.vote)).map_err(|s| {
+                        tracing::warn!("AppendEntries refused: {}", s.message());
+                    })?;
+                    Ok(m)
+                }
                 Err(_) => Err(()),
             })
             .take_while(|r| futures::future::ready(r.is_ok()))
@@ -64,18 +106,28 @@ impl RaftRpc for RaftService {
     }
 
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        reply(self.node.raft.append_entries(payload(req)?).await)
+        let who = authz::caller(&req).cloned();
+        let m: AppendEntriesRequest<TypeConfig> = payload(req)?;
+        self.check_sender(who.as_ref(), sender(&m.vote))?;
+        reply(self.node.raft.append_entries(m).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        reply(self.node.raft.vote(payload(req)?).await)
+        let who = authz::caller(&req).cloned();
+        let m: VoteRequest<TypeConfig> = payload(req)?;
+        self.check_sender(who.as_ref(), sender(&m.vote))?;
+        reply(self.node.raft.vote(m).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        reply(self.node.raft.pre_vote(payload(req)?).await)
+        let who = authz::caller(&req).cloned();
+        let m: VoteRequest<TypeConfig> = payload(req)?;
+        self.check_sender(who.as_ref(), sender(&m.vote))?;
+        reply(self.node.raft.pre_vote(m).await)
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftPayload>, Status> {
+        let who = authz::caller(&req).cloned();
         let mut stream = req.into_inner();
         let mut head: Option<(Vote, SnapshotMeta)> = None;
         // Received into a file, within the node's size cap and deadline; never in memory.
@@ -93,7 +145,11 @@ impl RaftRpc for RaftService {
             };
             match chunk.chunk {
                 Some(snapshot_chunk::Chunk::Meta(m)) => {
-                    head = Some(decode(&m).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?)
+                    let (vote, meta): (Vote, SnapshotMeta) =
+                        decode(&m).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
+                    // Checked before any data is written to disk.
+                    self.check_sender(who.as_ref(), sender(&vote))?;
+                    head = Some((vote, meta));
                 }
                 Some(snapshot_chunk::Chunk::Data(d)) => {
                     let mut s = sink.take().expect("sink present between chunks");

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
-use super::{channel_stream, leader_view, on_leader, unexpected, BoxStream};
+use super::{authz, channel_stream, leader_view, on_leader, unexpected, BoxStream};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
 use crate::node::{CoordNode, MastersView};
@@ -245,6 +245,8 @@ impl pb::registry_server::Registry for RegistryService {
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.get_ref();
+        let who = authz::caller(&req);
+        authz::acts_as(who, r.node_id)?;
         if r.node_secret.is_empty() {
             return Err(Status::invalid_argument("node_secret is required"));
         }
@@ -258,6 +260,10 @@ impl pb::registry_server::Registry for RegistryService {
             labels: r.labels.clone().into_iter().collect(),
         };
         reg.validate().map_err(bad)?;
+        // A worker's certificate registers a worker; only a master's registers a master.
+        if who.is_some_and(|w| w.role != pki::CertRole::Manager) && reg.role != Role::Worker {
+            return Err(Status::permission_denied("a worker certificate registers a worker, not a master"));
+        }
         on_leader(
             &self.node,
             req,
@@ -300,6 +306,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         req: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let who = authz::caller(&req).cloned();
         let mut inbound = req.into_inner();
         let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(m))) => m,
@@ -307,6 +314,8 @@ impl pb::registry_server::Registry for RegistryService {
             Ok(Err(s)) => return Err(s),
             Err(_) => return Err(Status::deadline_exceeded("no first heartbeat within 5 s")),
         };
+        // Within a session the id cannot change (checked per message below).
+        authz::acts_as(who.as_ref(), first.node_id)?;
         // Sessions are held by the leader only: agents must follow it.
         self.await_leader(first.prev_leader_id).await?;
         self.check_session(&first)?;

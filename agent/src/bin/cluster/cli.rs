@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use agent::output::Format;
 use agent::{bench, daemon};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Availability, Client, GetOptions, NetworkSpec, Role};
 
@@ -565,19 +565,37 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn options(self) -> anyhow::Result<bench::Options> {
-        // Verified against the first endpoint's host, so the same flags work for etcd's
-        // certificates and for this cluster's (which name their addresses too).
         let tls = if self.plaintext {
             None
         } else {
             let f = self.creds.source().files()?;
-            let host = self.endpoints.first().map(|e| daemon::host_of(e)).unwrap_or_default();
-            Some(client::ClientTls::for_server(
-                client::pki::files::read_certs(&f.ca)?,
-                client::pki::files::read_certs(&f.cert)?,
-                Some(client::pki::files::read_key(&f.key)?),
-                &host,
-            )?)
+            let chain = client::pki::files::read_certs(&f.cert)?;
+            // A certificate of this cluster talks to its masters, which all answer to
+            // the masters' name; any other (etcd's) is checked against the first
+            // endpoint's host.
+            let ours = chain.first().is_some_and(|c| client::pki::PeerIdentity::from_der(c).is_ok());
+            let host = match ours {
+                true => client::pki::cert::SERVER_NAME.to_string(),
+                false => self.endpoints.first().map(|e| daemon::host_of(e)).unwrap_or_default(),
+            };
+            let key = client::pki::files::read_key(&f.key)?;
+            Some(client::ClientTls::for_server(client::pki::files::read_certs(&f.ca)?, chain, Some(key), &host)?)
+        };
+        // Emulated agents share connections, so they cannot each present their own
+        // certificate: they present the master's node certificate (a master may act for
+        // any node). Real agents present their own.
+        let agent_tls = match (self.op, &self.creds.data_dir) {
+            (BenchOp::Agents, Some(dir)) => Some(
+                daemon::node_credential(dir)
+                    .load()
+                    .with_context(|| format!("loading the node credential of {}", dir.display()))?
+                    .client()?,
+            ),
+            (BenchOp::Agents, None) => bail!(
+                "bench agents needs --data-dir (or CLUSTER_DATA_DIR) of a master on this machine: the emulated \
+                 agents share connections and present that master's node certificate"
+            ),
+            _ => None,
         };
         Ok(bench::Options {
             op: match self.op {
@@ -603,6 +621,7 @@ impl BenchArgs {
             fill: self.fill,
             output: self.output.into(),
             tls,
+            agent_tls,
         })
     }
 }

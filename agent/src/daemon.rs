@@ -566,6 +566,15 @@ fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Futu
             _ = tokio::signal::ctrl_c() => "interrupted",
             _ = term.recv() => "terminated",
             _ = removed.wait_for(|r| *r) => "removed from the cluster",
+            e = coord.fatal_error() => {
+                // Stop answering at once: what is in memory may be ahead of the disk.
+                let _ = stop_tx.send(());
+                tracing::error!("raft stopped: {e}");
+                anyhow::bail!(
+                    "this master stopped because its storage failed: {e}. Fix the disk (space, permissions, \
+                     hardware), then run `cluster start` again; the other masters carry on meanwhile"
+                );
+            }
             r = server => {
                 r?.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))?;
                 "server stopped"

@@ -12,8 +12,28 @@ pub fn encode<T: Serialize>(v: &T) -> std::io::Result<Vec<u8>> {
     bincode::serde::encode_to_vec(v, config()).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// Decodes bytes this node wrote itself (its own RocksDB and snapshot files).
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
-    let (v, n) = bincode::serde::decode_from_slice(b, config())
+    decode_with(b, config())
+}
+
+/// Decodes bytes from the network. bincode allocates what a length prefix claims before
+/// it reads the bytes, so ten bytes that claim a huge string would allocate it (or abort
+/// the process). The limit caps what one decode may claim in total, in proportion to
+/// the input: a real message claims at most a small multiple of its size (a decoded
+/// value is larger than its varint encoding), and a forged length fails cleanly.
+pub fn decode_untrusted<T: DeserializeOwned>(b: &[u8]) -> std::io::Result<T> {
+    const K: usize = 1 << 10;
+    match b.len() {
+        n if n <= 64 * K => decode_with(b, config().with_limit::<{ 4 << 20 }>()),
+        n if n <= K * K => decode_with(b, config().with_limit::<{ 64 << 20 }>()),
+        n if n <= 16 * K * K => decode_with(b, config().with_limit::<{ 512 << 20 }>()),
+        _ => decode_with(b, config().with_limit::<{ 2 << 30 }>()),
+    }
+}
+
+fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(b: &[u8], c: C) -> std::io::Result<T> {
+    let (v, n) = bincode::serde::decode_from_slice(b, c)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     // A value that does not consume its bytes is corrupt, not merely old.
     if n != b.len() {

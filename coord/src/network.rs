@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode_untrusted, encode};
 use crate::types::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
 
 /// Snapshot data is sent in chunks of this size.
@@ -81,7 +81,8 @@ impl Connection {
             Ok(Err(status)) => return Err(status_to_rpc_error(status)),
             Ok(Ok(r)) => r.into_inner(),
         };
-        let res: Result<Resp, String> = decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let res: Result<Resp, String> =
+            decode_untrusted(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}"))))
     }
 }
@@ -167,7 +168,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             let out = resp.map(|item| {
                 let p = item.map_err(status_to_rpc_error)?;
                 let r: Result<StreamAppendResult<TypeConfig>, String> =
-                    decode(&p.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+                    decode_untrusted(&p.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
                 r.map_err(|e| RPCError::Network(NetworkError::from_string(format!("remote raft error: {e}"))))
             });
             Ok(Box::pin(out) as BoxStream<'s, _>)
@@ -214,7 +215,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             Ok(Ok(r)) => r.into_inner(),
         };
         let res: Result<SnapshotResponse<TypeConfig>, String> =
-            decode(&resp.data).map_err(|e| NetworkError::new(&e))?;
+            decode_untrusted(&resp.data).map_err(|e| NetworkError::new(&e))?;
         res.map_err(|e| NetworkError::from_string(format!("remote snapshot install failed: {e}")).into())
     }
 

@@ -115,6 +115,8 @@ pub struct CoordNode {
     pub(crate) quorum_contact: AtomicBool,
     /// Agents' IPAM reports and leaks seen; meaningful on the leader only.
     pub leaks: LeakTracker,
+    /// Open watch and heartbeat streams per caller (see `grpc::quota`).
+    pub(crate) streams: crate::grpc::quota::StreamQuota,
 }
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
@@ -160,6 +162,7 @@ impl CoordNode {
             registry_events,
             quorum_contact: AtomicBool::new(true),
             leaks: Default::default(),
+            streams: Default::default(),
         });
         node.spawn_role_watcher(sync_inline);
         Ok(node)
@@ -218,6 +221,27 @@ impl CoordNode {
     /// Records that this node was removed from the cluster (its process then exits).
     pub fn mark_removed(&self) {
         let _ = self.removed_tx.send(true);
+    }
+
+    /// Resolves with the error when Raft stops on its own: storage failed (disk full, an
+    /// I/O error) or a bug panicked. The node must then exit: its state machine may be
+    /// ahead of what reached the disk, so it must not answer reads. Pending forever
+    /// while Raft runs, and after an orderly shutdown.
+    pub async fn fatal_error(&self) -> String {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let mut m = self.raft.metrics();
+        loop {
+            let fatal = match &m.borrow_watched().running_state {
+                Err(openraft::errors::Fatal::Stopped) | Ok(()) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = fatal {
+                return e;
+            }
+            if m.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Resolves when this node has been removed from the cluster.

@@ -79,8 +79,23 @@ async fn bad_kv_requests_get_etcd_errors_and_change_nothing() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("key is not provided"), "{}", e.message());
 
-    let big = vec![b'x'; 2 << 20];
+    // Over etcd's 1.5 MiB request limit: etcd's own error.
+    let big = vec![b'x'; 1600 << 10];
     let e = kv.put(PutRequest { key: b"k".to_vec(), value: big, ..Default::default() }).await.unwrap_err();
+    assert!(e.message().contains("request is too large"), "{}", e.message());
+    // Over the KV service's 2 MiB message limit: refused before it is decoded.
+    let huge = vec![b'x'; 3 << 20];
+    let e = kv.put(PutRequest { key: b"k".to_vec(), value: huge, ..Default::default() }).await.unwrap_err();
+    assert!(e.message().contains("too large"), "{e:?}");
+    // A DeleteRange whose keys are over the limit.
+    let e = kv
+        .delete_range(proto::etcdserverpb::DeleteRangeRequest {
+            key: b"k".to_vec(),
+            range_end: vec![b'z'; 1600 << 10],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert!(e.message().contains("request is too large"), "{}", e.message());
 
     kv.compact(CompactionRequest { revision: rev(&before) - 1, physical: false }).await.unwrap();

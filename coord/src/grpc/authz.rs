@@ -141,16 +141,22 @@ pub(crate) fn acts_as(who: Option<&PeerIdentity>, node_id: u64) -> Result<(), St
     }
 }
 
-/// Applies [`rule`] to every request.
+/// Methods whose handler future may outlive the handler timeout: the client streams
+/// its whole request before the answer, under a deadline of its own.
+const OWN_DEADLINE: &[&str] = &["/cluster.raft.v1.Raft/InstallSnapshot"];
+
+/// The gate every request passes: [`rule`], then the handler under a timeout.
 #[derive(Clone)]
 pub(crate) struct AuthzLayer {
     pub(crate) cluster_id: String,
+    /// How long a handler may take to answer (a stream's answer is its start).
+    pub(crate) handler_timeout: std::time::Duration,
 }
 
 impl<S> Layer<S> for AuthzLayer {
     type Service = Authz<S>;
     fn layer(&self, inner: S) -> Authz<S> {
-        Authz { inner, cluster_id: self.cluster_id.clone() }
+        Authz { inner, cluster_id: self.cluster_id.clone(), handler_timeout: self.handler_timeout }
     }
 }
 
@@ -158,6 +164,7 @@ impl<S> Layer<S> for AuthzLayer {
 pub(crate) struct Authz<S> {
     inner: S,
     cluster_id: String,
+    handler_timeout: std::time::Duration,
 }
 
 impl<S> Service<Request<Body>> for Authz<S>
@@ -175,14 +182,27 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let who = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone());
-        let verdict = admits(rule(req.uri().path()), who.as_ref(), &self.cluster_id);
-        match verdict {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(s) => {
-                tracing::debug!(path = req.uri().path(), "refused: {}", s.message());
-                Box::pin(async move { Ok(s.into_http()) })
-            }
+        let path = req.uri().path();
+        if let Err(s) = admits(rule(path), who.as_ref(), &self.cluster_id) {
+            tracing::debug!(path, "refused: {}", s.message());
+            return Box::pin(async move { Ok(s.into_http()) });
         }
+        let own_deadline = OWN_DEADLINE.contains(&path);
+        let call = self.inner.call(req);
+        if own_deadline {
+            return Box::pin(call);
+        }
+        let limit = self.handler_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, call).await {
+                Ok(r) => r,
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "the request took longer than the server's {} s limit",
+                    limit.as_secs()
+                ))
+                .into_http()),
+            }
+        })
     }
 }
 

@@ -46,7 +46,7 @@ fn kv_client(ch: Channel) -> KvClient<Channel> {
 impl pb::kv_server::Kv for EtcdKv {
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        KvStore::validate_range_key(&req.get_ref().key).map_err(CoordError::Apply)?;
+        KvStore::validate_range(&req.get_ref().key, &req.get_ref().range_end).map_err(CoordError::Apply)?;
         let node = &self.node;
         on_leader(
             node,
@@ -87,7 +87,7 @@ impl pb::kv_server::Kv for EtcdKv {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        KvStore::validate_range_key(&req.get_ref().key).map_err(CoordError::Apply)?;
+        KvStore::validate_range(&req.get_ref().key, &req.get_ref().range_end).map_err(CoordError::Apply)?;
         let d = delete_from_pb(req.get_ref());
         let node = &self.node;
         on_leader(

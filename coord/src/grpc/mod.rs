@@ -11,6 +11,7 @@ mod authz;
 mod convert;
 mod etcd;
 pub mod ipam;
+pub(crate) mod quota;
 mod raft_service;
 pub mod registry;
 
@@ -35,9 +36,28 @@ use crate::error::LEADER_ADDR_HEADER;
 use crate::node::CoordNode;
 
 pub use proto::consts::FORWARDED_HEADER;
-/// Largest gRPC message accepted; above etcd's 1.5 MiB request limit, so an oversized
-/// value gets etcd's "request is too large" rather than a transport error.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Largest message each service decodes: every byte of a request is held in memory
+/// before a handler sees it, so only Raft (log batches, snapshot chunks) gets large ones.
+/// The etcd KV limit is etcd's own: its 1.5 MiB request limit plus 512 KiB for the
+/// rest of the message, so a value just over 1.5 MiB still gets etcd's "request is too
+/// large", and a bigger message is refused before it is decoded.
+pub(crate) mod limits {
+    pub const RAFT_MESSAGE_BYTES: usize = 64 << 20;
+    pub const KV_MESSAGE_BYTES: usize = (3 << 19) + (512 << 10);
+    /// Batched allocations and reports of held addresses.
+    pub const IPAM_MESSAGE_BYTES: usize = 8 << 20;
+    pub const OTHER_MESSAGE_BYTES: usize = 1 << 20;
+    /// HTTP/2 streams one connection may have open at once; more wait for a free one.
+    pub const STREAMS_PER_CONNECTION: u32 = 1024;
+    /// Requests one connection may have in flight in handlers; more wait.
+    pub const CONCURRENCY_PER_CONNECTION: usize = 256;
+    /// HTTP/2 pings on an idle connection find a dead peer.
+    pub const KEEPALIVE_INTERVAL_S: u64 = 10;
+    pub const KEEPALIVE_TIMEOUT_S: u64 = 20;
+    /// Request headers, in bytes.
+    pub const HEADER_LIST_BYTES: u32 = 64 << 10;
+}
 
 /// Whether a master forwarded this request. The mark counts only from a manager's
 /// certificate; anyone else who sets it is treated as a first hop.
@@ -149,19 +169,40 @@ pub async fn serve(
     let tls = node.tls.server_config().map_err(|e| std::io::Error::other(e.to_string()))?;
     let incoming = pki::net::incoming(listener, tls, pki::net::AcceptLimits::default());
     let cluster_id = node.tls.identity().map(|i| i.cluster_id).unwrap_or_default();
+    use limits::*;
+    // Handlers bound their own waits (request_timeout_ms); this is the backstop for a
+    // handler future that runs longer. InstallSnapshot is exempt: it has its own
+    // deadline, snapshot_receive_timeout_ms.
+    let handler_timeout = std::time::Duration::from_millis(4 * node.config.request_timeout_ms.max(5_000));
+    let n = node.clone();
     Server::builder()
-        .layer(authz::AuthzLayer { cluster_id })
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(KEEPALIVE_INTERVAL_S)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(KEEPALIVE_TIMEOUT_S)))
+        .http2_max_header_list_size(HEADER_LIST_BYTES)
+        .layer(authz::AuthzLayer { cluster_id, handler_timeout })
         .add_service(
-            RaftServer::new(raft_service::RaftService::new(node.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            RaftServer::new(raft_service::RaftService::new(n.clone()))
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES),
         )
-        .add_service(KvServer::new(etcd::EtcdKv::new(node.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(ClusterServer::new(etcd::EtcdCluster::new(node.clone())))
-        .add_service(MaintenanceServer::new(etcd::EtcdMaintenance::new(node.clone())))
-        .add_service(ClusterAdminServer::new(admin::Admin::new(node.clone())))
-        .add_service(RegistryServer::new(registry::RegistryService::new(node.clone())))
-        .add_service(IpamServer::new(ipam::IpamService::new(node)).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(KvServer::new(etcd::EtcdKv::new(n.clone())).max_decoding_message_size(KV_MESSAGE_BYTES))
+        .add_service(
+            ClusterServer::new(etcd::EtcdCluster::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES),
+        )
+        .add_service(
+            MaintenanceServer::new(etcd::EtcdMaintenance::new(n.clone()))
+                .max_decoding_message_size(OTHER_MESSAGE_BYTES),
+        )
+        .add_service(
+            ClusterAdminServer::new(admin::Admin::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES),
+        )
+        .add_service(
+            RegistryServer::new(registry::RegistryService::new(n.clone()))
+                .max_decoding_message_size(OTHER_MESSAGE_BYTES),
+        )
+        .add_service(IpamServer::new(ipam::IpamService::new(n)).max_decoding_message_size(IPAM_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

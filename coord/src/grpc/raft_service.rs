@@ -13,7 +13,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::authz;
-use crate::codec::{decode, encode};
+use crate::codec::{decode_untrusted, encode};
 use crate::node::CoordNode;
 use crate::types::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 
@@ -34,7 +34,7 @@ fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response
 }
 
 fn payload<T: serde::de::DeserializeOwned>(r: Request<RaftPayload>) -> Result<T, Status> {
-    decode(&r.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+    decode_untrusted(&r.into_inner().data).map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
 }
 
 /// Who a Raft message claims to come from: the candidate of a vote, the leader of an
@@ -86,7 +86,7 @@ impl RaftRpc for RaftService {
             .into_inner()
             .map(move |r| match r {
                 Ok(p) => {
-                    let m = decode::<AppendEntriesRequest<TypeConfig>>(&p.data).map_err(|e| {
+                    let m = decode_untrusted::<AppendEntriesRequest<TypeConfig>>(&p.data).map_err(|e| {
                         tracing::warn!("undecodable AppendEntries ends the stream: {e}");
                     })?;
                     svc.check_sender(who.as_ref(), sender(&m.vote)).map_err(|s| {
@@ -145,13 +145,17 @@ impl RaftRpc for RaftService {
             };
             match chunk.chunk {
                 Some(snapshot_chunk::Chunk::Meta(m)) => {
-                    let (vote, meta): (Vote, SnapshotMeta) =
-                        decode(&m).map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
+                    let (vote, meta): (Vote, SnapshotMeta) = decode_untrusted(&m)
+                        .map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
                     // Checked before any data is written to disk.
                     self.check_sender(who.as_ref(), sender(&vote))?;
                     head = Some((vote, meta));
                 }
                 Some(snapshot_chunk::Chunk::Data(d)) => {
+                    // Nothing reaches the disk before the sender is known to be allowed.
+                    if head.is_none() {
+                        return Err(Status::invalid_argument("snapshot data before its meta"));
+                    }
                     let mut s = sink.take().expect("sink present between chunks");
                     let (s, r) = tokio::task::spawn_blocking(move || {
                         let r = s.write(&d);

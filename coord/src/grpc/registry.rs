@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
+use super::quota::StreamKind;
 use super::{authz, channel_stream, leader_view, on_leader, unexpected, BoxStream};
 use crate::command::{Command, Output};
 use crate::error::CoordError;
@@ -316,6 +317,7 @@ impl pb::registry_server::Registry for RegistryService {
         };
         // Within a session the id cannot change (checked per message below).
         authz::acts_as(who.as_ref(), first.node_id)?;
+        let slot = self.node.streams.acquire(StreamKind::Heartbeat, who.as_ref())?;
         // Sessions are held by the leader only: agents must follow it.
         self.await_leader(first.prev_leader_id).await?;
         self.check_session(&first)?;
@@ -340,6 +342,7 @@ impl pb::registry_server::Registry for RegistryService {
         let mut server = self.node.raft.server_metrics();
         let idle = Duration::from_millis(self.node.config.unreachable_after_ms);
         tokio::spawn(async move {
+            let _slot = slot;
             use openraft::async_runtime::watch::WatchReceiver;
             let leads = |node: &CoordNode| node.is_leader() && node.current_term() == term;
             let not_leader = |node: &CoordNode| -> Status {
@@ -464,6 +467,7 @@ impl pb::registry_server::Registry for RegistryService {
     type WatchStream = BoxStream<pb::RegistryEvent>;
 
     async fn watch(&self, req: Request<pb::WatchRegistryRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let slot = self.node.streams.acquire(StreamKind::Watch, authz::caller(&req))?;
         let r = req.into_inner();
         let mut rx = self.node.registry_events.subscribe();
         let (tx, out) = mpsc::channel(256);
@@ -478,6 +482,7 @@ impl pb::registry_server::Registry for RegistryService {
         let mut batch = self.events_from(next)?;
         let svc = RegistryService::new(self.node.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             for n in initial {
                 let e = pb::RegistryEvent {
                     node_id: n.node_id,

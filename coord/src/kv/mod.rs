@@ -38,12 +38,18 @@ pub struct Live {
 
 impl Live {
     fn to_kv(&self, key: &[u8]) -> KeyValue {
+        let mut kv = self.to_kv_without_value(key);
+        kv.value = self.value.clone();
+        kv
+    }
+
+    fn to_kv_without_value(&self, key: &[u8]) -> KeyValue {
         KeyValue {
             key: key.to_vec(),
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
-            value: self.value.clone(),
+            value: Vec::new(),
             lease: self.lease,
         }
     }
@@ -129,6 +135,16 @@ impl KvStore {
     pub fn validate_range_key(key: &[u8]) -> Result<(), ApplyError> {
         if key.is_empty() {
             return Err(ApplyError::EmptyKey);
+        }
+        Ok(())
+    }
+
+    /// A Range's or DeleteRange's keys, checked by the service before it reads or
+    /// proposes (not in apply: entries already in logs keep the verdict they had).
+    pub fn validate_range(key: &[u8], range_end: &[u8]) -> Result<(), ApplyError> {
+        Self::validate_range_key(key)?;
+        if key.len() + range_end.len() > MAX_REQUEST_BYTES {
+            return Err(ApplyError::TooLarge);
         }
         Ok(())
     }
@@ -234,7 +250,13 @@ impl KvStore {
     /// Read-only Range against this store (current or, through `history`, past revision).
     pub fn range(&self, req: &RangeRequest, history: &mut dyn History) -> Result<RangeResponse, ApplyError> {
         let range = KeyRange::new(&req.key, &req.range_end);
-        let mut kvs = if req.revision <= 0 || req.revision == self.revision {
+        let current = req.revision <= 0 || req.revision == self.revision;
+        if current && !range.is_empty() {
+            if let Some(r) = self.range_in_key_order(req, &range) {
+                return Ok(r);
+            }
+        }
+        let mut kvs = if current {
             // BTreeMap::range panics on an inverted range; etcd answers it with nothing.
             if range.is_empty() {
                 Vec::new()
@@ -249,6 +271,40 @@ impl KvStore {
             history.scan_at(&range, req.revision).map_err(|e| ApplyError::Storage(e.to_string()))?
         };
         Ok(Self::finish_range(req, &mut kvs))
+    }
+
+    /// The common Range (current revision, no revision filters, in key order either way)
+    /// without copying the range: it counts the keys in place and copies only the
+    /// `limit` it returns, and no values for `keys_only`. `None`: the request needs the
+    /// general path.
+    fn range_in_key_order(&self, req: &RangeRequest, range: &KeyRange) -> Option<RangeResponse> {
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        let descend = match (req.sort_order, req.sort_target) {
+            (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => false,
+            (SortOrder::Descend, SortTarget::Key) => true,
+            _ => return None,
+        };
+        if filtered {
+            return None;
+        }
+        let it = self.live.range::<[u8], _>(range.bounds());
+        let count = it.clone().count();
+        if req.count_only {
+            return Some(RangeResponse { kvs: Vec::new(), more: false, count: count as i64 });
+        }
+        let take = if req.limit > 0 { (req.limit as usize).min(count) } else { count };
+        let copy = |(k, l): (&Vec<u8>, &Live)| match req.keys_only {
+            true => l.to_kv_without_value(k),
+            false => l.to_kv(k),
+        };
+        let kvs: Vec<KeyValue> = match descend {
+            true => it.rev().take(take).map(copy).collect(),
+            false => it.take(take).map(copy).collect(),
+        };
+        Some(RangeResponse { kvs, more: take < count, count: count as i64 })
     }
 
     fn finish_range(req: &RangeRequest, kvs: &mut Vec<KeyValue>) -> RangeResponse {

@@ -301,3 +301,56 @@ fn duplicate_keys_across_nesting_levels_are_refused_but_exclusive_branches_may_s
     assert!(s.apply_txn(&exclusive, &mut h).unwrap().succeeded);
     assert_eq!(get(&s, &mut h, "k", b"", 0).unwrap().kvs[0].value, b"then");
 }
+
+mod fast_range {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The general path: copy the whole range, then filter, sort and limit.
+    fn general(s: &KvStore, req: &RangeRequest) -> RangeResponse {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let mut kvs: Vec<KeyValue> = s.live.range::<[u8], _>(range.bounds()).map(|(k, l)| l.to_kv(k)).collect();
+        KvStore::finish_range(req, &mut kvs)
+    }
+
+    fn order() -> impl Strategy<Value = (SortOrder, SortTarget)> {
+        prop_oneof![
+            Just((SortOrder::None, SortTarget::Key)),
+            Just((SortOrder::Ascend, SortTarget::Key)),
+            Just((SortOrder::Descend, SortTarget::Key)),
+        ]
+    }
+
+    proptest! {
+        /// The copy-free Range answers exactly what copying the range would.
+        #[test]
+        fn range_without_copying_answers_as_the_general_path(
+            keys in proptest::collection::btree_set("[a-d]{1,3}", 0..40),
+            start in "[a-d]{1,2}",
+            end in prop_oneof![Just(String::new()), Just("\0".to_string()), "[a-e]{1,2}"],
+            limit in 0i64..8,
+            keys_only in any::<bool>(),
+            count_only in any::<bool>(),
+            (sort_order, sort_target) in order(),
+        ) {
+            let (mut s, mut h) = (KvStore::new(), MemHistory::default());
+            for k in &keys {
+                put(&mut s, &mut h, k, &format!("v-{k}"));
+            }
+            let req = RangeRequest {
+                key: start.into(),
+                range_end: end.into(),
+                limit,
+                keys_only,
+                count_only,
+                sort_order,
+                sort_target,
+                ..Default::default()
+            };
+            let range = KeyRange::new(&req.key, &req.range_end);
+            prop_assume!(!range.is_empty());
+            let fast = s.range_in_key_order(&req, &range).expect("key order takes the fast path");
+            prop_assert_eq!(fast, general(&s, &req));
+        }
+    }
+}

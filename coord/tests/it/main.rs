@@ -3,3 +3,4 @@
 mod t10_storage_suite;
 mod t20_state_machine;
 mod t30_format;
+mod t40_untrusted_bytes;

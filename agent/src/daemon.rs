@@ -214,7 +214,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     // The join secrets now live in the replicated state; node.json keeps none.
     file.init = None;
     write_node_file(&node.data_dir, &file)?;
-    spawn_own_agent(&node.data_dir, &file, coord.tls.clone())?;
+    spawn_own_agent(&node.data_dir, &file, coord.clone())?;
     let st = coord.cluster();
     let mt = coord::token::format_token(&ca, &st.manager_secret);
     let wt = coord::token::format_token(&ca, &st.worker_secret);
@@ -437,7 +437,7 @@ async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, config: 
     let listener = listener.context("a master needs its listener")?;
     let coord = open(dir, &file, config, tls).await?;
     let serving = serve(coord.clone(), listener);
-    spawn_own_agent(dir, &file, coord.tls.clone())?;
+    spawn_own_agent(dir, &file, coord.clone())?;
     serving.await
 }
 
@@ -446,8 +446,20 @@ pub(crate) fn load_node_credential(dir: &Path) -> anyhow::Result<Arc<pki::Creden
     f.load().with_context(|| format!("loading this node's certificate from {}", f.cert.display()))
 }
 
-/// The agent's identity and a hook that keeps node.json's master list current.
-fn agent_parts(dir: &Path, file: &NodeFile) -> anyhow::Result<(session::Identity, session::Hooks)> {
+/// What ties a node's agent session to its certificate keeper.
+struct Wiring {
+    hooks: session::Hooks,
+    /// The masters the session last heard of (a worker renews through them).
+    masters: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The CA record digest the leader last sent.
+    hint: tokio::sync::watch::Receiver<String>,
+    /// Notified after each renewal.
+    renewed: Arc<tokio::sync::Notify>,
+}
+
+/// The agent's identity, and hooks that keep node.json's master list current and tell
+/// the certificate keeper what the leader says about the CA.
+fn agent_parts(dir: &Path, file: &NodeFile) -> anyhow::Result<(session::Identity, Wiring)> {
     let resources = crate::resources::resolve(&file.agent, dir)?;
     let id = session::Identity {
         node_id: file.node_id,
@@ -459,62 +471,107 @@ fn agent_parts(dir: &Path, file: &NodeFile) -> anyhow::Result<(session::Identity
         labels: file.agent.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     let saved = Arc::new(std::sync::Mutex::new(file.clone()));
+    let masters = Arc::new(std::sync::Mutex::new(file.masters.clone()));
     let dir = dir.to_path_buf();
+    let known = masters.clone();
     let on_masters = move |list: &proto::clusterpb::MasterList| {
         let addrs: Vec<String> = list.masters.iter().map(|m| m.addr.clone()).collect();
         let mut f = saved.lock().expect("node file lock");
         if addrs.is_empty() || f.masters == addrs {
             return;
         }
+        *known.lock().expect("masters") = addrs.clone();
         f.masters = addrs;
         if let Err(e) = write_node_file(&dir, &f) {
             warn!("saving the master list to node.json failed: {e:#}");
         }
     };
-    Ok((id, session::Hooks { on_masters: Some(Arc::new(on_masters)), on_attach: None }))
+    let (hint_tx, hint) = tokio::sync::watch::channel(String::new());
+    let on_ca_record = move |d: &str| {
+        hint_tx.send_if_modified(|cur| {
+            let changed = cur != d;
+            if changed {
+                *cur = d.to_string();
+            }
+            changed
+        });
+    };
+    let renewed = Arc::new(tokio::sync::Notify::new());
+    let hooks = session::Hooks {
+        on_masters: Some(Arc::new(on_masters)),
+        on_attach: None,
+        on_ca_record: Some(Arc::new(on_ca_record)),
+        restart: Some(renewed.clone()),
+    };
+    Ok((id, Wiring { hooks, masters, hint, renewed }))
 }
 
-fn connector(tls: Arc<pki::Credentials>) -> session::Connect {
-    let tls = tls.client();
-    let cache = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, tonic::transport::Channel>::new()));
+/// Starts the keeper of this node's certificate.
+fn spawn_keeper(dir: &Path, creds: Arc<pki::Credentials>, signer: crate::renewal::Signer, w: &Wiring) {
+    let keeper = crate::renewal::Keeper {
+        dir: dir.to_path_buf(),
+        creds,
+        signer,
+        hint: w.hint.clone(),
+        renewed: w.renewed.clone(),
+    };
+    tokio::spawn(keeper.run());
+}
+
+/// Channels to masters, one per address, made again after a renewal (the credentials'
+/// generation moved) so that new sessions present the new certificate.
+fn connector(creds: Arc<pki::Credentials>) -> session::Connect {
+    let tls = creds.client();
+    type Cache = (u64, std::collections::BTreeMap<String, tonic::transport::Channel>);
+    let cache: Arc<std::sync::Mutex<Cache>> = Arc::default();
     Arc::new(move |addr: &str| {
         let mut c = cache.lock().expect("channel cache lock");
-        if let Some(ch) = c.get(addr) {
+        let g = creds.generation();
+        if c.0 != g {
+            *c = (g, Default::default());
+        }
+        if let Some(ch) = c.1.get(addr) {
             return Ok(ch.clone());
         }
         let tls = tls
             .as_ref()
             .map_err(|e| client::ClientError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })?;
         let ch = client::channel(addr, tls)?;
-        c.insert(addr.to_string(), ch.clone());
+        c.1.insert(addr.to_string(), ch.clone());
         Ok(ch)
     })
 }
 
-/// A master's own agent (unless `--no-worker`): a refusal is logged, the master stays up.
-fn spawn_own_agent(dir: &Path, file: &NodeFile, tls: Arc<pki::Credentials>) -> anyhow::Result<()> {
+/// A master's certificate keeper, and its own agent (unless `--no-worker`): a refusal
+/// is logged, the master stays up.
+fn spawn_own_agent(dir: &Path, file: &NodeFile, coord: Arc<CoordNode>) -> anyhow::Result<()> {
+    let (id, w) = agent_parts(dir, file)?;
+    spawn_keeper(dir, coord.tls.clone(), crate::renewal::Signer::Local(coord.clone()), &w);
     if file.no_worker {
         info!("--no-worker: this master runs no agent");
         return Ok(());
     }
-    let (id, hooks) = agent_parts(dir, file)?;
     let mut masters = vec![file.advertise.clone()];
     masters.extend(file.masters.iter().filter(|m| **m != file.advertise).cloned());
+    let connect = connector(coord.tls.clone());
     tokio::spawn(async move {
-        if let Err(e) = session::run(id, masters, connector(tls), hooks).await {
+        if let Err(e) = session::run(id, masters, connect, w.hooks).await {
             tracing::error!("this master's agent stopped: {e}");
         }
     });
     Ok(())
 }
 
-/// A worker: only the agent runs; it exits on Ctrl-C/SIGTERM or when refused.
+/// A worker: its agent and its certificate keeper; it exits on Ctrl-C/SIGTERM or when
+/// refused.
 async fn run_worker(dir: &Path, file: NodeFile, tls: Arc<pki::Credentials>) -> anyhow::Result<()> {
-    let (id, hooks) = agent_parts(dir, &file)?;
+    let (id, w) = agent_parts(dir, &file)?;
+    spawn_keeper(dir, tls.clone(), crate::renewal::Signer::Remote(w.masters.clone()), &w);
     info!(node = file.node_id, masters = ?file.masters, "worker agent starting");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let connect = connector(tls);
     tokio::select! {
-        r = session::run(id, file.masters.clone(), connector(tls), hooks) => r.map_err(anyhow::Error::from),
+        r = session::run(id, file.masters.clone(), connect, w.hooks) => r.map_err(anyhow::Error::from),
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     }

@@ -15,5 +15,6 @@ pub mod bench;
 pub mod credentials;
 pub mod daemon;
 pub mod output;
+pub mod renewal;
 pub mod resources;
 pub mod session;

@@ -36,6 +36,9 @@ pub struct Identity {
 /// shares a pool among its emulated agents).
 pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, ClientError> + Send + Sync>;
 
+/// Called with the CA record digest the leader sends.
+pub type OnCaRecord = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Called with every master list the leader pushes.
 pub type OnMasters = Arc<dyn Fn(&pb::MasterList) + Send + Sync>;
 
@@ -45,6 +48,13 @@ pub struct Hooks {
     pub on_masters: Option<OnMasters>,
     /// Called with the leader's id each time a session opens.
     pub on_attach: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// Called with the cluster's CA record digest when the leader sends it (the session
+    /// opened, or the CA changed): the node renews its certificate if it came from
+    /// another record.
+    pub on_ca_record: Option<OnCaRecord>,
+    /// Notified when the node's certificate changed: the session ends and reopens on a
+    /// new connection, so the leader sees the new certificate.
+    pub restart: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Why `run` stopped: only a final refusal stops an agent.
@@ -104,7 +114,21 @@ pub async fn run(id: Identity, masters: Vec<String>, connect: Connect, hooks: Ho
     }
 }
 
+/// Resolves when `n` is notified; never without one.
+async fn restart(n: &Option<Arc<tokio::sync::Notify>>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Agent {
+    fn ca_record(&self, digest: &str) {
+        if let (false, Some(f)) = (digest.is_empty(), &self.hooks.on_ca_record) {
+            f(digest);
+        }
+    }
+
     /// Masters to try: the believed leader first, a master that went silent last.
     fn candidates(&self) -> Vec<String> {
         let mut c: Vec<String> = self.leader_hint.iter().cloned().collect();
@@ -235,6 +259,7 @@ impl Agent {
             if let Some(list) = &first.masters {
                 self.learn(list);
             }
+            self.ca_record(&first.ca_record_digest);
             self.leader_hint = Some(addr.clone());
             self.suspect = None;
             if let Some(f) = &self.hooks.on_attach {
@@ -273,12 +298,17 @@ impl Agent {
                         return End::Retry;
                     }
                 }
+                _ = restart(&self.hooks.restart) => {
+                    tracing::info!(node = self.id.node_id, "certificate renewed; reopening the session on a new connection");
+                    return End::Retry;
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(r)) => {
                         last_ack = Instant::now();
                         if let Some(list) = &r.masters {
                             self.learn(list);
                         }
+                        self.ca_record(&r.ca_record_digest);
                         if r.heartbeat_interval_ms >= 10 && r.heartbeat_interval_ms != interval_ms {
                             interval_ms = r.heartbeat_interval_ms;
                             tick = tokio::time::interval(Duration::from_millis(interval_ms));

@@ -74,6 +74,47 @@ impl Client {
         .map(|r| r.into_inner().token)
     }
 
+    /// Replaces the join secret for `role`; returns the new token. The old one is refused
+    /// from then on.
+    pub async fn rotate_token(&self, role: Role) -> Result<String, ClientError> {
+        let req = pb::TokenRequest { role: role.as_str().into() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { self.admin(ch).rotate_token(req).await }
+        })
+        .await
+        .map(|r| r.into_inner().token)
+    }
+
+    /// A client certificate (`role` "admin" or "reader") named `name` for the key of
+    /// `csr`; `validity_secs` 0 means a year.
+    pub async fn issue_cert(
+        &self,
+        role: &str,
+        name: &str,
+        csr: Vec<u8>,
+        validity_secs: u64,
+    ) -> Result<pb::CertResponse, ClientError> {
+        let req = pb::IssueCertRequest { role: role.into(), name: name.into(), csr, validity_secs };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { self.admin(ch).issue_cert(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    /// One step of a CA rotation: `"start"` or `"finish"`.
+    pub async fn rotate_ca(&self, phase: &str) -> Result<pb::RotateCaResponse, ClientError> {
+        let req = pb::RotateCaRequest { phase: phase.into() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { self.admin(ch).rotate_ca(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
     /// A consistent snapshot of the state machine, streamed by the leader in pieces of at
     /// most 1 MiB: the bytes of a snapshot file, whose checksum the caller should verify.
     pub async fn save_snapshot(&self) -> Result<SnapshotStream, ClientError> {

@@ -44,6 +44,20 @@ impl ClusterMeta {
         Ok(())
     }
 
+    /// Applies `SetJoinSecret`. Refused before `InitCluster` (there is nothing to
+    /// rotate) and for a role that has no token.
+    pub fn set_join_secret(&mut self, role: &str, secret: &str) -> Result<(), ApplyError> {
+        if !self.is_initialized() {
+            return Err(ApplyError::Other("the cluster has no identity yet".into()));
+        }
+        match role {
+            "manager" => self.manager_secret = secret.to_string(),
+            "worker" => self.worker_secret = secret.to_string(),
+            other => return Err(ApplyError::UnknownTokenRole(other.to_string())),
+        }
+        Ok(())
+    }
+
     /// Applies `AllocNodeId`: the next id, never one handed out before. Ids start at 2
     /// even before `InitCluster` applied, because node 1 is the `init` node.
     pub fn alloc_node_id(&mut self) -> NodeId {

@@ -44,6 +44,11 @@ pub enum Command {
         prev_digest: String,
         record: CaRecord,
     },
+    /// Replaces the join secret of `role` ("manager" or "worker"); the leader drew it.
+    SetJoinSecret {
+        role: String,
+        secret: String,
+    },
 }
 
 impl Command {
@@ -59,6 +64,7 @@ impl Command {
             Command::Registry(r) => r.name(),
             Command::Ipam(c) => c.name(),
             Command::SetCa { .. } => "set_ca",
+            Command::SetJoinSecret { .. } => "set_join_secret",
         }
     }
 }
@@ -114,4 +120,6 @@ pub enum ApplyError {
     /// `SetCa` named a CA that is no longer current (a rotation or init already applied).
     #[error("the cluster CA changed meanwhile")]
     CaChanged,
+    #[error("unknown token role {0:?}: use manager or worker")]
+    UnknownTokenRole(String),
 }

@@ -23,6 +23,7 @@
 // are fine.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod certs;
 pub mod cluster;
 pub mod codec;
 pub mod command;

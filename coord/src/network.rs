@@ -50,23 +50,42 @@ pub struct Connection {
     target: NodeId,
     client: Option<RaftClient<Channel>>,
     addr: String,
+    tls: pki::ClientTls,
+    /// The credentials' generation the channel was made at.
+    generation: u64,
 }
 
 impl Connection {
     fn new(target: NodeId, addr: &str, tls: &pki::ClientTls) -> Connection {
-        let client = channel(addr, tls)
-            .ok()
-            .map(|ch| RaftClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20));
-        Connection { target, client, addr: addr.to_string() }
+        let mut c = Connection { target, client: None, addr: addr.to_string(), tls: tls.clone(), generation: 0 };
+        c.connect();
+        c
     }
 
-    fn client(&self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
+    fn connect(&mut self) {
+        self.generation = self.tls.generation();
+        self.client = channel(&self.addr, &self.tls)
+            .ok()
+            .map(|ch| RaftClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20));
+    }
+
+    /// The client, on a new connection if this node's certificate was renewed since the
+    /// last one was made (the peer must see the certificate in force).
+    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable<TypeConfig>> {
+        if self.tls.generation() != self.generation {
+            self.connect();
+        }
         self.client
             .clone()
             .ok_or_else(|| Unreachable::from_string(format!("invalid address of node {}: {}", self.target, self.addr)))
     }
 
-    async fn call<Req, Resp, F, Fut>(&self, req: &Req, option: &RPCOption, f: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp, F, Fut>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,

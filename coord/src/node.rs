@@ -88,6 +88,14 @@ pub struct NodeOptions {
     pub tls: Arc<pki::Credentials>,
 }
 
+/// Channels to other masters by address, made at one generation of this node's
+/// credentials.
+#[derive(Default)]
+struct Channels {
+    generation: u64,
+    by_addr: BTreeMap<String, Channel>,
+}
+
 pub struct CoordNode {
     pub id: NodeId,
     pub name: String,
@@ -101,7 +109,7 @@ pub struct CoordNode {
     pub tls: Arc<pki::Credentials>,
     client_tls: pki::ClientTls,
     snapshot_dir: PathBuf,
-    channels: Mutex<BTreeMap<String, Channel>>,
+    channels: Mutex<Channels>,
     removed_tx: watch::Sender<bool>,
     /// The etcd header's 64-bit cluster id, once the identity is committed.
     cluster_id_u64: std::sync::OnceLock<u64>,
@@ -117,6 +125,9 @@ pub struct CoordNode {
     pub leaks: LeakTracker,
     /// Open watch and heartbeat streams per caller (see `grpc::quota`).
     pub(crate) streams: crate::grpc::quota::StreamQuota,
+    /// On the leader: the CA name and expiry of the certificate each node's own
+    /// heartbeat session presented.
+    pub(crate) session_certs: std::sync::Mutex<BTreeMap<NodeId, (String, i64)>>,
 }
 
 /// Milliseconds since the Unix epoch; only ever stamped into entries by a proposer.
@@ -155,7 +166,7 @@ impl CoordNode {
             tls: opts.tls,
             client_tls,
             snapshot_dir: opts.data_dir.join("snapshot"),
-            channels: Mutex::new(BTreeMap::new()),
+            channels: Mutex::new(Channels::default()),
             removed_tx,
             cluster_id_u64: std::sync::OnceLock::new(),
             liveness: Liveness::default(),
@@ -163,6 +174,7 @@ impl CoordNode {
             quorum_contact: AtomicBool::new(true),
             leaks: Default::default(),
             streams: Default::default(),
+            session_certs: Default::default(),
         });
         node.spawn_role_watcher(sync_inline);
         Ok(node)
@@ -336,12 +348,18 @@ impl CoordNode {
     /// A cached gRPC channel to `addr` (connects lazily, reconnects by itself).
     pub fn channel(&self, addr: &str) -> Result<Channel> {
         let mut ch = self.channels.lock().expect("channel cache lock");
-        if let Some(c) = ch.get(addr) {
+        // Channels made before this node's certificate was renewed present the old one.
+        let generation = self.client_tls.generation();
+        if ch.generation != generation {
+            ch.generation = generation;
+            ch.by_addr.clear();
+        }
+        if let Some(c) = ch.by_addr.get(addr) {
             return Ok(c.clone());
         }
         let c =
             channel(addr, &self.client_tls).map_err(|e| CoordError::Internal(format!("bad address {addr}: {e}")))?;
-        ch.insert(addr.to_string(), c.clone());
+        ch.by_addr.insert(addr.to_string(), c.clone());
         Ok(c)
     }
 

@@ -58,6 +58,11 @@ impl<'a> ReadView<'a> {
         self.st.ca.as_ref()
     }
 
+    /// The CA record's digest (empty: none recorded).
+    pub fn ca_digest(&self) -> &str {
+        &self.st.ca_digest
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.st.registry
     }

@@ -30,8 +30,9 @@ pub const SERVER_NAME: &str = "cluster-manager";
 pub const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 86_400);
 /// Default lifetime of node and client certificates (Swarm's 90 days).
 pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
-/// Certificates start this long before they are made, for clocks a little behind.
-const BACKDATE: Duration = Duration::from_secs(3600);
+/// Certificates start this long before they are signed, so that a peer whose clock is
+/// behind still accepts them.
+pub const BACKDATE: Duration = Duration::from_secs(3600);
 /// Largest CSR accepted: a P-256 request is about 300 bytes.
 pub const MAX_CSR_BYTES: usize = 8 << 10;
 
@@ -105,6 +106,8 @@ pub struct PeerIdentity {
     /// Seconds since the Unix epoch.
     pub not_after_unix: i64,
     pub not_before_unix: i64,
+    /// The issuing CA's `CN` (each CA's is distinct, see [`Ca::name`]).
+    pub issuer: String,
 }
 
 impl PeerIdentity {
@@ -137,6 +140,8 @@ impl PeerIdentity {
         } else {
             None
         };
+        let issuer =
+            cert.issuer().iter_common_name().next().and_then(|a| a.as_str().ok()).unwrap_or_default().to_string();
         Ok(PeerIdentity {
             cluster_id,
             role,
@@ -144,6 +149,7 @@ impl PeerIdentity {
             name,
             not_after_unix: cert.validity().not_after.timestamp(),
             not_before_unix: cert.validity().not_before.timestamp(),
+            issuer,
         })
     }
 }
@@ -242,6 +248,33 @@ impl Ca {
         }
         let public = csr_public_key(csr_der)?;
         let p = leaf_params(n.cluster_id, n.role, &n.node_id.to_string(), n.hosts, n.validity, n.now)?;
+        Ok(p.signed_by(&public, &self.issuer).map_err(rc)?.der().clone())
+    }
+
+    /// This CA's `CN`, distinct per CA: what [`PeerIdentity::issuer`] holds for the
+    /// certificates it signs.
+    pub fn name(&self) -> String {
+        x509_parser::parse_x509_certificate(&self.cert)
+            .ok()
+            .and_then(|(_, x)| x.subject().iter_common_name().next().and_then(|a| a.as_str().ok()).map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// A client certificate (`admin` or `reader`) named `user` for the key of a CSR.
+    pub fn sign_client(
+        &self,
+        csr_der: &[u8],
+        cluster_id: &str,
+        role: CertRole,
+        user: &str,
+        validity: Duration,
+        now: std::time::SystemTime,
+    ) -> Result<CertificateDer<'static>, PkiError> {
+        if role.is_node() {
+            return Err(PkiError::Invalid(format!("{role} certificates are made by join, not issued")));
+        }
+        let public = csr_public_key(csr_der)?;
+        let p = leaf_params(cluster_id, role, user, &[], validity, now)?;
         Ok(p.signed_by(&public, &self.issuer).map_err(rc)?.der().clone())
     }
 

@@ -50,6 +50,9 @@ struct State {
 #[derive(Debug)]
 pub struct Credentials {
     state: RwLock<Arc<State>>,
+    /// Bumped by every [`Credentials::replace`]: holders of long-lived connections
+    /// reconnect when it moves, so that peers see the new certificate.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Credentials {
@@ -60,7 +63,10 @@ impl Credentials {
         chain: Vec<CertificateDer<'static>>,
         key: Option<PrivateKeyDer<'static>>,
     ) -> Result<Arc<Credentials>, PkiError> {
-        Ok(Arc::new(Credentials { state: RwLock::new(Arc::new(build(roots, chain, key)?)) }))
+        Ok(Arc::new(Credentials {
+            state: RwLock::new(Arc::new(build(roots, chain, key)?)),
+            generation: Default::default(),
+        }))
     }
 
     /// Replaces everything at once; the next handshake uses it.
@@ -72,7 +78,13 @@ impl Credentials {
     ) -> Result<(), PkiError> {
         let s = build(roots, chain, key)?;
         *self.state.write().expect("credentials lock") = Arc::new(s);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// How many times [`Credentials::replace`] ran.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn current(&self) -> Arc<State> {
@@ -103,6 +115,11 @@ impl Credentials {
             .with_client_cert_verifier(Arc::new(LiveClientVerifier(self.clone())))
             .with_cert_resolver(Arc::new(LiveResolver(self.clone())));
         c.alpn_protocols = vec![b"h2".to_vec()];
+        // No resumption: a resumed session carries the identity of the certificate that
+        // was verified when it began, so a renewed, expired or rotated-out certificate
+        // would keep its old standing. Every connection verifies a certificate now.
+        c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        c.send_tls13_tickets = 0;
         Ok(Arc::new(c))
     }
 
@@ -116,6 +133,7 @@ impl Credentials {
             .with_custom_certificate_verifier(Arc::new(LiveServerVerifier(self.clone())))
             .with_client_cert_resolver(Arc::new(LiveResolver(self.clone())));
         c.alpn_protocols = vec![b"h2".to_vec()];
+        c.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(c))
     }
 
@@ -124,6 +142,7 @@ impl Credentials {
         Ok(ClientTls {
             config: self.client_config()?,
             server_name: ServerName::try_from(SERVER_NAME).expect("valid name"),
+            creds: Some(self.clone()),
         })
     }
 }
@@ -266,9 +285,17 @@ pub type PinnedCa = Arc<Mutex<Option<CertificateDer<'static>>>>;
 pub struct ClientTls {
     pub config: Arc<ClientConfig>,
     pub server_name: ServerName<'static>,
+    /// The live credentials behind `config`, when it has them.
+    pub creds: Option<Arc<Credentials>>,
 }
 
 impl ClientTls {
+    /// The generation of the live credentials behind it (0: fixed ones): a connection
+    /// made at another generation presents an older certificate.
+    pub fn generation(&self) -> u64 {
+        self.creds.as_ref().map_or(0, |c| c.generation())
+    }
+
     /// For a server outside the cluster (etcd, in benchmarks): trusts `roots`, verifies
     /// `server_name`, presents `chain`/`key` if given.
     pub fn for_server(
@@ -287,7 +314,7 @@ impl ClientTls {
         c.alpn_protocols = vec![b"h2".to_vec()];
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|_| PkiError::Invalid(format!("{server_name:?} is not a server name")))?;
-        Ok(ClientTls { config: Arc::new(c), server_name })
+        Ok(ClientTls { config: Arc::new(c), server_name, creds: None })
     }
 
     /// For a node that is joining: it trusts nothing yet, so it accepts a server whose
@@ -306,7 +333,11 @@ impl ClientTls {
             .with_no_client_auth();
         c.alpn_protocols = vec![b"h2".to_vec()];
         Ok((
-            ClientTls { config: Arc::new(c), server_name: ServerName::try_from(SERVER_NAME).expect("valid name") },
+            ClientTls {
+                config: Arc::new(c),
+                server_name: ServerName::try_from(SERVER_NAME).expect("valid name"),
+                creds: None,
+            },
             found,
         ))
     }

@@ -184,7 +184,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
             },
             labels: [("emulated".to_string(), "true".to_string())].into(),
         };
-        let hooks = session::Hooks { on_masters: None, on_attach: Some(on_attach) };
+        let hooks = session::Hooks { on_attach: Some(on_attach), ..Default::default() };
         let seeds = vec![leader_addr.clone()];
         tokio::spawn(async move {
             if let Err(e) = session::run(identity, seeds, connect, hooks).await {

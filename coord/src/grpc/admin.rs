@@ -220,6 +220,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         let (cluster_id, revision, compact) =
             self.node.view(|v| (v.cluster().cluster_id.clone(), v.revision(), v.compact_revision()));
         let voter = m.membership_config.membership().voter_ids().any(|v| v == self.node.id);
+        let own = self.node.tls.identity();
         let state = match m.state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
@@ -243,6 +244,8 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
             members: members(&self.node).members,
             from_leader: m.state == ServerState::Leader,
             pid: std::process::id(),
+            cert_issuer: own.as_ref().map(|i| i.issuer.clone()).unwrap_or_default(),
+            cert_not_after: own.map(|i| i.not_after_unix).unwrap_or_default(),
         }))
     }
 
@@ -302,6 +305,100 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         };
         Ok(Response::new(pb::TokenResponse { token: format_token(&ca.digest(), &secret) }))
     }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn renew_cert(&self, req: Request<pb::RenewCertRequest>) -> Result<Response<pb::CertResponse>, Status> {
+        let who = authz::caller(&req).cloned().ok_or_else(|| Status::unauthenticated("no certificate to renew"))?;
+        let i = self.node.renew_node_cert(&who, &req.get_ref().csr)?;
+        info!(renewed = who.name, role = %who.role, "node certificate renewed");
+        Ok(Response::new(cert_response(i)))
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn issue_cert(&self, req: Request<pb::IssueCertRequest>) -> Result<Response<pb::CertResponse>, Status> {
+        let r = req.get_ref();
+        let role = match r.role.as_str() {
+            "admin" => pki::CertRole::Admin,
+            "reader" => pki::CertRole::Reader,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "cannot issue a {other:?} certificate: use admin or reader"
+                )))
+            }
+        };
+        let validity = match r.validity_secs {
+            0 => crate::certs::CLIENT_CERT_VALIDITY,
+            s => std::time::Duration::from_secs(s),
+        };
+        let i = self.node.issue_client_cert(role, &r.name, &r.csr, validity)?;
+        let by = authz::caller(&req).map(|w| w.name.clone()).unwrap_or_default();
+        info!(user = r.name, role = r.role, by, "client certificate issued");
+        Ok(Response::new(cert_response(i)))
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn rotate_token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
+        let role = req.get_ref().role.clone();
+        if role != "manager" && role != "worker" {
+            return Err(Status::invalid_argument(format!("unknown token role {role:?}: use manager or worker")));
+        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                node.ensure_leader().await?;
+                node.rotate_join_secret(&r.role, new_secret()).await?;
+                info!(role = r.role, "join token rotated");
+                let (c, ca) = node.view(|v| (v.cluster().clone(), v.ca().cloned()));
+                let ca = ca.ok_or_else(|| Status::unavailable("the cluster CA is not recorded yet"))?;
+                let secret = if r.role == "manager" { c.manager_secret } else { c.worker_secret };
+                Ok(pb::TokenResponse { token: format_token(&ca.digest(), &secret) })
+            },
+            async |ch, r| ClusterAdminClient::new(ch).rotate_token(r).await,
+        )
+        .await
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn rotate_ca(&self, req: Request<pb::RotateCaRequest>) -> Result<Response<pb::RotateCaResponse>, Status> {
+        let phase = req.get_ref().phase.clone();
+        if phase != "start" && phase != "finish" {
+            return Err(Status::invalid_argument(format!("unknown rotation phase {phase:?}: use start or finish")));
+        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                node.ensure_leader().await?;
+                let record = match r.phase.as_str() {
+                    "start" => node.start_ca_rotation().await?,
+                    _ => node.finish_ca_rotation().await?,
+                };
+                let ca = pki::cert::Ca::from_der(record.cert.clone(), &record.key)
+                    .map_err(|e| Status::internal(format!("the recorded CA is unusable: {e}")))?;
+                info!(phase = r.phase, ca = ca.name(), "CA rotation step committed");
+                Ok(pb::RotateCaResponse {
+                    ca_name: ca.name(),
+                    ca_digest: ca.digest(),
+                    rotating: record.trusted.len() > 1,
+                })
+            },
+            async |ch, r| ClusterAdminClient::new(ch).rotate_ca(r).await,
+        )
+        .await
+    }
+}
+
+fn cert_response(i: crate::certs::Issued) -> pb::CertResponse {
+    pb::CertResponse { cert: i.cert, chain: i.chain, trusted: i.trusted, ca_record_digest: i.record_digest }
+}
+
+/// A new join secret, drawn by the leader and carried in the log entry.
+fn new_secret() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 26)
 }
 
 /// What a join token lets the joiner become.

@@ -48,6 +48,11 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     ("/cluster.v1.ClusterAdmin/Token", Allow::Admins),
     // A snapshot holds the CA key.
     ("/cluster.v1.ClusterAdmin/SaveSnapshot", Allow::Admins),
+    // For the node the certificate names.
+    ("/cluster.v1.ClusterAdmin/RenewCert", Allow::Nodes),
+    ("/cluster.v1.ClusterAdmin/IssueCert", Allow::Admins),
+    ("/cluster.v1.ClusterAdmin/RotateToken", Allow::Admins),
+    ("/cluster.v1.ClusterAdmin/RotateCa", Allow::Admins),
     // And only from members (checked by the handler).
     ("/cluster.raft.v1.Raft/AppendEntries", Allow::Managers),
     ("/cluster.raft.v1.Raft/StreamAppend", Allow::Managers),
@@ -183,6 +188,13 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let who = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone());
         let path = req.uri().path();
+        // A connection outlives its certificate: checked on every request, not only at
+        // the handshake.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        if who.as_ref().is_some_and(|w| w.not_after_unix < now) && rule(path) != Allow::Anyone {
+            let s = Status::unauthenticated("the client certificate expired; reconnect with a renewed one");
+            return Box::pin(async move { Ok(s.into_http()) });
+        }
         if let Err(s) = admits(rule(path), who.as_ref(), &self.cluster_id) {
             tracing::debug!(path, "refused: {}", s.message());
             return Box::pin(async move { Ok(s.into_http()) });
@@ -218,6 +230,7 @@ mod tests {
             name: "x".into(),
             not_after_unix: 0,
             not_before_unix: 0,
+            issuer: String::new(),
         }
     }
 
@@ -232,6 +245,10 @@ mod tests {
         ("/cluster.v1.ClusterAdmin/Status", "M A R"),
         ("/cluster.v1.ClusterAdmin/Token", "M A"),
         ("/cluster.v1.ClusterAdmin/SaveSnapshot", "M A"),
+        ("/cluster.v1.ClusterAdmin/RenewCert", "M W"),
+        ("/cluster.v1.ClusterAdmin/IssueCert", "M A"),
+        ("/cluster.v1.ClusterAdmin/RotateToken", "M A"),
+        ("/cluster.v1.ClusterAdmin/RotateCa", "M A"),
         ("/cluster.raft.v1.Raft/AppendEntries", "M"),
         ("/cluster.raft.v1.Raft/StreamAppend", "M"),
         ("/cluster.raft.v1.Raft/Vote", "M"),

@@ -92,6 +92,7 @@ mod tests {
             name: name.into(),
             not_after_unix: 0,
             not_before_unix: 0,
+            issuer: String::new(),
         }
     }
 

@@ -89,6 +89,15 @@ impl RaftRpc for RaftService {
                     let m = decode_untrusted::<AppendEntriesRequest<TypeConfig>>(&p.data).map_err(|e| {
                         tracing::warn!("undecodable AppendEntries ends the stream: {e}");
                     })?;
+                    // The stream outlives the certificate it began with: a renewed
+                    // leader reopens it on a new connection.
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    if who.as_ref().is_some_and(|w| w.not_after_unix < now) {
+                        tracing::info!("AppendEntries stream ends: the sender's certificate expired");
+                        return Err(());
+                    }
                     svc.check_sender(who.as_ref(), sender(&m.vote)).map_err(|s| {
                         tracing::warn!("AppendEntries refused: {}", s.message());
                     })?;

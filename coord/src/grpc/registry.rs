@@ -94,6 +94,10 @@ impl RegistryService {
             None => "",
         };
         let view = if leader_view { self.node.liveness.view(n.node_id, tokio::time::Instant::now()) } else { None };
+        let cert = match leader_view {
+            true => self.node.session_certs.lock().expect("session certs").get(&n.node_id).cloned(),
+            false => None,
+        };
         pb::NodeInfo {
             node_id: n.node_id,
             name: n.name.clone(),
@@ -109,6 +113,8 @@ impl RegistryService {
             connected_to: view.filter(|v| v.connected).map(|_| self.node.id),
             raft_role: raft_role.into(),
             is_leader: masters.leader == Some(n.node_id),
+            cert_issuer: cert.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+            cert_not_after: cert.map(|c| c.1).unwrap_or_default(),
         }
     }
 
@@ -318,6 +324,15 @@ impl pb::registry_server::Registry for RegistryService {
         // Within a session the id cannot change (checked per message below).
         authz::acts_as(who.as_ref(), first.node_id)?;
         let slot = self.node.streams.acquire(StreamKind::Heartbeat, who.as_ref())?;
+        // What the node itself presents (not a master forwarding for it): shown by
+        // `cluster node ls`, and what `cluster ca rotate` waits on.
+        if let Some(w) = who.as_ref().filter(|w| w.node_id == Some(first.node_id)) {
+            self.node
+                .session_certs
+                .lock()
+                .expect("session certs")
+                .insert(first.node_id, (w.issuer.clone(), w.not_after_unix));
+        }
         // Sessions are held by the leader only: agents must follow it.
         self.await_leader(first.prev_leader_id).await?;
         self.check_session(&first)?;
@@ -327,11 +342,13 @@ impl pb::registry_server::Registry for RegistryService {
         let interval_ms = self.node.config.agent_heartbeat_interval_ms;
         let (tx, rx) = mpsc::channel(16);
         let mut masters = self.masters();
+        let mut ca_record = self.node.ca_record_digest();
         let _ = tx
             .send(Ok(pb::HeartbeatResponse {
                 ack_seq: first.seq,
                 masters: Some(masters.clone()),
                 heartbeat_interval_ms: interval_ms,
+                ca_record_digest: ca_record.clone(),
             }))
             .await;
         let node = self.node.clone();
@@ -381,7 +398,17 @@ impl pb::registry_server::Registry for RegistryService {
                             break;
                         }
                         node.liveness.beat(id, sid, tokio::time::Instant::now());
-                        let ack = pb::HeartbeatResponse { ack_seq: m.seq, masters: None, heartbeat_interval_ms: interval_ms };
+                        // Applies do not wake this loop: a CA change rides on the next ack.
+                        let ca_now = node.view(|v| (v.ca_digest() != ca_record).then(|| v.ca_digest().to_string()));
+                        if let Some(d) = &ca_now {
+                            ca_record = d.clone();
+                        }
+                        let ack = pb::HeartbeatResponse {
+                            ack_seq: m.seq,
+                            masters: None,
+                            heartbeat_interval_ms: interval_ms,
+                            ca_record_digest: ca_now.unwrap_or_default(),
+                        };
                         if tx.send(Ok(ack)).await.is_err() {
                             break;
                         }
@@ -395,9 +422,16 @@ impl pb::registry_server::Registry for RegistryService {
                             break;
                         }
                         let now = svc.masters();
-                        if now.masters != masters.masters || now.leader_id != masters.leader_id {
+                        let ca_now = node.ca_record_digest();
+                        if now.masters != masters.masters || now.leader_id != masters.leader_id || ca_now != ca_record {
                             masters = now;
-                            let push = pb::HeartbeatResponse { ack_seq: 0, masters: Some(masters.clone()), heartbeat_interval_ms: interval_ms };
+                            let push = pb::HeartbeatResponse {
+                                ack_seq: 0,
+                                masters: Some(masters.clone()),
+                                heartbeat_interval_ms: interval_ms,
+                                ca_record_digest: if ca_now != ca_record { ca_now.clone() } else { String::new() },
+                            };
+                            ca_record = ca_now;
                             if tx.send(Ok(push)).await.is_err() {
                                 break;
                             }

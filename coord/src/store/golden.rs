@@ -124,6 +124,7 @@ fn command_name(c: &Command) -> String {
             }
         ),
         Command::SetCa { .. } => "SetCa".into(),
+        Command::SetJoinSecret { .. } => "SetJoinSecret".into(),
     }
 }
 
@@ -229,6 +230,7 @@ fn command_samples() -> Vec<Command> {
             holdings: vec![("task-1".into(), ip("10.40.0.20"), 2)],
         }),
         Command::SetCa { prev_digest: "ab".repeat(32), record: ca_record() },
+        Command::SetJoinSecret { role: "worker".into(), secret: "s3cr3tS3cr3tS3cr3t".into() },
     ]
 }
 

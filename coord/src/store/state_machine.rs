@@ -59,6 +59,8 @@ pub struct SmState {
     pub ipam: Ipam,
     pub cluster: ClusterMeta,
     pub ca: Option<CaRecord>,
+    /// `ca`'s record digest, kept beside it: heartbeat sessions compare it every second.
+    pub ca_digest: String,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -287,9 +289,13 @@ impl StateMachineStore {
                         st.cluster.init(cluster_id, manager_secret, worker_secret).map(|()| Output::Unit)
                     }
                     Command::AllocNodeId { .. } => Ok(Output::NodeId(st.cluster.alloc_node_id())),
+                    Command::SetJoinSecret { role, secret } => {
+                        st.cluster.set_join_secret(role, secret).map(|()| Output::Unit)
+                    }
                     Command::SetCa { prev_digest, record } => {
                         let r = CaRecord::set(&mut st.ca, prev_digest, record).map(|()| Output::Unit);
                         if r.is_ok() {
+                            st.ca_digest = record.record_digest();
                             hist.batch.put_cf(cf, cluster::CA_KEY, encode(record)?);
                         }
                         r
@@ -339,7 +345,10 @@ impl StateMachineStore {
                     Err(ApplyError::Storage(e)) => return Err(io::Error::other(e)),
                     Err(e) => result = Err(e),
                 }
-                if matches!(cmd, Command::InitCluster { .. } | Command::AllocNodeId { .. }) {
+                if matches!(
+                    cmd,
+                    Command::InitCluster { .. } | Command::AllocNodeId { .. } | Command::SetJoinSecret { .. }
+                ) {
                     batch.put_cf(cf, cluster::KEY, st.cluster.encode());
                 }
             }
@@ -444,7 +453,9 @@ fn load_state(db: &DB) -> io::Result<SmState> {
         st.cluster = ClusterMeta::decode(&b)?;
     }
     if let Some(b) = get(cluster::CA_KEY)? {
-        st.ca = Some(decode(&b)?);
+        let ca: CaRecord = decode(&b)?;
+        st.ca_digest = ca.record_digest();
+        st.ca = Some(ca);
     }
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(vec![b'g', b'/' + 1]);

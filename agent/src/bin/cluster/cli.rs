@@ -198,6 +198,10 @@ pub struct Tuning {
     /// (`jepsen-style-tests run --canary`) uses it to prove that it catches the bug.
     #[arg(long, hide = true)]
     pub canary_unsafe_local_reads: bool,
+    /// How long node certificates the cluster signs are valid; nodes renew theirs when a
+    /// third of it is left. At least 30.
+    #[arg(long, default_value_t = 90 * 86_400)]
+    pub cert_validity_secs: u64,
 }
 
 impl Tuning {
@@ -210,6 +214,7 @@ impl Tuning {
             down_after_ms: self.down_after_ms,
             ip_leak_grace_ms: self.ip_leak_grace_ms,
             canary_unsafe_local_reads: self.canary_unsafe_local_reads,
+            cert_validity_secs: self.cert_validity_secs,
             ..Default::default()
         }
     }
@@ -252,13 +257,33 @@ pub enum Command {
         #[command(flatten)]
         tuning: Tuning,
     },
-    /// Print the join token for a role.
+    /// Print the join token for a role: `cluster token worker`. Or replace its secret:
+    /// `cluster token rotate worker` prints the new token, and the old one is refused
+    /// from then on (nodes that already joined are not affected).
     Token {
+        /// manager, worker, or rotate (then the role follows).
         #[arg(value_enum)]
-        role: TokenRole,
+        action: TokenAction,
+        /// With rotate: the role whose token to replace.
+        #[arg(value_enum)]
+        role: Option<TokenRole>,
         /// Print only the token.
         #[arg(short, long)]
         quiet: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Client certificates for operators and applications.
+    Cert {
+        #[command(subcommand)]
+        op: CertOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// The cluster CA.
+    Ca {
+        #[command(subcommand)]
+        op: CaOp,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -376,6 +401,57 @@ pub enum SnapshotOp {
         name: Option<String>,
         #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAction {
+    Manager,
+    Worker,
+    Rotate,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertOp {
+    /// Make a client credential: a new key (made here; it never leaves this machine) and
+    /// a certificate the cluster CA signs. Writes ca.crt, ROLE.crt and ROLE.key (0600)
+    /// into DIR; point the CLI at it with --cert-dir DIR, or etcdctl with --cacert,
+    /// --cert and --key. Admin only.
+    Issue {
+        /// admin: everything a client may do. reader: reads and watches only.
+        #[arg(long, value_enum)]
+        role: ClientRole,
+        /// Directory to write the credential into (created 0700 if absent).
+        #[arg(long)]
+        out: PathBuf,
+        /// The user name in the certificate (its CN, etcd's user) [default: the role].
+        #[arg(long)]
+        name: Option<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRole {
+    Admin,
+    Reader,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaOp {
+    /// Replace the cluster CA without cutting anyone off: a new CA, cross-signed by the
+    /// old one, signs from now on; every node renews its certificate from it (this
+    /// waits, showing progress); then the old CA is no longer trusted. Join tokens change
+    /// (they pin the CA): print new ones with `cluster token`. The credential this
+    /// command uses is reissued in place; other client certificates must be issued
+    /// again. A node that is down meanwhile must join again.
+    Rotate {
+        /// How long to wait for every node to renew before giving up (the rotation then
+        /// stays half done: run the command again to finish it).
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
     },
 }
 
@@ -657,8 +733,26 @@ impl Cli {
             Command::Start { data_dir, listen, agent, tuning } => {
                 daemon::start(data_dir, listen, agent.flags(), tuning.config()).await
             }
-            Command::Token { role, quiet, client: o } => {
-                cluster::token(&o.client()?, o.format(), role.into(), quiet).await
+            Command::Token { action, role, quiet, client: o } => match (action, role) {
+                (TokenAction::Manager, None) => cluster::token(&o.client()?, o.format(), Role::Manager, quiet).await,
+                (TokenAction::Worker, None) => cluster::token(&o.client()?, o.format(), Role::Worker, quiet).await,
+                (TokenAction::Rotate, Some(r)) => {
+                    cluster::rotate_token(&o.client()?, o.format(), r.into(), quiet).await
+                }
+                (TokenAction::Rotate, None) => bail!("which token? `cluster token rotate manager` or `… worker`"),
+                (_, Some(_)) => bail!("one role only: `cluster token worker`, or `cluster token rotate worker`"),
+            },
+            Command::Cert { op: CertOp::Issue { role, out, name, days }, client: o } => {
+                let role = match role {
+                    ClientRole::Admin => "admin",
+                    ClientRole::Reader => "reader",
+                };
+                let name = name.unwrap_or_else(|| role.to_string());
+                cluster::issue_cert(&o.client()?, o.format(), role, &name, &out, days).await
+            }
+            Command::Ca { op: CaOp::Rotate { timeout_secs }, client: o } => {
+                let files = o.creds.source().files()?;
+                cluster::rotate_ca(&o.client()?, o.format(), &files, std::time::Duration::from_secs(timeout_secs)).await
             }
             Command::Status { client: o } => cluster::status(&o.client()?, o.format()).await,
             Command::Members { client: o } => cluster::members(&o.client()?, o.format()).await,

@@ -51,6 +51,7 @@ pub async fn status(c: &Client, f: Format) -> anyhow::Result<()> {
             "last_log_index": s.last_log_index, "commit_index": s.commit_index,
             "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
             "revision": s.revision, "compact_revision": s.compact_revision,
+            "cert_issuer": s.cert_issuer, "cert_not_after": s.cert_not_after,
             "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
         }));
         return Ok(());
@@ -69,6 +70,8 @@ pub async fn status(c: &Client, f: Format) -> anyhow::Result<()> {
         opt(s.snapshot_index)
     );
     println!("revision:  {} (compacted below {})", s.revision, s.compact_revision);
+    let left = s.cert_not_after - now_unix();
+    println!("cert:      from {:?}, expires in {}", s.cert_issuer, human_secs(left));
     println!();
     table(&MEMBER_HEADER, &member_rows(&s.members));
     Ok(())
@@ -93,4 +96,180 @@ pub async fn leave(c: &Client, f: Format, node_id: Option<u64>) -> anyhow::Resul
         println!("node {id} removed from the cluster");
     }
     Ok(())
+}
+
+pub async fn rotate_token(c: &Client, f: Format, role: Role, quiet: bool) -> anyhow::Result<()> {
+    let t = c.rotate_token(role).await?;
+    if quiet {
+        println!("{t}");
+    } else if f == Format::Json {
+        json(&json!({ "role": role.as_str(), "token": t, "rotated": true }));
+    } else {
+        println!("The {role} token was replaced; the old one is refused from now on. To add a {role}, run:");
+        println!("    cluster join --data-dir DIR --listen IP:PORT --token {t} {}", c.endpoints()[0]);
+    }
+    Ok(())
+}
+
+fn der_certs(v: Vec<Vec<u8>>) -> Vec<client::pki::types::CertificateDer<'static>> {
+    v.into_iter().map(client::pki::types::CertificateDer::from).collect()
+}
+
+/// A new key here, a certificate for it from the cluster, both saved as `files`.
+async fn fresh_credential(
+    c: &Client,
+    role: &str,
+    name: &str,
+    validity_secs: u64,
+    files: &client::CredentialFiles,
+) -> anyhow::Result<Vec<client::pki::types::CertificateDer<'static>>> {
+    let (key, csr) = client::pki::cert::new_key_and_csr()?;
+    let r = c.issue_cert(role, name, csr, validity_secs).await?;
+    let mut chain = der_certs(vec![r.cert]);
+    chain.extend(der_certs(r.chain));
+    let trusted = der_certs(r.trusted);
+    files.save(&trusted, &chain, &key)?;
+    Ok(chain)
+}
+
+pub async fn issue_cert(
+    c: &Client,
+    f: Format,
+    role: &str,
+    name: &str,
+    out: &std::path::Path,
+    days: u64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(days > 0, "--days must be at least 1");
+    let files = client::CredentialFiles::in_dir(out, role);
+    if files.cert.exists() || files.key.exists() {
+        anyhow::bail!("{} already holds a {role} credential; choose another --out", out.display());
+    }
+    fresh_credential(c, role, name, days * 86_400, &files).await?;
+    if f == Format::Json {
+        json(&json!({
+            "role": role, "name": name,
+            "ca": files.ca, "cert": files.cert, "key": files.key,
+        }));
+    } else {
+        println!("Wrote a {role} credential for {name:?}, valid {days} days:");
+        println!(
+            "    {}\n    {}\n    {} (private, 0600)",
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display()
+        );
+        println!("Use it with:");
+        println!("    cluster status --cert-dir {}", out.display());
+        println!(
+            "    etcdctl --endpoints https://{} --cacert {} --cert {} --key {} get foo",
+            c.endpoints()[0],
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display()
+        );
+    }
+    Ok(())
+}
+
+/// `cluster ca rotate`: start, reissue this command's own credential, wait until every
+/// node presents a certificate of the new CA, then finish.
+pub async fn rotate_ca(
+    c: &Client,
+    f: Format,
+    files: &client::CredentialFiles,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let started = c.rotate_ca("start").await?;
+    let new_ca = started.ca_name.clone();
+    eprintln!("new CA {new_ca:?} signs from now on; the old CA stays trusted until every node has renewed");
+    // This command's own credential follows the new CA (a master's node certificate,
+    // used through --data-dir, is renewed by the master itself).
+    let own = client::pki::files::read_certs(&files.cert)?;
+    let me = own.first().and_then(|c| client::pki::PeerIdentity::from_der(c).ok());
+    let mut new_ca_cert = None;
+    if let Some(me) = me.filter(|m| m.role == client::pki::CertRole::Admin && m.issuer != new_ca) {
+        let left = (me.not_after_unix - now_unix()).max(86_400) as u64;
+        let chain = fresh_credential(c, "admin", &me.name, left, files).await?;
+        new_ca_cert = chain.get(1).cloned();
+        eprintln!("reissued this command's credential {} from the new CA", files.cert.display());
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let (done, total, waiting) = renewal_progress(c, &new_ca).await?;
+        let line = format!("renewed: {done} of {total} nodes");
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{} still present certificates of the old CA after {} s: {}. The old CA stays trusted; run \
+                 `cluster ca rotate` again to wait and finish",
+                waiting.len(),
+                timeout.as_secs(),
+                waiting.join(", ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let finished = c.rotate_ca("finish").await?;
+    if let Some(ca) = new_ca_cert {
+        client::pki::files::write_certs(&files.ca, &[ca])?;
+    }
+    if f == Format::Json {
+        json(&json!({ "ca_name": finished.ca_name, "ca_digest": finished.ca_digest, "rotating": finished.rotating }));
+    } else {
+        println!("CA rotated: {} (SHA-256 {}); the old CA is no longer trusted.", finished.ca_name, finished.ca_digest);
+        println!("Join tokens pin the CA, so they changed: print them with `cluster token manager|worker`.");
+        println!("Client certificates from `cluster cert issue` made before now must be issued again.");
+    }
+    Ok(())
+}
+
+fn human_secs(s: i64) -> String {
+    match s {
+        s if s < 0 => "(expired)".into(),
+        s if s < 120 => format!("{s} s"),
+        s if s < 7_200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3_600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// How many nodes present a certificate of `ca`: every master (asked directly) and
+/// every agent that is not down (as the leader sees its session). A down agent is not
+/// waited for: it must join again once the rotation finishes.
+async fn renewal_progress(c: &Client, ca: &str) -> anyhow::Result<(usize, usize, Vec<String>)> {
+    let mut waiting = Vec::new();
+    let mut total = 0;
+    let members = c.members().await?;
+    let master_ids: std::collections::BTreeSet<u64> = members.members.iter().map(|m| m.node_id).collect();
+    for m in &members.members {
+        total += 1;
+        match c.at(&m.addr).status().await {
+            Ok(s) if s.cert_issuer == ca => {}
+            Ok(_) => waiting.push(format!("master {}", m.node_id)),
+            Err(_) => waiting.push(format!("master {} (unreachable)", m.node_id)),
+        }
+    }
+    for n in c.nodes().await?.nodes {
+        // A down agent cannot renew; it joins again after the rotation.
+        if master_ids.contains(&n.node_id) || n.state == "down" {
+            continue;
+        }
+        total += 1;
+        if n.cert_issuer != ca {
+            waiting.push(format!("agent {} ({})", n.node_id, n.state));
+        }
+    }
+    Ok((total - waiting.len(), total, waiting))
 }

@@ -31,6 +31,7 @@ fn node_json(n: &pb::NodeInfo) -> Value {
                       "ports": r.ports.iter().map(|p| [p.begin, p.end]).collect::<Vec<_>>()},
         "labels": labels, "registered_at_ms": n.registered_at_ms, "state_since_ms": n.state_since_ms,
         "last_heartbeat_age_ms": n.last_heartbeat_age_ms, "connected_to": n.connected_to,
+        "cert_issuer": n.cert_issuer, "cert_not_after": n.cert_not_after,
     })
 }
 

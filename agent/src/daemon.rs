@@ -211,6 +211,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     coord.initialize().await.context("initialize the Raft group")?;
     let serving = serve(coord.clone(), listener);
     wait_for_identity(&coord).await?;
+    crate::renewal::save_record_digest(&node.data_dir, &coord.ca_record_digest());
     // The join secrets now live in the replicated state; node.json keeps none.
     file.init = None;
     write_node_file(&node.data_dir, &file)?;
@@ -358,6 +359,7 @@ pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result
         masters,
     };
     node_credential(&node.data_dir).save(&trusted, &chain, &key)?;
+    crate::renewal::save_record_digest(&node.data_dir, &resp.ca_record_digest);
     write_node_file(&node.data_dir, &file)?;
     println!("Joined cluster {} as node {} ({role}).", resp.cluster_id, resp.node_id);
     run(&node.data_dir, file, Some(listener), &node.config).await

@@ -47,6 +47,14 @@ fn record_path(dir: &Path) -> PathBuf {
     dir.join(TLS_DIR).join(RECORD_FILE)
 }
 
+/// Records which CA record the node's certificate came from (at init, join and each
+/// renewal), so that a restart does not renew for nothing.
+pub fn save_record_digest(dir: &Path, digest: &str) {
+    if let Err(e) = pki::files::write_private(&record_path(dir), digest.as_bytes()) {
+        warn!("saving the CA record digest: {e}");
+    }
+}
+
 impl Keeper {
     /// Runs until the process ends.
     pub async fn run(mut self) {
@@ -60,20 +68,21 @@ impl Keeper {
             let lifetime = (me.not_after_unix - signed).max(3);
             let renew_at = me.not_after_unix - lifetime / 3;
             let wait = Duration::from_secs((renew_at - now_unix()).max(0) as u64);
-            let backoff = Duration::from_secs(1 << failures.min(5));
-            let reason = tokio::select! {
-                _ = tokio::time::sleep(if failures > 0 { backoff } else { wait }) => {
-                    if failures > 0 { "retrying" } else { "a third of its lifetime is left" }
+            let reason = if failures > 0 {
+                // After a failure, wait whatever the trigger was (1 s, doubling to 32 s).
+                tokio::time::sleep(Duration::from_secs(1 << failures.min(5))).await;
+                "retrying"
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => "a third of its lifetime is left",
+                    _ = self.ca_changed(&known) => "the cluster CA changed",
                 }
-                _ = self.ca_changed(&known) => "the cluster CA changed",
             };
             match self.renew().await {
                 Ok(record) => {
                     failures = 0;
                     info!(reason, "node certificate renewed");
-                    if let Err(e) = pki::files::write_private(&record_path(&self.dir), record.as_bytes()) {
-                        warn!("saving the CA record digest: {e}");
-                    }
+                    save_record_digest(&self.dir, &record);
                     known = record;
                     self.renewed.notify_waiters();
                     // Never more than one renewal a second, whatever the certificates say.
@@ -82,7 +91,15 @@ impl Keeper {
                 Err(e) => {
                     failures += 1;
                     let left = me.not_after_unix - now_unix();
-                    warn!(reason, "renewing this node's certificate failed ({left} s of validity left): {e:#}");
+                    if left > 0 {
+                        warn!(reason, "renewing this node's certificate failed ({left} s of validity left): {e:#}");
+                    } else {
+                        warn!(
+                            reason,
+                            "renewing this node's certificate failed and it has expired: the cluster no longer accepts \
+                             this node; remove its data dir and join again with a token ({e:#})"
+                        );
+                    }
                 }
             }
         }
@@ -156,7 +173,10 @@ impl Keeper {
         node_credential(&self.dir).save(&trusted, &chain, &key)?;
         self.creds.replace(trusted.clone(), chain, Some(key))?;
         if let Signer::Local(coord) = &self.signer {
-            self.refresh_admin(coord, &trusted, &got.issuer)?;
+            // The node's own renewal stands whatever happens to this one.
+            if let Err(e) = self.refresh_admin(coord, &trusted, &got.issuer) {
+                warn!("reissuing the admin credential in the data dir failed: {e:#}");
+            }
         }
         Ok(issued.ca_record_digest)
     }

@@ -76,6 +76,10 @@ impl ClusterMeta {
     }
 }
 
+/// The key of the masters that left the cluster (a `BTreeSet<NodeId>`): their
+/// certificates stay valid until they expire, and are not honored meanwhile.
+pub const RETIRED_KEY: &[u8] = b"m/retired";
+
 /// The key of the cluster CA's record ([`CaRecord`]).
 pub const CA_KEY: &[u8] = b"m/ca";
 

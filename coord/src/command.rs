@@ -49,6 +49,11 @@ pub enum Command {
         role: String,
         secret: String,
     },
+    /// Records that master `node_id` left the Raft group (proposed once the membership
+    /// change committed): its certificate is refused from then on.
+    RetireMaster {
+        node_id: NodeId,
+    },
 }
 
 impl Command {
@@ -65,6 +70,7 @@ impl Command {
             Command::Ipam(c) => c.name(),
             Command::SetCa { .. } => "set_ca",
             Command::SetJoinSecret { .. } => "set_join_secret",
+            Command::RetireMaster { .. } => "retire_master",
         }
     }
 }

@@ -160,6 +160,7 @@ async fn housekeeping_loop(weak: Weak<CoordNode>) {
             last_slow = Instant::now();
             auto_compact(&node).await;
             repair_leaks(&node).await;
+            retire_departed(&node, &m).await;
         }
     }
 }
@@ -189,6 +190,33 @@ async fn finish_init(node: &CoordNode) {
         };
         if let Err(e) = node.write(Command::SetCa { prev_digest: String::new(), record }).await {
             warn!("recording the cluster CA failed, will retry: {e}");
+        }
+    }
+}
+
+/// A master that left is recorded as retired by the leader that removed it; a leader
+/// that removed itself cannot record it (it no longer leads). Its successor does: a
+/// master that registered (it does so only after it became a member) and is in
+/// neither the membership nor the retired set has left.
+async fn retire_departed(node: &CoordNode, m: &openraft::RaftMetrics<TypeConfig>) {
+    let membership = m.membership_config.membership();
+    if membership.get_joint_config().len() != 1 {
+        return;
+    }
+    let departed: Vec<u64> = node.view(|v| {
+        v.registry()
+            .nodes
+            .values()
+            .filter(|n| n.role == crate::registry::Role::Manager)
+            .map(|n| n.node_id)
+            .filter(|id| membership.get_node(id).is_none() && !v.retired().contains(id))
+            .collect()
+    });
+    for node_id in departed {
+        info!(node = node_id, "recording that master {node_id} left the cluster");
+        if let Err(e) = node.write(Command::RetireMaster { node_id }).await {
+            warn!("recording a departed master failed, will retry: {e}");
+            return;
         }
     }
 }

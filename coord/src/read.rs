@@ -58,6 +58,11 @@ impl<'a> ReadView<'a> {
         self.st.ca.as_ref()
     }
 
+    /// Masters that left the cluster: their certificates are not honored.
+    pub fn retired(&self) -> &std::collections::BTreeSet<crate::types::NodeId> {
+        &self.st.retired
+    }
+
     /// The CA record's digest (empty: none recorded).
     pub fn ca_digest(&self) -> &str {
         &self.st.ca_digest

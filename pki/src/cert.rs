@@ -154,6 +154,13 @@ impl PeerIdentity {
     }
 }
 
+/// A certificate's subject common name, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, x) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = x.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
 /// The SHA-256 of a certificate's DER bytes, lowercase hex: what a join token pins.
 pub fn digest(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
@@ -254,10 +261,7 @@ impl Ca {
     /// This CA's `CN`, distinct per CA: what [`PeerIdentity::issuer`] holds for the
     /// certificates it signs.
     pub fn name(&self) -> String {
-        x509_parser::parse_x509_certificate(&self.cert)
-            .ok()
-            .and_then(|(_, x)| x.subject().iter_common_name().next().and_then(|a| a.as_str().ok()).map(str::to_string))
-            .unwrap_or_default()
+        common_name(&self.cert).unwrap_or_default()
     }
 
     /// A client certificate (`admin` or `reader`) named `user` for the key of a CSR.

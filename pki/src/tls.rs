@@ -41,6 +41,8 @@ struct State {
     identity: Option<PeerIdentity>,
     key: Option<Arc<CertifiedKey>>,
     roots: Vec<CertificateDer<'static>>,
+    /// The trusted CAs' common names (each CA's is distinct).
+    root_names: Vec<String>,
     server_verifier: Arc<WebPkiServerVerifier>,
     client_verifier: Arc<dyn ClientCertVerifier>,
 }
@@ -94,6 +96,13 @@ impl Credentials {
     /// Who this process's own certificate names.
     pub fn identity(&self) -> Option<PeerIdentity> {
         self.current().identity.clone()
+    }
+
+    /// Whether a CA named `issuer` (its common name) is trusted now. A connection
+    /// verified its peer's certificate when it opened; this answers, on each request,
+    /// whether that certificate's CA is still trusted (after a CA rotation, it is not).
+    pub fn trusts_issuer(&self, issuer: &str) -> bool {
+        self.current().root_names.iter().any(|n| n == issuer)
     }
 
     pub fn roots(&self) -> Vec<CertificateDer<'static>> {
@@ -171,7 +180,8 @@ fn build(
         }
         _ => return Err(PkiError::Invalid("a certificate needs its key, and a key its certificate".into())),
     };
-    Ok(State { identity, key, roots, server_verifier, client_verifier })
+    let root_names = roots.iter().filter_map(|r| crate::cert::common_name(r)).collect();
+    Ok(State { identity, key, roots, root_names, server_verifier, client_verifier })
 }
 
 #[derive(Debug)]

@@ -9,3 +9,4 @@ mod t40_membership;
 mod t50_registry;
 mod t60_ipam;
 mod t70_backup;
+mod t80_security;

@@ -157,6 +157,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                     cert: cert.to_vec(),
                     chain: std::iter::once(ca.cert.clone()).chain(ca.bridges.iter().cloned()).collect(),
                     trusted: ca.trusted.clone(),
+                    ca_record_digest: ca.record_digest(),
                 })
             },
             async |ch, r| ClusterAdminClient::new(ch).join(r).await,
@@ -175,6 +176,11 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                 let addr = node.metrics().membership_config.membership().get_node(&r.node_id).map(|n| n.addr.clone());
                 node.remove_member(r.node_id).await?;
                 info!(removed = r.node_id, "member left");
+                // From now on its certificate is not honored. Recorded after the change
+                // committed: a leader that leaves can still replicate its removal.
+                if let Err(e) = node.write(Command::RetireMaster { node_id: r.node_id }).await {
+                    tracing::warn!(node = r.node_id, "recording the departure failed ({e}); run `cluster leave` again");
+                }
                 if let Some(addr) = addr.filter(|_| r.node_id != node.id) {
                     tell_removed(node, r.node_id, &addr);
                 }
@@ -186,13 +192,13 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     }
 
     async fn removed(&self, req: Request<pb::RemovedRequest>) -> Result<Response<pb::RemovedResponse>, Status> {
-        // Only the leader removes members, so only the leader may say so.
+        // Only a master that is still a member (as this node knows the membership) may
+        // say so: the leader that removed this node, whose id this node may not know as
+        // leader if it was cut off.
         let from = authz::caller(&req).and_then(|w| w.node_id);
-        let (leader, _) = self.node.leader();
-        if from.is_none() || from != leader {
+        if !from.is_some_and(|id| id != self.node.id && self.node.is_member(id)) {
             return Err(Status::permission_denied(format!(
-                "only the leader (node {}) may tell this node it was removed; this call came from node {}",
-                leader.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+                "only another member may tell this node it was removed; this call came from node {}",
                 from.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
             )));
         }
@@ -309,6 +315,10 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
     async fn renew_cert(&self, req: Request<pb::RenewCertRequest>) -> Result<Response<pb::CertResponse>, Status> {
         let who = authz::caller(&req).cloned().ok_or_else(|| Status::unauthenticated("no certificate to renew"))?;
+        // Signed on the leader, from a state that has every committed CA change: a
+        // lagging follower would sign with a CA that may be on its way out. A follower
+        // answers "not the leader" with the leader's address; the node asks there.
+        self.node.read(Consistency::Linearizable, |_| ()).await?;
         let i = self.node.renew_node_cert(&who, &req.get_ref().csr)?;
         info!(renewed = who.name, role = %who.role, "node certificate renewed");
         Ok(Response::new(cert_response(i)))
@@ -330,10 +340,21 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
             0 => crate::certs::CLIENT_CERT_VALIDITY,
             s => std::time::Duration::from_secs(s),
         };
-        let i = self.node.issue_client_cert(role, &r.name, &r.csr, validity)?;
         let by = authz::caller(&req).map(|w| w.name.clone()).unwrap_or_default();
-        info!(user = r.name, role = r.role, by, "client certificate issued");
-        Ok(Response::new(cert_response(i)))
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                // On the leader, from a state with every committed CA change.
+                node.read(Consistency::Linearizable, |_| ()).await?;
+                let i = node.issue_client_cert(role, &r.name, &r.csr, validity)?;
+                info!(user = r.name, role = r.role, by, "client certificate issued");
+                Ok(cert_response(i))
+            },
+            async |ch, r| ClusterAdminClient::new(ch).issue_cert(r).await,
+        )
+        .await
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]

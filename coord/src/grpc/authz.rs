@@ -10,6 +10,7 @@
 //! with everything (they hold the CA key in their replicated state), so that hop needs
 //! no claim about who called first.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pki::{CertRole, PeerIdentity, PeerInfo};
@@ -17,6 +18,8 @@ use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tonic::Status;
 use tower::{Layer, Service};
+
+use crate::node::CoordNode;
 
 /// The callers a method admits. Every class but `Anyone` also requires a certificate of
 /// this cluster.
@@ -150,10 +153,40 @@ pub(crate) fn acts_as(who: Option<&PeerIdentity>, node_id: u64) -> Result<(), St
 /// its whole request before the answer, under a deadline of its own.
 const OWN_DEADLINE: &[&str] = &["/cluster.raft.v1.Raft/InstallSnapshot"];
 
-/// The gate every request passes: [`rule`], then the handler under a timeout.
+/// Whether a certificate that passed the handshake still stands, on every request: a
+/// connection outlives the certificate it opened with. Refused: an expired certificate,
+/// one from a CA no longer trusted (after a CA rotation), and the certificate of a node
+/// that left (a master after `leave`, an agent after `node rm`), which stays valid
+/// until it expires.
+pub(crate) fn still_stands(node: &CoordNode, who: &PeerIdentity, now_unix: i64) -> Result<(), Status> {
+    if who.not_after_unix < now_unix {
+        return Err(Status::unauthenticated("the client certificate expired; reconnect with a renewed one"));
+    }
+    if !node.tls.trusts_issuer(&who.issuer) {
+        return Err(Status::unauthenticated(format!(
+            "the client certificate is from {:?}, a CA this cluster no longer trusts; reconnect with a renewed one",
+            who.issuer
+        )));
+    }
+    let gone = match (who.role, who.node_id) {
+        (CertRole::Manager, Some(id)) => node.view(|v| v.retired().contains(&id)),
+        (CertRole::Worker, Some(id)) => node.view(|v| v.registry().removed.contains(&id)),
+        _ => false,
+    };
+    if gone {
+        return Err(Status::permission_denied(format!(
+            "node {} left the cluster; its certificate is no longer honored (join again with a token)",
+            who.name
+        )));
+    }
+    Ok(())
+}
+
+/// The gate every request passes: [`rule`] and [`still_stands`], then the handler under
+/// a timeout.
 #[derive(Clone)]
 pub(crate) struct AuthzLayer {
-    pub(crate) cluster_id: String,
+    pub(crate) node: Arc<CoordNode>,
     /// How long a handler may take to answer (a stream's answer is its start).
     pub(crate) handler_timeout: std::time::Duration,
 }
@@ -161,7 +194,8 @@ pub(crate) struct AuthzLayer {
 impl<S> Layer<S> for AuthzLayer {
     type Service = Authz<S>;
     fn layer(&self, inner: S) -> Authz<S> {
-        Authz { inner, cluster_id: self.cluster_id.clone(), handler_timeout: self.handler_timeout }
+        let cluster_id = self.node.tls.identity().map(|i| i.cluster_id).unwrap_or_default();
+        Authz { inner, cluster_id, node: self.node.clone(), handler_timeout: self.handler_timeout }
     }
 }
 
@@ -169,6 +203,7 @@ impl<S> Layer<S> for AuthzLayer {
 pub(crate) struct Authz<S> {
     inner: S,
     cluster_id: String,
+    node: Arc<CoordNode>,
     handler_timeout: std::time::Duration,
 }
 
@@ -188,14 +223,12 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let who = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone());
         let path = req.uri().path();
-        // A connection outlives its certificate: checked on every request, not only at
-        // the handshake.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        if who.as_ref().is_some_and(|w| w.not_after_unix < now) && rule(path) != Allow::Anyone {
-            let s = Status::unauthenticated("the client certificate expired; reconnect with a renewed one");
-            return Box::pin(async move { Ok(s.into_http()) });
-        }
-        if let Err(s) = admits(rule(path), who.as_ref(), &self.cluster_id) {
+        let verdict = admits(rule(path), who.as_ref(), &self.cluster_id).and_then(|()| match (&who, rule(path)) {
+            (Some(w), a) if a != Allow::Anyone => still_stands(&self.node, w, now),
+            _ => Ok(()),
+        });
+        if let Err(s) = verdict {
             tracing::debug!(path, "refused: {}", s.message());
             return Box::pin(async move { Ok(s.into_http()) });
         }

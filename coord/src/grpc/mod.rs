@@ -168,7 +168,6 @@ pub async fn serve(
     // client's delayed ACK: 40 ms).
     let tls = node.tls.server_config().map_err(|e| std::io::Error::other(e.to_string()))?;
     let incoming = pki::net::incoming(listener, tls, pki::net::AcceptLimits::default());
-    let cluster_id = node.tls.identity().map(|i| i.cluster_id).unwrap_or_default();
     use limits::*;
     // Handlers bound their own waits (request_timeout_ms); this is the backstop for a
     // handler future that runs longer. InstallSnapshot is exempt: it has its own
@@ -181,7 +180,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(KEEPALIVE_INTERVAL_S)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(KEEPALIVE_TIMEOUT_S)))
         .http2_max_header_list_size(HEADER_LIST_BYTES)
-        .layer(authz::AuthzLayer { cluster_id, handler_timeout })
+        .layer(authz::AuthzLayer { node: node.clone(), handler_timeout })
         .add_service(
             RaftServer::new(raft_service::RaftService::new(n.clone()))
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES)

@@ -44,12 +44,11 @@ fn sender(vote: &Vote) -> u64 {
 }
 
 impl RaftService {
-    /// The Raft rule beyond "managers only" ([`authz`]): the certificate must name the
-    /// node the message claims to come from, and that node must be a member here (voter
-    /// or learner), or have an id newer than any this node has applied: ids are never
-    /// reused, so such a node was added after what this node has seen (a lagging
-    /// follower must accept a leader it has not heard of yet). A member that was removed
-    /// keeps a valid certificate until it expires, and is refused here.
+    /// The Raft rule beyond the gate's ([`authz`]: a master's certificate that still
+    /// stands, so not one of a master that left): the certificate must name the node
+    /// the message claims to come from. Membership is deliberately not checked: a
+    /// follower that has not received the entry adding a new master must still accept
+    /// it as leader, or it could never catch up.
     fn check_sender(&self, who: Option<&pki::PeerIdentity>, claimed: u64) -> Result<(), Status> {
         let cert_id = who.and_then(|w| w.node_id);
         if cert_id != Some(claimed) {
@@ -58,13 +57,7 @@ impl RaftService {
                 cert_id.map_or_else(|| "none".to_string(), |i| i.to_string())
             )));
         }
-        let member = self.node.is_member(claimed);
-        let unseen = self.node.view(|v| claimed >= v.cluster().next_node_id);
-        if member || unseen {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!("node {claimed} is not a member of this cluster (removed?)")))
-        }
+        Ok(())
     }
 }
 
@@ -94,8 +87,8 @@ impl RaftRpc for RaftService {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs() as i64);
-                    if who.as_ref().is_some_and(|w| w.not_after_unix < now) {
-                        tracing::info!("AppendEntries stream ends: the sender's certificate expired");
+                    if let Some(Err(s)) = who.as_ref().map(|w| authz::still_stands(&svc.node, w, now)) {
+                        tracing::info!("AppendEntries stream ends: {}", s.message());
                         return Err(());
                     }
                     svc.check_sender(who.as_ref(), sender(&m.vote)).map_err(|s| {

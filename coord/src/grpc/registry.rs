@@ -387,6 +387,12 @@ impl pb::registry_server::Registry for RegistryService {
                             let _ = tx.send(Err(Status::invalid_argument("node_id changed within a session"))).await;
                             break;
                         }
+                        // The session outlives the certificate it opened with.
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+                        if let Some(Err(s)) = who.as_ref().map(|w| authz::still_stands(&node, w, now)) {
+                            let _ = tx.send(Err(s)).await;
+                            break;
+                        }
                         if !node.view(|v| v.registry().nodes.contains_key(&id)) {
                             let _ = tx.send(Err(Status::not_found(format!("node {id} is no longer registered; register again")))).await;
                             break;

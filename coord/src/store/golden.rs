@@ -125,6 +125,7 @@ fn command_name(c: &Command) -> String {
         ),
         Command::SetCa { .. } => "SetCa".into(),
         Command::SetJoinSecret { .. } => "SetJoinSecret".into(),
+        Command::RetireMaster { .. } => "RetireMaster".into(),
     }
 }
 
@@ -231,6 +232,7 @@ fn command_samples() -> Vec<Command> {
         }),
         Command::SetCa { prev_digest: "ab".repeat(32), record: ca_record() },
         Command::SetJoinSecret { role: "worker".into(), secret: "s3cr3tS3cr3tS3cr3t".into() },
+        Command::RetireMaster { node_id: 3 },
     ]
 }
 
@@ -297,6 +299,7 @@ fn every_persisted_record_decodes_from_its_golden_bytes() {
     );
     // `m/ca` came after sm-v1.txt was written, so its encoding is guarded here.
     check("records-ca.txt", vec![("m.ca".to_string(), ca_record())]);
+    check("records-retired.txt", vec![("m.retired".to_string(), std::collections::BTreeSet::from([3u64, 5]))]);
 }
 
 /// Entries that write every kind of state-machine record: KV history and the revision

@@ -61,6 +61,8 @@ pub struct SmState {
     pub ca: Option<CaRecord>,
     /// `ca`'s record digest, kept beside it: heartbeat sessions compare it every second.
     pub ca_digest: String,
+    /// Masters that left (see `Command::RetireMaster`).
+    pub retired: std::collections::BTreeSet<NodeId>,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -292,6 +294,11 @@ impl StateMachineStore {
                     Command::SetJoinSecret { role, secret } => {
                         st.cluster.set_join_secret(role, secret).map(|()| Output::Unit)
                     }
+                    Command::RetireMaster { node_id } => {
+                        st.retired.insert(*node_id);
+                        hist.batch.put_cf(cf, cluster::RETIRED_KEY, encode(&st.retired)?);
+                        Ok(Output::Unit)
+                    }
                     Command::SetCa { prev_digest, record } => {
                         let r = CaRecord::set(&mut st.ca, prev_digest, record).map(|()| Output::Unit);
                         if r.is_ok() {
@@ -451,6 +458,9 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     }
     if let Some(b) = get(cluster::KEY)? {
         st.cluster = ClusterMeta::decode(&b)?;
+    }
+    if let Some(b) = get(cluster::RETIRED_KEY)? {
+        st.retired = decode(&b)?;
     }
     if let Some(b) = get(cluster::CA_KEY)? {
         let ca: CaRecord = decode(&b)?;

@@ -198,6 +198,13 @@ pub struct Tuning {
     /// (`jepsen-style-tests run --canary`) uses it to prove that it catches the bug.
     #[arg(long, hide = true)]
     pub canary_unsafe_local_reads: bool,
+    /// The largest snapshot this master accepts from a leader; a bigger one is refused
+    /// (and its partial file removed).
+    #[arg(long, default_value_t = 64 << 30)]
+    pub snapshot_max_bytes: u64,
+    /// How long receiving a snapshot from a leader may take before it is refused.
+    #[arg(long, default_value_t = 3_600_000)]
+    pub snapshot_receive_timeout_ms: u64,
     /// How long node certificates the cluster signs are valid; nodes renew theirs when a
     /// third of it is left. At least 30.
     #[arg(long, default_value_t = 90 * 86_400)]
@@ -215,6 +222,8 @@ impl Tuning {
             ip_leak_grace_ms: self.ip_leak_grace_ms,
             canary_unsafe_local_reads: self.canary_unsafe_local_reads,
             cert_validity_secs: self.cert_validity_secs,
+            snapshot_max_bytes: self.snapshot_max_bytes,
+            snapshot_receive_timeout_ms: self.snapshot_receive_timeout_ms,
             ..Default::default()
         }
     }

@@ -183,21 +183,36 @@ pub async fn rotate_ca(
     let started = c.rotate_ca("start").await?;
     let new_ca = started.ca_name.clone();
     eprintln!("new CA {new_ca:?} signs from now on; the old CA stays trusted until every node has renewed");
-    // This command's own credential follows the new CA (a master's node certificate,
-    // used through --data-dir, is renewed by the master itself).
+    // This command's own credential follows the new CA. A credential in a master's data
+    // dir (beside its node.crt) is the master's to reissue, and it does.
     let own = client::pki::files::read_certs(&files.cert)?;
     let me = own.first().and_then(|c| client::pki::PeerIdentity::from_der(c).ok());
+    let in_data_dir = files.cert.with_file_name("node.crt").exists();
     let mut new_ca_cert = None;
-    if let Some(me) = me.filter(|m| m.role == client::pki::CertRole::Admin && m.issuer != new_ca) {
+    if let Some(me) = me.filter(|m| m.role == client::pki::CertRole::Admin && m.issuer != new_ca && !in_data_dir) {
         let left = (me.not_after_unix - now_unix()).max(86_400) as u64;
         let chain = fresh_credential(c, "admin", &me.name, left, files).await?;
-        new_ca_cert = chain.get(1).cloned();
+        let issuer = chain.first().and_then(|c| client::pki::PeerIdentity::from_der(c).ok()).map(|i| i.issuer);
+        anyhow::ensure!(
+            issuer.as_deref() == Some(new_ca.as_str()),
+            "the reissued credential came from {issuer:?}, not the new CA {new_ca:?}; run `cluster ca rotate` again"
+        );
+        new_ca_cert = chain.into_iter().skip(1).find(|c| client::pki::cert::common_name(c).as_deref() == Some(&new_ca));
         eprintln!("reissued this command's credential {} from the new CA", files.cert.display());
     }
     let deadline = std::time::Instant::now() + timeout;
     let mut last = String::new();
+    let mut down_named = false;
     loop {
-        let (done, total, waiting) = renewal_progress(c, &new_ca).await?;
+        let (done, total, waiting, down) = renewal_progress(c, &new_ca).await?;
+        if !down.is_empty() && !down_named {
+            down_named = true;
+            eprintln!(
+                "not waiting for agents that are down ({}): after the rotation they cannot connect; remove them \
+                 (`cluster node rm ID --force`), then join them again with a new token",
+                down.join(", ")
+            );
+        }
         let line = format!("renewed: {done} of {total} nodes");
         if line != last {
             eprintln!("{line}");
@@ -248,8 +263,9 @@ fn now_unix() -> i64 {
 /// How many nodes present a certificate of `ca`: every master (asked directly) and
 /// every agent that is not down (as the leader sees its session). A down agent is not
 /// waited for: it must join again once the rotation finishes.
-async fn renewal_progress(c: &Client, ca: &str) -> anyhow::Result<(usize, usize, Vec<String>)> {
+async fn renewal_progress(c: &Client, ca: &str) -> anyhow::Result<(usize, usize, Vec<String>, Vec<String>)> {
     let mut waiting = Vec::new();
+    let mut down = Vec::new();
     let mut total = 0;
     let members = c.members().await?;
     let master_ids: std::collections::BTreeSet<u64> = members.members.iter().map(|m| m.node_id).collect();
@@ -262,8 +278,12 @@ async fn renewal_progress(c: &Client, ca: &str) -> anyhow::Result<(usize, usize,
         }
     }
     for n in c.nodes().await?.nodes {
+        if master_ids.contains(&n.node_id) {
+            continue;
+        }
         // A down agent cannot renew; it joins again after the rotation.
-        if master_ids.contains(&n.node_id) || n.state == "down" {
+        if n.state == "down" {
+            down.push(n.node_id.to_string());
             continue;
         }
         total += 1;
@@ -271,5 +291,5 @@ async fn renewal_progress(c: &Client, ca: &str) -> anyhow::Result<(usize, usize,
             waiting.push(format!("agent {} ({})", n.node_id, n.state));
         }
     }
-    Ok((total - waiting.len(), total, waiting))
+    Ok((total - waiting.len(), total, waiting, down))
 }

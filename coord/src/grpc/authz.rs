@@ -175,7 +175,7 @@ pub(crate) fn still_stands(node: &CoordNode, who: &PeerIdentity, now_unix: i64) 
     };
     if gone {
         return Err(Status::permission_denied(format!(
-            "node {} left the cluster; its certificate is no longer honored (join again with a token)",
+            "node {} was removed from the cluster; its certificate is no longer honored (join again with a token)",
             who.name
         )));
     }

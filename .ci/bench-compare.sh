@@ -22,13 +22,22 @@ BINS=("$OLD" "$NEW")
 PORTS=("21479 21480 21481" "21579 21580 21581")
 EPS=()
 LEADER_PID=()
+# How each cluster's clients connect: a build with TLS is reached with the admin
+# credential in its init node's data dir; a build from before TLS with --plaintext.
+CRED=()
 
 start_cluster() { # index
   local i=$1 bin=${BINS[$1]} p a=() tok="" pids=()
   for p in ${PORTS[$i]}; do a+=("127.0.0.1:$p"); done
   "$bin" init --data-dir "$DIR/s$i-1" --listen "${a[0]}" >"$DIR/s$i-1.log" 2>&1 &
   PIDS+=($!); pids+=($!)
-  for _ in $(seq 100); do tok=$("$bin" token manager -q --endpoints "${a[0]}" 2>/dev/null) && break; sleep 0.1; done
+  local own=()
+  CRED[$i]="--plaintext"
+  for _ in $(seq 30); do
+    if [ -d "$DIR/s$i-1/tls" ]; then own=(--data-dir "$DIR/s$i-1"); CRED[$i]="--data-dir $DIR/s$i-1"; break; fi
+    sleep 0.1
+  done
+  for _ in $(seq 100); do tok=$("$bin" token manager -q --endpoints "${a[0]}" "${own[@]}" 2>/dev/null) && break; sleep 0.1; done
   for n in 1 2; do
     "$bin" join --data-dir "$DIR/s$i-$((n+1))" --listen "${a[$n]}" --token "$tok" "${a[0]}" \
       >"$DIR/s$i-$((n+1)).log" 2>&1 &
@@ -36,7 +45,7 @@ start_cluster() { # index
   done
   EPS[$i]=$(IFS=,; echo "${a[*]}")
   for _ in $(seq 150); do
-    [ "$("$NEW" members --endpoints "${EPS[$i]}" -o json 2>/dev/null | grep -c '"voter"')" = 3 ] && break; sleep 0.2
+    [ "$("$bin" members --endpoints "${EPS[$i]}" "${own[@]}" -o json 2>/dev/null | grep -c '"voter"')" = 3 ] && break; sleep 0.2
   done
   # init's node leads until a failure; its pid is the leader's.
   LEADER_PID[$i]=${pids[0]}
@@ -45,7 +54,8 @@ start_cluster() { # index
 bench() { # index op clients [extra]
   local i=$1 op=$2 clients=$3; shift 3
   local out
-  out=$("$NEW" bench "$op" --endpoints "${EPS[$i]}" --clients "$clients" --duration "$DUR" -o json "$@")
+  # shellcheck disable=SC2086
+  out=$("$NEW" bench "$op" --endpoints "${EPS[$i]}" ${CRED[$i]} --clients "$clients" --duration "$DUR" -o json "$@")
   printf '%s\t%s\n' "${LABELS[$i]}" "$out" >>"$DIR/results"
   echo "  ${LABELS[$i]} $op clients=$clients: $(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f ops/s, p50 %.2f ms, p99 %.2f ms" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"]))')"
 }
@@ -54,7 +64,8 @@ echo "== starting a 3-node cluster of each: ${LABELS[0]} ($OLD) and ${LABELS[1]}
 start_cluster 0
 start_cluster 1
 echo "== warm-up: 5 s of 64-client puts on each (not recorded)"
-for i in 0 1; do "$NEW" bench put --endpoints "${EPS[$i]}" --clients 64 --duration 5 >/dev/null; done
+# shellcheck disable=SC2086
+for i in 0 1; do "$NEW" bench put --endpoints "${EPS[$i]}" ${CRED[$i]} --clients 64 --duration 5 >/dev/null; done
 for round in 1 2 3; do
   echo "== round $round"
   for i in 0 1; do

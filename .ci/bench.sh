@@ -21,6 +21,7 @@ ET=(127.0.0.1:31379 127.0.0.1:31479 127.0.0.1:31579)
 ETP=(127.0.0.1:31380 127.0.0.1:31480 127.0.0.1:31580)
 CL_EPS=$(IFS=,; echo "${CL[*]}")
 ET_EPS=$(IFS=,; echo "${ET[*]}")
+ET_HTTPS=$(printf 'https://%s,' "${ET[@]}"); ET_HTTPS=${ET_HTTPS%,}
 declare -A PID_OF
 
 start_cluster() {
@@ -39,25 +40,50 @@ start_cluster() {
   echo "cluster did not form; node logs:" >&2; tail -n 20 "$DIR"/c*.log >&2; exit 1
 }
 
+# etcd with TLS everywhere, as the cluster has: a CA of its own (openssl), one
+# certificate per member for clients and peers (ECDSA P-256, as the cluster's), client
+# certificates required on both.
+etcd_pki() {
+  local d=$DIR/etcd-pki
+  mkdir -p "$d"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$d/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$d/ca.key" -subj "/CN=bench etcd CA" -days 2 -out "$d/ca.crt" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$d/ext"
+  for n in member client; do
+    openssl ecparam -name prime256v1 -genkey -noout -out "$d/$n.key.ec" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$d/$n.key.ec" -out "$d/$n.key"
+    openssl req -new -key "$d/$n.key" -subj "/CN=$n" -out "$d/$n.csr" 2>/dev/null
+    openssl x509 -req -in "$d/$n.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+      -extfile "$d/ext" -out "$d/$n.crt" 2>/dev/null
+  done
+}
+
 start_etcd() {
-  local init=""
-  for i in 0 1 2; do init+="e$i=http://${ETP[$i]},"; done
+  etcd_pki
+  local d=$DIR/etcd-pki init=""
+  for i in 0 1 2; do init+="e$i=https://${ETP[$i]},"; done
   for i in 0 1 2; do
     etcd --name "e$i" --data-dir "$DIR/e$i" \
-      --listen-client-urls "http://${ET[$i]}" --advertise-client-urls "http://${ET[$i]}" \
-      --listen-peer-urls "http://${ETP[$i]}" --initial-advertise-peer-urls "http://${ETP[$i]}" \
+      --listen-client-urls "https://${ET[$i]}" --advertise-client-urls "https://${ET[$i]}" \
+      --listen-peer-urls "https://${ETP[$i]}" --initial-advertise-peer-urls "https://${ETP[$i]}" \
       --initial-cluster "${init%,}" --initial-cluster-state new --initial-cluster-token bench \
+      --cert-file "$d/member.crt" --key-file "$d/member.key" --client-cert-auth --trusted-ca-file "$d/ca.crt" \
+      --peer-cert-file "$d/member.crt" --peer-key-file "$d/member.key" --peer-client-cert-auth \
+      --peer-trusted-ca-file "$d/ca.crt" \
       >"$DIR/e$i.log" 2>&1 &
     PIDS+=($!); PID_OF[${ET[$i]}]=$!
   done
   for _ in $(seq 150); do
-    ETCDCTL_API=3 etcdctl --endpoints "$ET_EPS" endpoint health >/dev/null 2>&1 && return 0; sleep 0.2
+    ETCDCTL_API=3 etcdctl --endpoints "$ET_HTTPS" --cacert "$d/ca.crt" --cert "$d/client.crt" --key "$d/client.key" \
+      endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.2
   done
   echo "etcd did not form; member logs:" >&2; tail -n 20 "$DIR"/e*.log >&2; exit 1
 }
 
-# etcd here runs without TLS (for now): its load goes out as plain HTTP/2.
-pt() { if [ "$1" = "$ET_EPS" ]; then echo --plaintext; fi; }
+# The credential each system's load presents: the cluster's admin credential (found
+# through CLUSTER_DATA_DIR), or etcd's client certificate.
+pt() { if [ "$1" = "$ET_EPS" ]; then echo --cacert "$DIR/etcd-pki/ca.crt" --cert "$DIR/etcd-pki/client.crt" --key "$DIR/etcd-pki/client.key"; fi; }
 
 bench() { # system eps op clients [extra]
   local sys=$1 eps=$2 op=$3 clients=$4; shift 4
@@ -97,7 +123,8 @@ start_etcd
 # start (fresh processes, WAL files not yet preallocated or recycled).
 echo "== warm-up: 5 s of 64-client puts on each (not recorded)"
 "$BIN" bench put --endpoints "$CL_EPS" --clients 64 --duration 5 >/dev/null
-"$BIN" bench put --endpoints "$ET_EPS" --plaintext --clients 64 --duration 5 >/dev/null
+# shellcheck disable=SC2046
+"$BIN" bench put --endpoints "$ET_EPS" $(pt "$ET_EPS") --clients 64 --duration 5 >/dev/null
 # Single-client latency differs by a few percent from run to run: three alternating
 # rounds, and the table takes the median.
 echo "== one client, three alternating rounds"
@@ -157,7 +184,10 @@ Produced by `make bench` (`.ci/bench.sh`); rerun it to refresh this page.
 
 - date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
 - machine: {os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE')*os.sysconf('SC_PHYS_PAGES')/2**30)} GiB, {platform.platform()}
-- anchor: {etcd_v} (Debian etcd-server), 3 members, default settings
+- anchor: {etcd_v} (Debian etcd-server), 3 members, default settings, with TLS on client
+  and peer connections and client certificates required (`--cert-file/--key-file
+  --client-cert-auth`, `--peer-cert-file/--peer-key-file --peer-client-cert-auth`), ECDSA
+  P-256 keys; the cluster runs mutual TLS everywhere, as always
 - both: 3 nodes on loopback in one machine; load from `cluster bench` over the etcd v3
   API, 256-byte values, keys uniform over 10,000, {sys.argv[3]} s per load, requests to
   the leader (found with Maintenance.Status), one request in flight per client; an

@@ -137,3 +137,67 @@ async fn a_cross_signed_ca_bridges_old_and_new_trust() {
     dial(&addr, &client(&old, CertRole::Admin, now, DEFAULT_CERT_VALIDITY).client().unwrap()).await.unwrap();
     dial(&addr, &client(&new, CertRole::Admin, now, DEFAULT_CERT_VALIDITY).client().unwrap()).await.unwrap();
 }
+
+/// Certificate requests and certificates arrive from the network (Join, RenewCert,
+/// IssueCert, and every peer's handshake): random and mutated bytes are refused with an
+/// error, never a panic, and a request that is accepted yields a certificate for the
+/// request's key only.
+mod untrusted_bytes {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sign(ca: &Ca, csr: &[u8]) -> Result<CertificateDer<'static>, pki::PkiError> {
+        let spec = NodeCert {
+            cluster_id: "c",
+            node_id: 7,
+            role: CertRole::Worker,
+            hosts: &[],
+            validity: DEFAULT_CERT_VALIDITY,
+            now: SystemTime::now(),
+        };
+        ca.sign_node(csr, &spec)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_are_refused_as_requests_and_certificates(b in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            prop_assert!(pki::cert::check_csr(&b).is_err());
+            let _ = pki::PeerIdentity::from_der(&b);
+            let _ = pki::cert::common_name(&b);
+        }
+
+        #[test]
+        fn mutated_requests_are_refused_or_sign_the_same_key(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4),
+        ) {
+            let ca = Ca::generate("c", SystemTime::now()).unwrap();
+            let (_key, csr) = new_key_and_csr().unwrap();
+            let mut b = csr.clone();
+            for (at, byte, op) in edits {
+                if b.is_empty() { break; }
+                let i = at.index(b.len());
+                match op {
+                    0 => b[i] = byte,
+                    1 => b.insert(i, byte),
+                    _ => b.truncate(i),
+                }
+            }
+            let checked = pki::cert::check_csr(&b);
+            let signed = sign(&ca, &b);
+            // Whatever check_csr says, signing says the same.
+            prop_assert_eq!(checked.is_ok(), signed.is_ok());
+            if let (Ok(cert), true) = (signed, b != csr) {
+                // A mutation that still verifies (in a field the signature does not
+                // cover) must leave the key alone: the certificate names the node and
+                // carries the key of the original request.
+                let id = pki::PeerIdentity::from_der(&cert).unwrap();
+                prop_assert_eq!(id.node_id, Some(7));
+                let ours = sign(&ca, &csr).unwrap();
+                let key = |d: &[u8]| x509_parser::parse_x509_certificate(d).unwrap().1.public_key().raw.to_vec();
+                prop_assert_eq!(key(&cert), key(&ours));
+            }
+        }
+    }
+}

@@ -401,6 +401,10 @@ async fn after_a_ca_rotation_every_node_is_connected_and_new_joins_work() {
     let wid = wait_worker_active(&c, &c.nodes[w].dir).await;
     let old_admin = c.tmp.path().join("old-admin");
     copy_credential(&tls_dir(&c.nodes[0].dir), "admin", &old_admin);
+    // A connection opened with the old CA's certificate before the rotation.
+    let held = connect(&addr, &tls_from(&old_admin, "admin")).await.unwrap();
+    let range = epb::RangeRequest { key: b"k".to_vec(), ..Default::default() };
+    KvClient::new(held.clone()).range(range.clone()).await.unwrap();
     let events_before = c.events().await.len();
 
     let o = cli(&["ca", "rotate", "-o", "json", "--endpoints", &addr]);
@@ -433,6 +437,19 @@ async fn after_a_ca_rotation_every_node_is_connected_and_new_joins_work() {
     let lost: Vec<_> = c.events().await.into_iter().skip(events_before).filter(|e| e.kind == "state").collect();
     assert!(lost.is_empty(), "the rotation changed a node's state: {lost:?}");
     let _ = wid;
+    // The connection opened before is refused from now on: the handshake is not the
+    // only check.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match KvClient::new(held.clone()).range(range.clone()).await {
+            Err(e) if e.code() == Code::Unauthenticated => {
+                assert!(e.message().contains("no longer trusts"), "{e:?}");
+                break;
+            }
+            r => assert!(Instant::now() < deadline, "a connection of the old CA still works: {r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The old CA is no longer trusted, by any master, once each has applied the end of
     // the rotation (within a second or so).
     for m in c.endpoints().iter().take(3) {

@@ -106,7 +106,7 @@ impl Client {
 
     /// One step of a CA rotation: `"start"` or `"finish"`.
     pub async fn rotate_ca(&self, phase: &str) -> Result<pb::RotateCaResponse, ClientError> {
-        let req = pb::RotateCaRequest { phase: phase.into() };
+        let req = pb::RotateCaRequest { phase: phase.into(), force: false };
         self.call(|ch| {
             let req = req.clone();
             async move { self.admin(ch).rotate_ca(req).await }

@@ -185,7 +185,8 @@ async fn without_a_certificate_of_this_cluster_every_call_is_refused() {
     assert_eq!(code(admin.leave(pb::LeaveRequest { node_id: 1 }).await), Code::Unauthenticated);
     assert_eq!(code(admin.status(pb::StatusRequest {}).await), Code::Unauthenticated);
     assert_eq!(code(admin.save_snapshot(pb::SaveSnapshotRequest {}).await), Code::Unauthenticated);
-    assert_eq!(code(admin.rotate_ca(pb::RotateCaRequest { phase: "start".into() }).await), Code::Unauthenticated);
+    let rotate = pb::RotateCaRequest { phase: "start".into(), force: false };
+    assert_eq!(code(admin.rotate_ca(rotate).await), Code::Unauthenticated);
     let mut reg = RegistryClient::new(ch.clone());
     assert_eq!(code(reg.register(register_req(1)).await), Code::Unauthenticated);
     assert_eq!(code(reg.nodes(pb::NodesRequest { node_id: 0 }).await), Code::Unauthenticated);
@@ -563,4 +564,51 @@ async fn hostile_payloads_crash_nothing_change_nothing_and_memory_stays_bounded(
     let end = rss_kib(pid);
     eprintln!("master RSS: steady {steady} KiB, with 100 watches and 9,900 refused streams {peak} KiB, end {end} KiB");
     assert!(peak < 2 * steady && end < 2 * steady, "RSS went from {steady} KiB to {peak} KiB (end {end})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_does_not_finish_while_a_master_has_not_renewed() {
+    let c = Cluster::start(3).await;
+    let l = c.leader(Duration::from_secs(5)).await;
+    let stuck = (0..3).find(|i| *i != l).unwrap();
+    let stuck_id = c.status(stuck).await.unwrap().node_id;
+    let mut admin = ClusterAdminClient::new(agent_channel(&c.nodes[l].addr).await.unwrap());
+    // A master that cannot renew (stopped) while the rotation starts.
+    c.pause(stuck, true);
+    let started = admin.rotate_ca(pb::RotateCaRequest { phase: "start".into(), force: false }).await.unwrap();
+    assert!(started.get_ref().rotating);
+    let e = admin.rotate_ca(pb::RotateCaRequest { phase: "finish".into(), force: false }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&format!("master {stuck_id}")), "{e:?}");
+    // Refused means unchanged: the old CA is still trusted.
+    let again = admin.rotate_ca(pb::RotateCaRequest { phase: "start".into(), force: false }).await.unwrap();
+    assert!(again.get_ref().rotating && again.get_ref().ca_name == started.get_ref().ca_name);
+    // Once it runs again it renews, and the rotation finishes with every master in.
+    c.pause(stuck, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match admin.rotate_ca(pb::RotateCaRequest { phase: "finish".into(), force: false }).await {
+            Ok(r) => {
+                assert!(!r.get_ref().rotating);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "the rotation never finished: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The test's own admin credential is of the old CA: it reloads the one the init
+    // master reissued in its data dir.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        trust(&c.nodes[0].addr, &c.nodes[0].dir).await;
+        for i in 1..3 {
+            same_cluster(&c.nodes[i].addr, &c.nodes[0].addr);
+        }
+        if c.status(stuck).await.map(|s| s.cert_issuer) == Some(started.get_ref().ca_name.clone()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "master {stuck_id} is not on the new CA");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.status(l).await.unwrap().members.len(), 3);
 }

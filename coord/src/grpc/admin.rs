@@ -395,7 +395,19 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                 node.ensure_leader().await?;
                 let record = match r.phase.as_str() {
                     "start" => node.start_ca_rotation().await?,
-                    _ => node.finish_ca_rotation().await?,
+                    _ => {
+                        if !r.force {
+                            let behind = not_renewed(node).await;
+                            if !behind.is_empty() {
+                                return Err(Status::failed_precondition(format!(
+                                    "not every node presents a certificate of the new CA yet ({}); finishing now \
+                                     would cut them off. Wait (`cluster ca rotate` does), or force it",
+                                    behind.join(", ")
+                                )));
+                            }
+                        }
+                        node.finish_ca_rotation().await?
+                    }
                 };
                 let ca = pki::cert::Ca::from_der(record.cert.clone(), &record.key)
                     .map_err(|e| Status::internal(format!("the recorded CA is unusable: {e}")))?;
@@ -410,6 +422,48 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         )
         .await
     }
+}
+
+/// On the leader: the masters and live agents whose certificate does not come from the
+/// signing CA. Masters are asked (1 s each; one that does not answer counts as behind);
+/// agents as their heartbeat sessions showed them. Down agents are not counted: they
+/// join again after a rotation.
+async fn not_renewed(node: &CoordNode) -> Vec<String> {
+    let Some(ca) = node.view(|v| v.ca().and_then(|c| pki::cert::common_name(&c.cert))) else {
+        return vec!["the CA record".into()];
+    };
+    let mut behind = Vec::new();
+    let members: Vec<(u64, String)> =
+        node.metrics().membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    for (id, addr) in &members {
+        let issuer = if *id == node.id {
+            node.tls.identity().map(|i| i.issuer)
+        } else {
+            let ask = async {
+                let ch = node.channel(addr).ok()?;
+                ClusterAdminClient::new(ch).status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner().cert_issuer)
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(1), ask).await.ok().flatten()
+        };
+        if issuer.as_deref() != Some(ca.as_str()) {
+            behind.push(format!("master {id}"));
+        }
+    }
+    let agents: Vec<u64> = node.view(|v| {
+        v.registry()
+            .nodes
+            .values()
+            .filter(|n| n.state != crate::registry::NodeState::Down && !members.iter().any(|(id, _)| *id == n.node_id))
+            .map(|n| n.node_id)
+            .collect()
+    });
+    let sessions = node.session_certs.lock().expect("session certs").clone();
+    for id in agents {
+        if sessions.get(&id).map(|(issuer, _)| issuer.as_str()) != Some(ca.as_str()) {
+            behind.push(format!("agent {id}"));
+        }
+    }
+    behind
 }
 
 fn cert_response(i: crate::certs::Issued) -> pb::CertResponse {

@@ -266,7 +266,7 @@ pub(crate) fn write_node_pki(
 ) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now();
     let (key, csr) = pki::cert::new_key_and_csr()?;
-    let hosts = [host_of(advertise)];
+    let hosts = [pki::cert::host_of(advertise)];
     let spec = pki::cert::NodeCert { cluster_id, node_id, role: pki::CertRole::Manager, hosts: &hosts, validity, now };
     let cert = ca.sign_node(&csr, &spec)?;
     node_credential(dir).save(std::slice::from_ref(&ca.cert), &[cert, ca.cert.clone()], &key)?;
@@ -278,13 +278,6 @@ pub(crate) fn write_node_pki(
 
 fn rustls_key(pkcs8: Vec<u8>) -> pki::types::PrivateKeyDer<'static> {
     pki::types::PrivateKeyDer::Pkcs8(pkcs8.into())
-}
-
-/// The host part of host:port.
-pub fn host_of(addr: &str) -> String {
-    addr.parse::<SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| {
-        addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_else(|| addr.to_string())
-    })
 }
 
 pub(crate) fn hex_id() -> String {
@@ -323,8 +316,8 @@ pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result
     let joined = join_rpc(&seed, &parsed.digest, req).await.and_then(|r| {
         // The role is checked before anything is written, like every other refusal.
         let role = r.role.parse::<Role>().with_context(|| format!("join answered by {seed}"))?;
-        let chain: Vec<_> = std::iter::once(r.cert.clone()).chain(r.chain.iter().cloned()).map(Into::into).collect();
-        let trusted: Vec<_> = r.trusted.iter().cloned().map(Into::into).collect();
+        let pki::cert::Signed { chain, trusted } =
+            pki::cert::Signed::from_der(r.cert.clone(), r.chain.clone(), r.trusted.clone());
         // Check the credential before writing it: it must load and name this node.
         let creds = pki::Credentials::new(trusted.clone(), chain.clone(), Some(key.clone_key()))
             .with_context(|| format!("the certificate {seed} signed is unusable"))?;

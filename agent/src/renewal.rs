@@ -6,10 +6,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use coord::node::CoordNode;
+use pki::cert::Signed;
 use pki::types::CertificateDer;
 use proto::clusterpb as pb;
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
@@ -39,10 +40,6 @@ pub struct Keeper {
     pub renewed: Arc<Notify>,
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 fn record_path(dir: &Path) -> PathBuf {
     dir.join(TLS_DIR).join(RECORD_FILE)
 }
@@ -67,7 +64,7 @@ impl Keeper {
             let signed = me.not_before_unix + pki::cert::BACKDATE.as_secs() as i64;
             let lifetime = (me.not_after_unix - signed).max(3);
             let renew_at = me.not_after_unix - lifetime / 3;
-            let wait = Duration::from_secs((renew_at - now_unix()).max(0) as u64);
+            let wait = Duration::from_secs((renew_at - pki::now_unix()).max(0) as u64);
             let reason = if failures > 0 {
                 // After a failure, wait whatever the trigger was (1 s, doubling to 32 s).
                 tokio::time::sleep(Duration::from_secs(1 << failures.min(5))).await;
@@ -90,7 +87,7 @@ impl Keeper {
                 }
                 Err(e) => {
                     failures += 1;
-                    let left = me.not_after_unix - now_unix();
+                    let left = me.not_after_unix - pki::now_unix();
                     if left > 0 {
                         warn!(reason, "renewing this node's certificate failed ({left} s of validity left): {e:#}");
                     } else {
@@ -132,10 +129,7 @@ impl Keeper {
         let me = self.creds.identity().context("this node has no certificate")?;
         let (key, csr) = pki::cert::new_key_and_csr()?;
         let issued = match &self.signer {
-            Signer::Local(coord) => {
-                let i = coord.renew_node_cert(&me, &csr)?;
-                pb::CertResponse { cert: i.cert, chain: i.chain, trusted: i.trusted, ca_record_digest: i.record_digest }
-            }
+            Signer::Local(coord) => pb::CertResponse::from(coord.renew_node_cert(&me, &csr)?),
             Signer::Remote(masters) => {
                 let masters = masters.lock().expect("masters").clone();
                 let tls = self.creds.client()?;
@@ -159,9 +153,7 @@ impl Keeper {
                 got.ok_or(last)?
             }
         };
-        let chain: Vec<CertificateDer<'static>> =
-            std::iter::once(issued.cert).chain(issued.chain).map(CertificateDer::from).collect();
-        let trusted: Vec<CertificateDer<'static>> = issued.trusted.into_iter().map(CertificateDer::from).collect();
+        let Signed { chain, trusted } = Signed::from_der(issued.cert, issued.chain, issued.trusted);
         let got = pki::PeerIdentity::from_der(&chain[0])?;
         anyhow::ensure!(
             got.node_id == me.node_id && got.role == me.role,
@@ -201,9 +193,7 @@ impl Keeper {
         }
         let (key, csr) = pki::cert::new_key_and_csr()?;
         let i = coord.issue_client_cert(pki::CertRole::Admin, "admin", &csr, coord::certs::CLIENT_CERT_VALIDITY)?;
-        let chain: Vec<CertificateDer<'static>> =
-            std::iter::once(i.cert).chain(i.chain).map(CertificateDer::from).collect();
-        files.save(trusted, &chain, &key)?;
+        files.save(trusted, &Signed::from_der(i.cert, i.chain, vec![]).chain, &key)?;
         info!(path = %files.cert.display(), "admin credential reissued by the new CA");
         Ok(())
     }

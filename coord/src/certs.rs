@@ -11,6 +11,7 @@ use crate::cluster::CaRecord;
 use crate::command::{Command, Output};
 use crate::error::{CoordError, Result};
 use crate::node::CoordNode;
+use crate::types::NodeId;
 
 /// Client certificates from `IssueCert` last a year unless asked otherwise.
 pub const CLIENT_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
@@ -87,13 +88,28 @@ impl CoordNode {
             }
             _ => agent_addr,
         };
-        let hosts: Vec<String> = host.map(|h| host_of(&h)).into_iter().collect();
+        let hosts: Vec<String> = host.map(|h| pki::cert::host_of(&h)).into_iter().collect();
+        self.sign_node_cert(&cluster_id, node_id, who.role, &hosts, csr)
+    }
+
+    /// A certificate for node `node_id` of `cluster_id` as `role`, naming `hosts` (see
+    /// `pki::cert::Ca::sign_node`), for the key of `csr`: signed with the CA this
+    /// node's state holds now, valid `cert_validity_secs`. Join and renewal both sign
+    /// here.
+    pub fn sign_node_cert(
+        &self,
+        cluster_id: &str,
+        node_id: NodeId,
+        role: CertRole,
+        hosts: &[String],
+        csr: &[u8],
+    ) -> Result<Issued> {
         let record = self.ca_record()?;
         let spec = NodeCert {
-            cluster_id: &cluster_id,
+            cluster_id,
             node_id,
-            role: who.role,
-            hosts: &hosts,
+            role,
+            hosts,
             validity: Duration::from_secs(self.config.cert_validity_secs),
             now: SystemTime::now(),
         };
@@ -171,11 +187,4 @@ impl CoordNode {
             o => Err(CoordError::Internal(format!("unexpected apply output {o:?}"))),
         }
     }
-}
-
-/// The host part of host:port.
-fn host_of(addr: &str) -> String {
-    addr.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| {
-        addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_else(|| addr.to_string())
-    })
 }

@@ -154,6 +154,32 @@ impl PeerIdentity {
     }
 }
 
+/// A signed certificate as it travels from the CA to its holder (join, renewal,
+/// `cluster cert issue`), DER: what to present (the certificate first, then the signing
+/// CA and, during a CA rotation, the bridge) and the CAs to trust.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub trusted: Vec<CertificateDer<'static>>,
+}
+
+impl Signed {
+    /// From the wire's parts: the certificate, what follows it, and the trusted CAs.
+    pub fn from_der(cert: Vec<u8>, chain: Vec<Vec<u8>>, trusted: Vec<Vec<u8>>) -> Signed {
+        Signed {
+            chain: std::iter::once(cert).chain(chain).map(CertificateDer::from).collect(),
+            trusted: trusted.into_iter().map(CertificateDer::from).collect(),
+        }
+    }
+}
+
+/// The host part of `host:port` (an IPv6 address without its brackets).
+pub fn host_of(addr: &str) -> String {
+    addr.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| {
+        addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_else(|| addr.to_string())
+    })
+}
+
 /// A certificate's subject common name, if it has one.
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, x) = x509_parser::parse_x509_certificate(der).ok()?;

@@ -33,6 +33,12 @@ pub enum PkiError {
     Io(String),
 }
 
+/// Seconds since the Unix epoch now: the unit certificates' validity is read in
+/// ([`PeerIdentity::not_after_unix`]).
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Compares two secrets in time that does not depend on where they differ.
 pub fn secret_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;

@@ -399,7 +399,7 @@ async fn after_a_ca_rotation_every_node_is_connected_and_new_joins_work() {
     let mut c = Cluster::start(3).await;
     let addr = c.nodes[0].addr.clone();
     let w = c.add_worker(1, &[]);
-    let wid = wait_worker_active(&c, &c.nodes[w].dir).await;
+    wait_worker_active(&c, &c.nodes[w].dir).await;
     let old_admin = c.tmp.path().join("old-admin");
     copy_credential(&tls_dir(&c.nodes[0].dir), "admin", &old_admin);
     // A connection opened with the old CA's certificate before the rotation.
@@ -437,7 +437,6 @@ async fn after_a_ca_rotation_every_node_is_connected_and_new_joins_work() {
     }
     let lost: Vec<_> = c.events().await.into_iter().skip(events_before).filter(|e| e.kind == "state").collect();
     assert!(lost.is_empty(), "the rotation changed a node's state: {lost:?}");
-    let _ = wid;
     // The connection opened before is refused from now on: the handshake is not the
     // only check.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -126,23 +126,9 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                     o => return Err(unexpected(o)),
                 };
                 // Signed with the CA as this (the leader's) state holds it now.
-                let ca = node
-                    .view(|v| v.ca().cloned())
-                    .ok_or_else(|| CoordError::Unavailable("the cluster CA is not recorded yet".into()))?;
-                let signer = pki::cert::Ca::from_der(ca.cert.clone(), &ca.key)
-                    .map_err(|e| CoordError::Internal(format!("the recorded CA is unusable: {e}")))?;
                 let cert_role = if role == JoinRole::Manager { pki::CertRole::Manager } else { pki::CertRole::Worker };
-                let validity = std::time::Duration::from_secs(node.config.cert_validity_secs);
-                let hosts = [addr.ip().to_string()];
-                let spec = pki::cert::NodeCert {
-                    cluster_id: &cluster.cluster_id,
-                    node_id: id,
-                    role: cert_role,
-                    hosts: &hosts,
-                    validity,
-                    now: std::time::SystemTime::now(),
-                };
-                let cert = signer.sign_node(&r.csr, &spec).map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+                let signed =
+                    node.sign_node_cert(&cluster.cluster_id, id, cert_role, &[addr.ip().to_string()], &r.csr)?;
                 if role == JoinRole::Manager {
                     let name = if r.name.is_empty() { format!("node-{id}") } else { r.name.clone() };
                     let info = NodeInfo { addr: r.advertise_addr.clone(), name };
@@ -154,10 +140,10 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                     cluster_id: cluster.cluster_id.clone(),
                     role: role.as_str().into(),
                     members: members(node).members,
-                    cert: cert.to_vec(),
-                    chain: std::iter::once(ca.cert.clone()).chain(ca.bridges.iter().cloned()).collect(),
-                    trusted: ca.trusted.clone(),
-                    ca_record_digest: ca.record_digest(),
+                    cert: signed.cert,
+                    chain: signed.chain,
+                    trusted: signed.trusted,
+                    ca_record_digest: signed.record_digest,
                 })
             },
             async |ch, r| ClusterAdminClient::new(ch).join(r).await,
@@ -297,19 +283,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     }
 
     async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
-        let role = req.into_inner().role;
-        let (c, ca) = self.node.view(|v| (v.cluster().clone(), v.ca().cloned()));
-        let (true, Some(ca)) = (c.is_initialized(), ca) else {
-            return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
-        };
-        let secret = match role.as_str() {
-            "manager" => c.manager_secret,
-            "worker" => c.worker_secret,
-            other => {
-                return Err(Status::invalid_argument(format!("unknown token role {other:?}: use manager or worker")))
-            }
-        };
-        Ok(Response::new(pb::TokenResponse { token: format_token(&ca.digest(), &secret) }))
+        Ok(Response::new(pb::TokenResponse { token: token_of(&self.node, &req.into_inner().role)? }))
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
@@ -321,7 +295,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         self.node.read(Consistency::Linearizable, |_| ()).await?;
         let i = self.node.renew_node_cert(&who, &req.get_ref().csr)?;
         info!(renewed = who.name, role = %who.role, "node certificate renewed");
-        Ok(Response::new(cert_response(i)))
+        Ok(Response::new(i.into()))
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
@@ -350,7 +324,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                 node.read(Consistency::Linearizable, |_| ()).await?;
                 let i = node.issue_client_cert(role, &r.name, &r.csr, validity)?;
                 info!(user = r.name, role = r.role, by, "client certificate issued");
-                Ok(cert_response(i))
+                Ok(i.into())
             },
             async |ch, r| ClusterAdminClient::new(ch).issue_cert(r).await,
         )
@@ -359,10 +333,8 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
     async fn rotate_token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
-        let role = req.get_ref().role.clone();
-        if role != "manager" && role != "worker" {
-            return Err(Status::invalid_argument(format!("unknown token role {role:?}: use manager or worker")));
-        }
+        // The role is checked before anything is written.
+        token_of(&self.node, &req.get_ref().role)?;
         let node = &self.node;
         on_leader(
             node,
@@ -371,10 +343,7 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
                 node.ensure_leader().await?;
                 node.rotate_join_secret(&r.role, new_secret()).await?;
                 info!(role = r.role, "join token rotated");
-                let (c, ca) = node.view(|v| (v.cluster().clone(), v.ca().cloned()));
-                let ca = ca.ok_or_else(|| Status::unavailable("the cluster CA is not recorded yet"))?;
-                let secret = if r.role == "manager" { c.manager_secret } else { c.worker_secret };
-                Ok(pb::TokenResponse { token: format_token(&ca.digest(), &secret) })
+                Ok(pb::TokenResponse { token: token_of(node, &r.role)? })
             },
             async |ch, r| ClusterAdminClient::new(ch).rotate_token(r).await,
         )
@@ -466,8 +435,24 @@ async fn not_renewed(node: &CoordNode) -> Vec<String> {
     behind
 }
 
-fn cert_response(i: crate::certs::Issued) -> pb::CertResponse {
-    pb::CertResponse { cert: i.cert, chain: i.chain, trusted: i.trusted, ca_record_digest: i.record_digest }
+/// The join token for `role` as the state holds it now.
+fn token_of(node: &CoordNode, role: &str) -> Result<String, Status> {
+    let (c, ca) = node.view(|v| (v.cluster().clone(), v.ca().cloned()));
+    let (true, Some(ca)) = (c.is_initialized(), ca) else {
+        return Err(Status::unavailable("the cluster has not recorded its identity yet; retry in a moment"));
+    };
+    let secret = match role {
+        "manager" => c.manager_secret,
+        "worker" => c.worker_secret,
+        other => return Err(Status::invalid_argument(format!("unknown token role {other:?}: use manager or worker"))),
+    };
+    Ok(format_token(&ca.digest(), &secret))
+}
+
+impl From<crate::certs::Issued> for pb::CertResponse {
+    fn from(i: crate::certs::Issued) -> pb::CertResponse {
+        pb::CertResponse { cert: i.cert, chain: i.chain, trusted: i.trusted, ca_record_digest: i.record_digest }
+    }
 }
 
 /// A new join secret, drawn by the leader and carried in the log entry.

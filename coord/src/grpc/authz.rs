@@ -1,7 +1,7 @@
 //! Who may call what: one table from gRPC method to the callers it admits, applied by
 //! [`AuthzLayer`] to every request before any service sees it, plus the few checks that
 //! need the request or the state ([`acts_as`], the Raft sender check in
-//! `raft_service`, `Removed` from the leader only).
+//! `raft_service`, `Removed` only from another member).
 //!
 //! The caller is the identity in its TLS client certificate ([`pki::PeerInfo`]), which
 //! the handshake verified against the cluster CA. Authorization happens on the first
@@ -44,7 +44,7 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     // A new node has no certificate yet: the token secret and the CSR are its proof.
     ("/cluster.v1.ClusterAdmin/Join", Allow::Anyone),
     ("/cluster.v1.ClusterAdmin/Leave", Allow::Admins),
-    // And only from the current leader (checked by the handler).
+    // And only from another member (checked by the handler).
     ("/cluster.v1.ClusterAdmin/Removed", Allow::Managers),
     ("/cluster.v1.ClusterAdmin/Members", Allow::Readers),
     ("/cluster.v1.ClusterAdmin/Status", Allow::Readers),
@@ -56,7 +56,7 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     ("/cluster.v1.ClusterAdmin/IssueCert", Allow::Admins),
     ("/cluster.v1.ClusterAdmin/RotateToken", Allow::Admins),
     ("/cluster.v1.ClusterAdmin/RotateCa", Allow::Admins),
-    // And only from members (checked by the handler).
+    // And only as the node the certificate names (checked by the handler).
     ("/cluster.raft.v1.Raft/AppendEntries", Allow::Managers),
     ("/cluster.raft.v1.Raft/StreamAppend", Allow::Managers),
     ("/cluster.raft.v1.Raft/Vote", Allow::Managers),
@@ -158,8 +158,8 @@ const OWN_DEADLINE: &[&str] = &["/cluster.raft.v1.Raft/InstallSnapshot"];
 /// one from a CA no longer trusted (after a CA rotation), and the certificate of a node
 /// that left (a master after `leave`, an agent after `node rm`), which stays valid
 /// until it expires.
-pub(crate) fn still_stands(node: &CoordNode, who: &PeerIdentity, now_unix: i64) -> Result<(), Status> {
-    if who.not_after_unix < now_unix {
+pub(crate) fn still_stands(node: &CoordNode, who: &PeerIdentity) -> Result<(), Status> {
+    if who.not_after_unix < pki::now_unix() {
         return Err(Status::unauthenticated("the client certificate expired; reconnect with a renewed one"));
     }
     if !node.tls.trusts_issuer(&who.issuer) {
@@ -221,11 +221,11 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let who = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone());
+        let who = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.as_ref());
         let path = req.uri().path();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let verdict = admits(rule(path), who.as_ref(), &self.cluster_id).and_then(|()| match (&who, rule(path)) {
-            (Some(w), a) if a != Allow::Anyone => still_stands(&self.node, w, now),
+        let allow = rule(path);
+        let verdict = admits(allow, who, &self.cluster_id).and_then(|()| match who {
+            Some(w) if allow != Allow::Anyone => still_stands(&self.node, w),
             _ => Ok(()),
         });
         if let Err(s) = verdict {

@@ -43,22 +43,20 @@ fn sender(vote: &Vote) -> u64 {
     *vote.leader_id().node_id()
 }
 
-impl RaftService {
-    /// The Raft rule beyond the gate's ([`authz`]: a master's certificate that still
-    /// stands, so not one of a master that left): the certificate must name the node
-    /// the message claims to come from. Membership is deliberately not checked: a
-    /// follower that has not received the entry adding a new master must still accept
-    /// it as leader, or it could never catch up.
-    fn check_sender(&self, who: Option<&pki::PeerIdentity>, claimed: u64) -> Result<(), Status> {
-        let cert_id = who.and_then(|w| w.node_id);
-        if cert_id != Some(claimed) {
-            return Err(Status::permission_denied(format!(
-                "the certificate is for node {}, but the message claims node {claimed}",
-                cert_id.map_or_else(|| "none".to_string(), |i| i.to_string())
-            )));
-        }
-        Ok(())
+/// The Raft rule beyond the gate's ([`authz`]: a master's certificate that still
+/// stands, so not one of a master that left): the certificate must name the node the
+/// message claims to come from. Membership is deliberately not checked: a follower
+/// that has not received the entry adding a new master must still accept it as
+/// leader, or it could never catch up.
+fn check_sender(who: Option<&pki::PeerIdentity>, claimed: u64) -> Result<(), Status> {
+    let cert_id = who.and_then(|w| w.node_id);
+    if cert_id != Some(claimed) {
+        return Err(Status::permission_denied(format!(
+            "the certificate is for node {}, but the message claims node {claimed}",
+            cert_id.map_or_else(|| "none".to_string(), |i| i.to_string())
+        )));
     }
+    Ok(())
 }
 
 type PayloadStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
@@ -74,7 +72,7 @@ impl RaftRpc for RaftService {
         // A broken, undecodable or unauthorized message ends the stream; the leader
         // reopens it.
         let who = authz::caller(&req).cloned();
-        let svc = RaftService { node: self.node.clone() };
+        let node = self.node.clone();
         let input = req
             .into_inner()
             .map(move |r| match r {
@@ -84,14 +82,11 @@ impl RaftRpc for RaftService {
                     })?;
                     // The stream outlives the certificate it began with: a renewed
                     // leader reopens it on a new connection.
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
-                    if let Some(Err(s)) = who.as_ref().map(|w| authz::still_stands(&svc.node, w, now)) {
+                    if let Some(Err(s)) = who.as_ref().map(|w| authz::still_stands(&node, w)) {
                         tracing::info!("AppendEntries stream ends: {}", s.message());
                         return Err(());
                     }
-                    svc.check_sender(who.as_ref(), sender(&m.vote)).map_err(|s| {
+                    check_sender(who.as_ref(), sender(&m.vote)).map_err(|s| {
                         tracing::warn!("AppendEntries refused: {}", s.message());
                     })?;
                     Ok(m)
@@ -110,21 +105,21 @@ impl RaftRpc for RaftService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let who = authz::caller(&req).cloned();
         let m: AppendEntriesRequest<TypeConfig> = payload(req)?;
-        self.check_sender(who.as_ref(), sender(&m.vote))?;
+        check_sender(who.as_ref(), sender(&m.vote))?;
         reply(self.node.raft.append_entries(m).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let who = authz::caller(&req).cloned();
         let m: VoteRequest<TypeConfig> = payload(req)?;
-        self.check_sender(who.as_ref(), sender(&m.vote))?;
+        check_sender(who.as_ref(), sender(&m.vote))?;
         reply(self.node.raft.vote(m).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let who = authz::caller(&req).cloned();
         let m: VoteRequest<TypeConfig> = payload(req)?;
-        self.check_sender(who.as_ref(), sender(&m.vote))?;
+        check_sender(who.as_ref(), sender(&m.vote))?;
         reply(self.node.raft.pre_vote(m).await)
     }
 
@@ -150,7 +145,7 @@ impl RaftRpc for RaftService {
                     let (vote, meta): (Vote, SnapshotMeta) = decode_untrusted(&m)
                         .map_err(|e| Status::invalid_argument(format!("bad snapshot meta: {e}")))?;
                     // Checked before any data is written to disk.
-                    self.check_sender(who.as_ref(), sender(&vote))?;
+                    check_sender(who.as_ref(), sender(&vote))?;
                     head = Some((vote, meta));
                 }
                 Some(snapshot_chunk::Chunk::Data(d)) => {

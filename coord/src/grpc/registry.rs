@@ -388,8 +388,7 @@ impl pb::registry_server::Registry for RegistryService {
                             break;
                         }
                         // The session outlives the certificate it opened with.
-                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-                        if let Some(Err(s)) = who.as_ref().map(|w| authz::still_stands(&node, w, now)) {
+                        if let Some(Err(s)) = who.as_ref().map(|w| authz::still_stands(&node, w)) {
                             let _ = tx.send(Err(s)).await;
                             break;
                         }
@@ -428,16 +427,14 @@ impl pb::registry_server::Registry for RegistryService {
                             break;
                         }
                         let now = svc.masters();
-                        let ca_now = node.ca_record_digest();
-                        if now.masters != masters.masters || now.leader_id != masters.leader_id || ca_now != ca_record {
+                        if now.masters != masters.masters || now.leader_id != masters.leader_id {
                             masters = now;
                             let push = pb::HeartbeatResponse {
                                 ack_seq: 0,
                                 masters: Some(masters.clone()),
                                 heartbeat_interval_ms: interval_ms,
-                                ca_record_digest: if ca_now != ca_record { ca_now.clone() } else { String::new() },
+                                ca_record_digest: String::new(),
                             };
-                            ca_record = ca_now;
                             if tx.send(Ok(push)).await.is_err() {
                                 break;
                             }

@@ -661,7 +661,7 @@ impl BenchArgs {
             let ours = chain.first().is_some_and(|c| client::pki::PeerIdentity::from_der(c).is_ok());
             let host = match ours {
                 true => client::pki::cert::SERVER_NAME.to_string(),
-                false => self.endpoints.first().map(|e| daemon::host_of(e)).unwrap_or_default(),
+                false => self.endpoints.first().map(|e| client::pki::cert::host_of(e)).unwrap_or_default(),
             };
             let key = client::pki::files::read_key(&f.key)?;
             Some(client::ClientTls::for_server(client::pki::files::read_certs(&f.ca)?, chain, Some(key), &host)?)

@@ -70,7 +70,7 @@ pub async fn status(c: &Client, f: Format) -> anyhow::Result<()> {
         opt(s.snapshot_index)
     );
     println!("revision:  {} (compacted below {})", s.revision, s.compact_revision);
-    let left = s.cert_not_after - now_unix();
+    let left = s.cert_not_after - client::pki::now_unix();
     println!("cert:      from {:?}, expires in {}", s.cert_issuer, human_secs(left));
     println!();
     table(&MEMBER_HEADER, &member_rows(&s.members));
@@ -111,10 +111,6 @@ pub async fn rotate_token(c: &Client, f: Format, role: Role, quiet: bool) -> any
     Ok(())
 }
 
-fn der_certs(v: Vec<Vec<u8>>) -> Vec<client::pki::types::CertificateDer<'static>> {
-    v.into_iter().map(client::pki::types::CertificateDer::from).collect()
-}
-
 /// A new key here, a certificate for it from the cluster, both saved as `files`.
 async fn fresh_credential(
     c: &Client,
@@ -125,11 +121,9 @@ async fn fresh_credential(
 ) -> anyhow::Result<Vec<client::pki::types::CertificateDer<'static>>> {
     let (key, csr) = client::pki::cert::new_key_and_csr()?;
     let r = c.issue_cert(role, name, csr, validity_secs).await?;
-    let mut chain = der_certs(vec![r.cert]);
-    chain.extend(der_certs(r.chain));
-    let trusted = der_certs(r.trusted);
-    files.save(&trusted, &chain, &key)?;
-    Ok(chain)
+    let signed = client::pki::cert::Signed::from_der(r.cert, r.chain, r.trusted);
+    files.save(&signed.trusted, &signed.chain, &key)?;
+    Ok(signed.chain)
 }
 
 pub async fn issue_cert(
@@ -190,7 +184,7 @@ pub async fn rotate_ca(
     let in_data_dir = files.cert.with_file_name("node.crt").exists();
     let mut new_ca_cert = None;
     if let Some(me) = me.filter(|m| m.role == client::pki::CertRole::Admin && m.issuer != new_ca && !in_data_dir) {
-        let left = (me.not_after_unix - now_unix()).max(86_400) as u64;
+        let left = (me.not_after_unix - client::pki::now_unix()).max(86_400) as u64;
         let chain = fresh_credential(c, "admin", &me.name, left, files).await?;
         let issuer = chain.first().and_then(|c| client::pki::PeerIdentity::from_der(c).ok()).map(|i| i.issuer);
         anyhow::ensure!(
@@ -254,10 +248,6 @@ fn human_secs(s: i64) -> String {
         s if s < 172_800 => format!("{} h", s / 3_600),
         s => format!("{} days", s / 86_400),
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// How many nodes present a certificate of `ca`: every master (asked directly) and

@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/etcd/kv.proto",
             "proto/etcd/rpc.proto",
+            "proto/etcd/v3lock.proto",
+            "proto/etcd/v3election.proto",
             "proto/cluster/raft.proto",
             "proto/cluster/cluster.proto",
             "proto/cluster/registry.proto",

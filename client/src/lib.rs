@@ -7,7 +7,8 @@
 //! - [`types`]: wire enums ([`Role`], [`RaftRole`], [`Availability`]) and their strings;
 //! - typed calls, as methods of [`Client`]: [`admin`] (status, members, leave, token, snapshot save),
 //!   [`kv`] (get, put, delete, txn), [`registry`] (nodes, drain, remove, events) and
-//!   [`ipam`] (networks and addresses).
+//!   [`ipam`] (networks and addresses);
+//! - [`watch`]: a resumable etcd watch that moves to another master when its own fails.
 
 pub mod admin;
 pub mod conn;
@@ -16,6 +17,7 @@ pub mod ipam;
 pub mod kv;
 pub mod registry;
 pub mod types;
+pub mod watch;
 
 pub use admin::SnapshotStream;
 pub use conn::{channel, channel_with, Client, Settings};
@@ -24,6 +26,7 @@ pub use ipam::NetworkSpec;
 pub use kv::GetOptions;
 pub use registry::EventStream;
 pub use types::{Availability, RaftRole, Role};
+pub use watch::{WatchItem, WatchOptions, WatchStream};
 
 /// Certificates and TLS: every connection to a master is mutual TLS.
 pub use pki;
@@ -32,3 +35,4 @@ pub use pki::{ClientTls, CredentialFiles, Credentials};
 /// The generated message types the calls take and return.
 pub use proto::clusterpb;
 pub use proto::etcdserverpb;
+pub use proto::mvccpb;

@@ -53,6 +53,10 @@ pub struct CoordConfig {
     /// Lifetime of the node certificates the leader signs. Default 7,776,000 s (90 days,
     /// Swarm's). Renewal is not built yet (#11, next stages).
     pub cert_validity_secs: u64,
+    /// A watcher created with `progress_notify` gets an empty response carrying the
+    /// current revision this often while it is synced. Default 600,000 ms (etcd's 10 min).
+    #[serde(default = "default_watch_progress_notify_interval_ms")]
+    pub watch_progress_notify_interval_ms: u64,
     /// TEST ONLY, deliberately unsafe: a leader answers linearizable reads from its own
     /// state without confirming leadership through a quorum (no ReadIndex). A deposed
     /// leader that has not yet heard of its successor then serves stale reads. The
@@ -80,9 +84,14 @@ impl Default for CoordConfig {
             down_after_ms: 10_000,
             ip_leak_grace_ms: 180_000,
             cert_validity_secs: 90 * 86_400,
+            watch_progress_notify_interval_ms: default_watch_progress_notify_interval_ms(),
             canary_unsafe_local_reads: false,
         }
     }
+}
+
+fn default_watch_progress_notify_interval_ms() -> u64 {
+    600_000
 }
 
 impl CoordConfig {
@@ -128,6 +137,9 @@ impl CoordConfig {
         }
         if self.cert_validity_secs < 30 {
             return Err("cert_validity_secs must be at least 30".into());
+        }
+        if self.watch_progress_notify_interval_ms < 100 {
+            return Err("watch_progress_notify_interval_ms must be at least 100".into());
         }
         if !(1..=7).contains(&self.max_voters) {
             return Err("max_voters must be between 1 and 7".into());

@@ -14,6 +14,7 @@
 //!   write path;
 //! - [`leader`]: the duties that run while this node leads; [`liveness`]: its heartbeat
 //!   tracker;
+//! - [`watch`]: etcd watch streams, served from this node's applied state;
 //! - [`network`]: Raft RPCs between masters over gRPC;
 //! - [`grpc`]: the services a node serves (etcd v3, Raft, cluster admin, registry, IPAM);
 //! - [`token`]: join token format; [`config`]: tunables; [`error`]: errors.
@@ -41,6 +42,7 @@ pub mod registry;
 pub mod store;
 pub mod token;
 pub mod types;
+pub mod watch;
 
 pub use config::CoordConfig;
 pub use error::CoordError;

@@ -118,6 +118,8 @@ pub struct CoordNode {
     pub liveness: Liveness,
     /// The last applied registry event index (changes on every registry event).
     pub registry_events: Arc<watch::Sender<u64>>,
+    /// Recent revisions' events and the applied revision (etcd watchers).
+    events: Arc<crate::store::events::Events>,
     /// On the leader: a quorum acknowledged it within two election timeouts (refreshed
     /// by the leader's liveness loop).
     pub(crate) quorum_contact: AtomicBool,
@@ -149,6 +151,7 @@ impl CoordNode {
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
         let state = sm.state();
         let registry_events = sm.registry_events();
+        let events = sm.events();
         let client_tls = opts.tls.client().map_err(|e| CoordError::InvalidArgument(format!("TLS client: {e}")))?;
         let raft = Raft::new(opts.node_id, raft_config, Network::new(client_tls.clone()), log, sm)
             .await
@@ -171,6 +174,7 @@ impl CoordNode {
             cluster_id_u64: std::sync::OnceLock::new(),
             liveness: Liveness::default(),
             registry_events,
+            events,
             quorum_contact: AtomicBool::new(true),
             leaks: Default::default(),
             streams: Default::default(),
@@ -294,6 +298,27 @@ impl CoordNode {
     pub fn current_term(&self) -> u64 {
         use openraft::async_runtime::watch::WatchReceiver;
         self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// The events of recent revisions and the applied revision, for watchers.
+    pub fn events(&self) -> &crate::store::events::Events {
+        &self.events
+    }
+
+    /// Whole revisions `from..=to` from disk (at least one, then up to `max_bytes`), for
+    /// a watcher behind the events ring. Runs on the blocking pool.
+    pub async fn read_revisions(
+        &self,
+        from: i64,
+        to: i64,
+        max_bytes: usize,
+    ) -> std::result::Result<Vec<Arc<crate::store::events::Revision>>, crate::store::events::EventsError> {
+        use crate::store::events::{read_revisions, EventsError};
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || read_revisions(&db, from, to, max_bytes))
+            .await
+            .map_err(|e| EventsError::Storage(e.to_string()))?
+            .map(|revs| revs.into_iter().map(Arc::new).collect())
     }
 
     /// Reads this node's applied state as is (serializable): `f` runs under the state

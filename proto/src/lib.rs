@@ -1,6 +1,7 @@
 //! Generated gRPC code for every service cluster speaks.
 //!
-//! - [`etcdserverpb`] and [`mvccpb`]: the etcd v3 subset (KV, Cluster, Maintenance).
+//! - [`etcdserverpb`] and [`mvccpb`]: the etcd v3 subset (KV, Watch, Lease, Cluster,
+//!   Maintenance); [`v3lockpb`] and [`v3electionpb`]: etcd's Lock and Election services.
 //! - [`raftpb`]: Raft traffic between masters.
 //! - [`clusterpb`]: join, leave, members, status and tokens; the registry; IPAM.
 //! - [`consts`]: the only hand-written part: metadata header names and
@@ -14,6 +15,14 @@ pub mod mvccpb {
 
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 pub mod raftpb {

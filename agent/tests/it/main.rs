@@ -10,3 +10,4 @@ mod t50_registry;
 mod t60_ipam;
 mod t70_backup;
 mod t80_security;
+mod t90_watch;

@@ -446,7 +446,7 @@ async fn after_a_ca_rotation_every_node_is_connected_and_new_joins_work() {
                 assert!(e.message().contains("no longer trusts"), "{e:?}");
                 break;
             }
-            r => assert!(Instant::now() < deadline, "a connection of the old CA still works: {r:?}"),
+            r => assert!(Instant::now() < deadline, "a connection of the old CA still works: {r:?}\n{}", c.logs()),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -83,8 +83,22 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     // A Txn may write; a reader reads with Range.
     ("/etcdserverpb.KV/Txn", Allow::Admins),
     ("/etcdserverpb.KV/Compact", Allow::Admins),
+    // Served by each master from its own state.
+    ("/etcdserverpb.Watch/Watch", Allow::Readers),
+    ("/etcdserverpb.Lease/LeaseGrant", Allow::Admins),
+    ("/etcdserverpb.Lease/LeaseRevoke", Allow::Admins),
+    ("/etcdserverpb.Lease/LeaseKeepAlive", Allow::Admins),
+    ("/etcdserverpb.Lease/LeaseTimeToLive", Allow::Readers),
+    ("/etcdserverpb.Lease/LeaseLeases", Allow::Readers),
     ("/etcdserverpb.Cluster/MemberList", Allow::Readers),
     ("/etcdserverpb.Maintenance/Status", Allow::Readers),
+    ("/v3lockpb.Lock/Lock", Allow::Admins),
+    ("/v3lockpb.Lock/Unlock", Allow::Admins),
+    ("/v3electionpb.Election/Campaign", Allow::Admins),
+    ("/v3electionpb.Election/Proclaim", Allow::Admins),
+    ("/v3electionpb.Election/Leader", Allow::Readers),
+    ("/v3electionpb.Election/Observe", Allow::Readers),
+    ("/v3electionpb.Election/Resign", Allow::Admins),
 ];
 
 /// The rule for a gRPC path.
@@ -307,8 +321,21 @@ mod tests {
         ("/etcdserverpb.KV/DeleteRange", "M A"),
         ("/etcdserverpb.KV/Txn", "M A"),
         ("/etcdserverpb.KV/Compact", "M A"),
+        ("/etcdserverpb.Watch/Watch", "M A R"),
+        ("/etcdserverpb.Lease/LeaseGrant", "M A"),
+        ("/etcdserverpb.Lease/LeaseRevoke", "M A"),
+        ("/etcdserverpb.Lease/LeaseKeepAlive", "M A"),
+        ("/etcdserverpb.Lease/LeaseTimeToLive", "M A R"),
+        ("/etcdserverpb.Lease/LeaseLeases", "M A R"),
         ("/etcdserverpb.Cluster/MemberList", "M A R"),
         ("/etcdserverpb.Maintenance/Status", "M A R"),
+        ("/v3lockpb.Lock/Lock", "M A"),
+        ("/v3lockpb.Lock/Unlock", "M A"),
+        ("/v3electionpb.Election/Campaign", "M A"),
+        ("/v3electionpb.Election/Proclaim", "M A"),
+        ("/v3electionpb.Election/Leader", "M A R"),
+        ("/v3electionpb.Election/Observe", "M A R"),
+        ("/v3electionpb.Election/Resign", "M A"),
         ("/some.Unknown/Method", "M"),
     ];
 
@@ -341,6 +368,8 @@ mod tests {
             include_str!("../../../proto/proto/cluster/registry.proto"),
             include_str!("../../../proto/proto/cluster/ipam.proto"),
             include_str!("../../../proto/proto/etcd/rpc.proto"),
+            include_str!("../../../proto/proto/etcd/v3lock.proto"),
+            include_str!("../../../proto/proto/etcd/v3election.proto"),
         ];
         let mut seen = 0;
         for text in protos {

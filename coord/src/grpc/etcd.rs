@@ -19,7 +19,7 @@ use crate::read::Consistency;
 /// The etcd API version we report; etcdctl 3.4 and etcd client libraries accept it.
 pub const ETCD_VERSION: &str = "3.4.0";
 
-fn header(node: &CoordNode, revision: i64) -> pb::ResponseHeader {
+pub(crate) fn header(node: &CoordNode, revision: i64) -> pb::ResponseHeader {
     pb::ResponseHeader {
         cluster_id: node.cluster_id_u64(),
         member_id: node.id,

@@ -37,7 +37,7 @@ pub struct Live {
 }
 
 impl Live {
-    fn to_kv(&self, key: &[u8]) -> KeyValue {
+    pub fn to_kv(&self, key: &[u8]) -> KeyValue {
         let mut kv = self.to_kv_without_value(key);
         kv.value = self.value.clone();
         kv
@@ -58,11 +58,11 @@ impl Live {
 /// Durable record of old versions, implemented by the RocksDB store (and by a
 /// `BTreeMap` in tests).
 pub trait History {
-    /// Record that `kv` was written at `kv.mod_revision`; `prev_revision` is the
-    /// revision of the version it replaces (0 if the key did not exist).
-    fn record_put(&mut self, kv: &KeyValue, prev_revision: i64);
-    /// Record that `key`, last written at `prev_revision`, was deleted at `revision`.
-    fn record_delete(&mut self, key: &[u8], revision: i64, prev_revision: i64);
+    /// Record that `kv` was written at `kv.mod_revision`, replacing `prev` (`None`: the
+    /// key did not exist).
+    fn record_put(&mut self, kv: &KeyValue, prev: Option<&Live>);
+    /// Record that `key`, whose newest version was `prev`, was deleted at `revision`.
+    fn record_delete(&mut self, key: &[u8], revision: i64, prev: &Live);
     /// Every key in `range` that was live at `revision`, ascending by key.
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>>;
 }
@@ -496,7 +496,7 @@ impl KvStore {
             _ => req.lease,
         };
         let live = Live { create_revision, mod_revision: rev, version, lease, value };
-        history.record_put(&live.to_kv(&req.key), prev.as_ref().map_or(0, |p| p.mod_revision));
+        history.record_put(&live.to_kv(&req.key), prev.as_ref());
         self.live.insert(req.key.clone(), live);
         PutResponse { prev_kv: if req.prev_kv { prev.map(|p| p.to_kv(&req.key)) } else { None } }
     }
@@ -510,7 +510,7 @@ impl KvStore {
         let mut prev_kvs = Vec::new();
         for k in &keys {
             let old = self.live.remove(k).expect("key listed from the live map");
-            history.record_delete(k, rev, old.mod_revision);
+            history.record_delete(k, rev, &old);
             if req.prev_kv {
                 prev_kvs.push(old.to_kv(k));
             }

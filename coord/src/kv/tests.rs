@@ -9,10 +9,10 @@ use super::*;
 struct MemHistory(BTreeMap<(Vec<u8>, i64), Option<KeyValue>>);
 
 impl History for MemHistory {
-    fn record_put(&mut self, kv: &KeyValue, _prev: i64) {
+    fn record_put(&mut self, kv: &KeyValue, _prev: Option<&Live>) {
         self.0.insert((kv.key.clone(), kv.mod_revision), Some(kv.clone()));
     }
-    fn record_delete(&mut self, key: &[u8], revision: i64, _prev: i64) {
+    fn record_delete(&mut self, key: &[u8], revision: i64, _prev: &Live) {
         self.0.insert((key.to_vec(), revision), None);
     }
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {

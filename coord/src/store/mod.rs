@@ -5,6 +5,7 @@
 //! are acknowledged; state-machine writes are not, because the log is durable and
 //! replay restarts from `last_applied`, which is written in the same batch as the data.
 
+pub mod events;
 pub mod format;
 pub mod log_store;
 pub mod offline;

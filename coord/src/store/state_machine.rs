@@ -31,6 +31,7 @@ use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch, DB}
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
+use super::events::{Event, EventKind, Events, Revision};
 use super::rocks_ipam::RocksIpam;
 use super::{io_err, sm_cf, snapshot};
 use crate::cluster::{self, CaRecord, ClusterMeta};
@@ -38,18 +39,18 @@ use crate::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
 use crate::command::{ApplyError, Command, Output, Response};
 use crate::ipam::{Ipam, IpamError};
 use crate::kv::types::{KeyValue, RequestOp};
-use crate::kv::{History, KeyRange, KvStore};
+use crate::kv::{History, KeyRange, KvStore, Live};
 use crate::registry::Registry;
 use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 pub(crate) const KEY_APPLIED: &[u8] = b"m/applied";
 pub(crate) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
 pub(crate) const KEY_REVISION: &[u8] = b"m/revision";
-const KEY_COMPACT: &[u8] = b"m/compact";
+pub(crate) const KEY_COMPACT: &[u8] = b"m/compact";
 const PREFIX_HIST: u8 = b'h';
 const PREFIX_REV: u8 = b'r';
-const OP_PUT: u8 = 0;
-const OP_DELETE: u8 = 1;
+pub(crate) const OP_PUT: u8 = 0;
+pub(crate) const OP_DELETE: u8 = 1;
 
 /// What readers see: the applied state, consistent between memory and disk.
 #[derive(Debug, Default)]
@@ -74,7 +75,7 @@ pub(crate) enum HistRecord {
     Delete,
 }
 
-fn hist_key(key: &[u8], rev: i64) -> Vec<u8> {
+pub(crate) fn hist_key(key: &[u8], rev: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 11);
     k.push(PREFIX_HIST);
     escape_key(&mut k, key);
@@ -88,7 +89,7 @@ fn hist_prefix(key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn rev_key(rev: i64, n: u32) -> Vec<u8> {
+pub(crate) fn rev_key(rev: i64, n: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(13);
     k.push(PREFIX_REV);
     k.extend_from_slice(&u64_key(rev as u64));
@@ -102,11 +103,13 @@ fn parse_hist_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     (rest.len() == 8).then(|| (key, key_u64(rest) as i64))
 }
 
-/// [`History`] over the DB (reads) and the entry's batch (writes).
+/// [`History`] over the DB (reads) and the entry's batch (writes); it also lists each
+/// write as a watch event.
 struct DbHistory<'a> {
     db: &'a DB,
     batch: &'a mut WriteBatch,
     n: u32,
+    events: &'a mut Vec<Revision>,
 }
 
 impl DbHistory<'_> {
@@ -116,6 +119,13 @@ impl DbHistory<'_> {
 
     /// `r/<rev><n>` → op byte (`OP_PUT`/`OP_DELETE`) ++ previous revision of the key
     /// (8 bytes, 0 if none) ++ key.
+    fn event(&mut self, revision: i64, event: Event) {
+        match self.events.last_mut() {
+            Some(r) if r.revision == revision => r.events.push(event),
+            _ => self.events.push(Revision { revision, events: vec![event] }),
+        }
+    }
+
     fn index(&mut self, key: &[u8], rev: i64, op: u8, prev_rev: i64) {
         let rk = rev_key(rev, self.n);
         self.n += 1;
@@ -129,7 +139,8 @@ impl DbHistory<'_> {
 }
 
 impl History for DbHistory<'_> {
-    fn record_put(&mut self, kv: &KeyValue, prev_revision: i64) {
+    fn record_put(&mut self, kv: &KeyValue, prev: Option<&Live>) {
+        let prev_revision = prev.map_or(0, |p| p.mod_revision);
         let rec = HistRecord::Put {
             create_revision: kv.create_revision,
             version: kv.version,
@@ -140,13 +151,17 @@ impl History for DbHistory<'_> {
         let cf = sm_cf(self.db);
         self.batch.put_cf(cf, hist_key(&kv.key, kv.mod_revision), v);
         self.index(&kv.key, kv.mod_revision, OP_PUT, prev_revision);
+        let prev = prev.map(|p| p.to_kv(&kv.key));
+        self.event(kv.mod_revision, Event { kind: EventKind::Put, kv: kv.clone(), prev });
     }
 
-    fn record_delete(&mut self, key: &[u8], revision: i64, prev_revision: i64) {
+    fn record_delete(&mut self, key: &[u8], revision: i64, prev: &Live) {
         let v = encode(&HistRecord::Delete).expect("encode history record");
         let cf = sm_cf(self.db);
         self.batch.put_cf(cf, hist_key(key, revision), v);
-        self.index(key, revision, OP_DELETE, prev_revision);
+        self.index(key, revision, OP_DELETE, prev.mod_revision);
+        let kv = KeyValue { key: key.to_vec(), mod_revision: revision, ..Default::default() };
+        self.event(revision, Event { kind: EventKind::Delete, kv, prev: Some(prev.to_kv(key)) });
     }
 
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {
@@ -201,6 +216,8 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     /// The last applied registry event index, for registry watchers.
     registry_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Recent revisions' events and the applied revision, for etcd watchers.
+    events: Arc<Events>,
 }
 
 /// A consistent view of the DB taken when a snapshot build starts.
@@ -238,12 +255,19 @@ impl StateMachineStore {
         }
         let state = load_state(&db)?;
         let (registry_tx, _) = tokio::sync::watch::channel(state.registry.last_event_index());
+        let events = Arc::new(Events::new(state.kv.revision));
         Ok(StateMachineStore {
             db,
             state: Arc::new(RwLock::new(state)),
             snapshot_dir,
             registry_tx: Arc::new(registry_tx),
+            events,
         })
+    }
+
+    /// The events hub etcd watchers read from.
+    pub fn events(&self) -> Arc<Events> {
+        self.events.clone()
     }
 
     /// Changes whenever registry events are applied (or a snapshot is installed); the
@@ -274,6 +298,7 @@ impl StateMachineStore {
         log_id: &LogId,
         payload: &Payload,
         batch: &mut WriteBatch,
+        events: &mut Vec<Revision>,
     ) -> io::Result<Response> {
         let cf = self.cf();
         let mut out = Output::Unit;
@@ -285,7 +310,7 @@ impl StateMachineStore {
                 batch.put_cf(cf, KEY_MEMBERSHIP, encode(&st.membership)?);
             }
             EntryPayload::Normal(LogEntry { time_ms, cmd }) => {
-                let mut hist = DbHistory { db: &self.db, batch, n: 0 };
+                let mut hist = DbHistory { db: &self.db, batch, n: 0, events };
                 let r: Result<Output, ApplyError> = match cmd {
                     Command::InitCluster { cluster_id, manager_secret, worker_secret } => {
                         st.cluster.init(cluster_id, manager_secret, worker_secret).map(|()| Output::Unit)
@@ -552,6 +577,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut replies = Vec::with_capacity(group.len());
             let mut st = self.state.write().expect("sm lock");
             let mut batch = WriteBatch::default();
+            // The group's events, published once its batch is written.
+            let mut events = Vec::new();
             for (entry, responder) in group {
                 let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();
                 // Compaction and reads of past revisions look at the DB: it must hold
@@ -559,7 +586,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 if reads_history(&entry.payload) && !batch.is_empty() {
                     self.flush(&st, &mut batch)?;
                 }
-                let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch)?;
+                let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch, &mut events)?;
                 replies.push((responder, resp));
             }
             // Answer before the batch is written: the entries are committed in the log, and
@@ -571,8 +598,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             self.flush(&st, &mut batch)?;
             let last_event = st.registry.last_event_index();
+            let revision = st.kv.revision;
             drop(st);
             self.registry_tx.send_if_modified(|v| std::mem::replace(v, last_event) != last_event);
+            self.events.publish(events, revision);
         }
         Ok(())
     }
@@ -587,8 +616,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tokio::task::spawn_blocking(move || install_snapshot_blocking(&db, &state, &dir, &meta, snapshot))
             .await
             .map_err(io_err)??;
-        let last_event = self.state.read().expect("sm lock").registry.last_event_index();
+        let (last_event, revision) = {
+            let st = self.state.read().expect("sm lock");
+            (st.registry.last_event_index(), st.kv.revision)
+        };
         self.registry_tx.send_replace(last_event);
+        self.events.reset(revision);
         Ok(())
     }
 
@@ -626,10 +659,10 @@ pub fn range_at_revision(db: &DB, range: &KeyRange, revision: i64) -> io::Result
 pub struct ReadOnlyHistory<'a>(pub &'a DB);
 
 impl History for ReadOnlyHistory<'_> {
-    fn record_put(&mut self, _: &KeyValue, _: i64) {
+    fn record_put(&mut self, _: &KeyValue, _: Option<&Live>) {
         unreachable!("read-only history used for a write")
     }
-    fn record_delete(&mut self, _: &[u8], _: i64, _: i64) {
+    fn record_delete(&mut self, _: &[u8], _: i64, _: &Live) {
         unreachable!("read-only history used for a write")
     }
     fn scan_at(&mut self, range: &KeyRange, revision: i64) -> io::Result<Vec<KeyValue>> {

@@ -8,7 +8,7 @@ use agent::output::Format;
 use agent::{bench, daemon};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use client::{Availability, Client, GetOptions, NetworkSpec, Role};
+use client::{Availability, Client, GetOptions, NetworkSpec, Role, WatchOptions};
 
 use crate::commands::{backup, cluster, ipam, kv, nodes};
 
@@ -593,6 +593,23 @@ pub enum KvOp {
         #[arg(long)]
         prefix: bool,
     },
+    /// Print every change of KEY (or of every key with prefix KEY) until interrupted.
+    ///
+    /// Each event prints as etcdctl does: PUT or DELETE, the key, then the value. When
+    /// the master serving the watch fails, it resumes on another one from the revision
+    /// after the last event printed, so no change is missed or printed twice.
+    Watch {
+        key: String,
+        /// Treat KEY as a prefix.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (inclusive), replaying history; 0: from now on.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Also print the value each change replaced.
+        #[arg(long)]
+        prev_kv: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -846,6 +863,13 @@ impl KvOp {
                 kv::get(c, f, &key, GetOptions { prefix, revision: rev, keys_only, serializable }).await
             }
             KvOp::Del { key, prefix } => kv::del(c, f, &key, prefix).await,
+            KvOp::Watch { key, prefix, rev, prev_kv } => {
+                if rev < 0 {
+                    bail!("--rev must be 0 (now) or a revision");
+                }
+                let o = WatchOptions { prefix, start_revision: rev, prev_kv, ..Default::default() };
+                kv::watch(c, f, &key, o).await
+            }
         }
     }
 }

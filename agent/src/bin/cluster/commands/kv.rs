@@ -1,7 +1,7 @@
-//! `cluster kv put|get|del`: the key-value store etcdctl also sees.
+//! `cluster kv put|get|del|watch`: the key-value store etcdctl also sees.
 
 use agent::output::{json, table, Format};
-use client::{Client, GetOptions};
+use client::{Client, GetOptions, WatchItem, WatchOptions};
 use serde_json::json;
 
 fn lossy(b: &[u8]) -> String {
@@ -55,4 +55,51 @@ pub async fn del(c: &Client, f: Format, key: &str, prefix: bool) -> anyhow::Resu
         println!("{}", r.deleted);
     }
     Ok(())
+}
+
+/// Prints every change of `key` (or the prefix `key`) as it happens, until interrupted.
+/// The watch resumes on another master, from the revision after the last one printed,
+/// when its master fails.
+pub async fn watch(c: &Client, f: Format, key: &str, o: WatchOptions) -> anyhow::Result<()> {
+    let mut w = c.watch(key, o);
+    let mut serving = None;
+    loop {
+        let item = w.next().await?;
+        if w.serving != serving {
+            if serving.is_some() {
+                eprintln!("resumed on {} from revision {}", w.serving.as_deref().unwrap_or("?"), w.next_revision());
+            }
+            serving = w.serving.clone();
+        }
+        match item {
+            WatchItem::Events(events) => {
+                for e in events {
+                    let kind =
+                        if e.r#type == client::mvccpb::event::EventType::Delete as i32 { "DELETE" } else { "PUT" };
+                    let kv = e.kv.unwrap_or_default();
+                    if f == Format::Json {
+                        let prev = e.prev_kv.map(|p| json!({"value": lossy(&p.value), "mod_revision": p.mod_revision}));
+                        json(&json!({"type": kind, "key": lossy(&kv.key), "value": lossy(&kv.value),
+                                     "mod_revision": kv.mod_revision, "create_revision": kv.create_revision,
+                                     "version": kv.version, "lease": kv.lease, "prev_kv": prev}));
+                    } else {
+                        // etcdctl's layout: the type, the key, then the value (and the previous one).
+                        println!("{kind}\n{}", lossy(&kv.key));
+                        if let Some(p) = e.prev_kv {
+                            println!("{}", lossy(&p.value));
+                        }
+                        if kind == "PUT" {
+                            println!("{}", lossy(&kv.value));
+                        }
+                    }
+                }
+            }
+            WatchItem::Progress { .. } => {}
+            WatchItem::Compacted { compact_revision } => anyhow::bail!(
+                "revision {} was compacted (the oldest watchable revision is {}): start again from a fresh read",
+                w.next_revision(),
+                compact_revision + 1
+            ),
+        }
+    }
 }

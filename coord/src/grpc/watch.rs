@@ -1,0 +1,120 @@
+//! etcd's Watch service: decodes the client's requests, runs [`crate::watch::serve_stream`]
+//! on this master's own state (watches are never forwarded), and encodes its answers.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use proto::etcdserverpb as pb;
+use proto::mvccpb;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::instrument;
+
+use super::convert::kv_to_pb;
+use super::quota::StreamKind;
+use super::{authz, channel_stream, BoxStream};
+use crate::node::CoordNode;
+use crate::store::events::EventKind;
+use crate::watch::{self, CreateRequest};
+
+/// Responses waiting to be sent on one stream; a client that reads slowly holds its
+/// stream's watchers back, and no more than this.
+const OUT_QUEUE: usize = 16;
+
+pub struct WatchService {
+    node: Arc<CoordNode>,
+}
+
+impl WatchService {
+    pub fn new(node: Arc<CoordNode>) -> Self {
+        WatchService { node }
+    }
+}
+
+fn request_from_pb(r: pb::WatchRequest) -> Option<watch::Request> {
+    use pb::watch_request::RequestUnion as U;
+    Some(match r.request_union? {
+        U::CreateRequest(c) => {
+            let has = |f: pb::watch_create_request::FilterType| c.filters.contains(&(f as i32));
+            watch::Request::Create(CreateRequest {
+                no_put: has(pb::watch_create_request::FilterType::Noput),
+                no_delete: has(pb::watch_create_request::FilterType::Nodelete),
+                key: c.key,
+                range_end: c.range_end,
+                start_revision: c.start_revision,
+                progress_notify: c.progress_notify,
+                prev_kv: c.prev_kv,
+                watch_id: c.watch_id,
+                fragment: c.fragment,
+            })
+        }
+        U::CancelRequest(c) => watch::Request::Cancel(c.watch_id),
+        U::ProgressRequest(_) => watch::Request::Progress,
+    })
+}
+
+fn response_to_pb(node: &CoordNode, r: watch::Response) -> pb::WatchResponse {
+    pb::WatchResponse {
+        header: Some(super::etcd::header(node, r.revision)),
+        watch_id: r.watch_id,
+        created: r.created,
+        canceled: r.canceled,
+        compact_revision: r.compact_revision,
+        cancel_reason: r.cancel_reason,
+        fragment: r.fragment,
+        events: r
+            .events
+            .into_iter()
+            .map(|e| mvccpb::Event {
+                r#type: match e.kind {
+                    EventKind::Put => mvccpb::event::EventType::Put as i32,
+                    EventKind::Delete => mvccpb::event::EventType::Delete as i32,
+                },
+                kv: Some(kv_to_pb(e.kv)),
+                prev_kv: e.prev.map(kv_to_pb),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = BoxStream<pb::WatchResponse>;
+
+    #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
+    async fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let slot = self.node.streams.acquire(StreamKind::Watch, authz::caller(&req))?;
+        let mut inbound = req.into_inner();
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
+        let (status_tx, status_rx) = tokio::sync::mpsc::channel::<Result<pb::WatchResponse, Status>>(OUT_QUEUE);
+        // Requests in: a message that is not a request ends the stream with an error.
+        let err_tx = status_tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = inbound.next().await {
+                let r = match m {
+                    Ok(m) => request_from_pb(m),
+                    Err(_) => return,
+                };
+                let Some(r) = r else {
+                    let _ = err_tx.send(Err(Status::invalid_argument("a watch request must set one request"))).await;
+                    return;
+                };
+                if req_tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(watch::serve_stream(self.node.clone(), req_rx, out_tx));
+        // Answers out, encoded; the quota slot lives as long as the stream.
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            while let Some(r) = out_rx.recv().await {
+                if status_tx.send(Ok(response_to_pb(&node, r))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(channel_stream(status_rx)))
+    }
+}

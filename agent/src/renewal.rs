@@ -65,6 +65,12 @@ impl Keeper {
             let lifetime = (me.not_after_unix - signed).max(3);
             let renew_at = me.not_after_unix - lifetime / 3;
             let wait = Duration::from_secs((renew_at - pki::now_unix()).max(0) as u64);
+            if let Signer::Local(coord) = &self.signer {
+                // The replicated CA record says whom to trust: follow it now, whether or
+                // not this node's own renewal succeeds (a master learns of the end of a
+                // CA rotation from its state, and must stop trusting the old CA then).
+                self.follow_trusted(coord);
+            }
             let reason = if failures > 0 {
                 // After a failure, wait whatever the trigger was (1 s, doubling to 32 s).
                 tokio::time::sleep(Duration::from_secs(1 << failures.min(5))).await;
@@ -75,6 +81,10 @@ impl Keeper {
                     _ = self.ca_changed(&known) => "the cluster CA changed",
                 }
             };
+            if let Signer::Local(coord) = &self.signer {
+                self.follow_trusted(coord);
+            }
+            info!(reason, "renewing this node's certificate");
             match self.renew().await {
                 Ok(record) => {
                     failures = 0;
@@ -98,6 +108,18 @@ impl Keeper {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Trusts exactly the CAs the replicated record names, if that differs from now.
+    fn follow_trusted(&self, coord: &CoordNode) {
+        let Some(trusted) = coord.view(|v| v.ca().map(|c| c.trusted.clone())) else { return };
+        let trusted: Vec<CertificateDer<'static>> = trusted.into_iter().map(CertificateDer::from).collect();
+        if trusted != self.creds.roots() {
+            match self.creds.set_roots(trusted) {
+                Ok(()) => info!("trusted CAs follow the cluster's CA record"),
+                Err(e) => warn!("applying the cluster's trusted CAs failed: {e}"),
             }
         }
     }

@@ -36,7 +36,8 @@ pub enum WatchItem {
     Events(Vec<mvccpb::Event>),
     /// Every event up to `revision` was delivered.
     Progress { revision: i64 },
-    /// The start revision was compacted away: the watch has ended.
+    /// The start revision was compacted away: the watch has ended. `compact_revision`
+    /// is the oldest revision a new watch may start from.
     Compacted { compact_revision: i64 },
 }
 
@@ -58,6 +59,9 @@ pub struct WatchStream {
     /// The master serving the watch now.
     pub serving: Option<String>,
     ended: bool,
+    /// Fragments of a response read so far: kept here, not in a local, so that a
+    /// caller that drops `next()` midway loses nothing.
+    partial: Option<epb::WatchResponse>,
 }
 
 impl Client {
@@ -76,6 +80,7 @@ impl Client {
             resumes: 0,
             serving: None,
             ended: false,
+            partial: None,
         }
     }
 }
@@ -105,11 +110,13 @@ impl WatchStream {
                 }
             }
             let (_, stream) = self.open.as_mut().expect("stream open");
-            match read_whole(stream).await {
+            match read_whole(stream, &mut self.partial).await {
                 Ok(Some(r)) => {
                     failing_since = None;
-                    if let Some(item) = self.accept(r)? {
-                        return Ok(item);
+                    match self.accept(r) {
+                        Ok(Some(item)) => return Ok(item),
+                        Ok(None) => {}
+                        Err(e) => self.fail(&mut failing_since, e).await?,
                     }
                 }
                 Ok(None) => {
@@ -132,6 +139,7 @@ impl WatchStream {
         if self.open.take().is_some() {
             self.resumes += 1;
         }
+        self.partial = None;
         self.serving = None;
         self.endpoint = (self.endpoint + 1) % self.client.endpoints().len().max(1);
         let start = *since.get_or_insert_with(tokio::time::Instant::now);
@@ -168,7 +176,8 @@ impl WatchStream {
             .await
             .map_err(|s| ClientError::unavailable_at(&addr, s))?
             .into_inner();
-        let created = tokio::time::timeout(settings.connect_timeout * 5, read_whole(&mut stream))
+        let mut partial = None;
+        let created = tokio::time::timeout(settings.connect_timeout * 5, read_whole(&mut stream, &mut partial))
             .await
             .map_err(|_| ClientError::unavailable_at(&addr, tonic::Status::unavailable("no answer to the watch")))?
             .map_err(ClientError::from)?
@@ -191,12 +200,14 @@ impl WatchStream {
     /// Turns one (whole) response into an item; `None` for answers with nothing to report.
     fn accept(&mut self, r: epb::WatchResponse) -> Result<Option<WatchItem>, ClientError> {
         if r.canceled {
-            self.ended = true;
-            self.open = None;
             if r.compact_revision > 0 {
+                self.ended = true;
+                self.open = None;
                 return Ok(Some(WatchItem::Compacted { compact_revision: r.compact_revision }));
             }
-            return Err(err(tonic::Code::Aborted, &format!("the master canceled the watch: {}", r.cancel_reason)));
+            // Not a verdict on the request (that comes with `created`): this master could
+            // not go on (it could not read its history), another one may.
+            return Err(err(tonic::Code::Unavailable, &format!("the master canceled the watch: {}", r.cancel_reason)));
         }
         if r.events.is_empty() {
             let revision = r.header.map_or(0, |h| h.revision);
@@ -244,15 +255,26 @@ fn retryable(e: &ClientError) -> bool {
     )
 }
 
-/// One response, fragments joined.
-async fn read_whole(s: &mut Streaming<epb::WatchResponse>) -> Result<Option<epb::WatchResponse>, tonic::Status> {
-    let Some(mut first) = s.message().await? else { return Ok(None) };
-    while first.fragment {
+/// One response, fragments joined; the pieces read so far wait in `partial`.
+async fn read_whole(
+    s: &mut Streaming<epb::WatchResponse>,
+    partial: &mut Option<epb::WatchResponse>,
+) -> Result<Option<epb::WatchResponse>, tonic::Status> {
+    loop {
         let Some(more) = s.message().await? else { return Ok(None) };
-        first.events.extend(more.events);
-        first.fragment = more.fragment;
+        let whole = match partial.take() {
+            Some(mut p) => {
+                p.events.extend(more.events);
+                p.fragment = more.fragment;
+                p
+            }
+            None => more,
+        };
+        if !whole.fragment {
+            return Ok(Some(whole));
+        }
+        *partial = Some(whole);
     }
-    Ok(Some(first))
 }
 
 fn tokio_stream_from<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::CaRecord;
 use crate::ipam::{IpamCommand, IpamError, IpamOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
+use crate::lease::{LeaseCommand, LeaseOutput};
 use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
 use crate::types::NodeId;
 
@@ -54,6 +55,8 @@ pub enum Command {
     RetireMaster {
         node_id: NodeId,
     },
+    /// etcd leases: grant, revoke, and the leader's expiries and checkpoints.
+    Lease(LeaseCommand),
 }
 
 impl Command {
@@ -71,6 +74,7 @@ impl Command {
             Command::SetCa { .. } => "set_ca",
             Command::SetJoinSecret { .. } => "set_join_secret",
             Command::RetireMaster { .. } => "retire_master",
+            Command::Lease(c) => c.name(),
         }
     }
 }
@@ -92,6 +96,7 @@ pub enum Output {
     Txn(TxnResponse),
     Registry(RegistryOutput),
     Ipam(IpamOutput),
+    Lease(LeaseOutput),
 }
 
 /// Deterministic refusals: every member reaches the same verdict for the same entry.
@@ -128,4 +133,8 @@ pub enum ApplyError {
     CaChanged,
     #[error("unknown token role {0:?}: use manager or worker")]
     UnknownTokenRole(String),
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }

@@ -1,6 +1,7 @@
 //! The leader's duties, started when this node gains leadership (one set per term) and
 //! stopped when it loses it:
 //! - the liveness loop: refreshes `quorum_contact` and commits agents' state transitions;
+//! - the lease loop: counts leases down, commits their expiries and checkpoints;
 //! - housekeeping: finishing `init`, promoting caught-up learners, compacting KV history,
 //!   releasing leaked IP addresses.
 //!
@@ -42,11 +43,16 @@ impl Leadership {
         // Leftovers of an earlier leadership are no evidence about this one.
         node.liveness.step_down();
         node.leaks.reset();
+        node.lessor.reset();
         node.quorum_contact.store(true, Ordering::Relaxed);
         let weak = Arc::downgrade(node);
         Leadership {
             term,
-            tasks: vec![tokio::spawn(liveness_loop(weak.clone())), tokio::spawn(housekeeping_loop(weak.clone()))],
+            tasks: vec![
+                tokio::spawn(liveness_loop(weak.clone())),
+                tokio::spawn(housekeeping_loop(weak.clone())),
+                tokio::spawn(lease_loop(weak.clone(), term)),
+            ],
             node: weak,
         }
     }
@@ -65,6 +71,88 @@ impl Drop for Leadership {
             info!(node = node.id, term = self.term, "leadership ended: leader's duties stopped");
             node.liveness.step_down();
             node.leaks.reset();
+            node.lessor.reset();
+        }
+    }
+}
+
+/// Leases one expiry entry names; etcd revokes at most 1,000 leases a second, we commit
+/// up to this many per entry with several entries in flight.
+const EXPIRIES_PER_ENTRY: usize = 1_000;
+const EXPIRY_ENTRIES_IN_FLIGHT: usize = 4;
+
+/// Every 100 ms: syncs the countdown with the replicated leases, commits expiries of
+/// the leases that ran out (fenced by `term`), and every 500 ms checkpoints renewed ones.
+async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let grace = Duration::from_millis(0);
+    let mut synced: Option<(u64, usize)> = None;
+    let mut last_tick = Instant::now();
+    let mut last_full_sync = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        let Some(node) = weak.upgrade() else { return };
+        let now = Instant::now();
+        // A leader that was not scheduled (paused, starved) saw no keepalive meanwhile:
+        // that silence is not the clients'.
+        let gap = now.duration_since(last_tick);
+        last_tick = now;
+        if gap > Duration::from_millis(1_000) {
+            warn!(stalled_ms = gap.as_millis() as u64, "lease loop was not scheduled; moving every lease deadline");
+            node.lessor.shift(gap);
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        // Sync when leases came or went, and every second regardless.
+        let seen = node.view(|v| (v.leases().generation, v.leases().by_id.len()));
+        if first || synced != Some(seen) || now.duration_since(last_full_sync) > Duration::from_secs(1) {
+            // Leases inherited from an earlier leadership get one election timeout of
+            // grace; those granted under this one have their own apply time.
+            let grace = if first { Duration::from_millis(node.config.election_timeout_max_ms) } else { grace };
+            node.sync_lessor(grace);
+            synced = Some(seen);
+            last_full_sync = now;
+            first = false;
+        }
+        if !node.quorum_contact.load(Ordering::Relaxed) {
+            // Nothing could commit, and clients cannot reach a cut-off leader either.
+            continue;
+        }
+        while in_flight.load(Ordering::SeqCst) < EXPIRY_ENTRIES_IN_FLIGHT {
+            let ids = node.lessor.due(now, EXPIRIES_PER_ENTRY);
+            if ids.is_empty() {
+                break;
+            }
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            let (node, in_flight) = (node.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let cmd = Command::Lease(crate::lease::LeaseCommand::Expire { term, ids: ids.clone() });
+                match node.write(cmd).await {
+                    Ok(_) => info!(leases = ids.len(), "leases expired"),
+                    Err(e) => {
+                        warn!("committing lease expiries failed, will retry: {e}");
+                        node.lessor.expiry_failed(&ids);
+                    }
+                }
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        if now.duration_since(last_checkpoint) >= Duration::from_millis(500) {
+            last_checkpoint = now;
+            let remaining_ms = node.lessor.checkpoints(now, crate::lease::MAX_IDS_PER_ENTRY);
+            if !remaining_ms.is_empty() {
+                let cmd = Command::Lease(crate::lease::LeaseCommand::Checkpoint { term, remaining_ms });
+                tokio::spawn(async move {
+                    if let Err(e) = node.write(cmd).await {
+                        warn!("committing lease checkpoints failed: {e}");
+                    }
+                });
+            }
         }
     }
 }

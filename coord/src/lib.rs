@@ -4,6 +4,7 @@
 //! - [`kv`]: the etcd-style multi-version KV;
 //! - [`registry`]: the master registry (agents, resources, liveness state, events);
 //! - [`ipam`]: overlay network address allocation (pools, cursors, quarantine);
+//! - [`lease`]: etcd leases (TTLs, checkpoints; their keys are in [`kv`]);
 //! - [`cluster`]: the cluster's identity and node-id allocation;
 //! - [`command`]: the one `Command` enum that is the Raft log payload;
 //! - [`codec`]: value and key encodings, below everything else.
@@ -13,7 +14,7 @@
 //! - [`node`]: a running node and the one service path: the read API ([`read`]) and the
 //!   write path;
 //! - [`leader`]: the duties that run while this node leads; [`liveness`]: its heartbeat
-//!   tracker;
+//!   tracker; [`lessor`]: its lease countdown, and every node's clock of applied entries;
 //! - [`watch`]: etcd watch streams, served from this node's applied state;
 //! - [`network`]: Raft RPCs between masters over gRPC;
 //! - [`grpc`]: the services a node serves (etcd v3, Raft, cluster admin, registry, IPAM);
@@ -34,6 +35,8 @@ pub mod grpc;
 pub mod ipam;
 pub mod kv;
 pub mod leader;
+pub mod lease;
+pub mod lessor;
 pub mod liveness;
 pub mod network;
 pub mod node;

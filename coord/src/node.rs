@@ -120,6 +120,10 @@ pub struct CoordNode {
     pub registry_events: Arc<watch::Sender<u64>>,
     /// Recent revisions' events and the applied revision (etcd watchers).
     events: Arc<crate::store::events::Events>,
+    /// When this node applied which entry (a new leader's lease countdown starts there).
+    pub applied_clock: crate::lessor::AppliedClock,
+    /// The lease countdown; meaningful on the leader only.
+    pub lessor: crate::lessor::Lessor,
     /// On the leader: a quorum acknowledged it within two election timeouts (refreshed
     /// by the leader's liveness loop).
     pub(crate) quorum_contact: AtomicBool,
@@ -175,12 +179,15 @@ impl CoordNode {
             liveness: Liveness::default(),
             registry_events,
             events,
+            applied_clock: Default::default(),
+            lessor: Default::default(),
             quorum_contact: AtomicBool::new(true),
             leaks: Default::default(),
             streams: Default::default(),
             session_certs: Default::default(),
         });
         node.spawn_role_watcher(sync_inline);
+        node.spawn_applied_clock();
         Ok(node)
     }
 
@@ -220,6 +227,26 @@ impl CoordNode {
                 }
                 drop(node);
                 if state == ServerState::Shutdown || metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Samples when entries are applied, for [`crate::lessor::AppliedClock`].
+    fn spawn_applied_clock(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            use openraft::async_runtime::watch::WatchReceiver;
+            loop {
+                let applied = metrics.borrow_watched().last_applied.map(|l| l.index);
+                let Some(node) = weak.upgrade() else { return };
+                if let Some(i) = applied {
+                    node.applied_clock.record(i, tokio::time::Instant::now());
+                }
+                drop(node);
+                if metrics.changed().await.is_err() {
                     return;
                 }
             }
@@ -469,7 +496,7 @@ impl CoordNode {
 
     /// Waits until a read of the local state is linearizable: this node is the leader,
     /// a quorum confirmed it (ReadIndex), and everything up to the read index is applied.
-    async fn read_barrier(&self) -> Result<()> {
+    pub(crate) async fn read_barrier(&self) -> Result<()> {
         if self.config.canary_unsafe_local_reads && self.is_leader() {
             // The deliberate bug the fault-injection suite must catch (see CoordConfig).
             return Ok(());

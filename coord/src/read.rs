@@ -76,6 +76,10 @@ impl<'a> ReadView<'a> {
         &self.st.ipam
     }
 
+    pub fn leases(&self) -> &crate::lease::Leases {
+        &self.st.leases
+    }
+
     /// An etcd Range, at the current revision (memory) or a past one (disk).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ApplyError> {
         self.st.kv.range(req, &mut ReadOnlyHistory(self.db))

@@ -198,7 +198,9 @@ impl Stream {
     }
 
     async fn create(&mut self, c: CreateRequest) -> Result<(), Closed> {
-        let revision = self.node.events().revision();
+        // "Now" is the applied state's revision, which a client's acknowledged write has
+        // reached; its events are published a moment later, and the watcher waits.
+        let revision = self.node.view(|v| v.revision());
         let refuse = |reason: String| Response {
             revision,
             watch_id: NO_WATCH_ID,
@@ -216,6 +218,8 @@ impl Stream {
             Some(format!("a stream holds at most {MAX_WATCHERS_PER_STREAM} watchers; open another stream"))
         } else if self.key_bytes + key_bytes > MAX_KEY_BYTES_PER_STREAM {
             Some(format!("the watchers of a stream may name at most {MAX_KEY_BYTES_PER_STREAM} bytes of keys"))
+        } else if !c.range_end.is_empty() && c.range_end != [0] && c.range_end <= c.key {
+            Some("mvcc: watcher range is empty".to_string())
         } else if c.start_revision < 0 {
             Some(format!("start revision {} is negative", c.start_revision))
         } else {
@@ -257,27 +261,35 @@ impl Stream {
     /// once all are synced, and sends due progress notifications. Returns whether some
     /// watcher is still behind.
     async fn step(&mut self) -> Result<bool, Closed> {
+        // Every watcher moves up to `current` and no further in this step, so that a
+        // progress answer below never names a revision lower than an event already sent.
         let current = self.node.events().revision();
         let ids: Vec<i64> = self.watchers.iter().filter(|(_, w)| w.next <= current).map(|(id, _)| *id).collect();
         for id in ids {
             self.advance(id, current).await?;
         }
-        let behind = self.watchers.values().any(|w| w.next <= current);
-        if behind {
-            return Ok(true);
-        }
-        if self.progress_pending {
-            self.progress_pending = false;
-            self.send(Response { revision: current, watch_id: NO_WATCH_ID, ..Default::default() }).await?;
-        }
+        // Progress notifications go to each synced watcher that asked, whatever the
+        // others are doing.
         let now = Instant::now();
-        let due: Vec<i64> =
-            self.watchers.iter().filter(|(_, w)| w.progress_notify && w.notify_at <= now).map(|(id, _)| *id).collect();
+        let due: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && w.notify_at <= now && w.next > current)
+            .map(|(id, _)| *id)
+            .collect();
         for id in due {
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.notify_at = now + self.notify_every;
             }
             self.send(Response { revision: current, watch_id: id, ..Default::default() }).await?;
+        }
+        if self.watchers.values().any(|w| w.next <= current) {
+            return Ok(true);
+        }
+        // RequestProgress waits until the whole stream is synced.
+        if self.progress_pending {
+            self.progress_pending = false;
+            self.send(Response { revision: current, watch_id: NO_WATCH_ID, ..Default::default() }).await?;
         }
         Ok(false)
     }
@@ -290,15 +302,21 @@ impl Stream {
             Err(EventsError::Compacted(compact))
         } else {
             match self.node.events().from_ring(next, REVISIONS_PER_STEP) {
-                Some(revs) => Ok(revs),
+                Some(mut revs) => {
+                    revs.retain(|r| r.revision <= current);
+                    Ok(revs)
+                }
                 None => self.node.read_revisions(next, current, RESPONSE_BYTES).await,
             }
         };
         let revs = match revs {
             Ok(r) => r,
-            Err(EventsError::Compacted(compact_revision)) => {
-                // etcd's answer: the watcher is canceled, naming the compact revision, so
-                // the client knows to start over from a fresh read.
+            Err(EventsError::Compacted(compact)) => {
+                // etcd's answer: the watcher is canceled, naming the oldest revision it
+                // may watch from (etcd allows the compact revision itself; its deletes
+                // are gone from our index, so we start one above), so the client knows
+                // to start over from there or from a fresh read.
+                let compact_revision = compact + 1;
                 self.remove(id);
                 let reason = "mvcc: required revision has been compacted".to_string();
                 return self
@@ -352,8 +370,10 @@ impl Stream {
             }
         }
         if revs.is_empty() {
-            // Nothing readable yet past `next`: the ring and disk hold what is announced,
-            // so this is a revision announced before its batch was read; try again later.
+            // Announced revisions are in the ring or on disk, so this happens only while a
+            // snapshot install replaces the state under the reader: wait, do not spin.
+            tracing::debug!(watch_id = id, next, "no revisions readable yet; retrying");
+            tokio::time::sleep(Duration::from_millis(20)).await;
             return Ok(());
         }
         w.next = covered + 1;

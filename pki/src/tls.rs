@@ -84,6 +84,18 @@ impl Credentials {
         Ok(())
     }
 
+    /// Replaces the trusted CAs only, keeping this process's certificate and key: the
+    /// next handshake verifies peers against `roots`. Long-lived connections are not
+    /// told (the generation stays), since what this process presents did not change.
+    pub fn set_roots(&self, roots: Vec<CertificateDer<'static>>) -> Result<(), PkiError> {
+        let cur = self.current();
+        let mut s = build(roots, Vec::new(), None)?;
+        s.identity = cur.identity.clone();
+        s.key = cur.key.clone();
+        *self.state.write().expect("credentials lock") = Arc::new(s);
+        Ok(())
+    }
+
     /// How many times [`Credentials::replace`] ran.
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)

@@ -118,7 +118,7 @@ async fn etcd_client_crate_watches_history_live_writes_filters_and_cancels() {
     assert!(next_message(&mut s2).await.created());
     let r = next_message(&mut s2).await;
     assert!(r.canceled(), "{r:?}");
-    assert_eq!(r.compact_revision(), live);
+    assert_eq!(r.compact_revision(), live + 1, "the oldest revision it may watch from");
     // Just above it, history is served.
     let mut s3 = w.watch("app/", Some(WatchOptions::new().with_prefix().with_start_revision(live + 1))).await.unwrap();
     assert!(next_message(&mut s3).await.created());

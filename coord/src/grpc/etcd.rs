@@ -107,7 +107,7 @@ impl pb::kv_server::Kv for EtcdKv {
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let t = txn_from_pb(req.get_ref())?;
-        KvStore::validate_txn(&t).map_err(CoordError::Apply)?;
+        KvStore::validate_txn_proposal(&t).map_err(CoordError::Apply)?;
         let node = &self.node;
         on_leader(
             node,

@@ -16,9 +16,9 @@ use crate::node::CoordNode;
 use crate::store::events::EventKind;
 use crate::watch::{self, CreateRequest};
 
-/// Responses waiting to be sent on one stream; a client that reads slowly holds its
-/// stream's watchers back, and no more than this.
-const OUT_QUEUE: usize = 16;
+/// Responses waiting to be sent on one stream, at each of its two hops; a client that
+/// reads slowly holds its stream's watchers back, and no more than this.
+const OUT_QUEUE: usize = 2;
 
 pub struct WatchService {
     node: Arc<CoordNode>,
@@ -87,13 +87,17 @@ impl pb::watch_server::Watch for WatchService {
         let (req_tx, req_rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
         let (status_tx, status_rx) = tokio::sync::mpsc::channel::<Result<pb::WatchResponse, Status>>(OUT_QUEUE);
-        // Requests in: a message that is not a request ends the stream with an error.
+        // Requests in: a message that is not a request ends the stream with an error, as
+        // does a broken inbound stream (the client is gone).
         let err_tx = status_tx.clone();
         tokio::spawn(async move {
             while let Some(m) = inbound.next().await {
                 let r = match m {
                     Ok(m) => request_from_pb(m),
-                    Err(_) => return,
+                    Err(s) => {
+                        let _ = err_tx.send(Err(s)).await;
+                        return;
+                    }
                 };
                 let Some(r) = r else {
                     let _ = err_tx.send(Err(Status::invalid_argument("a watch request must set one request"))).await;
@@ -105,13 +109,23 @@ impl pb::watch_server::Watch for WatchService {
             }
         });
         tokio::spawn(watch::serve_stream(self.node.clone(), req_rx, out_tx));
-        // Answers out, encoded; the quota slot lives as long as the stream.
+        // Answers out, encoded; the quota slot lives as long as the stream. When the
+        // client goes away the response stream is dropped: this task ends at once, which
+        // closes the engine's output and ends it too, even on a watch that sees nothing.
         let node = self.node.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            while let Some(r) = out_rx.recv().await {
-                if status_tx.send(Ok(response_to_pb(&node, r))).await.is_err() {
-                    return;
+            loop {
+                tokio::select! {
+                    r = out_rx.recv() => match r {
+                        Some(r) => {
+                            if status_tx.send(Ok(response_to_pb(&node, r))).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = status_tx.closed() => return,
                 }
             }
         });

@@ -114,11 +114,57 @@ pub struct KvStore {
     pub live: BTreeMap<Vec<u8>, Live>,
     pub revision: i64,
     pub compact_revision: i64,
+    /// Every lease that exists, with the live keys attached to it (those whose `lease`
+    /// names it). Derived: rebuilt from the keys and the lease records at load.
+    pub lease_keys: BTreeMap<i64, BTreeSet<Vec<u8>>>,
 }
 
 impl KvStore {
     pub fn new() -> KvStore {
-        KvStore { live: BTreeMap::new(), revision: 1, compact_revision: 0 }
+        KvStore { live: BTreeMap::new(), revision: 1, compact_revision: 0, lease_keys: BTreeMap::new() }
+    }
+
+    /// A new lease exists, with no keys yet.
+    pub fn grant_lease(&mut self, id: i64) {
+        self.lease_keys.entry(id).or_default();
+    }
+
+    /// Deletes every key attached to lease `id`, all in one revision (none if it holds
+    /// no key), and forgets the lease. Returns how many keys were deleted.
+    pub fn revoke_lease(&mut self, id: i64, history: &mut dyn History) -> i64 {
+        let keys = self.lease_keys.remove(&id).unwrap_or_default();
+        if keys.is_empty() {
+            return 0;
+        }
+        let rev = self.revision + 1;
+        for k in &keys {
+            let old = self.live.remove(k).expect("a lease's keys are live");
+            history.record_delete(k, rev, &old);
+        }
+        self.revision = rev;
+        keys.len() as i64
+    }
+
+    /// At load: the leases that exist, attached to the live keys that name them.
+    pub fn load_leases(&mut self, ids: impl IntoIterator<Item = i64>) {
+        self.lease_keys = ids.into_iter().map(|id| (id, BTreeSet::new())).collect();
+        for (k, l) in &self.live {
+            if let Some(keys) = self.lease_keys.get_mut(&l.lease) {
+                keys.insert(k.clone());
+            }
+        }
+    }
+
+    fn attach(&mut self, key: &[u8], from: i64, to: i64) {
+        if from == to {
+            return;
+        }
+        if let Some(keys) = self.lease_keys.get_mut(&from) {
+            keys.remove(key);
+        }
+        if let Some(keys) = self.lease_keys.get_mut(&to) {
+            keys.insert(key.to_vec());
+        }
     }
 
     /// Validates a request before it is proposed or applied; bad input changes nothing.
@@ -147,6 +193,59 @@ impl KvStore {
             return Err(ApplyError::TooLarge);
         }
         Ok(())
+    }
+
+    /// What the service checks before proposing a txn: [`Self::validate_txn`], and that
+    /// no nested txn deletes a key an earlier one in the same branch puts. etcd admits
+    /// that shape; both writes would share a revision, and the delete's tombstone would
+    /// overwrite the put's stored version, which watchers replaying history read. Kept
+    /// out of apply so that entries already in logs keep the verdict they had.
+    pub fn validate_txn_proposal(req: &TxnRequest) -> Result<(), ApplyError> {
+        Self::validate_txn(req)?;
+        fn branch(ops: &[RequestOp]) -> Result<(), ApplyError> {
+            let mut puts: Vec<&[u8]> = Vec::new();
+            for op in ops {
+                match op {
+                    RequestOp::Put(p) => puts.push(&p.key),
+                    RequestOp::Txn(t) => {
+                        branch(&t.success)?;
+                        branch(&t.failure)?;
+                        for d in nested_deletes(t) {
+                            if puts.iter().any(|k| d.contains(k)) {
+                                return Err(ApplyError::DuplicateKey);
+                            }
+                        }
+                        puts.extend(nested_puts(t));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        fn nested_deletes(t: &TxnRequest) -> Vec<KeyRange> {
+            let mut out = Vec::new();
+            for op in t.success.iter().chain(&t.failure) {
+                match op {
+                    RequestOp::DeleteRange(d) => out.push(KeyRange::new(&d.key, &d.range_end)),
+                    RequestOp::Txn(n) => out.extend(nested_deletes(n)),
+                    _ => {}
+                }
+            }
+            out
+        }
+        fn nested_puts(t: &TxnRequest) -> Vec<&[u8]> {
+            let mut out: Vec<&[u8]> = Vec::new();
+            for op in t.success.iter().chain(&t.failure) {
+                match op {
+                    RequestOp::Put(p) => out.push(&p.key),
+                    RequestOp::Txn(n) => out.extend(nested_puts(n)),
+                    _ => {}
+                }
+            }
+            out
+        }
+        branch(&req.success)?;
+        branch(&req.failure)
     }
 
     pub fn validate_txn(req: &TxnRequest) -> Result<(), ApplyError> {
@@ -471,8 +570,7 @@ impl KvStore {
     }
 
     fn check_put_refs(&self, req: &PutRequest) -> Result<(), ApplyError> {
-        // Leases are not served yet, so no lease id exists.
-        if req.lease != 0 && !req.ignore_lease {
+        if req.lease != 0 && !req.ignore_lease && !self.lease_keys.contains_key(&req.lease) {
             return Err(ApplyError::LeaseNotFound);
         }
         if (req.ignore_value || req.ignore_lease) && !self.live.contains_key(&req.key) {
@@ -497,6 +595,7 @@ impl KvStore {
         };
         let live = Live { create_revision, mod_revision: rev, version, lease, value };
         history.record_put(&live.to_kv(&req.key), prev.as_ref());
+        self.attach(&req.key, prev.as_ref().map_or(0, |p| p.lease), lease);
         self.live.insert(req.key.clone(), live);
         PutResponse { prev_kv: if req.prev_kv { prev.map(|p| p.to_kv(&req.key)) } else { None } }
     }
@@ -511,6 +610,7 @@ impl KvStore {
         for k in &keys {
             let old = self.live.remove(k).expect("key listed from the live map");
             history.record_delete(k, rev, &old);
+            self.attach(k, old.lease, 0);
             if req.prev_kv {
                 prev_kvs.push(old.to_kv(k));
             }

@@ -354,3 +354,18 @@ mod fast_range {
         }
     }
 }
+
+#[test]
+fn a_proposal_may_not_delete_what_an_earlier_nested_txn_puts() {
+    let put = |k: &[u8]| RequestOp::Put(PutRequest { key: k.to_vec(), value: b"v".to_vec(), ..Default::default() });
+    let del = |k: &[u8]| RequestOp::DeleteRange(DeleteRangeRequest { key: k.to_vec(), ..Default::default() });
+    let nested = |ops: Vec<RequestOp>| RequestOp::Txn(TxnRequest { success: ops, ..Default::default() });
+    let txn = |ops: Vec<RequestOp>| TxnRequest { success: ops, ..Default::default() };
+    let bad = txn(vec![nested(vec![put(b"k")]), nested(vec![del(b"k")])]);
+    assert_eq!(KvStore::validate_txn(&bad), Ok(()), "apply's verdict on entries in logs is unchanged");
+    assert_eq!(KvStore::validate_txn_proposal(&bad), Err(ApplyError::DuplicateKey));
+    let deeper = txn(vec![nested(vec![put(b"k")]), nested(vec![nested(vec![del(b"j"), del(b"k")])])]);
+    assert_eq!(KvStore::validate_txn_proposal(&deeper), Err(ApplyError::DuplicateKey));
+    let fine = txn(vec![nested(vec![put(b"k")]), nested(vec![del(b"j")])]);
+    assert_eq!(KvStore::validate_txn_proposal(&fine), Ok(()));
+}

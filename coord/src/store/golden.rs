@@ -31,6 +31,7 @@ use crate::codec::{decode, encode};
 use crate::command::Command;
 use crate::ipam::{self, IpamCommand, NetworkSpec};
 use crate::kv::types::*;
+use crate::lease::LeaseCommand;
 use crate::registry::{Availability, NodeResources, NodeState, Registration, RegistryCommand, Role, Transition};
 use crate::types::{Entry, LogEntry, LogId, StoredMembership, TypeConfig, Vote};
 
@@ -126,6 +127,15 @@ fn command_name(c: &Command) -> String {
         Command::SetCa { .. } => "SetCa".into(),
         Command::SetJoinSecret { .. } => "SetJoinSecret".into(),
         Command::RetireMaster { .. } => "RetireMaster".into(),
+        Command::Lease(l) => format!(
+            "Lease.{}",
+            match l {
+                LeaseCommand::Grant { .. } => "Grant",
+                LeaseCommand::Revoke { .. } => "Revoke",
+                LeaseCommand::Expire { .. } => "Expire",
+                LeaseCommand::Checkpoint { .. } => "Checkpoint",
+            }
+        ),
     }
 }
 
@@ -233,6 +243,10 @@ fn command_samples() -> Vec<Command> {
         Command::SetCa { prev_digest: "ab".repeat(32), record: ca_record() },
         Command::SetJoinSecret { role: "worker".into(), secret: "s3cr3tS3cr3tS3cr3t".into() },
         Command::RetireMaster { node_id: 3 },
+        Command::Lease(LeaseCommand::Grant { id: 0x1234, ttl_secs: 30 }),
+        Command::Lease(LeaseCommand::Revoke { id: 0x1234 }),
+        Command::Lease(LeaseCommand::Expire { term: 4, ids: vec![7, 9] }),
+        Command::Lease(LeaseCommand::Checkpoint { term: 4, remaining_ms: vec![(7, 12_500)] }),
     ]
 }
 
@@ -299,6 +313,10 @@ fn every_persisted_record_decodes_from_its_golden_bytes() {
     );
     // `m/ca` came after sm-v1.txt was written, so its encoding is guarded here.
     check("records-ca.txt", vec![("m.ca".to_string(), ca_record())]);
+    check(
+        "records-lease.txt",
+        vec![("l.lease".to_string(), crate::lease::Lease { ttl_secs: 30, remaining_ms: 12_500, checkpoint_index: 77 })],
+    );
     check("records-retired.txt", vec![("m.retired".to_string(), std::collections::BTreeSet::from([3u64, 5]))]);
 }
 

@@ -8,6 +8,7 @@
 //! - `h/<escaped key><rev>`: a version of a key (a put or a tombstone) for reads at past
 //!   revisions;
 //! - `g/…`: the master registry (see [`crate::registry::keys`]);
+//! - `l/<id>`: a lease (see [`crate::lease::keys`]);
 //! - `r/<rev><n>`: what was written at revision `rev`, in write order: an op byte, the
 //!   revision of the version it replaced and the key, so compaction visits only the
 //!   revisions it discards and knows the dead versions without reading them.
@@ -40,6 +41,7 @@ use crate::command::{ApplyError, Command, Output, Response};
 use crate::ipam::{Ipam, IpamError};
 use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore, Live};
+use crate::lease::Leases;
 use crate::registry::Registry;
 use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -58,6 +60,7 @@ pub struct SmState {
     pub kv: KvStore,
     pub registry: Registry,
     pub ipam: Ipam,
+    pub leases: Leases,
     pub cluster: ClusterMeta,
     pub ca: Option<CaRecord>,
     /// `ca`'s record digest, kept beside it: heartbeat sessions compare it every second.
@@ -359,6 +362,20 @@ impl StateMachineStore {
                             Err(e) => Err(ApplyError::Ipam(e)),
                         }
                     }
+                    Command::Lease(c) => {
+                        let term = {
+                            use openraft::vote::RaftLeaderId;
+                            log_id.committed_leader_id().term()
+                        };
+                        let r = st.leases.apply(log_id.index, term, c, &mut st.kv, &mut hist).map(Output::Lease);
+                        for (k, v) in st.leases.take_changes() {
+                            match v {
+                                Some(v) => hist.batch.put_cf(cf, k, v),
+                                None => hist.batch.delete_cf(cf, k),
+                            }
+                        }
+                        r
+                    }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
                     Command::DeleteRange(d) => st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange),
                     Command::Txn(t) => st.kv.apply_txn(t, &mut hist).map(Output::Txn),
@@ -526,6 +543,14 @@ fn load_state(db: &DB) -> io::Result<SmState> {
             },
         );
     }
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(vec![b'l', b'/' + 1]);
+    let mut records = Vec::new();
+    for item in db.iterator_cf_opt(cf, ro, IteratorMode::From(crate::lease::keys::PREFIX, rocksdb::Direction::Forward))
+    {
+        records.push(item.map_err(io_err)?);
+    }
+    st.leases = Leases::load(records.iter().map(|(k, v)| (&k[..], &v[..])), &mut st.kv)?;
     Ok(st)
 }
 

@@ -96,9 +96,9 @@ pub async fn watch(c: &Client, f: Format, key: &str, o: WatchOptions) -> anyhow:
             }
             WatchItem::Progress { .. } => {}
             WatchItem::Compacted { compact_revision } => anyhow::bail!(
-                "revision {} was compacted (the oldest watchable revision is {}): start again from a fresh read",
+                "revision {} was compacted (the oldest watchable revision is {compact_revision}): start again \
+                 from there, or from a fresh read",
                 w.next_revision(),
-                compact_revision + 1
             ),
         }
     }

@@ -1,0 +1,355 @@
+//! The leader's lease countdown, and the clock every node keeps of when it applied what.
+//!
+//! Only the leader counts down, in memory ([`Lessor`]). KeepAlive resets a lease to its
+//! full TTL there; when a lease runs out the leader commits `LeaseCommand::Expire`,
+//! fenced by its term. Successors must not start over from the full TTL (etcd does, on
+//! every election), so the leader commits checkpoints of the remaining TTL, and every
+//! node remembers when it applied each entry ([`AppliedClock`]). A new leader gives each
+//! lease `applied_at(checkpoint entry) + remaining + one election timeout`: the time the
+//! checkpoint's entry was applied here is after the old leader stamped it, so this is
+//! never earlier than the old leader's deadline, and later by the replication delay plus
+//! the grace.
+//!
+//! A lease that nobody keeps alive needs no checkpoint at all: its grant entry says
+//! "TTL left, as of now". Only renewals make the replicated picture stale, so the leader
+//! checkpoints a renewed lease once the deadline its successor would compute falls
+//! within half a TTL. The write rate is then at most one checkpoint per lease per half
+//! TTL for leases kept alive, batched into at most two entries a second.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::command::{Command, Output};
+use crate::error::{CoordError, Result};
+use crate::lease::{Lease, LeaseCommand, LeaseOutput, MAX_TTL_SECS};
+use crate::node::CoordNode;
+
+/// Samples kept by [`AppliedClock`]: ten minutes at one per 5 ms.
+const CLOCK_SAMPLES: usize = 120_000;
+const CLOCK_RESOLUTION: Duration = Duration::from_millis(5);
+
+/// When this node applied which log index, sampled. Not replicated: each node's own
+/// observations, used only by its own leadership.
+#[derive(Debug, Default)]
+pub struct AppliedClock {
+    samples: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+impl AppliedClock {
+    /// Notes that entries up to `index` are applied now.
+    pub fn record(&self, index: u64, now: Instant) {
+        let mut s = self.samples.lock().expect("applied clock");
+        match s.back_mut() {
+            Some((i, _)) if *i >= index => {}
+            Some((i, t)) if now.duration_since(*t) < CLOCK_RESOLUTION => *i = index,
+            _ => {
+                s.push_back((index, now));
+                if s.len() > CLOCK_SAMPLES {
+                    s.pop_front();
+                }
+            }
+        }
+    }
+
+    /// No earlier than when this node applied `index`: the first sample at or past it,
+    /// or `now` if it is newer than every sample. An index older than every sample gets
+    /// the oldest sample's time, later than the truth, which only lengthens a lease.
+    pub fn applied_at(&self, index: u64, now: Instant) -> Instant {
+        let s = self.samples.lock().expect("applied clock");
+        let i = s.partition_point(|(i, _)| *i < index);
+        s.get(i).map_or(now, |(_, t)| *t)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Timer {
+    ttl: Duration,
+    expiry: Instant,
+    /// The deadline a successor would compute from the replicated state (without its
+    /// grace): the last checkpoint's, or the grant's.
+    replicated_deadline: Instant,
+    /// Renewed since the last checkpoint.
+    renewed: bool,
+    /// An expiry naming it is being committed.
+    expiring: bool,
+}
+
+/// The leader's in-memory countdown of every lease (empty on other nodes).
+#[derive(Debug, Default)]
+pub struct Lessor {
+    timers: Mutex<BTreeMap<i64, Timer>>,
+}
+
+impl Lessor {
+    /// Forgets everything (leadership gained or lost).
+    pub fn reset(&self) {
+        self.timers.lock().expect("lessor").clear();
+    }
+
+    /// Makes the timers match the replicated leases: new ones start from their
+    /// checkpoint (`applied_at` gives when this node applied an index), plus `grace`;
+    /// gone ones are dropped.
+    pub fn sync<'a>(
+        &self,
+        leases: impl IntoIterator<Item = (i64, &'a Lease)>,
+        applied_at: impl Fn(u64) -> Instant,
+        grace: Duration,
+    ) {
+        let mut t = self.timers.lock().expect("lessor");
+        let mut seen = BTreeSet::new();
+        for (id, l) in leases {
+            seen.insert(id);
+            t.entry(id).or_insert_with(|| {
+                let deadline = applied_at(l.checkpoint_index) + Duration::from_millis(l.remaining_ms.max(0) as u64);
+                Timer {
+                    ttl: Duration::from_secs(l.ttl_secs.max(0) as u64),
+                    expiry: deadline + grace,
+                    replicated_deadline: deadline,
+                    renewed: false,
+                    expiring: false,
+                }
+            });
+        }
+        t.retain(|id, _| seen.contains(id));
+    }
+
+    /// A KeepAlive: the lease starts its full TTL again. `None` if the leader does not
+    /// know it (gone, or its expiry is being committed).
+    pub fn keep_alive(&self, id: i64, now: Instant) -> Option<Duration> {
+        let mut t = self.timers.lock().expect("lessor");
+        let timer = t.get_mut(&id).filter(|x| !x.expiring)?;
+        timer.expiry = now + timer.ttl;
+        timer.renewed = true;
+        Some(timer.ttl)
+    }
+
+    /// Time left on lease `id` (zero once due), if the leader counts it.
+    pub fn remaining(&self, id: i64, now: Instant) -> Option<Duration> {
+        self.timers.lock().expect("lessor").get(&id).map(|x| x.expiry.saturating_duration_since(now))
+    }
+
+    /// Leases whose time is up, at most `max`, marked as being committed.
+    pub fn due(&self, now: Instant, max: usize) -> Vec<i64> {
+        let mut t = self.timers.lock().expect("lessor");
+        let mut out = Vec::new();
+        for (id, x) in t.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if !x.expiring && x.expiry <= now {
+                x.expiring = true;
+                out.push(*id);
+            }
+        }
+        out
+    }
+
+    /// An expiry entry failed to commit: count those leases again.
+    pub fn expiry_failed(&self, ids: &[i64]) {
+        let mut t = self.timers.lock().expect("lessor");
+        for id in ids {
+            if let Some(x) = t.get_mut(id) {
+                x.expiring = false;
+            }
+        }
+    }
+
+    /// Renewed leases whose replicated deadline falls within half a TTL of `now`, with
+    /// their remaining milliseconds, at most `max`; they count as checkpointed.
+    pub fn checkpoints(&self, now: Instant, max: usize) -> Vec<(i64, i64)> {
+        let mut t = self.timers.lock().expect("lessor");
+        let mut out = Vec::new();
+        for (id, x) in t.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if x.renewed && !x.expiring && x.replicated_deadline < now + x.ttl / 2 {
+                let left = x.expiry.saturating_duration_since(now);
+                out.push((*id, left.as_millis() as i64));
+                x.replicated_deadline = x.expiry;
+                x.renewed = false;
+            }
+        }
+        out
+    }
+
+    /// The loop that counts was not scheduled for `stalled`: a paused leader must not
+    /// blame the clients, so every deadline moves by that much.
+    pub fn shift(&self, stalled: Duration) {
+        let mut t = self.timers.lock().expect("lessor");
+        for x in t.values_mut() {
+            x.expiry += stalled;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.timers.lock().expect("lessor").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What TimeToLive answers for a lease the leader counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// Seconds left, rounded up.
+    pub ttl_secs: i64,
+    pub granted_secs: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// The lease calls of the service path. Grants and revokes are writes; renewals and
+/// TimeToLive are leader work (the countdown lives there); a follower answers
+/// `NotLeader` with the leader's address, for the caller to forward.
+impl CoordNode {
+    /// etcd's minimum TTL: 1.5 election timeouts, in whole seconds (rounded up), so a
+    /// lease outlives the election its keepalives may have to wait for.
+    pub fn min_lease_ttl_secs(&self) -> i64 {
+        (3 * self.config.election_timeout_max_ms).div_ceil(2000).max(1) as i64
+    }
+
+    /// Grants a lease of `ttl_secs` (raised to the minimum) under `id` (0: the cluster
+    /// picks one). Returns (id, TTL granted).
+    pub async fn grant_lease(&self, id: i64, ttl_secs: i64) -> Result<(i64, i64)> {
+        if id < 0 {
+            return Err(CoordError::InvalidArgument(format!("lease id {id} is negative")));
+        }
+        if ttl_secs > MAX_TTL_SECS {
+            return Err(CoordError::Apply(crate::command::ApplyError::LeaseTtlTooLarge));
+        }
+        let ttl_secs = ttl_secs.max(self.min_lease_ttl_secs());
+        match self.write(Command::Lease(LeaseCommand::Grant { id, ttl_secs })).await?.output {
+            Output::Lease(LeaseOutput::Granted { id, ttl_secs }) => Ok((id, ttl_secs)),
+            o => Err(CoordError::Internal(format!("unexpected apply output {o:?}"))),
+        }
+    }
+
+    /// Revokes lease `id`: its keys are deleted in one revision. Returns the revision.
+    pub async fn revoke_lease(&self, id: i64) -> Result<i64> {
+        Ok(self.write(Command::Lease(LeaseCommand::Revoke { id })).await?.revision)
+    }
+
+    /// A KeepAlive on the leader: the lease's full TTL in seconds, or 0 if it does not
+    /// exist (etcd's answer).
+    pub async fn renew_lease(&self, id: i64) -> Result<i64> {
+        self.ensure_leader().await?;
+        if !self.quorum_contact.load(std::sync::atomic::Ordering::Relaxed) {
+            // A leader cut off from the quorum may already be replaced: renewing here
+            // would tell the client its lease lives while the new leader counts it down.
+            return Err(CoordError::Unavailable("this leader has lost contact with the quorum".into()));
+        }
+        if let Some(ttl) = self.lessor.keep_alive(id, Instant::now()) {
+            return Ok(ttl.as_secs() as i64);
+        }
+        // Not counted here yet: a lease granted a moment ago, or this leadership is new
+        // and has not applied its predecessor's last entries. Apply everything
+        // committed, then look again.
+        self.read_barrier().await?;
+        self.sync_lessor(Duration::ZERO);
+        Ok(self.lessor.keep_alive(id, Instant::now()).map_or(0, |t| t.as_secs() as i64))
+    }
+
+    /// TimeToLive on the leader: `None` if the lease does not exist.
+    pub async fn lease_time_to_live(&self, id: i64, with_keys: bool) -> Result<Option<LeaseTtl>> {
+        self.ensure_leader().await?;
+        self.read_barrier().await?;
+        let Some((granted_secs, keys)) = self.view(|v| {
+            v.leases().by_id.get(&id).map(|l| {
+                let keys = match with_keys {
+                    true => v.kv().lease_keys.get(&id).map(|k| k.iter().cloned().collect()).unwrap_or_default(),
+                    false => Vec::new(),
+                };
+                (l.ttl_secs, keys)
+            })
+        }) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let left = match self.lessor.remaining(id, now) {
+            Some(d) => d,
+            None => {
+                self.sync_lessor(Duration::ZERO);
+                self.lessor.remaining(id, now).unwrap_or(Duration::from_secs(granted_secs as u64))
+            }
+        };
+        let ttl_secs = left.as_millis().div_ceil(1000) as i64;
+        Ok(Some(LeaseTtl { ttl_secs, granted_secs, keys }))
+    }
+
+    /// Starts counting every replicated lease the countdown lacks.
+    pub(crate) fn sync_lessor(&self, grace: Duration) {
+        let now = Instant::now();
+        self.view(|v| {
+            self.lessor.sync(
+                v.leases().by_id.iter().map(|(id, l)| (*id, l)),
+                |index| self.applied_clock.applied_at(index, now),
+                grace,
+            )
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(ttl_secs: i64, remaining_ms: i64, checkpoint_index: u64) -> Lease {
+        Lease { ttl_secs, remaining_ms, checkpoint_index }
+    }
+
+    #[test]
+    fn the_applied_clock_never_answers_before_the_apply() {
+        let c = AppliedClock::default();
+        let t0 = Instant::now();
+        c.record(10, t0);
+        c.record(20, t0 + Duration::from_secs(1));
+        c.record(30, t0 + Duration::from_secs(2));
+        assert_eq!(c.applied_at(15, t0), t0 + Duration::from_secs(1), "the first sample at or past it");
+        assert_eq!(c.applied_at(20, t0), t0 + Duration::from_secs(1));
+        assert_eq!(c.applied_at(5, t0), t0, "older than every sample: the oldest");
+        let now = t0 + Duration::from_secs(9);
+        assert_eq!(c.applied_at(31, now), now, "not sampled yet: now");
+    }
+
+    #[test]
+    fn a_successor_counts_from_the_checkpoint_not_the_full_ttl() {
+        let l = Lessor::default();
+        let t0 = Instant::now();
+        let grace = Duration::from_millis(300);
+        // Granted 30 s at index 5, applied at t0; the leader dies at t0 + 20 s.
+        let leases = [(1, lease(30, 30_000, 5))];
+        l.sync(leases.iter().map(|(i, x)| (*i, x)), |_| t0, grace);
+        let now = t0 + Duration::from_secs(20);
+        assert_eq!(l.remaining(1, now), Some(Duration::from_secs(10) + grace));
+        assert!(l.due(now + Duration::from_secs(10), 10).is_empty());
+        assert_eq!(l.due(now + Duration::from_secs(10) + grace, 10), vec![1]);
+        assert!(l.keep_alive(1, now).is_none(), "its expiry is being committed");
+        l.expiry_failed(&[1]);
+        assert_eq!(l.keep_alive(1, now), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn only_renewed_leases_near_their_replicated_deadline_are_checkpointed() {
+        let l = Lessor::default();
+        let t0 = Instant::now();
+        let leases = [(1, lease(10, 10_000, 5)), (2, lease(10, 10_000, 5))];
+        l.sync(leases.iter().map(|(i, x)| (*i, x)), |_| t0, Duration::ZERO);
+        // Renewed at 2 s: its replicated deadline (10 s) is not within 5 s yet.
+        l.keep_alive(1, t0 + Duration::from_secs(2));
+        assert!(l.checkpoints(t0 + Duration::from_secs(2), 10).is_empty());
+        // At 6 s it is: checkpointed with what is left of the renewal (6 s).
+        assert_eq!(l.checkpoints(t0 + Duration::from_secs(6), 10), vec![(1, 6_000)]);
+        assert!(l.checkpoints(t0 + Duration::from_secs(6), 10).is_empty(), "once per renewal");
+        // Lease 2 was never renewed: its grant says all a successor needs.
+        l.shift(Duration::from_secs(1));
+        assert_eq!(l.remaining(2, t0), Some(Duration::from_secs(11)));
+        // Gone from the state: dropped.
+        l.sync(leases[..1].iter().map(|(i, x)| (*i, x)), |_| t0, Duration::ZERO);
+        assert_eq!(l.len(), 1);
+    }
+}

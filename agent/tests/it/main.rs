@@ -11,3 +11,4 @@ mod t60_ipam;
 mod t70_backup;
 mod t80_security;
 mod t90_watch;
+mod t91_lease;

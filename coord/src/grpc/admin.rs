@@ -350,6 +350,14 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
         .await
     }
 
+    #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
+    async fn renew_lease(
+        &self,
+        req: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        super::lease::renew(&self.node, req).await
+    }
+
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
     async fn rotate_ca(&self, req: Request<pb::RotateCaRequest>) -> Result<Response<pb::RotateCaResponse>, Status> {
         let phase = req.get_ref().phase.clone();

@@ -56,6 +56,8 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     ("/cluster.v1.ClusterAdmin/IssueCert", Allow::Admins),
     ("/cluster.v1.ClusterAdmin/RotateToken", Allow::Admins),
     ("/cluster.v1.ClusterAdmin/RotateCa", Allow::Admins),
+    // A follower passing a client's KeepAlive on.
+    ("/cluster.v1.ClusterAdmin/RenewLease", Allow::Managers),
     // And only as the node the certificate names (checked by the handler).
     ("/cluster.raft.v1.Raft/AppendEntries", Allow::Managers),
     ("/cluster.raft.v1.Raft/StreamAppend", Allow::Managers),
@@ -296,6 +298,7 @@ mod tests {
         ("/cluster.v1.ClusterAdmin/IssueCert", "M A"),
         ("/cluster.v1.ClusterAdmin/RotateToken", "M A"),
         ("/cluster.v1.ClusterAdmin/RotateCa", "M A"),
+        ("/cluster.v1.ClusterAdmin/RenewLease", "M"),
         ("/cluster.raft.v1.Raft/AppendEntries", "M"),
         ("/cluster.raft.v1.Raft/StreamAppend", "M"),
         ("/cluster.raft.v1.Raft/Vote", "M"),

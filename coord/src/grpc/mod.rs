@@ -1,4 +1,4 @@
-//! The gRPC face of a coord node: etcd v3 (KV, Watch, Cluster, Maintenance), Raft traffic,
+//! The gRPC face of a coord node: etcd v3 (KV, Watch, Lease, Cluster, Maintenance), Raft traffic,
 //! cluster administration, the registry and IPAM, all on one listen address.
 //!
 //! A handler decodes, calls the node's one read API ([`CoordNode::read`]/[`CoordNode::view`])
@@ -11,6 +11,7 @@ mod authz;
 mod convert;
 mod etcd;
 pub mod ipam;
+mod lease;
 pub(crate) mod quota;
 mod raft_service;
 pub mod registry;
@@ -24,6 +25,7 @@ use proto::clusterpb::ipam_server::IpamServer;
 use proto::clusterpb::registry_server::RegistryServer;
 use proto::etcdserverpb::cluster_server::ClusterServer;
 use proto::etcdserverpb::kv_server::KvServer;
+use proto::etcdserverpb::lease_server::LeaseServer;
 use proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use proto::etcdserverpb::watch_server::WatchServer;
 use proto::raftpb::raft_server::RaftServer;
@@ -190,6 +192,9 @@ pub async fn serve(
         )
         .add_service(KvServer::new(etcd::EtcdKv::new(n.clone())).max_decoding_message_size(KV_MESSAGE_BYTES))
         .add_service(WatchServer::new(watch::WatchService::new(n.clone())).max_decoding_message_size(KV_MESSAGE_BYTES))
+        .add_service(
+            LeaseServer::new(lease::LeaseService::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES),
+        )
         .add_service(
             ClusterServer::new(etcd::EtcdCluster::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES),
         )

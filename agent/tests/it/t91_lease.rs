@@ -1,0 +1,152 @@
+//! etcd leases against a real 3-master cluster: etcdctl, the etcd-client crate, expiry,
+//! and a lease whose countdown survives a kill -9 of the leader.
+
+use std::process::Command;
+use std::time::Duration;
+
+use etcd_client::{GetOptions, LeaseTimeToLiveOptions, PutOptions};
+use tokio::time::Instant;
+
+use crate::harness::Cluster;
+
+fn etcdctl(c: &Cluster, args: &[&str]) -> String {
+    let eps: Vec<String> = c.endpoints().iter().map(|e| format!("https://{e}")).collect();
+    let tls = c.nodes[0].dir.join("tls");
+    let o = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", eps.join(",")))
+        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("admin.crt").display()))
+        .arg(format!("--key={}", tls.join("admin.key").display()))
+        .args(args)
+        .output()
+        .expect("etcdctl must be installed (run .ci/install-deps)");
+    assert!(o.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lease_grant_put_keepalive_timetolive_revoke() {
+    let c = Cluster::start(3).await;
+    let out = etcdctl(&c, &["lease", "grant", "30"]);
+    // "lease 694d7a1b6f0c8a04 granted with TTL(30s)"
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    assert!(out.contains("granted with TTL(30s)"), "{out}");
+    assert_eq!(etcdctl(&c, &["put", "--lease", &id, "held", "v"]).trim(), "OK");
+    assert_eq!(etcdctl(&c, &["put", "free", "v"]).trim(), "OK");
+    let ttl = etcdctl(&c, &["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.contains("granted with TTL(30s)") && ttl.contains("attached keys([held])"), "{ttl}");
+    let alive = etcdctl(&c, &["lease", "keep-alive", "--once", &id]);
+    assert!(alive.contains("keepalived with TTL(30)"), "{alive}");
+    let list = etcdctl(&c, &["lease", "list"]);
+    assert!(list.contains(&id), "{list}");
+    assert!(etcdctl(&c, &["lease", "revoke", &id]).contains("revoked"));
+    assert_eq!(etcdctl(&c, &["get", "held"]).trim(), "", "a revoke deletes the lease's keys");
+    assert_eq!(etcdctl(&c, &["get", "free", "--print-value-only"]).trim(), "v");
+    let gone = etcdctl(&c, &["lease", "timetolive", &id]);
+    assert!(gone.contains("already expired"), "{gone}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_client_crate_leases_through_a_follower_expire_and_answer_unknown_ids() {
+    let c = Cluster::start(3).await;
+    let l = c.leader(Duration::from_secs(5)).await;
+    // Everything through a follower: writes and leader work are forwarded.
+    let mut e = crate::harness::etcd(&c.nodes[(l + 1) % 3].addr).await;
+    let g = e.lease_grant(20, None).await.unwrap();
+    assert_eq!(g.ttl(), 20);
+    let id = g.id();
+    e.put("a", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    e.put("b", "2", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    let r = e.get("a", None).await.unwrap();
+    assert_eq!(r.kvs()[0].lease(), id);
+    // A txn compares on the lease.
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::lease("a", etcd_client::CompareOp::Equal, id)])
+        .and_then([etcd_client::TxnOp::put("c", "3", None)]);
+    assert!(e.txn(txn).await.unwrap().succeeded());
+
+    let t = e.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
+    assert_eq!(t.granted_ttl(), 20);
+    assert!((18..=20).contains(&t.ttl()), "remaining {}", t.ttl());
+    let mut keys: Vec<&[u8]> = t.keys().iter().map(|k| &k[..]).collect();
+    keys.sort();
+    assert_eq!(keys, vec![&b"a"[..], &b"b"[..]]);
+
+    let (mut keeper, mut stream) = e.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let r = stream.message().await.unwrap().unwrap();
+    assert_eq!((r.id(), r.ttl()), (id, 20));
+    assert!(e.leases().await.unwrap().leases().iter().any(|s| s.id() == id));
+
+    // Unknown leases: KeepAlive answers TTL 0 (which the crate reports as "lease not
+    // found"), TimeToLive -1, a put is refused.
+    let ch = crate::harness::agent_channel(&c.nodes[(l + 1) % 3].addr).await.unwrap();
+    let req = proto::etcdserverpb::LeaseKeepAliveRequest { id: 0x7777 };
+    let mut raw = proto::etcdserverpb::lease_client::LeaseClient::new(ch)
+        .lease_keep_alive(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = raw.message().await.unwrap().unwrap();
+    assert_eq!((r.id, r.ttl), (0x7777, 0));
+    let err = e.lease_keep_alive(0x7777).await.unwrap_err();
+    assert!(err.to_string().contains("lease not found"), "{err}");
+    assert_eq!(e.lease_time_to_live(0x7777, None).await.unwrap().ttl(), -1);
+    let err = e.put("x", "1", Some(PutOptions::new().with_lease(0x7777))).await.unwrap_err();
+    assert!(err.to_string().contains("lease not found"), "{err}");
+    // A duplicate id is refused.
+    let dup = e.lease_grant(5, Some(etcd_client::LeaseGrantOptions::new().with_id(id))).await.unwrap_err();
+    assert!(dup.to_string().contains("lease already exists"), "{dup}");
+
+    // The minimum TTL is ceil(1.5 x election timeout) = 1 s here; a 2 s lease nobody
+    // keeps alive expires, taking its key, within its TTL plus a second.
+    let short = e.lease_grant(2, None).await.unwrap();
+    e.put("short", "x", Some(PutOptions::new().with_lease(short.id()))).await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        if e.get("short", None).await.unwrap().kvs().is_empty() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(4), "a 2 s lease still holds its key after 4 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(1_900), "expired early: {:?}", t0.elapsed());
+    // The kept-alive lease's keys are still there, and a revoke removes them at once.
+    assert_eq!(e.get("a", Some(GetOptions::new())).await.unwrap().kvs().len(), 1);
+    e.lease_revoke(id).await.unwrap();
+    assert!(e.get("a", None).await.unwrap().kvs().is_empty());
+    assert!(e.get("b", None).await.unwrap().kvs().is_empty());
+}
+
+/// The must-show: a 30 s lease, no keepalive, the leader killed at 20 s. etcd's new
+/// leader restarts the countdown from the full TTL (expiry near 50 s); here the lease
+/// still expires at 30 s, within one election timeout plus 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_keeps_its_remaining_ttl_across_a_leader_kill() {
+    let mut c = Cluster::start(3).await;
+    let l = c.leader(Duration::from_secs(5)).await;
+    let mut e = crate::harness::etcd(&c.nodes[l].addr).await;
+    let id = e.lease_grant(30, None).await.unwrap().id();
+    let granted = Instant::now();
+    e.put("session", "x", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    tokio::time::sleep_until(granted + Duration::from_secs(20)).await;
+    c.kill9(l);
+    let survivor = (l + 1) % 3;
+    let mut s = crate::harness::etcd(&c.nodes[survivor].addr).await;
+    let expired = loop {
+        let gone = match s.get("session", Some(GetOptions::new().with_serializable())).await {
+            Ok(r) => r.kvs().is_empty(),
+            Err(_) => false,
+        };
+        if gone {
+            break granted.elapsed();
+        }
+        assert!(granted.elapsed() < Duration::from_secs(45), "the lease outlived 45 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("a 30 s lease, leader killed at 20 s, expired after {:.2} s", expired.as_secs_f64());
+    // Election timeout 300 ms (max) + 1 s.
+    assert!(expired >= Duration::from_millis(29_900), "expired early: {expired:?}");
+    assert!(expired <= Duration::from_millis(31_300), "expired late: {expired:?}");
+}

@@ -15,7 +15,8 @@
 //!   write path;
 //! - [`leader`]: the duties that run while this node leads; [`liveness`]: its heartbeat
 //!   tracker; [`lessor`]: its lease countdown, and every node's clock of applied entries;
-//! - [`watch`]: etcd watch streams, served from this node's applied state;
+//! - [`watch`]: etcd watch streams, served from this node's applied state; [`recipes`]:
+//!   etcd's lock and election, run by the master;
 //! - [`network`]: Raft RPCs between masters over gRPC;
 //! - [`grpc`]: the services a node serves (etcd v3, Raft, cluster admin, registry, IPAM);
 //! - [`token`]: join token format; [`config`]: tunables; [`error`]: errors.
@@ -41,6 +42,7 @@ pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod read;
+pub mod recipes;
 pub mod registry;
 pub mod store;
 pub mod token;

@@ -12,3 +12,4 @@ mod t70_backup;
 mod t80_security;
 mod t90_watch;
 mod t91_lease;
+mod t92_lock;

@@ -1,4 +1,5 @@
-//! The gRPC face of a coord node: etcd v3 (KV, Watch, Lease, Cluster, Maintenance), Raft traffic,
+//! The gRPC face of a coord node: etcd v3 (KV, Watch, Lease, Lock, Election, Cluster,
+//! Maintenance), Raft traffic,
 //! cluster administration, the registry and IPAM, all on one listen address.
 //!
 //! A handler decodes, calls the node's one read API ([`CoordNode::read`]/[`CoordNode::view`])
@@ -12,6 +13,7 @@ mod convert;
 mod etcd;
 pub mod ipam;
 mod lease;
+mod lock;
 pub(crate) mod quota;
 mod raft_service;
 pub mod registry;
@@ -29,6 +31,8 @@ use proto::etcdserverpb::lease_server::LeaseServer;
 use proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use proto::etcdserverpb::watch_server::WatchServer;
 use proto::raftpb::raft_server::RaftServer;
+use proto::v3electionpb::election_server::ElectionServer;
+use proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -194,6 +198,10 @@ pub async fn serve(
         .add_service(WatchServer::new(watch::WatchService::new(n.clone())).max_decoding_message_size(KV_MESSAGE_BYTES))
         .add_service(
             LeaseServer::new(lease::LeaseService::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES),
+        )
+        .add_service(LockServer::new(lock::LockService::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES))
+        .add_service(
+            ElectionServer::new(lock::ElectionService::new(n.clone())).max_decoding_message_size(KV_MESSAGE_BYTES),
         )
         .add_service(
             ClusterServer::new(etcd::EtcdCluster::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES),

@@ -8,6 +8,7 @@
 //! - typed calls, as methods of [`Client`]: [`admin`] (status, members, leave, token, snapshot save),
 //!   [`kv`] (get, put, delete, txn), [`registry`] (nodes, drain, remove, events) and
 //!   [`ipam`] (networks and addresses);
+//! - [`lease`]: etcd leases, locks and elections;
 //! - [`watch`]: a resumable etcd watch that moves to another master when its own fails.
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod conn;
 pub mod error;
 pub mod ipam;
 pub mod kv;
+pub mod lease;
 pub mod registry;
 pub mod types;
 pub mod watch;
@@ -24,6 +26,7 @@ pub use conn::{channel, channel_with, Client, Settings};
 pub use error::ClientError;
 pub use ipam::NetworkSpec;
 pub use kv::GetOptions;
+pub use lease::LeaseInfo;
 pub use registry::EventStream;
 pub use types::{Availability, RaftRole, Role};
 pub use watch::{WatchItem, WatchOptions, WatchStream};
@@ -36,3 +39,4 @@ pub use pki::{ClientTls, CredentialFiles, Credentials};
 pub use proto::clusterpb;
 pub use proto::etcdserverpb;
 pub use proto::mvccpb;
+pub use proto::v3electionpb;

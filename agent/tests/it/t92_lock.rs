@@ -158,3 +158,41 @@ async fn etcd_client_crate_lock_and_election_rpcs() {
     let err = e.proclaim("stale", Some(etcd_client::ProclaimOptions::new().with_leader(lk))).await.unwrap_err();
     assert!(err.to_string().contains("not leader"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_cli_leases_and_a_lock_around_a_command() {
+    let c = Cluster::start(1).await;
+    let ep = c.nodes[0].addr.clone();
+    let tls = c.nodes[0].dir.join("tls").display().to_string();
+    let run = |args: &[&str]| {
+        let o = Command::new(crate::harness::bin())
+            .args(args)
+            .args(["--endpoints", &ep, "--cert-dir", &tls])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cluster {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let out = run(&["lease", "grant", "40"]);
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    assert!(out.contains("granted with TTL(40s)"), "{out}");
+    assert!(run(&["lease", "keepalive", "--once", &id]).contains("keepalived with TTL(40)"));
+    assert!(run(&["lease", "ttl", &id, "--keys"]).contains("granted with TTL(40s)"));
+    assert!(run(&["lease", "ls"]).contains(&id));
+    assert!(run(&["lease", "revoke", &id]).contains("revoked"));
+    assert!(run(&["lease", "ttl", &id]).contains("already expired"));
+    // The command sees the lock's key and fencing token.
+    let o = Command::new(crate::harness::bin())
+        .args(["lock", "deploy", "--endpoints", &ep, "--cert-dir", &tls, "--"])
+        .args(["sh", "-c", "echo $CLUSTER_LOCK_KEY $CLUSTER_LOCK_TOKEN"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let mut parts = out.split_whitespace();
+    assert!(parts.next().unwrap().starts_with("deploy/"), "{out}");
+    assert!(parts.next().unwrap().parse::<i64>().unwrap() > 0, "{out}");
+    // Released afterwards: nothing is left under the lock's name.
+    let left = run(&["kv", "get", "deploy/", "--prefix", "--keys-only"]);
+    assert_eq!(left.trim(), "", "the lock key outlived the command");
+}

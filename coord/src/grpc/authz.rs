@@ -165,9 +165,11 @@ pub(crate) fn acts_as(who: Option<&PeerIdentity>, node_id: u64) -> Result<(), St
     }
 }
 
-/// Methods whose handler future may outlive the handler timeout: the client streams
-/// its whole request before the answer, under a deadline of its own.
-const OWN_DEADLINE: &[&str] = &["/cluster.raft.v1.Raft/InstallSnapshot"];
+/// Methods whose handler future may outlive the handler timeout: InstallSnapshot streams
+/// its whole request before the answer, under a deadline of its own; Lock and Campaign
+/// wait for their turn as long as the client does (it cancels to give up).
+const OWN_DEADLINE: &[&str] =
+    &["/cluster.raft.v1.Raft/InstallSnapshot", "/v3lockpb.Lock/Lock", "/v3electionpb.Election/Campaign"];
 
 /// Whether a certificate that passed the handshake still stands, on every request: a
 /// connection outlives the certificate it opened with. Refused: an expired certificate,

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Availability, Client, GetOptions, NetworkSpec, Role, WatchOptions};
 
-use crate::commands::{backup, cluster, ipam, kv, nodes};
+use crate::commands::{backup, cluster, ipam, kv, lease, nodes};
 
 /// cluster: a cluster manager whose masters coordinate through their own Raft log.
 ///
@@ -347,6 +347,49 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Leases: keys that live while someone keeps their lease alive (etcd's leases).
+    Lease {
+        #[command(subcommand)]
+        op: LeaseOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Hold lock NAME while CMD runs (or until Ctrl-C), then release it.
+    ///
+    /// The lock is held under a lease this command keeps alive; if this process dies,
+    /// the lock is released when the lease runs out. CMD gets the lock's key in
+    /// CLUSTER_LOCK_KEY and its fencing token (the key's create revision) in
+    /// CLUSTER_LOCK_TOKEN (also ETCD_LOCK_KEY and ETCD_LOCK_REV, as etcdctl sets them).
+    /// A lock can be lost while held (a paused process, an expired lease): whatever CMD
+    /// writes should check the token, e.g. with a txn comparing the lock key's create
+    /// revision to it. Interoperates with etcdctl lock and etcd's lock API.
+    Lock {
+        name: String,
+        /// Seconds the lease lives without renewal if this process stops renewing it.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        /// The command to run while holding the lock (after `--`).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Campaign in election NAME with PROPOSAL; print the leader key and proposal once
+    /// this process leads, and resign on Ctrl-C. With --observe, print each leader as
+    /// leadership changes. Interoperates with etcdctl elect and etcd's election API.
+    Elect {
+        name: String,
+        /// The value to proclaim while leading.
+        proposal: Option<String>,
+        /// Watch who leads instead of campaigning.
+        #[arg(long)]
+        observe: bool,
+        /// Seconds the campaign's lease lives without renewal.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Back up the state machine to a file, inspect a backup, or restore one as a new
     /// cluster.
     Snapshot {
@@ -612,6 +655,51 @@ pub enum KvOp {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum LeaseOp {
+    /// Grant a lease of TTL seconds (raised to the cluster's minimum, 1.5 election
+    /// timeouts); prints its id in hex.
+    Grant {
+        ttl: i64,
+        /// Choose the id (hex) instead of letting the cluster pick one.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Revoke lease ID (hex): its keys are deleted at once, in one revision.
+    Revoke { id: String },
+    /// Keep lease ID alive, renewing it every third of its TTL until interrupted.
+    Keepalive {
+        id: String,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Time left on lease ID, as the leader counts it.
+    Ttl {
+        id: String,
+        /// Also list the keys attached to it.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List every lease.
+    Ls,
+}
+
+impl LeaseOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            LeaseOp::Grant { ttl, id } => {
+                let id = id.as_deref().map(lease::parse_id).transpose()?.unwrap_or(0);
+                lease::grant(c, f, ttl, id).await
+            }
+            LeaseOp::Revoke { id } => lease::revoke(c, lease::parse_id(&id)?).await,
+            LeaseOp::Keepalive { id, once } => lease::keepalive(c, lease::parse_id(&id)?, once).await,
+            LeaseOp::Ttl { id, keys } => lease::ttl(c, f, lease::parse_id(&id)?, keys).await,
+            LeaseOp::Ls => lease::ls(c, f).await,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     #[arg(value_enum)]
@@ -784,6 +872,17 @@ impl Cli {
             Command::Members { client: o } => cluster::members(&o.client()?, o.format()).await,
             Command::Leave { node_id, client: o } => cluster::leave(&o.client()?, o.format(), node_id).await,
             Command::Kv { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Lease { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Lock { name, ttl, cmd, client: o } => lease::lock(&o.client()?, &name, ttl, cmd).await,
+            Command::Elect { name, proposal, observe, ttl, client: o } => {
+                let c = o.client()?;
+                match (observe, proposal) {
+                    (true, None) => lease::observe(&c, &name).await,
+                    (true, Some(_)) => bail!("--observe takes no proposal"),
+                    (false, Some(p)) => lease::elect(&c, &name, &p, ttl).await,
+                    (false, None) => bail!("give a PROPOSAL to campaign with, or --observe to watch the leader"),
+                }
+            }
             Command::Nodes { client: o } => nodes::list(&o.client()?, o.format()).await,
             Command::Node { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Network { op, client: o } => op.run(&o.client()?, o.format()).await,

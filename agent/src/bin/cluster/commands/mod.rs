@@ -11,4 +11,5 @@ pub mod backup;
 pub mod cluster;
 pub mod ipam;
 pub mod kv;
+pub mod lease;
 pub mod nodes;

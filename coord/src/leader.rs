@@ -108,6 +108,11 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
         if !node.is_leader() {
             continue;
         }
+        if first && node.read_barrier().await.is_err() {
+            // Not confirmed yet, or predecessor's entries not applied: counting from a
+            // partial picture could miss a checkpoint. Try again next tick.
+            continue;
+        }
         // Sync when leases came or went, and every second regardless.
         let seen = node.view(|v| (v.leases().generation, v.leases().by_id.len()));
         if first || synced != Some(seen) || now.duration_since(last_full_sync) > Duration::from_secs(1) {
@@ -144,12 +149,14 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
         }
         if now.duration_since(last_checkpoint) >= Duration::from_millis(500) {
             last_checkpoint = now;
-            let remaining_ms = node.lessor.checkpoints(now, crate::lease::MAX_IDS_PER_ENTRY);
-            if !remaining_ms.is_empty() {
+            let items = node.lessor.checkpoints(now, crate::lease::MAX_IDS_PER_ENTRY);
+            if !items.is_empty() {
+                let remaining_ms = items.iter().map(|(id, left, _)| (*id, *left)).collect();
                 let cmd = Command::Lease(crate::lease::LeaseCommand::Checkpoint { term, remaining_ms });
                 tokio::spawn(async move {
                     if let Err(e) = node.write(cmd).await {
-                        warn!("committing lease checkpoints failed: {e}");
+                        warn!("committing lease checkpoints failed, will retry: {e}");
+                        node.lessor.checkpoint_failed(&items);
                     }
                 });
             }

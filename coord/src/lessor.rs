@@ -35,18 +35,26 @@ const CLOCK_RESOLUTION: Duration = Duration::from_millis(5);
 /// observations, used only by its own leadership.
 #[derive(Debug, Default)]
 pub struct AppliedClock {
-    samples: Mutex<VecDeque<(u64, Instant)>>,
+    /// The samples, and when the newest one's window opened.
+    samples: Mutex<(VecDeque<(u64, Instant)>, Option<Instant>)>,
 }
 
 impl AppliedClock {
     /// Notes that entries up to `index` are applied now.
     pub fn record(&self, index: u64, now: Instant) {
-        let mut s = self.samples.lock().expect("applied clock");
-        match s.back_mut() {
-            Some((i, _)) if *i >= index => {}
-            Some((i, t)) if now.duration_since(*t) < CLOCK_RESOLUTION => *i = index,
+        let mut g = self.samples.lock().expect("applied clock");
+        let (s, opened) = &mut *g;
+        if s.back().is_some_and(|(i, _)| *i >= index) {
+            return;
+        }
+        // The newest sample moves forward, index and time together, for one resolution
+        // after its window opened: an index maps to a time no earlier than its apply,
+        // and at most one resolution later.
+        match (s.back_mut(), *opened) {
+            (Some(last), Some(start)) if now.duration_since(start) < CLOCK_RESOLUTION => *last = (index, now),
             _ => {
                 s.push_back((index, now));
+                *opened = Some(now);
                 if s.len() > CLOCK_SAMPLES {
                     s.pop_front();
                 }
@@ -58,7 +66,8 @@ impl AppliedClock {
     /// or `now` if it is newer than every sample. An index older than every sample gets
     /// the oldest sample's time, later than the truth, which only lengthens a lease.
     pub fn applied_at(&self, index: u64, now: Instant) -> Instant {
-        let s = self.samples.lock().expect("applied clock");
+        let g = self.samples.lock().expect("applied clock");
+        let s = &g.0;
         let i = s.partition_point(|(i, _)| *i < index);
         s.get(i).map_or(now, |(_, t)| *t)
     }
@@ -158,8 +167,9 @@ impl Lessor {
     }
 
     /// Renewed leases whose replicated deadline falls within half a TTL of `now`, with
-    /// their remaining milliseconds, at most `max`; they count as checkpointed.
-    pub fn checkpoints(&self, now: Instant, max: usize) -> Vec<(i64, i64)> {
+    /// their remaining milliseconds, at most `max`. They count as checkpointed until
+    /// [`Lessor::checkpoint_failed`] says otherwise; the third value is what to restore.
+    pub fn checkpoints(&self, now: Instant, max: usize) -> Vec<(i64, i64, Instant)> {
         let mut t = self.timers.lock().expect("lessor");
         let mut out = Vec::new();
         for (id, x) in t.iter_mut() {
@@ -168,12 +178,24 @@ impl Lessor {
             }
             if x.renewed && !x.expiring && x.replicated_deadline < now + x.ttl / 2 {
                 let left = x.expiry.saturating_duration_since(now);
-                out.push((*id, left.as_millis() as i64));
+                out.push((*id, left.as_millis() as i64, x.replicated_deadline));
                 x.replicated_deadline = x.expiry;
                 x.renewed = false;
             }
         }
         out
+    }
+
+    /// A checkpoint entry did not commit: what the successor would compute is still the
+    /// old deadline, so those leases are due for a checkpoint again.
+    pub fn checkpoint_failed(&self, items: &[(i64, i64, Instant)]) {
+        let mut t = self.timers.lock().expect("lessor");
+        for (id, _, old) in items {
+            if let Some(x) = t.get_mut(id) {
+                x.replicated_deadline = x.replicated_deadline.min(*old);
+                x.renewed = true;
+            }
+        }
     }
 
     /// The loop that counts was not scheduled for `stalled`: a paused leader must not
@@ -343,8 +365,12 @@ mod tests {
         l.keep_alive(1, t0 + Duration::from_secs(2));
         assert!(l.checkpoints(t0 + Duration::from_secs(2), 10).is_empty());
         // At 6 s it is: checkpointed with what is left of the renewal (6 s).
-        assert_eq!(l.checkpoints(t0 + Duration::from_secs(6), 10), vec![(1, 6_000)]);
+        let items = l.checkpoints(t0 + Duration::from_secs(6), 10);
+        assert_eq!(items, vec![(1, 6_000, t0 + Duration::from_secs(10))]);
         assert!(l.checkpoints(t0 + Duration::from_secs(6), 10).is_empty(), "once per renewal");
+        // A checkpoint that did not commit is taken again.
+        l.checkpoint_failed(&items);
+        assert_eq!(l.checkpoints(t0 + Duration::from_secs(6), 10), items);
         // Lease 2 was never renewed: its grant says all a successor needs.
         l.shift(Duration::from_secs(1));
         assert_eq!(l.remaining(2, t0), Some(Duration::from_secs(11)));

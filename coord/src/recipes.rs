@@ -146,9 +146,10 @@ impl CoordNode {
 
     /// v3lock Lock: waits until the caller holds lock `name` under `lease`.
     pub async fn lock(self: &Arc<Self>, name: &[u8], lease: i64) -> Result<Held> {
+        need_lease(lease)?;
         let key = contender_key(name, lease);
-        let (rev, _) = self.put_if_absent(&key, b"", lease).await?;
-        let mut guard = Cleanup { node: self.clone(), key: Some(key.clone()) };
+        let (rev, existing) = self.put_if_absent(&key, b"", lease).await?;
+        let mut guard = Cleanup::new(self, &key, rev, existing.is_none());
         let held = self.wait_turn(&prefix(name), &key, rev).await;
         if held.is_ok() {
             guard.key = None;
@@ -164,12 +165,14 @@ impl CoordNode {
 
     /// v3election Campaign: waits until the caller leads `name`, with `value`.
     pub async fn campaign(self: &Arc<Self>, name: &[u8], lease: i64, value: &[u8]) -> Result<Held> {
+        need_lease(lease)?;
         let key = contender_key(name, lease);
         let (rev, existing) = self.put_if_absent(&key, value, lease).await?;
+        let created = existing.is_none();
         if existing.is_some_and(|v| v != value) {
             self.proclaim(&key, rev, lease, value).await?;
         }
-        let mut guard = Cleanup { node: self.clone(), key: Some(key.clone()) };
+        let mut guard = Cleanup::new(self, &key, rev, created);
         let held = self.wait_turn(&prefix(name), &key, rev).await;
         if held.is_ok() {
             guard.key = None;
@@ -228,19 +231,39 @@ impl CoordNode {
     }
 }
 
+/// A lock or a campaign needs a lease: its key must go away with its holder. (etcd's
+/// server grants one itself for lease 0; a key shared by every lease-0 caller would
+/// never expire.)
+fn need_lease(lease: i64) -> Result<()> {
+    if lease <= 0 {
+        return Err(CoordError::InvalidArgument(format!(
+            "lease {lease}: a lock or a campaign needs a lease (grant one, keep it alive, and pass its id)"
+        )));
+    }
+    Ok(())
+}
+
 /// Deletes a contender's key when its wait ends without the lock (the client gave up or
 /// the wait failed), so that it does not block those behind it until its lease ends.
+/// Only a key this call created, and only while it has the create revision this call
+/// saw: a retry or another caller with the same lease may be using it.
 struct Cleanup {
     node: Arc<CoordNode>,
-    key: Option<Vec<u8>>,
+    key: Option<(Vec<u8>, i64)>,
+}
+
+impl Cleanup {
+    fn new(node: &Arc<CoordNode>, key: &[u8], rev: i64, created: bool) -> Cleanup {
+        Cleanup { node: node.clone(), key: created.then(|| (key.to_vec(), rev)) }
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
+        let Some((key, rev)) = self.key.take() else { return };
         let node = self.node.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), node.unlock(&key)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), node.resign(&key, rev)).await;
         });
     }
 }

@@ -82,20 +82,26 @@ fn patient(c: &Client) -> Client {
     Client::with_settings(c.endpoints().to_vec(), c.tls().clone(), settings)
 }
 
-/// A lease kept alive in the background for as long as the returned task runs.
+/// A lease kept alive in the background; the task ends only when the lease is lost.
 async fn session(c: &Client, ttl: i64) -> anyhow::Result<(i64, tokio::task::JoinHandle<()>)> {
     let (id, ttl) = c.lease_grant(ttl, 0).await?;
     let c2 = c.clone();
+    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
     let keeper = tokio::spawn(async move {
+        let mut wait = every;
         loop {
-            tokio::time::sleep(Duration::from_millis((ttl as u64 * 1000 / 3).max(300))).await;
+            tokio::time::sleep(wait).await;
             match c2.lease_keep_alive_once(id).await {
-                Ok(t) if t > 0 => {}
+                Ok(t) if t > 0 => wait = every,
                 Ok(_) => {
                     eprintln!("the session lease {id:x} expired: whatever it held is lost");
                     return;
                 }
-                Err(e) => eprintln!("renewing the session lease failed (retrying): {e}"),
+                Err(e) => {
+                    // Soon again: a lease dies after a few missed renewals.
+                    eprintln!("renewing the session lease failed (retrying): {e}");
+                    wait = Duration::from_millis(500);
+                }
             }
         }
     });
@@ -103,16 +109,28 @@ async fn session(c: &Client, ttl: i64) -> anyhow::Result<(i64, tokio::task::Join
 }
 
 /// Holds lock `name`, then runs `cmd` (with the lock's key and fencing token in its
-/// environment) or waits for Ctrl-C; releases the lock either way.
+/// environment) or waits for Ctrl-C. Revoking the session lease at the end, whatever
+/// happened, releases the lock.
 pub async fn lock(c: &Client, name: &str, ttl: i64, cmd: Vec<String>) -> anyhow::Result<()> {
-    let (lease, keeper) = session(c, ttl).await?;
+    let (lease, mut keeper) = session(c, ttl).await?;
+    let r = hold_lock(c, name, lease, cmd, &mut keeper).await;
+    keeper.abort();
+    let _ = c.lease_revoke(lease).await;
+    r
+}
+
+async fn hold_lock(
+    c: &Client,
+    name: &str,
+    lease: i64,
+    cmd: Vec<String>,
+    keeper: &mut tokio::task::JoinHandle<()>,
+) -> anyhow::Result<()> {
     let waiter = patient(c);
     let key = tokio::select! {
         k = waiter.lock(name.as_bytes(), lease) => k?,
-        _ = tokio::signal::ctrl_c() => {
-            let _ = c.lease_revoke(lease).await;
-            anyhow::bail!("interrupted while waiting for the lock");
-        }
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while waiting for the lock"),
+        _ = &mut *keeper => anyhow::bail!("the session lease was lost while waiting for the lock"),
     };
     let token = c
         .get(key.clone(), client::GetOptions::default())
@@ -122,50 +140,61 @@ pub async fn lock(c: &Client, name: &str, ttl: i64, cmd: Vec<String>) -> anyhow:
         .map(|kv| kv.create_revision)
         .ok_or_else(|| anyhow::anyhow!("the lock key vanished as it was taken"))?;
     let key_str = String::from_utf8_lossy(&key).into_owned();
-    let status = if cmd.is_empty() {
+    if cmd.is_empty() {
         println!("{key_str}");
         eprintln!("holding the lock (fencing token {token}); Ctrl-C releases it");
-        tokio::signal::ctrl_c().await?;
-        None
-    } else {
-        let mut child = tokio::process::Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .env("CLUSTER_LOCK_KEY", &key_str)
-            .env("CLUSTER_LOCK_TOKEN", token.to_string())
-            // The names etcdctl gives them, for scripts written against etcdctl.
-            .env("ETCD_LOCK_KEY", &key_str)
-            .env("ETCD_LOCK_REV", token.to_string())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", cmd[0]))?;
-        Some(child.wait().await?)
-    };
-    keeper.abort();
-    c.unlock(&key).await?;
-    let _ = c.lease_revoke(lease).await;
-    match status {
-        Some(s) if !s.success() => anyhow::bail!("{:?} exited with {s}", cmd[0]),
-        _ => Ok(()),
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return Ok(r?),
+            _ = &mut *keeper => anyhow::bail!("the lock was lost: its session lease expired"),
+        }
+    }
+    let mut child = tokio::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("CLUSTER_LOCK_KEY", &key_str)
+        .env("CLUSTER_LOCK_TOKEN", token.to_string())
+        // The names etcdctl gives them, for scripts written against etcdctl.
+        .env("ETCD_LOCK_KEY", &key_str)
+        .env("ETCD_LOCK_REV", token.to_string())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", cmd[0]))?;
+    tokio::select! {
+        s = child.wait() => {
+            let s = s?;
+            anyhow::ensure!(s.success(), "{:?} exited with {s}", cmd[0]);
+            Ok(())
+        }
+        _ = &mut *keeper => {
+            // Past this point another process may hold the lock: stop the command.
+            let _ = child.kill().await;
+            anyhow::bail!("the lock was lost (its session lease expired): {:?} was stopped", cmd[0])
+        }
     }
 }
 
 /// Campaigns in election `name` with `proposal`, prints the key and the proposal once
-/// leading, and resigns on Ctrl-C.
+/// leading, and resigns on Ctrl-C (or when the session lease is lost).
 pub async fn elect(c: &Client, name: &str, proposal: &str, ttl: i64) -> anyhow::Result<()> {
-    let (lease, keeper) = session(c, ttl).await?;
+    let (lease, mut keeper) = session(c, ttl).await?;
     let waiter = patient(c);
-    let leader = tokio::select! {
-        l = waiter.campaign(name.as_bytes(), lease, proposal.as_bytes()) => l?,
-        _ = tokio::signal::ctrl_c() => {
-            let _ = c.lease_revoke(lease).await;
-            anyhow::bail!("interrupted while campaigning");
+    let r = async {
+        let leader = tokio::select! {
+            l = waiter.campaign(name.as_bytes(), lease, proposal.as_bytes()) => l?,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while campaigning"),
+            _ = &mut keeper => anyhow::bail!("the session lease was lost while campaigning"),
+        };
+        println!("{}\n{proposal}", String::from_utf8_lossy(&leader.key));
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = &mut keeper => anyhow::bail!("leadership was lost: the session lease expired"),
         }
-    };
-    println!("{}\n{proposal}", String::from_utf8_lossy(&leader.key));
-    tokio::signal::ctrl_c().await?;
+        c.resign(leader).await?;
+        Ok(())
+    }
+    .await;
     keeper.abort();
-    c.resign(leader).await?;
     let _ = c.lease_revoke(lease).await;
-    Ok(())
+    r
 }
 
 /// Prints the key and value of each leader of election `name` as leadership changes.

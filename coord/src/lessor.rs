@@ -35,9 +35,11 @@ const CLOCK_RESOLUTION: Duration = Duration::from_millis(5);
 /// observations, used only by its own leadership.
 #[derive(Debug, Default)]
 pub struct AppliedClock {
-    /// The samples, and when the newest one's window opened.
-    samples: Mutex<(VecDeque<(u64, Instant)>, Option<Instant>)>,
+    samples: Mutex<Samples>,
 }
+
+/// (log index, when applied), oldest first, and when the newest one's window opened.
+type Samples = (VecDeque<(u64, Instant)>, Option<Instant>);
 
 impl AppliedClock {
     /// Notes that entries up to `index` are applied now.

@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
 BIN := $(CARGO_TARGET_DIR)/release/cluster
 
-.PHONY: deps build demo test bench bench-compare bench-agents bench-ipam bench-snapshot jepsen-deps jepsen-short jepsen-long fmt clippy
+.PHONY: deps build demo test bench bench-compare bench-lease-failover bench-agents bench-ipam bench-snapshot jepsen-deps jepsen-short jepsen-long fmt clippy
 
 deps:
 	bash .ci/install-deps --jepsen
@@ -47,6 +47,12 @@ bench:
 
 ## Registry scale: 1k-15k emulated agents against a 3-master cluster, leader killed
 ## mid-run; writes the "Registry scale" section of docs/benchmarks.md.
+## A 30 s lease with the leader killed at 20 s: when it expires, cluster vs etcd.
+bench-lease-failover:
+	bash .ci/install-deps --bench
+	cargo build --release --locked --bin cluster
+	bash .ci/bench-lease-failover.sh "$(BIN)"
+
 bench-agents:
 	bash .ci/install-deps
 	cargo build --release --locked --bin cluster

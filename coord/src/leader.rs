@@ -93,6 +93,7 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
     let mut last_checkpoint = Instant::now();
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut first = true;
+    let mut contact_lost: Option<Instant> = None;
     loop {
         tick.tick().await;
         let Some(node) = weak.upgrade() else { return };
@@ -125,8 +126,13 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
             first = false;
         }
         if !node.quorum_contact.load(Ordering::Relaxed) {
-            // Nothing could commit, and clients cannot reach a cut-off leader either.
+            // Nothing could commit, and renewals are refused meanwhile: if contact comes
+            // back under this leadership, that time is not held against the clients.
+            contact_lost.get_or_insert(now);
             continue;
+        }
+        if let Some(since) = contact_lost.take() {
+            node.lessor.shift(now.duration_since(since));
         }
         while in_flight.load(Ordering::SeqCst) < EXPIRY_ENTRIES_IN_FLIGHT {
             let ids = node.lessor.due(now, EXPIRIES_PER_ENTRY);

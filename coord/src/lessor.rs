@@ -267,8 +267,13 @@ impl CoordNode {
             // would tell the client its lease lives while the new leader counts it down.
             return Err(CoordError::Unavailable("this leader has lost contact with the quorum".into()));
         }
-        if let Some(ttl) = self.lessor.keep_alive(id, Instant::now()) {
-            return Ok(ttl.as_secs() as i64);
+        // The countdown syncs with the state every 100 ms: a lease revoked meanwhile must
+        // not be renewed, so the state is asked first.
+        let exists = self.view(|v| v.leases().by_id.contains_key(&id));
+        if exists {
+            if let Some(ttl) = self.lessor.keep_alive(id, Instant::now()) {
+                return Ok(ttl.as_secs() as i64);
+            }
         }
         // Not counted here yet: a lease granted a moment ago, or this leadership is new
         // and has not applied its predecessor's last entries. Apply everything

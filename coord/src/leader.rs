@@ -1,7 +1,7 @@
 //! The leader's duties, started when this node gains leadership (one set per term) and
 //! stopped when it loses it:
 //! - the liveness loop: refreshes `quorum_contact` and commits agents' state transitions;
-//! - the lease loop: counts leases down, commits their expiries and checkpoints;
+//! - the lease loop: counts leases down and commits their expiries;
 //! - housekeeping: finishing `init`, promoting caught-up learners, compacting KV history,
 //!   releasing leaked IP addresses.
 //!
@@ -81,8 +81,8 @@ impl Drop for Leadership {
 const EXPIRIES_PER_ENTRY: usize = 1_000;
 const EXPIRY_ENTRIES_IN_FLIGHT: usize = 4;
 
-/// Every 100 ms: syncs the countdown with the replicated leases, commits expiries of
-/// the leases that ran out (fenced by `term`), and every 500 ms checkpoints renewed ones.
+/// Every 100 ms: syncs the countdown with the replicated leases and commits expiries of
+/// the leases that ran out (fenced by `term`). Renewals commit their own checkpoints.
 async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -90,7 +90,6 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
     let mut synced: Option<(u64, usize)> = None;
     let mut last_tick = Instant::now();
     let mut last_full_sync = Instant::now();
-    let mut last_checkpoint = Instant::now();
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut first = true;
     let mut contact_lost: Option<Instant> = None;
@@ -152,20 +151,6 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
                 }
                 in_flight.fetch_sub(1, Ordering::SeqCst);
             });
-        }
-        if now.duration_since(last_checkpoint) >= Duration::from_millis(500) {
-            last_checkpoint = now;
-            let items = node.lessor.checkpoints(now, crate::lease::MAX_IDS_PER_ENTRY);
-            if !items.is_empty() {
-                let remaining_ms = items.iter().map(|(id, left, _)| (*id, *left)).collect();
-                let cmd = Command::Lease(crate::lease::LeaseCommand::Checkpoint { term, remaining_ms });
-                tokio::spawn(async move {
-                    if let Err(e) = node.write(cmd).await {
-                        warn!("committing lease checkpoints failed, will retry: {e}");
-                        node.lessor.checkpoint_failed(&items);
-                    }
-                });
-            }
         }
     }
 }

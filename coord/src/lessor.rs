@@ -11,10 +11,14 @@
 //! the grace.
 //!
 //! A lease that nobody keeps alive needs no checkpoint at all: its grant entry says
-//! "TTL left, as of now". Only renewals make the replicated picture stale, so the leader
-//! checkpoints a renewed lease once the deadline its successor would compute falls
-//! within half a TTL. The write rate is then at most one checkpoint per lease per half
-//! TTL for leases kept alive, batched into at most two entries a second.
+//! "TTL left, as of now". A renewal promises the client a new deadline, and a successor
+//! must honour it, so a renewal is answered only once the replicated picture covers
+//! it: when the promise goes past what a successor would compute, the leader first
+//! commits a checkpoint of 2 × TTL, batched with every other renewal waiting for one
+//! (group commit). A lease kept alive every third of its TTL thus costs one checkpoint
+//! every three renewals, and never expires early across a failover. The price: after a
+//! failover, a lease whose holder stopped renewing may live up to 2 × TTL past its
+//! last renewal (plus the grace) instead of TTL.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -79,13 +83,23 @@ impl AppliedClock {
 struct Timer {
     ttl: Duration,
     expiry: Instant,
-    /// The deadline a successor would compute from the replicated state (without its
-    /// grace): the last checkpoint's, or the grant's.
+    /// No later than the deadline a successor would compute from the replicated state
+    /// (without its grace): the last checkpoint's, or the grant's.
     replicated_deadline: Instant,
-    /// Renewed since the last checkpoint.
-    renewed: bool,
     /// An expiry naming it is being committed.
     expiring: bool,
+}
+
+/// What a KeepAlive finds on the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Renewed: the lease lives this long from now.
+    Renewed(Duration),
+    /// The new deadline would pass what a successor would honour: commit a checkpoint
+    /// of [`Lessor::ahead`] first, then renew.
+    NeedsCheckpoint(Duration),
+    /// Not counted here (gone, or its expiry is being committed).
+    Unknown,
 }
 
 /// The leader's in-memory countdown of every lease (empty on other nodes).
@@ -119,7 +133,6 @@ impl Lessor {
                     ttl: Duration::from_secs(l.ttl_secs.max(0) as u64),
                     expiry: deadline + grace,
                     replicated_deadline: deadline,
-                    renewed: false,
                     expiring: false,
                 }
             });
@@ -127,14 +140,31 @@ impl Lessor {
         t.retain(|id, _| seen.contains(id));
     }
 
-    /// A KeepAlive: the lease starts its full TTL again. `None` if the leader does not
-    /// know it (gone, or its expiry is being committed).
-    pub fn keep_alive(&self, id: i64, now: Instant) -> Option<Duration> {
+    /// A KeepAlive: the lease starts its full TTL again, if a successor would honour
+    /// that; see [`Renewal`].
+    pub fn keep_alive(&self, id: i64, now: Instant) -> Renewal {
         let mut t = self.timers.lock().expect("lessor");
-        let timer = t.get_mut(&id).filter(|x| !x.expiring)?;
-        timer.expiry = now + timer.ttl;
-        timer.renewed = true;
-        Some(timer.ttl)
+        let Some(timer) = t.get_mut(&id).filter(|x| !x.expiring) else { return Renewal::Unknown };
+        let promise = now + timer.ttl;
+        if promise > timer.replicated_deadline {
+            return Renewal::NeedsCheckpoint(timer.ttl);
+        }
+        timer.expiry = timer.expiry.max(promise);
+        Renewal::Renewed(timer.ttl)
+    }
+
+    /// How far ahead a renewal's checkpoint reaches: 2 × TTL, so that the next two
+    /// renewals (every third of the TTL) need none.
+    pub fn ahead(ttl: Duration) -> Duration {
+        2 * ttl
+    }
+
+    /// A checkpoint proposed at `proposed` with `remaining` committed: a successor
+    /// counts from its own apply of it, which is later.
+    pub fn checkpointed(&self, id: i64, proposed: Instant, remaining: Duration) {
+        if let Some(x) = self.timers.lock().expect("lessor").get_mut(&id) {
+            x.replicated_deadline = x.replicated_deadline.max(proposed + remaining);
+        }
     }
 
     /// Time left on lease `id` (zero once due), if the leader counts it.
@@ -168,38 +198,6 @@ impl Lessor {
         }
     }
 
-    /// Renewed leases whose replicated deadline falls within half a TTL of `now`, with
-    /// their remaining milliseconds, at most `max`. They count as checkpointed until
-    /// [`Lessor::checkpoint_failed`] says otherwise; the third value is what to restore.
-    pub fn checkpoints(&self, now: Instant, max: usize) -> Vec<(i64, i64, Instant)> {
-        let mut t = self.timers.lock().expect("lessor");
-        let mut out = Vec::new();
-        for (id, x) in t.iter_mut() {
-            if out.len() >= max {
-                break;
-            }
-            if x.renewed && !x.expiring && x.replicated_deadline < now + x.ttl / 2 {
-                let left = x.expiry.saturating_duration_since(now);
-                out.push((*id, left.as_millis() as i64, x.replicated_deadline));
-                x.replicated_deadline = x.expiry;
-                x.renewed = false;
-            }
-        }
-        out
-    }
-
-    /// A checkpoint entry did not commit: what the successor would compute is still the
-    /// old deadline, so those leases are due for a checkpoint again.
-    pub fn checkpoint_failed(&self, items: &[(i64, i64, Instant)]) {
-        let mut t = self.timers.lock().expect("lessor");
-        for (id, _, old) in items {
-            if let Some(x) = t.get_mut(id) {
-                x.replicated_deadline = x.replicated_deadline.min(*old);
-                x.renewed = true;
-            }
-        }
-    }
-
     /// The loop that counts was not scheduled for `stalled`: a paused leader must not
     /// blame the clients, so every deadline moves by that much.
     pub fn shift(&self, stalled: Duration) {
@@ -217,6 +215,16 @@ impl Lessor {
         self.len() == 0
     }
 }
+
+/// Renewals waiting for a checkpoint, and the lock held by whoever writes them.
+#[derive(Debug, Default)]
+pub struct CheckpointQueue {
+    pending: std::sync::Mutex<Vec<Waiting>>,
+    flush: tokio::sync::Mutex<()>,
+}
+
+/// A renewal waiting for its checkpoint: the lease, how far ahead, whom to tell.
+type Waiting = (i64, Duration, tokio::sync::oneshot::Sender<Result<()>>);
 
 /// What TimeToLive answers for a lease the leader counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,20 +275,61 @@ impl CoordNode {
             // would tell the client its lease lives while the new leader counts it down.
             return Err(CoordError::Unavailable("this leader has lost contact with the quorum".into()));
         }
-        // The countdown syncs with the state every 100 ms: a lease revoked meanwhile must
-        // not be renewed, so the state is asked first.
-        let exists = self.view(|v| v.leases().by_id.contains_key(&id));
-        if exists {
-            if let Some(ttl) = self.lessor.keep_alive(id, Instant::now()) {
-                return Ok(ttl.as_secs() as i64);
+        let mut synced = false;
+        let mut checkpointed = false;
+        loop {
+            // The countdown syncs with the state every 100 ms: a lease revoked meanwhile
+            // must not be renewed, so the state is asked first.
+            let exists = self.view(|v| v.leases().by_id.contains_key(&id));
+            let r = if exists { self.lessor.keep_alive(id, Instant::now()) } else { Renewal::Unknown };
+            match r {
+                Renewal::Renewed(ttl) => return Ok(ttl.as_secs() as i64),
+                Renewal::NeedsCheckpoint(ttl) if !checkpointed => {
+                    self.checkpoint_ahead(id, ttl).await?;
+                    checkpointed = true;
+                }
+                Renewal::NeedsCheckpoint(_) => {
+                    return Err(CoordError::Unavailable(
+                        "the lease's checkpoint did not cover the renewal; retry".into(),
+                    ))
+                }
+                Renewal::Unknown if !synced => {
+                    // Not counted here yet: a lease granted a moment ago, or this
+                    // leadership is new and has not applied its predecessor's last
+                    // entries. Apply everything committed, then look again.
+                    self.read_barrier().await?;
+                    self.sync_lessor(Duration::ZERO);
+                    synced = true;
+                }
+                Renewal::Unknown => return Ok(0),
             }
         }
-        // Not counted here yet: a lease granted a moment ago, or this leadership is new
-        // and has not applied its predecessor's last entries. Apply everything
-        // committed, then look again.
-        self.read_barrier().await?;
-        self.sync_lessor(Duration::ZERO);
-        Ok(self.lessor.keep_alive(id, Instant::now()).map_or(0, |t| t.as_secs() as i64))
+    }
+
+    /// Commits a checkpoint of [`Lessor::ahead`] for lease `id`, together with every
+    /// other renewal waiting for one: whoever takes the flush lock writes everything
+    /// queued so far in one entry, so the entries follow the write rate, not the number
+    /// of renewals.
+    async fn checkpoint_ahead(&self, id: i64, ttl: Duration) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.checkpoint_queue.pending.lock().expect("checkpoint queue").push((id, Lessor::ahead(ttl), tx));
+        {
+            let _flushing = self.checkpoint_queue.flush.lock().await;
+            let batch = std::mem::take(&mut *self.checkpoint_queue.pending.lock().expect("checkpoint queue"));
+            if !batch.is_empty() {
+                let term = self.current_term();
+                let proposed = Instant::now();
+                let remaining_ms = batch.iter().map(|(id, ahead, _)| (*id, ahead.as_millis() as i64)).collect();
+                let r = self.write(Command::Lease(LeaseCommand::Checkpoint { term, remaining_ms })).await;
+                for (id, ahead, tx) in batch {
+                    if r.is_ok() {
+                        self.lessor.checkpointed(id, proposed, ahead);
+                    }
+                    let _ = tx.send(r.as_ref().map(|_| ()).map_err(|e| CoordError::Unavailable(e.to_string())));
+                }
+            }
+        }
+        rx.await.map_err(|_| CoordError::Unavailable("the lease checkpoint was abandoned; retry".into()))?
     }
 
     /// TimeToLive on the leader: `None` if the lease does not exist.
@@ -357,30 +406,31 @@ mod tests {
         assert_eq!(l.remaining(1, now), Some(Duration::from_secs(10) + grace));
         assert!(l.due(now + Duration::from_secs(10), 10).is_empty());
         assert_eq!(l.due(now + Duration::from_secs(10) + grace, 10), vec![1]);
-        assert!(l.keep_alive(1, now).is_none(), "its expiry is being committed");
+        assert_eq!(l.keep_alive(1, now), Renewal::Unknown, "its expiry is being committed");
         l.expiry_failed(&[1]);
-        assert_eq!(l.keep_alive(1, now), Some(Duration::from_secs(30)));
+        // A renewal to 50 s would pass the 30 s a successor would honour.
+        assert_eq!(l.keep_alive(1, now), Renewal::NeedsCheckpoint(Duration::from_secs(30)));
     }
 
     #[test]
-    fn only_renewed_leases_near_their_replicated_deadline_are_checkpointed() {
+    fn a_renewal_is_answered_only_within_what_a_successor_would_honour() {
         let l = Lessor::default();
         let t0 = Instant::now();
+        let s = Duration::from_secs;
         let leases = [(1, lease(10, 10_000, 5)), (2, lease(10, 10_000, 5))];
         l.sync(leases.iter().map(|(i, x)| (*i, x)), |_| t0, Duration::ZERO);
-        // Renewed at 2 s: its replicated deadline (10 s) is not within 5 s yet.
-        l.keep_alive(1, t0 + Duration::from_secs(2));
-        assert!(l.checkpoints(t0 + Duration::from_secs(2), 10).is_empty());
-        // At 6 s it is: checkpointed with what is left of the renewal (6 s).
-        let items = l.checkpoints(t0 + Duration::from_secs(6), 10);
-        assert_eq!(items, vec![(1, 6_000, t0 + Duration::from_secs(10))]);
-        assert!(l.checkpoints(t0 + Duration::from_secs(6), 10).is_empty(), "once per renewal");
-        // A checkpoint that did not commit is taken again.
-        l.checkpoint_failed(&items);
-        assert_eq!(l.checkpoints(t0 + Duration::from_secs(6), 10), items);
+        // At 2 s a renewal would promise 12 s: beyond the grant's 10 s.
+        assert_eq!(l.keep_alive(1, t0 + s(2)), Renewal::NeedsCheckpoint(s(10)));
+        assert_eq!(l.remaining(1, t0 + s(2)), Some(s(8)), "nothing promised yet");
+        // A checkpoint of 2 x TTL proposed at 2 s covers renewals until 12 s.
+        l.checkpointed(1, t0 + s(2), Lessor::ahead(s(10)));
+        assert_eq!(l.keep_alive(1, t0 + s(2)), Renewal::Renewed(s(10)));
+        assert_eq!(l.keep_alive(1, t0 + s(12)), Renewal::Renewed(s(10)));
+        assert_eq!(l.remaining(1, t0 + s(12)), Some(s(10)));
+        assert_eq!(l.keep_alive(1, t0 + s(13)), Renewal::NeedsCheckpoint(s(10)));
         // Lease 2 was never renewed: its grant says all a successor needs.
-        l.shift(Duration::from_secs(1));
-        assert_eq!(l.remaining(2, t0), Some(Duration::from_secs(11)));
+        l.shift(s(1));
+        assert_eq!(l.remaining(2, t0), Some(s(11)));
         // Gone from the state: dropped.
         l.sync(leases[..1].iter().map(|(i, x)| (*i, x)), |_| t0, Duration::ZERO);
         assert_eq!(l.len(), 1);

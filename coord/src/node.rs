@@ -124,6 +124,8 @@ pub struct CoordNode {
     pub applied_clock: crate::lessor::AppliedClock,
     /// The lease countdown; meaningful on the leader only.
     pub lessor: crate::lessor::Lessor,
+    /// Renewals waiting for their checkpoint (leader only).
+    pub(crate) checkpoint_queue: crate::lessor::CheckpointQueue,
     /// On the leader: a quorum acknowledged it within two election timeouts (refreshed
     /// by the leader's liveness loop).
     pub(crate) quorum_contact: AtomicBool,
@@ -181,6 +183,7 @@ impl CoordNode {
             events,
             applied_clock: Default::default(),
             lessor: Default::default(),
+            checkpoint_queue: Default::default(),
             quorum_contact: AtomicBool::new(true),
             leaks: Default::default(),
             streams: Default::default(),

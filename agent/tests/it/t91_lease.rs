@@ -150,3 +150,43 @@ async fn a_lease_keeps_its_remaining_ttl_across_a_leader_kill() {
     assert!(expired >= Duration::from_millis(29_900), "expired early: {expired:?}");
     assert!(expired <= Duration::from_millis(31_300), "expired late: {expired:?}");
 }
+
+/// A renewal is a promise a new leader keeps: a 6 s lease renewed at 3 s, then left
+/// alone, with the leader killed at 4 s, still holds its key at 8.5 s (the promise was
+/// 9 s). Without a checkpoint covering the renewal, the new leader would count from
+/// the grant and expire it near 6.3 s. It still expires in the end, within the 2 x TTL
+/// the renewal's checkpoint reaches, plus grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lease_keeps_its_promise_across_a_leader_kill() {
+    let mut c = Cluster::start(3).await;
+    let l = c.leader(Duration::from_secs(5)).await;
+    let mut e = crate::harness::etcd(&c.nodes[l].addr).await;
+    let id = e.lease_grant(6, None).await.unwrap().id();
+    let granted = Instant::now();
+    e.put("promised", "x", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    tokio::time::sleep_until(granted + Duration::from_secs(3)).await;
+    let (mut keeper, mut stream) = e.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().ttl(), 6);
+    let renewed = Instant::now();
+    drop((keeper, stream));
+    tokio::time::sleep_until(granted + Duration::from_secs(4)).await;
+    c.kill9(l);
+    let survivor = (l + 1) % 3;
+    let mut s = crate::harness::etcd(&c.nodes[survivor].addr).await;
+    tokio::time::sleep_until(renewed + Duration::from_millis(5_500)).await;
+    let r = s.get("promised", Some(GetOptions::new().with_serializable())).await.unwrap();
+    assert_eq!(r.kvs().len(), 1, "the new leader expired a lease before the TTL its renewal promised");
+    loop {
+        let gone = s.get("promised", Some(GetOptions::new().with_serializable())).await.map(|r| r.kvs().is_empty());
+        if gone.unwrap_or(false) {
+            break;
+        }
+        assert!(renewed.elapsed() < Duration::from_millis(13_300), "the lease outlived 2 x TTL + grace + 1 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "a 6 s lease renewed at 3 s, leader killed at 4 s: gone {:.2} s after the renewal",
+        renewed.elapsed().as_secs_f64()
+    );
+}

@@ -163,7 +163,8 @@ impl Leases {
                 if *decided == term {
                     for (id, left) in remaining_ms {
                         if let Some(l) = self.by_id.get_mut(id) {
-                            l.remaining_ms = (*left).clamp(0, l.ttl_secs.saturating_mul(1000));
+                            // A renewal's checkpoint reaches 2 x TTL ahead (see `lessor`).
+                            l.remaining_ms = (*left).clamp(0, l.ttl_secs.saturating_mul(2000));
                             l.checkpoint_index = index;
                             self.dirty.insert(*id);
                         }

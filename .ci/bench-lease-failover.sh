@@ -10,13 +10,6 @@ TTL=${TTL:-30}
 KILL_AT=${KILL_AT:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/cluster-lease.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
 source "$ROOT/.ci/systems.sh"
 
 ctl() { # system endpoint(s) etcdctl-args…

@@ -8,14 +8,8 @@ BIN=${1:-cluster}
 DUR=${DURATION:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/cluster-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
-# The two systems: start_cluster, start_etcd, pt (etcd client TLS flags), leader_of.
+# The two systems: start_cluster, start_etcd, pt (etcd client TLS flags), leader_of;
+# and the cleanup on exit.
 source "$ROOT/.ci/systems.sh"
 
 bench() { # system eps op clients [extra]

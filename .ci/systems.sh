@@ -1,7 +1,14 @@
 # Shared by the benchmark scripts: a local 3-node cluster and a 3-member etcd (Debian's
 # etcd-server), both with TLS everywhere, on fixed loopback ports. Source it after
-# setting BIN (the cluster binary), DIR (a scratch directory) and PIDS=() (processes
-# the caller's cleanup kills).
+# setting BIN (the cluster binary) and DIR (a scratch directory): on exit, Ctrl-C or
+# SIGTERM it kills every process it started (PIDS) and removes DIR.
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT INT TERM
 # Below 32768: ports in the ephemeral range can be taken by any outgoing connection.
 CL=(127.0.0.1:21379 127.0.0.1:21380 127.0.0.1:21381)
 ET=(127.0.0.1:31379 127.0.0.1:31479 127.0.0.1:31579)

@@ -182,8 +182,7 @@ impl Stream {
         match r {
             Request::Create(c) => self.create(c).await,
             Request::Cancel(id) => {
-                if let Some(w) = self.watchers.remove(&id) {
-                    self.key_bytes -= w.key_bytes;
+                if self.remove(id) {
                     let revision = self.node.events().revision();
                     self.send(Response { revision, watch_id: id, canceled: true, ..Default::default() }).await?;
                 }
@@ -404,9 +403,10 @@ impl Stream {
         Ok(())
     }
 
-    fn remove(&mut self, id: i64) {
-        if let Some(w) = self.watchers.remove(&id) {
-            self.key_bytes -= w.key_bytes;
-        }
+    /// Forgets watcher `id` and the key bytes it held; false if there was none.
+    fn remove(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.remove(&id) else { return false };
+        self.key_bytes -= w.key_bytes;
+        true
     }
 }

@@ -465,6 +465,43 @@ impl Writers {
     }
 }
 
+/// etcdctl (v3 API) against every master of `c`, over TLS with its admin credential, as
+/// an operator runs it. Stdout is piped; stderr goes nowhere (a spawned watcher's is
+/// never read), [`etcdctl`] pipes it to report failures.
+pub fn etcdctl_cmd(c: &Cluster, args: &[&str]) -> Command {
+    let eps: Vec<String> = c.endpoints().iter().map(|e| format!("https://{e}")).collect();
+    let tls = c.nodes[0].dir.join("tls");
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", eps.join(",")))
+        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("admin.crt").display()))
+        .arg(format!("--key={}", tls.join("admin.key").display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Runs etcdctl to completion, feeding it `stdin`; asserts it succeeded and returns its
+/// stdout.
+pub fn etcdctl(c: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut cmd = etcdctl_cmd(c, args);
+    cmd.stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("etcdctl must be installed (run .ci/install-deps)");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
 /// Every key-value on node `i`, read locally (serializable), with revisions.
 pub async fn dump(c: &Cluster, i: usize) -> Vec<(String, String, i64, i64)> {
     let ch = agent_channel(&c.nodes[i].addr).await.expect("connect");

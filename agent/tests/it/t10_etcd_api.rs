@@ -1,12 +1,9 @@
 //! etcd v3 compatibility: a third-party Rust etcd client and Debian's etcdctl work
 //! against a 3-node cluster formed by `init` plus two `join`s.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
-use crate::harness::Cluster;
+use crate::harness::{etcdctl, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_client_crate_works_against_three_node_cluster() {
@@ -66,29 +63,6 @@ async fn etcd_client_crate_works_against_three_node_cluster() {
     let mut e2 = crate::harness::etcd(&c.nodes[l].addr).await;
     e2.put("fresh", "yes", None).await.unwrap();
     assert_eq!(e.get("fresh", None).await.unwrap().kvs()[0].value_str().unwrap(), "yes");
-}
-
-/// etcdctl over TLS with the cluster's admin certificate, as an operator runs it.
-fn etcdctl(c: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
-    let eps: Vec<String> = c.endpoints().iter().map(|e| format!("https://{e}")).collect();
-    let tls = c.nodes[0].dir.join("tls");
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", eps.join(",")))
-        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
-        .arg(format!("--cert={}", tls.join("admin.crt").display()))
-        .arg(format!("--key={}", tls.join("admin.key").display()))
-        .args(args);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("etcdctl must be installed (run .ci/install-deps)");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

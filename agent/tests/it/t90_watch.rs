@@ -3,12 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchFilterType, WatchOptions};
 
-use crate::harness::{client_of, dump, Cluster, Writers};
+use crate::harness::{client_of, dump, etcdctl, etcdctl_cmd, Cluster, Writers};
 
 async fn next_message(s: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
     tokio::time::timeout(Duration::from_secs(10), s.message())
@@ -129,39 +128,20 @@ async fn etcd_client_crate_watches_history_live_writes_filters_and_cancels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_watch_prefix_live_and_from_a_revision() {
     let c = Cluster::start(3).await;
-    let eps: Vec<String> = c.endpoints().iter().map(|e| format!("https://{e}")).collect();
-    let tls = c.nodes[0].dir.join("tls");
-    let etcdctl = |args: &[&str]| {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", eps.join(",")))
-            .arg(format!("--cacert={}", tls.join("ca.crt").display()))
-            .arg(format!("--cert={}", tls.join("admin.crt").display()))
-            .arg(format!("--key={}", tls.join("admin.key").display()))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        cmd
-    };
-    let put = |k: &str, v: &str| {
-        let o = etcdctl(&["put", k, v]).output().unwrap();
-        assert!(o.status.success());
-    };
+    let put = |k: &str, v: &str| etcdctl(&c, &["put", k, v], None);
     put("cfg/a", "1");
-    let o = etcdctl(&["get", "cfg/a", "-w", "json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&etcdctl(&c, &["get", "cfg/a", "-w", "json"], None)).unwrap();
     let rev = v["header"]["revision"].as_i64().unwrap();
     put("cfg/b", "2");
     put("zzz", "not watched");
 
     // `watch --prefix --rev` replays from the revision, then follows.
-    let mut child = etcdctl(&["watch", "--prefix", "cfg/", &format!("--rev={rev}")]).spawn().unwrap();
+    let mut child = etcdctl_cmd(&c, &["watch", "--prefix", "cfg/", &format!("--rev={rev}")]).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut read = |n: usize| -> Vec<String> { (0..n).map(|_| lines.next().unwrap().unwrap()).collect() };
     assert_eq!(read(6), vec!["PUT", "cfg/a", "1", "PUT", "cfg/b", "2"]);
     put("cfg/c", "3");
-    let o = etcdctl(&["del", "cfg/a"]).output().unwrap();
-    assert!(o.status.success());
+    etcdctl(&c, &["del", "cfg/a"], None);
     assert_eq!(read(5), vec!["PUT", "cfg/c", "3", "DELETE", "cfg/a"]);
     child.kill().unwrap();
     child.wait().unwrap();

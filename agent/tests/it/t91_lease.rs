@@ -1,49 +1,32 @@
 //! etcd leases against a real 3-master cluster: etcdctl, the etcd-client crate, expiry,
 //! and a lease whose countdown survives a kill -9 of the leader.
 
-use std::process::Command;
 use std::time::Duration;
 
 use etcd_client::{GetOptions, LeaseTimeToLiveOptions, PutOptions};
 use tokio::time::Instant;
 
-use crate::harness::Cluster;
-
-fn etcdctl(c: &Cluster, args: &[&str]) -> String {
-    let eps: Vec<String> = c.endpoints().iter().map(|e| format!("https://{e}")).collect();
-    let tls = c.nodes[0].dir.join("tls");
-    let o = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", eps.join(",")))
-        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
-        .arg(format!("--cert={}", tls.join("admin.crt").display()))
-        .arg(format!("--key={}", tls.join("admin.key").display()))
-        .args(args)
-        .output()
-        .expect("etcdctl must be installed (run .ci/install-deps)");
-    assert!(o.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
+use crate::harness::{etcdctl, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_lease_grant_put_keepalive_timetolive_revoke() {
     let c = Cluster::start(3).await;
-    let out = etcdctl(&c, &["lease", "grant", "30"]);
+    let out = etcdctl(&c, &["lease", "grant", "30"], None);
     // "lease 694d7a1b6f0c8a04 granted with TTL(30s)"
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     assert!(out.contains("granted with TTL(30s)"), "{out}");
-    assert_eq!(etcdctl(&c, &["put", "--lease", &id, "held", "v"]).trim(), "OK");
-    assert_eq!(etcdctl(&c, &["put", "free", "v"]).trim(), "OK");
-    let ttl = etcdctl(&c, &["lease", "timetolive", &id, "--keys"]);
+    assert_eq!(etcdctl(&c, &["put", "--lease", &id, "held", "v"], None).trim(), "OK");
+    assert_eq!(etcdctl(&c, &["put", "free", "v"], None).trim(), "OK");
+    let ttl = etcdctl(&c, &["lease", "timetolive", &id, "--keys"], None);
     assert!(ttl.contains("granted with TTL(30s)") && ttl.contains("attached keys([held])"), "{ttl}");
-    let alive = etcdctl(&c, &["lease", "keep-alive", "--once", &id]);
+    let alive = etcdctl(&c, &["lease", "keep-alive", "--once", &id], None);
     assert!(alive.contains("keepalived with TTL(30)"), "{alive}");
-    let list = etcdctl(&c, &["lease", "list"]);
+    let list = etcdctl(&c, &["lease", "list"], None);
     assert!(list.contains(&id), "{list}");
-    assert!(etcdctl(&c, &["lease", "revoke", &id]).contains("revoked"));
-    assert_eq!(etcdctl(&c, &["get", "held"]).trim(), "", "a revoke deletes the lease's keys");
-    assert_eq!(etcdctl(&c, &["get", "free", "--print-value-only"]).trim(), "v");
-    let gone = etcdctl(&c, &["lease", "timetolive", &id]);
+    assert!(etcdctl(&c, &["lease", "revoke", &id], None).contains("revoked"));
+    assert_eq!(etcdctl(&c, &["get", "held"], None).trim(), "", "a revoke deletes the lease's keys");
+    assert_eq!(etcdctl(&c, &["get", "free", "--print-value-only"], None).trim(), "v");
+    let gone = etcdctl(&c, &["lease", "timetolive", &id], None);
     assert!(gone.contains("already expired"), "{gone}");
 }
 

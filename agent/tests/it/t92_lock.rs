@@ -2,28 +2,13 @@
 //! and the etcd-client crate's Lock and Election RPCs, which share etcd's key layout.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use etcd_client::{LockOptions, ResignOptions};
 use tokio::time::Instant;
 
-use crate::harness::Cluster;
-
-fn etcdctl(c: &Cluster, args: &[&str]) -> Command {
-    let eps: Vec<String> = c.endpoints().iter().map(|e| format!("https://{e}")).collect();
-    let tls = c.nodes[0].dir.join("tls");
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", eps.join(",")))
-        .arg(format!("--cacert={}", tls.join("ca.crt").display()))
-        .arg(format!("--cert={}", tls.join("admin.crt").display()))
-        .arg(format!("--key={}", tls.join("admin.key").display()))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    cmd
-}
+use crate::harness::{etcdctl_cmd, Cluster};
 
 /// Lines of a child's stdout, read on a thread, each with when it arrived.
 fn lines(child: &mut Child) -> std::sync::mpsc::Receiver<(Instant, String)> {
@@ -46,13 +31,13 @@ fn next_line(rx: &std::sync::mpsc::Receiver<(Instant, String)>) -> (Instant, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_lock_second_holder_waits_for_the_first_to_exit() {
     let c = Cluster::start(3).await;
-    let mut a = etcdctl(&c, &["lock", "jobs", "--", "sh", "-c", "echo A $ETCD_LOCK_REV; sleep 2; echo A-done"])
+    let mut a = etcdctl_cmd(&c, &["lock", "jobs", "--", "sh", "-c", "echo A $ETCD_LOCK_REV; sleep 2; echo A-done"])
         .spawn()
         .unwrap();
     let a_out = lines(&mut a);
     let (_, first) = next_line(&a_out);
     assert!(first.starts_with("A "), "{first}");
-    let mut b = etcdctl(&c, &["lock", "jobs", "--", "sh", "-c", "echo B $ETCD_LOCK_REV"]).spawn().unwrap();
+    let mut b = etcdctl_cmd(&c, &["lock", "jobs", "--", "sh", "-c", "echo B $ETCD_LOCK_REV"]).spawn().unwrap();
     let b_out = lines(&mut b);
     let (a_done, l) = next_line(&a_out);
     assert_eq!(l, "A-done");
@@ -68,9 +53,9 @@ async fn etcdctl_lock_second_holder_waits_for_the_first_to_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_elect_campaigners_and_an_observer() {
     let c = Cluster::start(3).await;
-    let mut observer = etcdctl(&c, &["elect", "-l", "boss"]).spawn().unwrap();
+    let mut observer = etcdctl_cmd(&c, &["elect", "-l", "boss"]).spawn().unwrap();
     let seen = lines(&mut observer);
-    let mut alpha = etcdctl(&c, &["elect", "boss", "alpha"]).spawn().unwrap();
+    let mut alpha = etcdctl_cmd(&c, &["elect", "boss", "alpha"]).spawn().unwrap();
     let alpha_out = lines(&mut alpha);
     // A campaigner prints its key, then its proposal, once it leads.
     let (_, key) = next_line(&alpha_out);
@@ -78,7 +63,7 @@ async fn etcdctl_elect_campaigners_and_an_observer() {
     assert_eq!(next_line(&alpha_out).1, "alpha");
     assert_eq!(next_line(&seen).1, key);
     assert_eq!(next_line(&seen).1, "alpha");
-    let mut beta = etcdctl(&c, &["elect", "boss", "beta"]).spawn().unwrap();
+    let mut beta = etcdctl_cmd(&c, &["elect", "boss", "beta"]).spawn().unwrap();
     let beta_out = lines(&mut beta);
     assert!(beta_out.recv_timeout(Duration::from_secs(1)).is_err(), "beta leads while alpha does");
     // alpha resigns on SIGINT; beta leads, and the observer follows.

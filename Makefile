@@ -33,11 +33,13 @@ jepsen-short: jepsen-deps
 	cargo build --release --locked -p agent -p jepsen-style-tests
 	bash .ci/jepsen.sh short
 
-## The long matrix: register on 5 masters under partition-majority, primaries, kill and
-## pause for 120 s each, then the same with the canary; writes docs/jepsen.md's results.
+## The long matrices on 5 masters, 120 s per nemesis (partition-majority, primaries,
+## kill, pause), each with its canary: register, then watch, lock, lease and election.
+## PART=register or PART=coordination runs one; PART=all writes docs/jepsen.md's results.
+PART ?= all
 jepsen-long: jepsen-deps
 	cargo build --release --locked -p agent -p jepsen-style-tests
-	bash .ci/jepsen.sh long
+	bash .ci/jepsen.sh long $(PART)
 
 ## cluster vs etcd (Debian's etcd-server) on this machine; writes docs/benchmarks.md.
 bench:

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Fault-injection matrices (needs root: network namespaces and iptables).
 #   .ci/jepsen.sh short   the CI matrix: a few minutes, every workload, canary must fail
-#   .ci/jepsen.sh long    the 120 s 5-node register matrix of issue #5 (about 25 min),
-#                         with and without the canary; writes the table into docs/jepsen.md
+#   .ci/jepsen.sh long [register|coordination|all]
+#                         the 120 s 5-node matrices: register (issue #5, about 25 min) and
+#                         watch, lock, lease, election (issue #12, about 50 min), each
+#                         nemesis alone, then with the canary; writes the table into
+#                         docs/jepsen.md (default: all)
 # Reports go to store/ci-<stamp>/ (one folder per run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,28 +49,50 @@ case "$mode" in
     run registry-leader 0 --workload registry --nemesis primaries,kill,pause --nodes 3 --time 30 --seed 5
     # The canary (leader-local reads without ReadIndex) must be caught: exit 1.
     run canary-primaries 1 --workload register --nemesis primaries --nodes 5 --time 30 --seed 6 --canary
+    # The coordination workloads, each with its canary (which must be caught).
+    run watch-kill-partition 0 --workload watch --nemesis kill,partition-majority --nodes 3 --time 25 --seed 8
+    run lock-pause-primaries 0 --workload lock --nemesis pause,primaries --nodes 3 --time 25 --seed 9
+    run lease-kill-primaries 0 --workload lease --nemesis kill,primaries --nodes 3 --time 25 --seed 10
+    run election-kill-partition 0 --workload election --nemesis kill,partition-majority --nodes 3 --time 25 --seed 11
+    run canary-watch-kill 1 --workload watch --nemesis kill --nodes 3 --time 20 --seed 12 --canary
+    run canary-lock 1 --workload lock --nemesis kill --nodes 3 --time 20 --seed 13 --canary
+    run canary-lease-kill 1 --workload lease --nemesis kill --nodes 3 --time 25 --seed 14 --canary
+    run canary-election 1 --workload election --nemesis kill --nodes 3 --time 20 --seed 15 --canary
     ;;
   long)
-    for n in partition-majority primaries kill pause; do
-      run "register-$n" 0 --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7
-    done
-    for n in partition-majority primaries kill pause; do
-      # Only partitions and pauses can expose stale leader reads; a killed leader serves none.
-      want=1; [ "$n" = kill ] && want=-1
-      if [ "$want" = -1 ]; then
-        $J run --bin "$T/cluster" --out "$store/canary-$n" --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7 --canary >"$store/canary-$n.out" 2>&1
-        echo "jepsen: --   canary-$n (exit $?, no expectation): $(grep -E '^[a-z]+ × ' "$store/canary-$n.out")"
-        dirs+=("$store/canary-$n")
-      else
-        run "canary-$n" 1 --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7 --canary
-      fi
-    done
+    part="${2:-all}"
+    case "$part" in all|register|coordination) ;; *) echo "usage: $0 long [register|coordination|all]"; exit 2 ;; esac
+    if [ "$part" != coordination ]; then
+      for n in partition-majority primaries kill pause; do
+        run "register-$n" 0 --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7
+      done
+      for n in partition-majority primaries kill pause; do
+        # Only partitions and pauses can expose stale leader reads; a killed leader serves none.
+        if [ "$n" = kill ]; then
+          $J run --bin "$T/cluster" --out "$store/canary-$n" --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7 --canary >"$store/canary-$n.out" 2>&1
+          echo "jepsen: --   canary-$n (exit $?, no expectation): $(grep -E '^[a-z]+ × ' "$store/canary-$n.out")"
+          dirs+=("$store/canary-$n")
+        else
+          run "canary-$n" 1 --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7 --canary
+        fi
+      done
+    fi
+    if [ "$part" != register ]; then
+      for w in watch lock lease election; do
+        for n in partition-majority primaries kill pause; do
+          run "$w-$n" 0 --workload "$w" --nemesis "$n" --nodes 5 --time 120 --seed 7
+        done
+        # Each canary under kill: a killed master makes watchers resume and leaders
+        # change (the lease canary needs a new leader; lock and election need none).
+        run "canary-$w-kill" 1 --workload "$w" --nemesis kill --nodes 5 --time 120 --seed 7 --canary
+      done
+    fi
     ;;
   *) echo "usage: $0 short|long"; exit 2 ;;
 esac
 echo
 $J table "${dirs[@]}" | tee "$store/table.md"
-if [ "$mode" = long ]; then
+if [ "$mode" = long ] && [ "${2:-all}" = all ]; then
   # Replace the results section of docs/jepsen.md with this run's table.
   awk -v table="$store/table.md" -v when="$(date -u +%Y-%m-%d)" '
     /^## Results/ { print; print ""; print "`make jepsen-long` on " when " (seed 7, 5 masters, 120 s of faults then 10 s of liveness):"; print ""; while ((getline l < table) > 0) print l; skip=1; next }

@@ -63,15 +63,19 @@ impl Client {
         Ok(r.leases.into_iter().map(|l| l.id).collect())
     }
 
-    /// Waits until this caller holds lock `name` under `lease`; returns the lock's key.
-    pub async fn lock(&self, name: &[u8], lease: i64) -> Result<Vec<u8>, ClientError> {
+    /// Waits until this caller holds lock `name` under `lease`; returns the lock's key
+    /// and the store revision at which the master found it held.
+    pub async fn lock(&self, name: &[u8], lease: i64) -> Result<(Vec<u8>, i64), ClientError> {
         let req = lpb::LockRequest { name: name.to_vec(), lease };
         self.call(|ch| {
             let req = req.clone();
             async move { LockClient::new(ch).lock(req).await }
         })
         .await
-        .map(|r| r.into_inner().key)
+        .map(|r| {
+            let r = r.into_inner();
+            (r.key, r.header.map_or(0, |h| h.revision))
+        })
     }
 
     pub async fn unlock(&self, key: &[u8]) -> Result<(), ClientError> {
@@ -85,7 +89,9 @@ impl Client {
     }
 
     /// Waits until this caller leads election `name` under `lease`, proclaiming `value`.
-    pub async fn campaign(&self, name: &[u8], lease: i64, value: &[u8]) -> Result<vpb::LeaderKey, ClientError> {
+    /// Returns the leader key and the store revision at which the master found it
+    /// leading.
+    pub async fn campaign(&self, name: &[u8], lease: i64, value: &[u8]) -> Result<(vpb::LeaderKey, i64), ClientError> {
         let req = vpb::CampaignRequest { name: name.to_vec(), lease, value: value.to_vec() };
         let r = self
             .call(|ch| {
@@ -94,7 +100,23 @@ impl Client {
             })
             .await?
             .into_inner();
-        r.leader.ok_or_else(|| ClientError::from(tonic::Status::internal("campaign answered without a leader key")))
+        let revision = r.header.map_or(0, |h| h.revision);
+        let leader = r
+            .leader
+            .ok_or_else(|| ClientError::from(tonic::Status::internal("campaign answered without a leader key")))?;
+        Ok((leader, revision))
+    }
+
+    /// A new value for the election `leader` leads, while it still leads; returns the
+    /// store revision of the write.
+    pub async fn proclaim(&self, leader: vpb::LeaderKey, value: &[u8]) -> Result<i64, ClientError> {
+        let req = vpb::ProclaimRequest { leader: Some(leader), value: value.to_vec() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { ElectionClient::new(ch).proclaim(req).await }
+        })
+        .await
+        .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
     }
 
     pub async fn resign(&self, leader: vpb::LeaderKey) -> Result<(), ClientError> {

@@ -27,6 +27,10 @@ pub struct WatchOptions {
     pub progress_notify: bool,
     /// Give up after failing to reach any master for this long; `None`: never.
     pub give_up_after: Option<Duration>,
+    /// Ask the master to end the stream when it loses its leader (etcd's
+    /// `WithRequireLeader`): the watch then moves to a master that has one, instead of
+    /// waiting on one cut off from the quorum.
+    pub require_leader: bool,
 }
 
 /// One answer of a watch.
@@ -169,7 +173,10 @@ impl WatchStream {
         };
         let req = epb::WatchRequest { request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)) };
         tx.send(req).await.map_err(|_| err(tonic::Code::Internal, "watch request channel closed"))?;
-        let outbound = tokio_stream_from(rx);
+        let mut outbound = tonic::Request::new(tokio_stream_from(rx));
+        if self.options.require_leader {
+            outbound.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+        }
         let mut stream = WatchClient::new(ch)
             .max_decoding_message_size(settings.max_response_bytes)
             .watch(outbound)

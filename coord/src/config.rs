@@ -63,6 +63,18 @@ pub struct CoordConfig {
     /// jepsen-style tests turn it on with `--canary` to prove they catch the anomaly.
     #[serde(default)]
     pub canary_unsafe_local_reads: bool,
+    /// TEST ONLY, deliberately unsafe: Lock and Campaign answer once every earlier
+    /// contender is gone, without checking that their own key is still there (etcd
+    /// #11456). A contender whose lease ran out while it waited is then told it holds
+    /// the lock. The jepsen-style `lock` and `election` workloads' canary.
+    #[serde(default)]
+    pub canary_lock_skip_reread: bool,
+    /// TEST ONLY, deliberately unsafe: the leader renews a lease in its own countdown
+    /// without first committing a checkpoint that covers the renewal, so a successor
+    /// counts from the last checkpoint and can expire a lease that was kept alive. The
+    /// jepsen-style `lease` workload's canary.
+    #[serde(default)]
+    pub canary_lease_skip_checkpoint: bool,
 }
 
 impl Default for CoordConfig {
@@ -86,6 +98,8 @@ impl Default for CoordConfig {
             cert_validity_secs: 90 * 86_400,
             watch_progress_notify_interval_ms: default_watch_progress_notify_interval_ms(),
             canary_unsafe_local_reads: false,
+            canary_lock_skip_reread: false,
+            canary_lease_skip_checkpoint: false,
         }
     }
 }

@@ -284,6 +284,10 @@ impl CoordNode {
             let r = if exists { self.lessor.keep_alive(id, Instant::now()) } else { Renewal::Unknown };
             match r {
                 Renewal::Renewed(ttl) => return Ok(ttl.as_secs() as i64),
+                Renewal::NeedsCheckpoint(ttl) if self.config.canary_lease_skip_checkpoint => {
+                    self.lessor.checkpointed(id, Instant::now(), Lessor::ahead(ttl));
+                    checkpointed = true;
+                }
                 Renewal::NeedsCheckpoint(ttl) if !checkpointed => {
                     self.checkpoint_ahead(id, ttl).await?;
                     checkpointed = true;

@@ -535,6 +535,17 @@ impl CoordNode {
         self.raft.server_metrics().borrow_watched().state == ServerState::Leader
     }
 
+    /// Whether this master is in touch with a leader: it leads with quorum contact, or
+    /// it follows a leader it knows of (a follower cut off from the quorum soon starts
+    /// elections and forgets its leader).
+    pub fn has_live_leader(&self) -> bool {
+        if self.is_leader() {
+            self.quorum_contact()
+        } else {
+            self.leader().0.is_some()
+        }
+    }
+
     /// On the leader: whether a quorum acknowledged it recently (see [`crate::leader`]).
     pub fn quorum_contact(&self) -> bool {
         self.quorum_contact.load(Ordering::Relaxed)

@@ -105,6 +105,17 @@ impl CoordNode {
     /// nothing older is left.
     async fn wait_turn(&self, prefix: &[u8], key: &[u8], rev: i64) -> Result<Held> {
         let mut applied = self.events().subscribe();
+        if self.config.canary_lock_skip_reread {
+            // The canary: etcd's recipe before #11456, which waits for the earlier
+            // contenders only and never looks at its own key again.
+            while self.last_before(prefix, rev, Consistency::Serializable).await?.is_some() {
+                if applied.changed().await.is_err() {
+                    return Err(CoordError::Unavailable("this master is stopping".into()));
+                }
+            }
+            let revision = self.view(|v| v.revision());
+            return Ok(Held { key: key.to_vec(), create_revision: rev, revision });
+        }
         loop {
             // Cheap waits on this node's own applied state first. A key that is gone
             // (its lease ended) is settled by the linearizable check below.

@@ -77,7 +77,7 @@ impl Cluster {
         dir: &Path,
         masters: usize,
         workers: usize,
-        canary: bool,
+        canary_flag: Option<&str>,
         faketime: bool,
     ) -> Result<Cluster> {
         if !bin.exists() {
@@ -106,8 +106,8 @@ impl Cluster {
             });
         }
         let mut extra = vec![];
-        if canary {
-            extra.push("--canary-unsafe-local-reads".to_string());
+        if let Some(f) = canary_flag {
+            extra.push(f.to_string());
         }
         let clock_dir = if faketime {
             let d = dir.join("clock");

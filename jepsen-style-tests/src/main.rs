@@ -227,6 +227,9 @@ async fn main_cmd(cmd: Cmd) -> Result<i32> {
                 Kind::Set => checker::set::check(&calls),
                 Kind::Ipam => checker::ipam::check(&calls),
                 Kind::Registry => bail!("the registry check needs the run's events and faults; read summary.json"),
+                Kind::Watch | Kind::Lock | Kind::Lease | Kind::Election => {
+                    bail!("this check needs the run's committed history and heal time; read summary.json")
+                }
             };
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(exit_code(r.verdict))

@@ -3,6 +3,7 @@
 
 use crate::checker::{self, CheckResult, Verdict};
 use crate::cluster::Cluster;
+use crate::coordination::{self, Running};
 use crate::history::{self, Op, OpType};
 use crate::report;
 use crate::schedule::{self, Fault, Nemesis, Target, Window};
@@ -90,7 +91,8 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
     std::fs::write(o.out.join("schedule.json"), serde_json::to_vec_pretty(&plan)?)?;
     let faketime = o.nemeses.contains(&Nemesis::Clock);
     eprintln!("jepsen: starting {} masters and {} workers in network namespaces", o.nodes, o.workers);
-    let cluster = Cluster::start(&o.bin, &o.out, o.nodes, o.workers, o.canary, faketime).await?;
+    let canary_flag = if o.canary { o.workload.canary_flag() } else { None };
+    let cluster = Cluster::start(&o.bin, &o.out, o.nodes, o.workers, canary_flag, faketime).await?;
     let ips: Vec<String> = cluster.nodes.iter().map(|n| n.ip.clone()).collect();
     let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     let leader = cluster.wait_healthy(Duration::from_secs(30)).await?;
@@ -108,8 +110,22 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
         o.seed,
         if o.canary { ", CANARY ON" } else { "" }
     );
+    let ctx = coordination::Ctx {
+        sh: sh.clone(),
+        stop: stop.clone(),
+        ips: ips.clone(),
+        names: names.clone(),
+        canary: o.canary,
+        concurrency: o.concurrency,
+        seed: o.seed,
+    };
+    let own = match o.workload {
+        Kind::Watch | Kind::Lock | Kind::Lease | Kind::Election => Some(Running::start(o.workload, &ctx).await?),
+        _ => None,
+    };
+    let generic = if o.workload.own_clients() { 0 } else { o.concurrency };
     let mut clients = Vec::new();
-    for w in 0..o.concurrency {
+    for w in 0..generic {
         let node = w % o.nodes;
         let mut c =
             Client::new(w as u64, names[node].clone(), &ips[node], o.seed.wrapping_mul(1000).wrapping_add(w as u64));
@@ -176,7 +192,12 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
 
     let mut checks = Vec::new();
     let mut registry_input = None;
-    if let Ok(l) = cluster.lock().await.wait_healthy(Duration::from_secs(30)).await {
+    let healthy = cluster.lock().await.wait_healthy(Duration::from_secs(30)).await;
+    let finished = match own {
+        Some(r) => Some(r.finish(&sh, healthy.as_ref().ok().map(|&l| ips[l].as_str())).await),
+        None => None,
+    };
+    if let Ok(l) = healthy {
         if let Err(e) = workload::final_read(&sh, o.workload, &ips[l], 1_000_000).await {
             eprintln!("jepsen: {e:#}");
         }
@@ -199,7 +220,12 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
     std::fs::write(o.out.join("faults.json"), serde_json::to_vec_pretty(&applied)?)?;
     let calls = history::pair(&ops).context("the recorded history is malformed")?;
     eprintln!("jepsen: checking {} operations", calls.len());
+    if let Some(f) = &finished {
+        f.save(&o.out)?;
+        checks.push(f.check(&calls, healed_ns));
+    }
     match o.workload {
+        Kind::Watch | Kind::Lock | Kind::Lease | Kind::Election => {}
         Kind::Register => checks.push(checker::register::check(&calls, Duration::from_secs(o.check_timeout_s))),
         Kind::Set => checks.push(checker::set::check(&calls)),
         Kind::Ipam => checks.push(checker::ipam::check(&calls)),

@@ -30,6 +30,19 @@ pub enum Kind {
     /// Agents on every node (and worker-only agents) heartbeating through the faults;
     /// clients list nodes. Checks that no healthy node is marked unreachable or down.
     Registry,
+    /// Writers put and delete under one prefix while a watcher per master records every
+    /// event, resuming on another master after each fault. Checks each watcher against
+    /// the committed history.
+    Watch,
+    /// Clients take a lock (a lease each, some never renewed), make writes fenced by the
+    /// lock's token, release. Checks grants and the fenced writes.
+    Lock,
+    /// Clients keep leases alive (and abandon some). Checks that none ends early and the
+    /// abandoned ones end.
+    Lease,
+    /// Clients campaign, proclaim and resign while an observer per master watches.
+    /// Checks leaders and observers against the committed history.
+    Election,
 }
 
 impl Kind {
@@ -39,6 +52,10 @@ impl Kind {
             Kind::Set => "set",
             Kind::Ipam => "ipam",
             Kind::Registry => "registry",
+            Kind::Watch => "watch",
+            Kind::Lock => "lock",
+            Kind::Lease => "lease",
+            Kind::Election => "election",
         }
     }
     /// The operation types that must each succeed in the liveness phase.
@@ -48,6 +65,27 @@ impl Kind {
             Kind::Set => &["add"],
             Kind::Ipam => &["allocate", "release"],
             Kind::Registry => &["nodes"],
+            Kind::Watch => &["put"],
+            Kind::Lock => &["acquire"],
+            Kind::Lease => &["keepalive"],
+            Kind::Election => &["campaign"],
+        }
+    }
+
+    /// Whether the workload's clients are its own (see [`crate::coordination`]) rather
+    /// than the generic ones below.
+    pub fn own_clients(self) -> bool {
+        matches!(self, Kind::Lock | Kind::Lease | Kind::Election)
+    }
+
+    /// The master flag that turns on this workload's canary, if the canary is in the
+    /// masters (the watch canary is in the client).
+    pub fn canary_flag(self) -> Option<&'static str> {
+        match self {
+            Kind::Register | Kind::Set | Kind::Ipam | Kind::Registry => Some("--canary-unsafe-local-reads"),
+            Kind::Lock | Kind::Election => Some("--canary-lock-skip-reread"),
+            Kind::Lease => Some("--canary-lease-skip-checkpoint"),
+            Kind::Watch => None,
         }
     }
 }
@@ -103,7 +141,7 @@ pub struct Done {
     pub error: Option<String>,
 }
 
-fn ok(value: Value) -> Done {
+pub(crate) fn ok(value: Value) -> Done {
     Done { kind: OpType::Ok, value, error: None }
 }
 
@@ -116,7 +154,7 @@ fn raw(e: ClientError) -> tonic::Status {
     }
 }
 
-fn read_error(e: ClientError) -> Done {
+pub(crate) fn read_error(e: ClientError) -> Done {
     let s = raw(e);
     failed(OpType::Fail, Value::Null, format!("{:?}: {}", s.code(), s.message()))
 }
@@ -132,12 +170,12 @@ fn never_sent(s: &tonic::Status) -> bool {
     s.code() == Code::Unavailable && (text.contains("Connection refused") || text.contains("tcp connect error"))
 }
 
-fn failed(kind: OpType, value: Value, e: String) -> Done {
+pub(crate) fn failed(kind: OpType, value: Value, e: String) -> Done {
     Done { kind, value, error: Some(e) }
 }
 
 /// The outcome of a write that returned an error.
-fn write_error(value: Value, e: ClientError) -> Done {
+pub(crate) fn write_error(value: Value, e: ClientError) -> Done {
     let s = raw(e);
     let definite = never_sent(&s)
         || matches!(
@@ -186,6 +224,15 @@ impl Client {
                 }
             }
             Kind::Registry => ("nodes".into(), None, Value::Null),
+            Kind::Watch => {
+                let key = format!("{}{}", crate::coordination::WATCH_PREFIX, self.rng.below(8));
+                if self.rng.below(10) == 0 {
+                    ("delete".into(), Some(key), Value::Null)
+                } else {
+                    ("put".into(), Some(key), json!(n))
+                }
+            }
+            Kind::Lock | Kind::Lease | Kind::Election => ("none".into(), None, Value::Null),
         }
     }
 
@@ -261,6 +308,16 @@ impl Client {
             // Nothing released is recorded as "", as the wire says it.
             "release" => match m.release(NETWORK, Some(&key), None).await {
                 Ok(released) => ok(json!(released.unwrap_or_default())),
+                Err(e) => write_error(Value::Null, e),
+            },
+            // The watch workload's writes answer with their revision, which its checker
+            // finds in the committed history.
+            "put" => match m.put(key, value.to_string()).await {
+                Ok(r) => ok(json!({ "rev": r.header.map_or(0, |h| h.revision) })),
+                Err(e) => write_error(Value::Null, e),
+            },
+            "delete" => match m.delete(key, false).await {
+                Ok(r) => ok(json!({ "rev": r.header.map_or(0, |h| h.revision), "deleted": r.deleted })),
                 Err(e) => write_error(Value::Null, e),
             },
             "nodes" => match m.nodes().await {

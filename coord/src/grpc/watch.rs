@@ -20,6 +20,15 @@ use crate::watch::{self, CreateRequest};
 /// reads slowly holds its stream's watchers back, and no more than this.
 const OUT_QUEUE: usize = 2;
 
+/// The metadata etcd's `clientv3.WithRequireLeader` sets: end the stream when this
+/// master has lost its leader, so the client moves to one that has not, instead of
+/// waiting silently on a master cut off from the quorum.
+pub const REQUIRE_LEADER: &str = "hasleader";
+/// etcd's error text for it.
+const NO_LEADER: &str = "etcdserver: no leader";
+/// How often a require-leader stream checks; two failed checks in a row end it.
+const LEADER_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct WatchService {
     node: Arc<CoordNode>,
 }
@@ -83,6 +92,7 @@ impl pb::watch_server::Watch for WatchService {
     #[instrument(level = "debug", skip_all, fields(node = self.node.id))]
     async fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let slot = self.node.streams.acquire(StreamKind::Watch, authz::caller(&req))?;
+        let require_leader = req.metadata().get(REQUIRE_LEADER).is_some_and(|v| v.as_bytes() == b"true");
         let mut inbound = req.into_inner();
         let (req_tx, req_rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
@@ -115,8 +125,18 @@ impl pb::watch_server::Watch for WatchService {
         let node = self.node.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let mut check = tokio::time::interval(LEADER_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut leaderless = 0u32;
             loop {
                 tokio::select! {
+                    _ = check.tick(), if require_leader => {
+                        leaderless = if node.has_live_leader() { 0 } else { leaderless + 1 };
+                        if leaderless >= 2 {
+                            let _ = status_tx.send(Err(Status::unavailable(NO_LEADER))).await;
+                            return;
+                        }
+                    }
                     r = out_rx.recv() => match r {
                         Some(r) => {
                             if status_tx.send(Ok(response_to_pb(&node, r))).await.is_err() {

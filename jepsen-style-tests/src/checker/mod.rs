@@ -6,11 +6,21 @@
 //!   added; nothing whose add definitely failed appears.
 //! - [`ipam`]: no address held by two owners at once, no acknowledged allocation lost.
 //! - [`registry`]: no node marked unreachable or down while it was not under a fault.
+//! - [`watch`]: every watcher saw the committed history of its range, in order, once.
+//! - [`lock`]: locks granted only to a live key first in line; fenced writes of two
+//!   holders never interleave.
+//! - [`lease`]: no lease ends before its promise; abandoned ones end.
+//! - [`election`]: one leader per revision, in create order, observed in order.
 
+pub mod election;
 pub mod ipam;
+pub mod kv_events;
+pub mod lease;
+pub mod lock;
 pub mod register;
 pub mod registry;
 pub mod set;
+pub mod watch;
 pub mod wgl;
 
 use serde::Serialize;

@@ -198,6 +198,14 @@ pub struct Tuning {
     /// (`jepsen-style-tests run --canary`) uses it to prove that it catches the bug.
     #[arg(long, hide = true)]
     pub canary_unsafe_local_reads: bool,
+    /// TEST ONLY, unsafe: Lock and Campaign skip the re-read of their own key (etcd
+    /// #11456), for the fault-injection suite's lock and election canaries.
+    #[arg(long, hide = true)]
+    pub canary_lock_skip_reread: bool,
+    /// TEST ONLY, unsafe: lease renewals skip their covering checkpoint, for the
+    /// fault-injection suite's lease canary.
+    #[arg(long, hide = true)]
+    pub canary_lease_skip_checkpoint: bool,
     /// The largest snapshot this master accepts from a leader; a bigger one is refused
     /// (and its partial file removed).
     #[arg(long, default_value_t = 64 << 30)]
@@ -221,6 +229,8 @@ impl Tuning {
             down_after_ms: self.down_after_ms,
             ip_leak_grace_ms: self.ip_leak_grace_ms,
             canary_unsafe_local_reads: self.canary_unsafe_local_reads,
+            canary_lock_skip_reread: self.canary_lock_skip_reread,
+            canary_lease_skip_checkpoint: self.canary_lease_skip_checkpoint,
             cert_validity_secs: self.cert_validity_secs,
             snapshot_max_bytes: self.snapshot_max_bytes,
             snapshot_receive_timeout_ms: self.snapshot_receive_timeout_ms,
@@ -966,7 +976,8 @@ impl KvOp {
                 if rev < 0 {
                     bail!("--rev must be 0 (now) or a revision");
                 }
-                let o = WatchOptions { prefix, start_revision: rev, prev_kv, ..Default::default() };
+                let o =
+                    WatchOptions { prefix, start_revision: rev, prev_kv, require_leader: true, ..Default::default() };
                 kv::watch(c, f, &key, o).await
             }
         }

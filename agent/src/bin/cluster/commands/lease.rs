@@ -128,7 +128,7 @@ async fn hold_lock(
 ) -> anyhow::Result<()> {
     let waiter = patient(c);
     let key = tokio::select! {
-        k = waiter.lock(name.as_bytes(), lease) => k?,
+        k = waiter.lock(name.as_bytes(), lease) => k?.0,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while waiting for the lock"),
         _ = &mut *keeper => anyhow::bail!("the session lease was lost while waiting for the lock"),
     };
@@ -179,7 +179,7 @@ pub async fn elect(c: &Client, name: &str, proposal: &str, ttl: i64) -> anyhow::
     let waiter = patient(c);
     let r = async {
         let leader = tokio::select! {
-            l = waiter.campaign(name.as_bytes(), lease, proposal.as_bytes()) => l?,
+            l = waiter.campaign(name.as_bytes(), lease, proposal.as_bytes()) => l?.0,
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while campaigning"),
             _ = &mut keeper => anyhow::bail!("the session lease was lost while campaigning"),
         };

@@ -65,6 +65,22 @@ echo "== leader kill under load (8 clients over all endpoints)"
 failover cluster "$CL_EPS"
 failover etcd "$ET_EPS"
 
+coord() { # system eps op [args]: the Watch and Lease loads (issue #12)
+  local sys=$1 eps=$2 op=$3; shift 3
+  local out
+  # shellcheck disable=SC2046
+  out=$("$BIN" bench "$op" --endpoints "$eps" $(pt "$eps") -o json "$@")
+  echo "$sys $out" >>"$DIR/results"
+  echo "  $sys $op: $(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k not in ("op",)})')"
+}
+echo "== coordination: watch fan-out, kept-alive leases beside puts, an expiry storm"
+for sys in cluster etcd; do
+  eps=$CL_EPS; [ $sys = etcd ] && eps=$ET_EPS
+  coord $sys "$eps" watch --watchers 1000 --rate 1000 --duration "$DUR"
+  coord $sys "$eps" leases --leases 10000 --ttl 10 --clients 64 --duration "$DUR"
+  coord $sys "$eps" expiry --leases 100000 --clients 16 --expire-after "${EXPIRE_AFTER:-120}"
+done
+
 python3 - "$DIR/results" "$ROOT/docs/benchmarks.md" "$DUR" <<'PY'
 import json, sys, datetime, platform, os, subprocess
 import statistics
@@ -91,6 +107,18 @@ row("put, 256 clients", "put", 256, "ops_per_sec", ops)
 row("put, 256 clients: p99", "put", 256, "p99_ms", ms, better_high=False)
 row("get, 64 clients, linearizable", "get", 64, "ops_per_sec", ops)
 row("get, 64 clients, serializable", "get-serializable", 64, "ops_per_sec", ops)
+def crow(label, op, key, fmt, better_high=True):
+    a, b = [next(v for k, v in res.items() if k[0] == s and k[1] == op)[key] for s in ("cluster", "etcd")]
+    ratio = (a / b) if better_high else (b / a)
+    rows.append(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio:.2f}x |")
+secs = lambda v: f"{v:.2f} s"
+crow("watch fan-out, 1,000 watchers, 1,000 puts/s: events delivered", "watch", "events_per_sec", ops)
+crow("watch fan-out: put-to-event p50", "watch", "p50_ms", ms, better_high=False)
+crow("watch fan-out: put-to-event p99", "watch", "p99_ms", ms, better_high=False)
+crow("10,000 leases kept alive (TTL 10 s) + 64 clients: puts", "leases", "puts_per_sec", ops)
+crow("10,000 leases kept alive: KeepAlive p99", "leases", "keepalive_p99_ms", ms, better_high=False)
+crow("100,000 leases expire at once: all keys gone after", "expiry", "all_gone_after_s", secs, better_high=False)
+crow("100,000 leases expire at once: puts meanwhile (16 clients)", "expiry", "puts_per_sec_during", ops)
 fa, fe = res[("cluster-failover", "put", 8)], res[("etcd-failover", "put", 8)]
 rows.append(f"| leader kill → writes again (longest gap, 8 clients) | {fa['max_gap_ms']:.0f} ms | {fe['max_gap_ms']:.0f} ms | {fe['max_gap_ms']/fa['max_gap_ms']:.2f}x |")
 cpu = "unknown"
@@ -117,6 +145,19 @@ Produced by `make bench` (`.ci/bench.sh`); rerun it to refresh this page.
   alternating between the systems, and the table shows the median
 
 {table}
+
+The coordination rows (`cluster bench watch|leases|expiry`) run on both systems with the
+same client. **Watch fan-out**: 1,000 watchers of one prefix on 10 streams spread over
+the 3 members, while one writer puts 1,000 keys/s (256-byte values carrying their send
+time) on the leader for the load's seconds; events delivered per second over the run
+and its drain, and the latency from a put's send to each watcher's receipt of it.
+**Kept-alive leases**: 10,000 leases of 10 s, each renewed every third of its TTL over
+12 KeepAlive streams (4 per member), beside 64 clients putting on the leader; the
+KeepAlive latency is from request to answer. **Expiry storm**: 100,000 leases, each
+with one key, granted with TTLs that end in the same second; the time from that second
+until a count of their keys reads 0, and the puts/s of 16 clients meanwhile. etcd
+revokes expired leases at most 1,000 per second (its `leaseRevokeRate`); this cluster
+commits expiries 1,000 leases per entry, 4 entries in flight.
 
 The leader-kill row runs 8 clients spread over all endpoints for 8 s and kills the
 leader with SIGKILL after 3 s; the longest gap is the longest time between two

@@ -54,6 +54,8 @@ impl From<CoordError> for Status {
                 let code = match a {
                     ApplyError::Compacted | ApplyError::FutureRevision => Code::OutOfRange,
                     ApplyError::LeaseNotFound => Code::NotFound,
+                    ApplyError::LeaseExists => Code::FailedPrecondition,
+                    ApplyError::LeaseTtlTooLarge => Code::OutOfRange,
                     ApplyError::AlreadyInitialized => Code::AlreadyExists,
                     ApplyError::CaChanged => Code::Aborted,
                     ApplyError::Other(_) => Code::FailedPrecondition,

@@ -143,7 +143,13 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
             tokio::spawn(async move {
                 let cmd = Command::Lease(crate::lease::LeaseCommand::Expire { term, ids: ids.clone() });
                 match node.write(cmd).await {
-                    Ok(_) => info!(leases = ids.len(), "leases expired"),
+                    Ok(_) => {
+                        // Gone now (or, if this term has passed, the next leader counts
+                        // them): a lease granted again under one of these ids starts
+                        // with a timer of its own.
+                        node.lessor.forget(&ids);
+                        info!(leases = ids.len(), "leases expired")
+                    }
                     Err(e) => {
                         warn!("committing lease expiries failed, will retry: {e}");
                         node.lessor.expiry_failed(&ids);

@@ -188,6 +188,15 @@ impl Lessor {
         out
     }
 
+    /// Drops the timers of `ids`: their leases ended, or one was granted again under the
+    /// same id and must not inherit the old countdown.
+    pub fn forget(&self, ids: &[i64]) {
+        let mut t = self.timers.lock().expect("lessor");
+        for id in ids {
+            t.remove(id);
+        }
+    }
+
     /// An expiry entry failed to commit: count those leases again.
     pub fn expiry_failed(&self, ids: &[i64]) {
         let mut t = self.timers.lock().expect("lessor");
@@ -256,14 +265,24 @@ impl CoordNode {
         }
         let ttl_secs = ttl_secs.max(self.min_lease_ttl_secs());
         match self.write(Command::Lease(LeaseCommand::Grant { id, ttl_secs })).await?.output {
-            Output::Lease(LeaseOutput::Granted { id, ttl_secs }) => Ok((id, ttl_secs)),
+            Output::Lease(LeaseOutput::Granted { id, ttl_secs }) => {
+                // A timer left from an earlier lease with this id (revoked or expired a
+                // moment ago, before the countdown synced) must not count this one down.
+                if self.is_leader() {
+                    self.lessor.forget(&[id]);
+                    self.sync_lessor(Duration::ZERO);
+                }
+                Ok((id, ttl_secs))
+            }
             o => Err(CoordError::Internal(format!("unexpected apply output {o:?}"))),
         }
     }
 
     /// Revokes lease `id`: its keys are deleted in one revision. Returns the revision.
     pub async fn revoke_lease(&self, id: i64) -> Result<i64> {
-        Ok(self.write(Command::Lease(LeaseCommand::Revoke { id })).await?.revision)
+        let revision = self.write(Command::Lease(LeaseCommand::Revoke { id })).await?.revision;
+        self.lessor.forget(&[id]);
+        Ok(revision)
     }
 
     /// A KeepAlive on the leader: the lease's full TTL in seconds, or 0 if it does not
@@ -414,6 +433,26 @@ mod tests {
         l.expiry_failed(&[1]);
         // A renewal to 50 s would pass the 30 s a successor would honour.
         assert_eq!(l.keep_alive(1, now), Renewal::NeedsCheckpoint(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_lease_granted_again_under_its_id_gets_a_fresh_countdown() {
+        let l = Lessor::default();
+        let t0 = Instant::now();
+        let old = [(7, lease(5, 5_000, 3))];
+        l.sync(old.iter().map(|(i, x)| (*i, x)), |_| t0, Duration::ZERO);
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(l.due(t1, 10), vec![7], "the old lease runs out and its expiry is committed");
+        // Granted again under id 7 at index 9, before the countdown synced: without
+        // forgetting, the old timer (marked expiring) would stay, and the new lease would
+        // never be counted or renewed.
+        let again = [(7, lease(5, 5_000, 9))];
+        l.sync(again.iter().map(|(i, x)| (*i, x)), |_| t1, Duration::ZERO);
+        assert_eq!(l.keep_alive(7, t1), Renewal::Unknown, "the stale timer answers for the new lease");
+        l.forget(&[7]);
+        l.sync(again.iter().map(|(i, x)| (*i, x)), |_| t1, Duration::ZERO);
+        assert_eq!(l.remaining(7, t1), Some(Duration::from_secs(5)));
+        assert!(l.due(t1 + Duration::from_secs(4), 10).is_empty());
     }
 
     #[test]

@@ -47,7 +47,10 @@ pub fn counts(calls: &[Call]) -> OpCounts {
 /// The longest interval (ns) in [first invocation, `until`] in which no operation
 /// completed ok, and where it began.
 pub fn longest_without_ok(calls: &[Call], until: u64) -> (u64, u64) {
-    let mut oks: Vec<u64> = calls.iter().filter(|c| c.kind == OpType::Ok).filter_map(|c| c.complete_ns).collect();
+    // Completions after `until` (the final reads, which may wait on purpose) are not
+    // part of the window.
+    let mut oks: Vec<u64> =
+        calls.iter().filter(|c| c.kind == OpType::Ok).filter_map(|c| c.complete_ns).filter(|&t| t <= until).collect();
     oks.sort_unstable();
     let mut prev = calls.iter().map(|c| c.invoke_ns).min().unwrap_or(0);
     let (mut best, mut from) = (0, prev);

@@ -27,7 +27,7 @@ pub enum KvOp {
 }
 
 /// Finds the endpoint whose member id is the leader, asking Maintenance.Status.
-async fn find_leader(a: &Options) -> anyhow::Result<String> {
+pub(crate) async fn find_leader(a: &Options) -> anyhow::Result<String> {
     let endpoints = &a.endpoints;
     for _ in 0..50 {
         for e in endpoints {

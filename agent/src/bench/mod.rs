@@ -2,9 +2,12 @@
 //!
 //! - [`etcd`]: `bench put|get`, closed-loop etcd v3 load that drives cluster and etcd alike;
 //! - [`agents`]: `bench agents`, emulated agents running the real session code;
-//! - [`ipam`]: `bench ipam`, allocation rates, and memory of full pools.
+//! - [`ipam`]: `bench ipam`, allocation rates, and memory of full pools;
+//! - [`coord`]: `bench watch|leases|expiry`, etcd Watch fan-out, kept-alive leases
+//!   beside puts, and an expiry storm, against cluster and etcd alike.
 
 pub mod agents;
+pub mod coord;
 pub mod etcd;
 pub mod ipam;
 
@@ -17,6 +20,9 @@ pub enum Op {
     Get,
     Agents,
     Ipam,
+    Watch,
+    Leases,
+    Expiry,
 }
 
 /// Where `put`/`get` requests go.
@@ -46,6 +52,14 @@ pub struct Options {
     pub kill_leader_at_s: Option<f64>,
     pub batch: usize,
     pub fill: bool,
+    /// watch: watchers of the prefix; `rate`: puts per second into it.
+    pub watchers: usize,
+    pub rate: f64,
+    /// leases/expiry: how many leases, and (leases) their TTL.
+    pub leases: usize,
+    pub ttl_s: i64,
+    /// expiry: seconds from the start until every lease runs out.
+    pub expire_after_s: f64,
     pub output: Format,
     /// `None`: plain HTTP/2 (an etcd without TLS).
     pub tls: Option<client::ClientTls>,
@@ -83,6 +97,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         Op::Get => etcd::run(etcd::KvOp::Get, o).await,
         Op::Agents => agents::run(o).await,
         Op::Ipam => ipam::run(o).await,
+        Op::Watch => coord::watch(o).await,
+        Op::Leases => coord::leases(o).await,
+        Op::Expiry => coord::expiry(o).await,
     }
 }
 

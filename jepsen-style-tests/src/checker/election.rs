@@ -21,6 +21,9 @@ use std::collections::BTreeMap;
 /// One answer an observer received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
+    /// Which of the observer's streams (restarts before it) gave the answer.
+    #[serde(default)]
+    pub stream: u64,
     pub key: String,
     pub create_rev: i64,
     pub value: String,
@@ -37,7 +40,14 @@ pub struct ObserverLog {
     pub restarts: u64,
 }
 
-pub fn check(calls: &[Call], reference: Option<&[Ev]>, prefix: &str, observers: &[ObserverLog]) -> CheckResult {
+/// `last_rev`: the end of the committed history read; answers after it are not judged.
+pub fn check(
+    calls: &[Call],
+    reference: Option<&[Ev]>,
+    last_rev: i64,
+    prefix: &str,
+    observers: &[ObserverLog],
+) -> CheckResult {
     let mut r = CheckResult::new("election (one leader per revision, in create-revision order, observed in order)");
     let Some(reference) = reference else {
         r.verdict = Verdict::Unknown;
@@ -96,8 +106,16 @@ pub fn check(calls: &[Call], reference: Option<&[Ev]>, prefix: &str, observers: 
         proclaimed += 1;
         let rev = c.output["rev"].as_i64().unwrap_or_default();
         let value = c.input.as_str().unwrap_or_default();
-        if !by_rev.get(&rev).is_some_and(|e| e.put && e.value == value) {
-            r.anomaly(format!("acknowledged proclamation {value} at revision {rev} is not in the committed history"));
+        match by_rev.get(&rev) {
+            Some(e) if e.put && e.value == value => {
+                // Only the leader may proclaim: its key is first in line just before.
+                if t.first_at(rev - 1).is_none_or(|(k, _)| k != e.key) {
+                    r.anomaly(format!("{} proclaimed {value} at revision {rev} while it did not lead", e.key));
+                }
+            }
+            _ => r.anomaly(format!(
+                "acknowledged proclamation {value} at revision {rev} is not in the committed history"
+            )),
         }
     }
     r.stat("proclamations", proclaimed);
@@ -106,7 +124,12 @@ pub fn check(calls: &[Call], reference: Option<&[Ev]>, prefix: &str, observers: 
     for o in observers {
         answers += o.seen.len();
         let mut last: Option<&Seen> = None;
-        for s in &o.seen {
+        for s in o.seen.iter().filter(|s| s.rev <= last_rev) {
+            // A new stream may be served by a master that lost its data and rejoined
+            // (the member fault): order is judged within each stream.
+            if last.is_some_and(|p| p.stream != s.stream) {
+                last = None;
+            }
             match t.first_at(s.rev) {
                 Some((k, l)) if k == s.key && l.create_rev == s.create_rev && l.value == s.value => {}
                 first => r.anomaly(format!(
@@ -156,7 +179,7 @@ mod tests {
     }
 
     fn seen(key: &str, create: i64, value: &str, rev: i64) -> Seen {
-        Seen { key: key.into(), create_rev: create, value: value.into(), rev }
+        Seen { stream: 0, key: key.into(), create_rev: create, value: value.into(), rev }
     }
 
     #[test]
@@ -173,18 +196,18 @@ mod tests {
             seen: vec![seen("e/a", 2, "a0", 2), seen("e/a", 2, "a1", 4), seen("e/b", 3, "b0", 5)],
             ..Default::default()
         };
-        let r = check(&wins, Some(&reference), "e/", std::slice::from_ref(&obs));
+        let r = check(&wins, Some(&reference), 5, "e/", std::slice::from_ref(&obs));
         assert_eq!(r.verdict, Verdict::Valid, "{:?}", r.anomalies);
 
         // b told it leads while a still did.
         let early = vec![win(1, "e/a", 2, 2), win(2, "e/b", 3, 4)];
-        assert_eq!(check(&early, Some(&reference), "e/", &[]).verdict, Verdict::Invalid);
+        assert_eq!(check(&early, Some(&reference), 5, "e/", &[]).verdict, Verdict::Invalid);
         // An observer that goes back to a.
         let mut back = obs.clone();
         back.seen.push(seen("e/a", 2, "a1", 4));
-        assert_eq!(check(&wins, Some(&reference), "e/", &[back]).verdict, Verdict::Invalid);
+        assert_eq!(check(&wins, Some(&reference), 5, "e/", &[back]).verdict, Verdict::Invalid);
         // An observer that names a stale value.
         let stale = ObserverLog { seen: vec![seen("e/a", 2, "a0", 4)], ..obs };
-        assert_eq!(check(&wins, Some(&reference), "e/", &[stale]).verdict, Verdict::Invalid);
+        assert_eq!(check(&wins, Some(&reference), 5, "e/", &[stale]).verdict, Verdict::Invalid);
     }
 }

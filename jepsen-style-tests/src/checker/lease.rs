@@ -7,8 +7,10 @@
 //!   proves it ended before c. c < t + T for a promise invoked before c is an early
 //!   expiry.
 //! - **abandoned leases end**: a lease nobody renews after its last answered KeepAlive
-//!   (completed at a) has its key gone by `max(a, heal) + TTL + bound`. The final read,
-//!   invoked after that for every lease it judges, must not find the key.
+//!   (completed at a; a KeepAlive that timed out counts as renewing when the client gave
+//!   up) has its key gone by `max(a, heal) + TTL + bound`. The final read, invoked after
+//!   that for every lease it judges, must not find the key, nor the key of any lease
+//!   revoked before it.
 
 use super::{secs, CheckResult, Verdict};
 use crate::history::{Call, OpType};
@@ -24,6 +26,7 @@ struct Lease {
     attached_ns: Option<u64>,
     last_renewed_ns: u64,
     abandoned: bool,
+    revoked_ns: Option<u64>,
 }
 
 /// `heal_ns`: when the last fault ended; `bound_ns`: the documented delay allowed
@@ -32,6 +35,13 @@ pub fn check(calls: &[Call], heal_ns: u64, bound_ns: u64) -> CheckResult {
     let mut r = CheckResult::new("lease (no lease ends early; abandoned leases end within TTL + bound)");
     let mut leases: BTreeMap<String, Lease> = BTreeMap::new();
     let mut final_read: Option<(u64, BTreeSet<String>)> = None;
+    for c in calls.iter().filter(|c| c.kind == OpType::Info && c.f == "keepalive") {
+        // A renewal with an unknown outcome may take effect until the master that holds
+        // it runs again: count it as renewed when the client gave up (its master is
+        // faulted until then at the latest, or until the heal).
+        let l = leases.entry(c.key.clone().unwrap_or_default()).or_default();
+        l.last_renewed_ns = l.last_renewed_ns.max(c.gave_up_ns.unwrap_or(c.invoke_ns));
+    }
     for c in calls.iter().filter(|c| c.kind == OpType::Ok) {
         let id = c.key.clone().unwrap_or_default();
         let done = c.complete_ns.unwrap_or(c.invoke_ns);
@@ -63,6 +73,7 @@ pub fn check(calls: &[Call], heal_ns: u64, bound_ns: u64) -> CheckResult {
                 }
             }
             "abandon" => leases.entry(id).or_default().abandoned = true,
+            "revoke" => leases.entry(id).or_default().revoked_ns = Some(done),
             "final-read" => {
                 let present = c.output["present"]
                     .as_array()
@@ -121,6 +132,14 @@ pub fn check(calls: &[Call], heal_ns: u64, bound_ns: u64) -> CheckResult {
             ));
         }
     }
+    let mut revoked = 0;
+    for (id, _) in leases.iter().filter(|(_, l)| l.revoked_ns.is_some_and(|t| t < read_at)) {
+        revoked += 1;
+        if present.contains(id) {
+            r.anomaly(format!("revoked lease {id} still had its key at {}", secs(read_at)));
+        }
+    }
+    r.stat("revoked_judged", revoked);
     r.stat("abandoned_judged", judged);
     r.stat("abandoned_still_present", stuck);
     r

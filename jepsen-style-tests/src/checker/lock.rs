@@ -51,10 +51,10 @@ pub fn check(calls: &[Call], reference: Option<&[Ev]>, lock_prefix: &str, regist
                 gone(&t, &key, rev)
             )),
         }
-        // The holder's window: to its release, or to the end of the process's history.
+        // The holder's window: to its release (of this key), or to the end of the run.
         let end = calls
             .iter()
-            .filter(|d| d.process == c.process && d.f == "release" && d.invoke_ns >= c.invoke_ns)
+            .filter(|d| d.f == "release" && d.key.as_deref() == Some(key.as_str()) && d.invoke_ns >= c.invoke_ns)
             .map(|d| d.invoke_ns)
             .min()
             .unwrap_or(u64::MAX);

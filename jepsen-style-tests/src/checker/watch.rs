@@ -73,6 +73,7 @@ pub fn check(
 
     // Acknowledged writes are there; nothing is there that was not attempted.
     let mut attempted: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut deletes: BTreeSet<String> = BTreeSet::new();
     let (mut acked, mut lost) = (0, 0);
     for c in calls {
         let key = c.key.clone().unwrap_or_default();
@@ -94,7 +95,12 @@ pub fn check(
                     }
                 }
             }
-            ("delete", OpType::Ok) => {
+            ("delete", OpType::Fail) => {}
+            ("delete", kind) if kind != OpType::Ok => {
+                deletes.insert(key);
+            }
+            ("delete", _) => {
+                deletes.insert(key.clone());
                 acked += 1;
                 let rev = c.output["rev"].as_i64().unwrap_or_default();
                 if c.output["deleted"].as_i64().unwrap_or_default() > 0 {
@@ -110,11 +116,17 @@ pub fn check(
             _ => {}
         }
     }
-    for e in reference.iter().filter(|e| e.put) {
-        if !attempted.contains(&(e.key.clone(), e.value.clone())) {
+    for e in reference {
+        if e.put && !attempted.contains(&(e.key.clone(), e.value.clone())) {
             r.anomaly(format!(
                 "committed history: {}={} at {} was never attempted (or was refused)",
                 e.key, e.value, e.rev
+            ));
+        }
+        if !e.put && !deletes.contains(&e.key) {
+            r.anomaly(format!(
+                "committed history: {} deleted at {} though no delete of it was attempted",
+                e.key, e.rev
             ));
         }
     }
@@ -128,7 +140,9 @@ pub fn check(
         resumes += w.resumes;
         let mut last = first_rev - 1;
         let mut seen: BTreeSet<i64> = BTreeSet::new();
-        for e in &w.events {
+        // Writes that committed after the history was read (a late unknown write) are
+        // not judged.
+        for e in w.events.iter().filter(|e| e.rev <= last_rev) {
             if e.rev <= last {
                 if seen.contains(&e.rev) {
                     dups += 1;

@@ -753,6 +753,22 @@ pub struct BenchArgs {
     /// /64, reporting the leader's memory (the leader must run on this machine).
     #[arg(long)]
     pub fill: bool,
+    /// watch: watchers of one prefix, spread over the endpoints.
+    #[arg(long, default_value_t = 1_000)]
+    pub watchers: usize,
+    /// watch: puts per second into the watched prefix.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+    /// leases, expiry: how many leases.
+    #[arg(long, default_value_t = 10_000)]
+    pub leases: usize,
+    /// leases: their TTL in seconds (each is renewed every third of it).
+    #[arg(long, default_value_t = 10)]
+    pub ttl: i64,
+    /// expiry: seconds from the start until every lease runs out (granting must finish
+    /// before).
+    #[arg(long, default_value_t = 60.0)]
+    pub expire_after: f64,
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     /// Speak plain HTTP/2, for an etcd started without TLS (masters of this cluster
@@ -803,6 +819,9 @@ impl BenchArgs {
                 BenchOp::Get => bench::Op::Get,
                 BenchOp::Agents => bench::Op::Agents,
                 BenchOp::Ipam => bench::Op::Ipam,
+                BenchOp::Watch => bench::Op::Watch,
+                BenchOp::Leases => bench::Op::Leases,
+                BenchOp::Expiry => bench::Op::Expiry,
             },
             endpoints: self.endpoints,
             clients: self.clients,
@@ -819,6 +838,11 @@ impl BenchArgs {
             kill_leader_at_s: self.kill_leader_at,
             batch: self.batch,
             fill: self.fill,
+            watchers: self.watchers,
+            rate: self.rate,
+            leases: self.leases,
+            ttl_s: self.ttl,
+            expire_after_s: self.expire_after,
             output: self.output.into(),
             tls,
             agent_tls,
@@ -834,6 +858,15 @@ pub enum BenchOp {
     Agents,
     /// IP allocations: single and batched rates and latency, then memory of full pools.
     Ipam,
+    /// Watch fan-out: --watchers watchers of one prefix, --rate puts/s into it; events/s
+    /// and put-to-event latency.
+    Watch,
+    /// --leases leases of --ttl s kept alive beside --clients putting clients; puts/s and
+    /// KeepAlive latency.
+    Leases,
+    /// --leases leases with a key each run out in the same second; how long until the
+    /// keys are gone, and puts/s meanwhile.
+    Expiry,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,22 +74,25 @@ async fn open_watchers(
     n: usize,
 ) -> anyhow::Result<(mpsc::Sender<epb::WatchRequest>, tonic::Streaming<epb::WatchResponse>)> {
     let (tx, rx) = mpsc::channel(n + 1);
-    let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
-    let mut s = WatchClient::new(ch).max_decoding_message_size(64 << 20).watch(out).await?.into_inner();
+    // Every create is queued before the call: a gRPC server may hold its response
+    // headers back until it has something to answer, so awaiting the call first could
+    // wait forever.
     for _ in 0..n {
         let create =
             epb::WatchCreateRequest { key: prefix.to_vec(), range_end: prefix_range_end(prefix), ..Default::default() };
         let req = epb::WatchRequest { request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)) };
         tx.send(req).await.map_err(|_| anyhow::anyhow!("watch stream closed"))?;
-        // etcd answers creates in order, one at a time.
-        loop {
-            let r = s.message().await?.context("the watch stream ended while creating watchers")?;
-            if r.canceled {
-                bail!("a watcher was refused: {}", r.cancel_reason);
-            }
-            if r.created {
-                break;
-            }
+    }
+    let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let mut s = WatchClient::new(ch).max_decoding_message_size(64 << 20).watch(out).await?.into_inner();
+    let mut created = 0;
+    while created < n {
+        let r = s.message().await?.context("the watch stream ended while creating watchers")?;
+        if r.canceled {
+            bail!("a watcher was refused: {}", r.cancel_reason);
+        }
+        if r.created {
+            created += 1;
         }
     }
     Ok((tx, s))
@@ -317,10 +320,11 @@ pub async fn leases(a: Options) -> anyhow::Result<()> {
         let ch = chan(&a, &a.endpoints[s % a.endpoints.len()])?;
         let (tx, rx) = mpsc::channel::<epb::LeaseKeepAliveRequest>(1024);
         let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
-        let mut answers = LeaseClient::new(ch).lease_keep_alive(out).await?.into_inner();
         let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
         let period = Duration::from_secs_f64(ttl as f64 / 3.0 / mine.len() as f64);
         let (stop_s, sent_s) = (stop.clone(), sent.clone());
+        // The sender runs before the call is awaited: the first request must be on its
+        // way for a server that sends its headers with its first answer.
         let sender = tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -335,6 +339,7 @@ pub async fn leases(a: Options) -> anyhow::Result<()> {
                 }
             }
         });
+        let mut answers = LeaseClient::new(ch).lease_keep_alive(out).await?.into_inner();
         let (stop_r, lost) = (stop.clone(), lost.clone());
         let receiver = tokio::spawn(async move {
             let mut lat: Vec<(Instant, u32)> = Vec::new();

@@ -265,15 +265,10 @@ impl CoordNode {
         }
         let ttl_secs = ttl_secs.max(self.min_lease_ttl_secs());
         match self.write(Command::Lease(LeaseCommand::Grant { id, ttl_secs })).await?.output {
-            Output::Lease(LeaseOutput::Granted { id, ttl_secs }) => {
-                // A timer left from an earlier lease with this id (revoked or expired a
-                // moment ago, before the countdown synced) must not count this one down.
-                if self.is_leader() {
-                    self.lessor.forget(&[id]);
-                    self.sync_lessor(Duration::ZERO);
-                }
-                Ok((id, ttl_secs))
-            }
+            // A timer left from an earlier lease with this id is dropped when that lease
+            // is revoked or expires (`Lessor::forget`), so this one starts fresh at the
+            // next sync. (No sync here: it walks every lease, once per grant.)
+            Output::Lease(LeaseOutput::Granted { id, ttl_secs }) => Ok((id, ttl_secs)),
             o => Err(CoordError::Internal(format!("unexpected apply output {o:?}"))),
         }
     }

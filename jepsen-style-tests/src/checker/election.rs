@@ -61,22 +61,8 @@ pub fn check(
         let key = c.output["key"].as_str().unwrap_or_default().to_string();
         let create = c.output["create_rev"].as_i64().unwrap_or_default();
         let rev = c.output["rev"].as_i64().unwrap_or_default();
-        match t.first_at(rev) {
-            Some((k, l)) if k == key && l.create_rev == create => {}
-            Some((k, l)) => {
-                let why = match t.at(rev).get(&key) {
-                    Some(m) => {
-                        format!("its key (created at {}) was behind {k} (created at {})", m.create_rev, l.create_rev)
-                    }
-                    None => super::lock::gone(&t, &key, rev),
-                };
-                r.anomaly(format!("process {} won with {key} at revision {rev}, but {why}", c.process));
-            }
-            None => r.anomaly(format!(
-                "process {} won with {key} at revision {rev}, but {}",
-                c.process,
-                super::lock::gone(&t, &key, rev)
-            )),
+        if let Some(why) = t.why_not_first(&key, Some(create), rev) {
+            r.anomaly(format!("process {} won with {key} at revision {rev}, but {why}", c.process));
         }
         wins.push((rev, create, key, c.process));
     }

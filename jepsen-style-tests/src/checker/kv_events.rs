@@ -91,6 +91,37 @@ impl Timeline {
         self.at(rev).into_iter().min_by_key(|(_, l)| l.create_rev)
     }
 
+    /// `None` if `key` (created at `create_rev`, when given) is first in line at `rev`;
+    /// otherwise why not, for an anomaly's text.
+    pub fn why_not_first(&self, key: &str, create_rev: Option<i64>, rev: i64) -> Option<String> {
+        let first = self.first_at(rev);
+        if let Some((k, l)) = &first {
+            if k == key && create_rev.is_none_or(|c| c == l.create_rev) {
+                return None;
+            }
+        }
+        Some(match (self.at(rev).get(key), first) {
+            (Some(mine), Some((k, l))) if k != key => {
+                format!("its key (created at {}) was behind {k} (created at {})", mine.create_rev, l.create_rev)
+            }
+            (Some(mine), _) => {
+                format!("its key there was created at {}, not {}", mine.create_rev, create_rev.unwrap_or(0))
+            }
+            (None, _) => self.gone(key, rev),
+        })
+    }
+
+    /// Why `key` was not there at `rev`: when it was deleted, or that it never existed.
+    fn gone(&self, key: &str, rev: i64) -> String {
+        match self.creates(key).into_iter().rfind(|&c| c <= rev) {
+            Some(cr) => match self.deleted_at(key, cr) {
+                Some(d) => format!("its key was deleted at revision {d}"),
+                None => "its key did not exist then".into(),
+            },
+            None => "its key did not exist yet".into(),
+        }
+    }
+
     /// Every create revision `key` had, in order.
     pub fn creates(&self, key: &str) -> Vec<i64> {
         let mut v: Vec<i64> = Vec::new();

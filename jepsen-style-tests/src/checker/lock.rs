@@ -35,21 +35,8 @@ pub fn check(calls: &[Call], reference: Option<&[Ev]>, lock_prefix: &str, regist
         grants += 1;
         let key = c.output["key"].as_str().unwrap_or_default().to_string();
         let rev = c.output["rev"].as_i64().unwrap_or_default();
-        match t.first_at(rev) {
-            Some((k, _)) if k == key => {}
-            Some((k, l)) => {
-                let mine = t.at(rev).get(&key).map(|l| l.create_rev);
-                let why = match mine {
-                    Some(cr) => format!("its key (created at {cr}) was behind {k} (created at {})", l.create_rev),
-                    None => gone(&t, &key, rev),
-                };
-                r.anomaly(format!("process {} was granted {key} at revision {rev}, but {why}", c.process));
-            }
-            None => r.anomaly(format!(
-                "process {} was granted {key} at revision {rev}, but {}",
-                c.process,
-                gone(&t, &key, rev)
-            )),
+        if let Some(why) = t.why_not_first(&key, None, rev) {
+            r.anomaly(format!("process {} was granted {key} at revision {rev}, but {why}", c.process));
         }
         // The holder's window: to its release (of this key), or to the end of the run.
         let end = calls
@@ -108,17 +95,6 @@ pub fn check(calls: &[Call], reference: Option<&[Ev]>, lock_prefix: &str, regist
     }
     r.stat("overlapping_lock_windows_info", overlaps);
     r
-}
-
-/// Why `key` was not there at `rev`: when it was deleted, or that it never existed.
-pub(crate) fn gone(t: &Timeline, key: &str, rev: i64) -> String {
-    match t.creates(key).into_iter().rfind(|&c| c <= rev) {
-        Some(cr) => match t.deleted_at(key, cr) {
-            Some(d) => format!("its key was deleted at revision {d}"),
-            None => "its key did not exist then".into(),
-        },
-        None => "its key did not exist yet".into(),
-    }
 }
 
 #[cfg(test)]

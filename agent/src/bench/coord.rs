@@ -360,8 +360,9 @@ pub async fn leases(a: Options) -> anyhow::Result<()> {
         });
         kas.push((sender, receiver));
     }
-    // One TTL of keepalives alone, then the puts alongside.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One TTL of keepalives alone, so that every lease has been renewed (and, here,
+    // checkpointed) once before anything is measured; then the puts alongside.
+    tokio::time::sleep(Duration::from_secs(ttl as u64)).await;
     let put_stop = Arc::new(AtomicBool::new(false));
     let measure = Instant::now();
     let puts = spawn_puts(&a, &leader, a.clients, put_stop.clone())?;

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use proto::clusterpb as cpb;
 use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
@@ -28,7 +29,7 @@ impl LeaseService {
 
 /// One renewal, on the leader or forwarded to it once.
 pub(crate) async fn renew(
-    node: &CoordNode,
+    node: &Arc<CoordNode>,
     req: Request<cpb::RenewLeaseRequest>,
 ) -> Result<Response<cpb::RenewLeaseResponse>, Status> {
     on_leader(
@@ -38,6 +39,14 @@ pub(crate) async fn renew(
         async |ch, r| ClusterAdminClient::new(ch).renew_lease(r).await,
     )
     .await
+}
+
+/// Renewals one KeepAlive stream has in flight at once; past that it stops reading.
+const KEEPALIVES_IN_FLIGHT: usize = 32;
+
+async fn keep_alive_once(node: Arc<CoordNode>, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    let r = renew(&node, Request::new(cpb::RenewLeaseRequest { id })).await?;
+    Ok(pb::LeaseKeepAliveResponse { header: Some(header(&node, revision(&node))), id, ttl: r.into_inner().ttl })
 }
 
 fn revision(node: &CoordNode) -> i64 {
@@ -90,27 +99,32 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let mut inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVES_IN_FLIGHT);
         let node = self.node.clone();
         tokio::spawn(async move {
+            // Renewals are answered as they finish, not in order: one that waits for a
+            // checkpoint (or a forward) must not hold up the stream's other leases.
+            let mut pending = FuturesUnordered::new();
+            let mut open = true;
             loop {
-                let m = tokio::select! {
-                    m = inbound.next() => m,
-                    _ = tx.closed() => return,
-                };
-                let answer = match m {
-                    None => return,
-                    Some(Err(s)) => Err(s),
-                    Some(Ok(m)) => renew(&node, Request::new(cpb::RenewLeaseRequest { id: m.id })).await.map(|r| {
-                        pb::LeaseKeepAliveResponse {
-                            header: Some(header(&node, revision(&node))),
-                            id: m.id,
-                            ttl: r.into_inner().ttl,
+                tokio::select! {
+                    m = inbound.next(), if open && pending.len() < KEEPALIVES_IN_FLIGHT => match m {
+                        None => open = false,
+                        Some(Err(s)) => {
+                            let _ = tx.send(Err(s)).await;
+                            return;
                         }
-                    }),
-                };
-                let end = answer.is_err();
-                if tx.send(answer).await.is_err() || end {
+                        Some(Ok(m)) => pending.push(keep_alive_once(node.clone(), m.id)),
+                    },
+                    Some(answer) = pending.next(), if !pending.is_empty() => {
+                        let end = answer.is_err();
+                        if tx.send(answer).await.is_err() || end {
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                }
+                if !open && pending.is_empty() {
                     return;
                 }
             }

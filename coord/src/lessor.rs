@@ -261,8 +261,9 @@ pub struct CheckpointQueue {
     flush: tokio::sync::Mutex<()>,
 }
 
-/// A renewal waiting for its checkpoint: the lease, how far ahead, whom to tell.
-type Waiting = (i64, Duration, tokio::sync::oneshot::Sender<Result<()>>);
+/// A renewal waiting for its checkpoint: the lease, how far ahead of when it was asked
+/// for, whom to tell.
+type Waiting = (i64, Duration, Instant, tokio::sync::oneshot::Sender<Result<()>>);
 
 /// What TimeToLive answers for a lease the leader counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,21 +374,31 @@ impl CoordNode {
     /// Commits a checkpoint of [`Lessor::ahead`] for lease `id`, together with every
     /// other renewal waiting for one: whoever takes the flush lock writes everything
     /// queued so far in one entry, so the entries follow the write rate, not the number
-    /// of renewals.
+    /// of renewals. The checkpoint reaches [`Lessor::ahead`] past when it was asked
+    /// for, not past when its entry is proposed: a renewal answered before its
+    /// background checkpoint is written (which waits for the entry ahead of it) must
+    /// not stretch the bound on an abandoned lease by that wait.
     async fn checkpoint_ahead(&self, id: i64, ttl: Duration) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.checkpoint_queue.pending.lock().expect("checkpoint queue").push((id, Lessor::ahead(ttl), tx));
+        self.checkpoint_queue.pending.lock().expect("checkpoint queue").push((
+            id,
+            Lessor::ahead(ttl),
+            Instant::now(),
+            tx,
+        ));
         {
             let _flushing = self.checkpoint_queue.flush.lock().await;
             let batch = std::mem::take(&mut *self.checkpoint_queue.pending.lock().expect("checkpoint queue"));
             if !batch.is_empty() {
                 let term = self.current_term();
                 let proposed = Instant::now();
-                let remaining_ms = batch.iter().map(|(id, ahead, _)| (*id, ahead.as_millis() as i64)).collect();
+                let left = |ahead: Duration, asked: Instant| ahead.saturating_sub(proposed.duration_since(asked));
+                let remaining_ms =
+                    batch.iter().map(|(id, ahead, asked, _)| (*id, left(*ahead, *asked).as_millis() as i64)).collect();
                 let r = self.write(Command::Lease(LeaseCommand::Checkpoint { term, remaining_ms })).await;
-                for (id, ahead, tx) in batch {
+                for (id, ahead, asked, tx) in batch {
                     if r.is_ok() {
-                        self.lessor.checkpointed(id, proposed, ahead);
+                        self.lessor.checkpointed(id, proposed, left(ahead, asked));
                     }
                     let _ = tx.send(r.as_ref().map(|_| ()).map_err(|e| CoordError::Unavailable(e.to_string())));
                 }

@@ -352,16 +352,11 @@ impl Stream {
                 continue;
             }
             for e in rev.events.iter().filter(|e| w.wants(e)) {
-                bytes += e.kv.key.len() + e.kv.value.len();
-                let mut e = e.clone();
-                if w.prev_kv {
-                    if let Some(p) = &e.prev {
-                        bytes += p.key.len() + p.value.len();
-                    }
-                } else {
-                    e.prev = None;
-                }
-                events.push(e);
+                // Copied once per watcher, so the previous version is copied only for
+                // those that asked for it.
+                let prev = if w.prev_kv { e.prev.clone() } else { None };
+                bytes += e.kv.key.len() + e.kv.value.len() + prev.as_ref().map_or(0, |p| p.key.len() + p.value.len());
+                events.push(Event { kind: e.kind, kv: e.kv.clone(), prev });
             }
             covered = rev.revision;
             if bytes >= RESPONSE_BYTES {

@@ -76,10 +76,13 @@ impl Drop for Leadership {
     }
 }
 
-/// Leases one expiry entry names; etcd revokes at most 1,000 leases a second, we commit
-/// up to this many per entry with several entries in flight.
+/// Leases one expiry entry names. The loop commits at most one such entry per tick and
+/// one at a time, so expiries run at up to 10,000 leases a second (etcd: 1,000). Each
+/// expired lease deletes its keys in the apply path that writers share: 100,000 leases
+/// running out at once, sent 4 entries at a time, took writers from 2,160 puts/s to 410
+/// for 3 s; paced, they keep most of their rate for about 10 s.
 const EXPIRIES_PER_ENTRY: usize = 1_000;
-const EXPIRY_ENTRIES_IN_FLIGHT: usize = 4;
+const EXPIRY_ENTRIES_IN_FLIGHT: usize = 1;
 
 /// Every 100 ms: syncs the countdown with the replicated leases and commits expiries of
 /// the leases that ran out (fenced by `term`). Renewals commit their own checkpoints.
@@ -133,11 +136,12 @@ async fn lease_loop(weak: Weak<CoordNode>, term: u64) {
         if let Some(since) = contact_lost.take() {
             node.lessor.shift(now.duration_since(since));
         }
-        while in_flight.load(Ordering::SeqCst) < EXPIRY_ENTRIES_IN_FLIGHT {
-            let ids = node.lessor.due(now, EXPIRIES_PER_ENTRY);
-            if ids.is_empty() {
-                break;
-            }
+        let ids = if in_flight.load(Ordering::SeqCst) < EXPIRY_ENTRIES_IN_FLIGHT {
+            node.lessor.due(now, EXPIRIES_PER_ENTRY)
+        } else {
+            Vec::new()
+        };
+        if !ids.is_empty() {
             in_flight.fetch_add(1, Ordering::SeqCst);
             let (node, in_flight) = (node.clone(), in_flight.clone());
             tokio::spawn(async move {

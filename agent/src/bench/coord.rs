@@ -3,8 +3,9 @@
 //!
 //! - `watch`: `--watchers` watchers of one prefix, spread over every endpoint (streams of
 //!   up to 100 watchers each, as etcd's client multiplexes them), while one writer puts
-//!   `--rate` keys per second into the prefix on the leader. Each value carries its send
-//!   time, so every delivered event gives a put-to-event latency.
+//!   `--rate` keys per second into the prefix on the leader. Each value carries the time
+//!   its put was due, so every delivered event gives a put-to-event latency that counts
+//!   a put the system let start late.
 //! - `leases`: `--leases` leases of `--ttl` seconds kept alive (each renewed every third
 //!   of its TTL, as etcd's client does, over KeepAlive streams on every endpoint) while
 //!   `--clients` clients put on the leader. Reports puts/s and the KeepAlive round trip.
@@ -181,32 +182,51 @@ pub async fn watch(a: Options) -> anyhow::Result<()> {
             lat
         }));
     }
-    // The writer: an open loop at --rate, up to 256 puts in flight.
+    // The writer: an open loop at --rate, up to 256 puts in flight, on a thread and
+    // runtime of its own so that the receivers' decoding does not hold its schedule
+    // back. Each value carries the time its put was due, not when it went out: a put
+    // that a busy system let start late is late for its watchers too (the open-loop
+    // rule, as wrk2 measures).
     let kv = KvClient::new(chan(&a, &leader)?);
     let puts = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let inflight = Arc::new(tokio::sync::Semaphore::new(256));
     let t0 = Instant::now();
     let count = (a.rate * a.duration_s) as u64;
     let delivered_before = delivered.load(Ordering::Relaxed);
-    for i in 0..count {
-        let due = t0 + Duration::from_secs_f64(i as f64 / a.rate);
-        tokio::time::sleep_until(due.into()).await;
-        let permit = inflight.clone().acquire_owned().await.expect("semaphore");
-        let mut kv = kv.clone();
-        let mut value = (start.elapsed().as_micros() as u64).to_be_bytes().to_vec();
-        value.resize(a.value_size.max(8), b'x');
-        let key = [prefix.as_slice(), format!("{:06}", i % 1000).as_bytes()].concat();
-        let (puts, errors) = (puts.clone(), errors.clone());
-        tokio::spawn(async move {
-            match kv.put(epb::PutRequest { key, value, ..Default::default() }).await {
-                Ok(_) => puts.fetch_add(1, Ordering::Relaxed),
-                Err(_) => errors.fetch_add(1, Ordering::Relaxed),
-            };
-            drop(permit);
-        });
-    }
-    let _ = inflight.acquire_many(256).await;
+    let writer = {
+        let (puts, errors, prefix, rate, value_size) =
+            (puts.clone(), errors.clone(), prefix.clone(), a.rate, a.value_size);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let inflight = Arc::new(tokio::sync::Semaphore::new(256));
+                for i in 0..count {
+                    let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    let permit = inflight.clone().acquire_owned().await.expect("semaphore");
+                    let mut kv = kv.clone();
+                    let mut value = (due.duration_since(start).as_micros() as u64).to_be_bytes().to_vec();
+                    value.resize(value_size.max(8), b'x');
+                    let key = [prefix.as_slice(), format!("{:06}", i % 1000).as_bytes()].concat();
+                    let (puts, errors) = (puts.clone(), errors.clone());
+                    tokio::spawn(async move {
+                        match kv.put(epb::PutRequest { key, value, ..Default::default() }).await {
+                            Ok(_) => puts.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                        drop(permit);
+                    });
+                }
+                let _ = inflight.acquire_many(256).await;
+            });
+            Ok::<_, std::io::Error>(())
+        })
+    };
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("the writer thread")?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+        .context("the writer's runtime")?;
     let wrote = t0.elapsed().as_secs_f64();
     let want = puts.load(Ordering::Relaxed) * a.watchers as u64;
     // Let the watchers drain, for at most 10 s.

@@ -471,14 +471,34 @@ pub async fn leases(a: Options) -> anyhow::Result<()> {
 }
 
 pub async fn expiry(a: Options) -> anyhow::Result<()> {
-    if a.leases == 0 || a.expire_after_s <= 0.0 {
-        bail!("--leases and --expire-after must be positive");
+    if a.leases == 0 || a.expire_after_s < 0.0 {
+        bail!("--leases must be positive and --expire-after not negative");
     }
     let leader = find_leader(&a).await?;
     let prefix = format!("bench-expiry/{}/", std::process::id()).into_bytes();
+    let expire_after = if a.expire_after_s > 0.0 {
+        Duration::from_secs_f64(a.expire_after_s)
+    } else {
+        // Time a sample of grants (each with its key), and allow twice the time that
+        // rate gives for all of them, plus 15 s: the same load took one system 54 s on
+        // one day and the other 192 s on another.
+        let sample = (a.leases / 50).clamp(1, 2_000);
+        let t = Instant::now();
+        let probe = format!("bench-expiry-probe/{}/", std::process::id()).into_bytes();
+        let ids = grant_many(&a, &leader, sample, || 3_600, Some(probe)).await?;
+        let per_lease = t.elapsed().as_secs_f64() / sample as f64;
+        revoke_all(&a, &leader, ids).await;
+        let d = Duration::from_secs_f64(per_lease * a.leases as f64 * 2.0 + 15.0);
+        eprintln!(
+            "bench expiry: {sample} sample grants took {:.2} ms each; expiring in {:.0}s",
+            per_lease * 1e3,
+            d.as_secs_f64()
+        );
+        d
+    };
     // Every lease's TTL is the whole seconds left until one common instant, so they
     // all run out within the same second.
-    let at = Instant::now() + Duration::from_secs_f64(a.expire_after_s);
+    let at = Instant::now() + expire_after;
     let t = Instant::now();
     let ids = grant_many(
         &a,

@@ -392,13 +392,15 @@ impl CoordNode {
             if !batch.is_empty() {
                 let term = self.current_term();
                 let proposed = Instant::now();
-                let left = |ahead: Duration, asked: Instant| ahead.saturating_sub(proposed.duration_since(asked));
-                let remaining_ms =
-                    batch.iter().map(|(id, ahead, asked, _)| (*id, left(*ahead, *asked).as_millis() as i64)).collect();
+                let batch: Vec<_> = batch
+                    .into_iter()
+                    .map(|(id, ahead, asked, tx)| (id, ahead.saturating_sub(proposed.duration_since(asked)), tx))
+                    .collect();
+                let remaining_ms = batch.iter().map(|(id, left, _)| (*id, left.as_millis() as i64)).collect();
                 let r = self.write(Command::Lease(LeaseCommand::Checkpoint { term, remaining_ms })).await;
-                for (id, ahead, asked, tx) in batch {
+                for (id, left, tx) in batch {
                     if r.is_ok() {
-                        self.lessor.checkpointed(id, proposed, left(ahead, asked));
+                        self.lessor.checkpointed(id, proposed, left);
                     }
                     let _ = tx.send(r.as_ref().map(|_| ()).map_err(|e| CoordError::Unavailable(e.to_string())));
                 }

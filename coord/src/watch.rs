@@ -355,8 +355,9 @@ impl Stream {
                 // Copied once per watcher, so the previous version is copied only for
                 // those that asked for it.
                 let prev = if w.prev_kv { e.prev.clone() } else { None };
-                bytes += e.kv.key.len() + e.kv.value.len() + prev.as_ref().map_or(0, |p| p.key.len() + p.value.len());
-                events.push(Event { kind: e.kind, kv: e.kv.clone(), prev });
+                let e = Event { kind: e.kind, kv: e.kv.clone(), prev };
+                bytes += e.payload_bytes();
+                events.push(e);
             }
             covered = rev.revision;
             if bytes >= RESPONSE_BYTES {
@@ -382,7 +383,7 @@ impl Stream {
         let mut pieces: Vec<Vec<Event>> = vec![Vec::new()];
         let mut size = 0usize;
         for e in events {
-            let b = e.kv.key.len() + e.kv.value.len() + e.prev.as_ref().map_or(0, |p| p.key.len() + p.value.len());
+            let b = e.payload_bytes();
             if size + b > RESPONSE_BYTES && !pieces.last().expect("one piece").is_empty() {
                 pieces.push(Vec::new());
                 size = 0;

@@ -38,8 +38,13 @@ pub struct Event {
 }
 
 impl Event {
+    /// Bytes of keys and values it carries, as a response's size is counted.
+    pub fn payload_bytes(&self) -> usize {
+        self.kv.key.len() + self.kv.value.len() + self.prev.as_ref().map_or(0, |p| p.key.len() + p.value.len())
+    }
+
     fn bytes(&self) -> usize {
-        64 + self.kv.key.len() + self.kv.value.len() + self.prev.as_ref().map_or(0, |p| p.key.len() + p.value.len())
+        64 + self.payload_bytes()
     }
 }
 

@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cluster-target
 BIN := $(CARGO_TARGET_DIR)/release/cluster
 
-.PHONY: deps build demo test bench bench-compare bench-lease-failover bench-agents bench-ipam bench-snapshot jepsen-deps jepsen-short jepsen-long fmt clippy
+.PHONY: deps build demo test bench bench-scheduler bench-compare bench-lease-failover bench-agents bench-ipam bench-snapshot jepsen-deps jepsen-short jepsen-long fmt clippy
 
 deps:
 	bash .ci/install-deps --jepsen
@@ -54,6 +54,11 @@ bench-lease-failover:
 	bash .ci/install-deps --bench
 	cargo build --release --locked --bin cluster
 	bash .ci/bench-lease-failover.sh "$(BIN)"
+
+## Placement: scheduler-core alone, 100,000 tasks onto 10,000 agents (placements/s,
+## peak memory); the numbers go in docs/benchmarks.md.
+bench-scheduler:
+	cargo run --release --locked -p scheduler-core --example bench
 
 bench-agents:
 	bash .ci/install-deps

@@ -1,7 +1,8 @@
 //! The one `Command` enum that is the Raft log payload, and what applying it returns.
 //!
 //! Each state-machine area owns its commands' semantics: KV commands are applied by
-//! [`crate::kv`], registry commands by [`crate::registry`], cluster commands by
+//! [`crate::kv`], registry commands by [`crate::registry`], service and task commands by
+//! [`crate::services`], cluster commands by
 //! [`crate::store::state_machine`].
 
 // State-machine code: deterministic on every member (see coord/clippy.toml).
@@ -14,6 +15,7 @@ use crate::ipam::{IpamCommand, IpamError, IpamOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 use crate::lease::{LeaseCommand, LeaseOutput};
 use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
+use crate::services::{ServiceCommand, ServicesError, ServicesOutput};
 use crate::types::NodeId;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,9 @@ pub enum Command {
     },
     /// etcd leases: grant, revoke, and the leader's expiries and checkpoints.
     Lease(LeaseCommand),
+    /// Services, deployments and tasks: users' changes, the leader's placements and
+    /// kills, agents' status updates.
+    Services(ServiceCommand),
 }
 
 impl Command {
@@ -75,6 +80,7 @@ impl Command {
             Command::SetJoinSecret { .. } => "set_join_secret",
             Command::RetireMaster { .. } => "retire_master",
             Command::Lease(c) => c.name(),
+            Command::Services(c) => c.name(),
         }
     }
 }
@@ -97,6 +103,7 @@ pub enum Output {
     Registry(RegistryOutput),
     Ipam(IpamOutput),
     Lease(LeaseOutput),
+    Services(ServicesOutput),
 }
 
 /// Deterministic refusals: every member reaches the same verdict for the same entry.
@@ -137,4 +144,6 @@ pub enum ApplyError {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error(transparent)]
+    Services(ServicesError),
 }

@@ -1,5 +1,6 @@
 //! coord's error type and its one conversion to `tonic::Status`.
 
+use crate::services::ServicesError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -74,6 +75,13 @@ impl From<CoordError> for Status {
                         IpamError::Exhausted { .. } => Code::ResourceExhausted,
                         IpamError::Storage(_) => Code::Internal,
                         _ => Code::FailedPrecondition,
+                    },
+                    ApplyError::Services(ref e) => match e {
+                        ServicesError::Invalid(_) => Code::InvalidArgument,
+                        ServicesError::NotFound(_) | ServicesError::DeploymentNotFound(_) => Code::NotFound,
+                        ServicesError::Exists(_) => Code::AlreadyExists,
+                        ServicesError::Locked { .. } | ServicesError::Deleting(_) => Code::FailedPrecondition,
+                        ServicesError::Storage(_) => Code::Internal,
                     },
                     ApplyError::Storage(_) => Code::Internal,
                     _ => Code::InvalidArgument,

@@ -33,6 +33,10 @@ use crate::ipam::{self, IpamCommand, NetworkSpec};
 use crate::kv::types::*;
 use crate::lease::LeaseCommand;
 use crate::registry::{Availability, NodeResources, NodeState, Registration, RegistryCommand, Role, Transition};
+use crate::services::spec::{Backoff, HealthCheck, HealthKind, PortDef, UpgradeStrategy};
+use crate::services::{
+    Deployment, DeploymentKind, LaunchTask, Service, ServiceCommand, ServiceSpec, Task, TaskState, TaskUpdate,
+};
 use crate::types::{Entry, LogEntry, LogId, StoredMembership, TypeConfig, Vote};
 
 fn golden_path(name: &str) -> PathBuf {
@@ -134,6 +138,21 @@ fn command_name(c: &Command) -> String {
                 LeaseCommand::Revoke { .. } => "Revoke",
                 LeaseCommand::Expire { .. } => "Expire",
                 LeaseCommand::Checkpoint { .. } => "Checkpoint",
+            }
+        ),
+        Command::Services(s) => format!(
+            "Services.{}",
+            match s {
+                ServiceCommand::Put { .. } => "Put",
+                ServiceCommand::Scale { .. } => "Scale",
+                ServiceCommand::Restart { .. } => "Restart",
+                ServiceCommand::Remove { .. } => "Remove",
+                ServiceCommand::CancelDeployment { .. } => "CancelDeployment",
+                ServiceCommand::DeploymentDone { .. } => "DeploymentDone",
+                ServiceCommand::Launch { .. } => "Launch",
+                ServiceCommand::Kill { .. } => "Kill",
+                ServiceCommand::Lost { .. } => "Lost",
+                ServiceCommand::Update { .. } => "Update",
             }
         ),
     }
@@ -247,7 +266,74 @@ fn command_samples() -> Vec<Command> {
         Command::Lease(LeaseCommand::Revoke { id: 0x1234 }),
         Command::Lease(LeaseCommand::Expire { term: 4, ids: vec![7, 9] }),
         Command::Lease(LeaseCommand::Checkpoint { term: 4, remaining_ms: vec![(7, 12_500)] }),
+        Command::Services(ServiceCommand::Put { spec: Box::new(service_spec()), create: true, force: false }),
+        Command::Services(ServiceCommand::Scale { id: "/prod/web".into(), instances: 4, force: true }),
+        Command::Services(ServiceCommand::Restart { id: "/prod/web".into(), force: false }),
+        Command::Services(ServiceCommand::Remove { id: "/prod/web".into() }),
+        Command::Services(ServiceCommand::CancelDeployment { id: 3, rollback: true }),
+        Command::Services(ServiceCommand::DeploymentDone { id: 3 }),
+        Command::Services(ServiceCommand::Launch {
+            tasks: vec![LaunchTask {
+                service: "/prod/web".into(),
+                version: 2,
+                agent: 5,
+                host: "node-5".into(),
+                ports: vec![31000, 8080],
+            }],
+        }),
+        Command::Services(ServiceCommand::Kill { tasks: vec![("prod_web.7".into(), "scale down".into())] }),
+        Command::Services(ServiceCommand::Lost {
+            agent: 5,
+            tasks: vec!["prod_web.7".into()],
+            reason: "agent down".into(),
+        }),
+        Command::Services(ServiceCommand::Update {
+            updates: vec![TaskUpdate {
+                task_id: "prod_web.7".into(),
+                agent: 5,
+                state: TaskState::Failed,
+                healthy: Some(false),
+                reason: "OOM killed".into(),
+                exit_code: Some(137),
+            }],
+        }),
     ]
+}
+
+/// A spec with every field set away from its default.
+fn service_spec() -> ServiceSpec {
+    ServiceSpec {
+        id: "/prod/web".into(),
+        cmd: Some("./serve --port $PORT0".into()),
+        args: vec![],
+        cpus_milli: 250,
+        mem_mb: 64,
+        disk_mb: 10,
+        instances: 6,
+        env: [("MODE".to_string(), "prod".to_string())].into(),
+        labels: [("team".to_string(), "a".to_string())].into(),
+        constraints: vec![scheduler_core::Constraint::parse(&["hostname", "MAX_PER", "2"]).unwrap()],
+        ports: vec![PortDef {
+            port: 0,
+            name: Some("http".into()),
+            protocol: "tcp".into(),
+            labels: [("vip".to_string(), "1".to_string())].into(),
+        }],
+        health_checks: vec![HealthCheck {
+            kind: HealthKind::Http,
+            path: "/health".into(),
+            port_index: 0,
+            command: String::new(),
+            grace_period_s: 5,
+            interval_s: 2,
+            timeout_s: 1,
+            max_consecutive_failures: 2,
+        }],
+        upgrade: UpgradeStrategy { min_health_permille: 500, max_over_permille: 200 },
+        backoff: Backoff { initial_ms: 2000, factor_permille: 2000, max_ms: 60_000 },
+        network: Some("net1".into()),
+        placement: scheduler_core::Strategy::Spread,
+    }
 }
 
 fn ca_record() -> CaRecord {
@@ -318,6 +404,69 @@ fn every_persisted_record_decodes_from_its_golden_bytes() {
         vec![("l.lease".to_string(), crate::lease::Lease { ttl_secs: 30, remaining_ms: 12_500, checkpoint_index: 77 })],
     );
     check("records-retired.txt", vec![("m.retired".to_string(), std::collections::BTreeSet::from([3u64, 5]))]);
+    // Services came after sm-v1.txt was written: each record kind is guarded here.
+    check("records-services-spec.txt", vec![("s.v".to_string(), service_spec())]);
+    check(
+        "records-services-service.txt",
+        vec![(
+            "s.a".to_string(),
+            Service {
+                id: "/prod/web".into(),
+                version: 2,
+                next_version: 3,
+                instances: 6,
+                created_ms: 1,
+                version_ms: 2,
+                scaled_ms: 3,
+                deployment: Some(4),
+                delay_ms: 1000,
+                delay_until_ms: 5000,
+                deleting: false,
+                ended: ["prod_web.1".to_string()].into(),
+            },
+        )],
+    );
+    check(
+        "records-services-task.txt",
+        vec![(
+            "s.t".to_string(),
+            Task {
+                id: "prod_web.7".into(),
+                service: "/prod/web".into(),
+                version: 2,
+                agent: 5,
+                host: "node-5".into(),
+                ports: vec![31000],
+                network: Some("net1".into()),
+                ip: Some(ip("10.40.0.7")),
+                state: TaskState::Running,
+                healthy: Some(true),
+                reason: "".into(),
+                exit_code: None,
+                kill_requested: false,
+                staged_ms: 10,
+                started_ms: 11,
+                ended_ms: 0,
+                updated_ms: 12,
+            },
+        )],
+    );
+    check(
+        "records-services-deployment.txt",
+        vec![(
+            "s.d".to_string(),
+            Deployment {
+                id: 4,
+                service: "/prod/web".into(),
+                kind: DeploymentKind::Update,
+                from_version: Some(1),
+                from_instances: 6,
+                to_version: 2,
+                to_instances: 6,
+                started_ms: 2,
+            },
+        )],
+    );
 }
 
 /// Entries that write every kind of state-machine record: KV history and the revision

@@ -81,6 +81,7 @@ pub fn area_of(key: &[u8]) -> &'static str {
         Some(b'r') => "kv revision index",
         Some(b'g') => "registry",
         Some(b'i') => "ipam",
+        Some(b's') => "services",
         Some(b'm') => "meta",
         _ => "other",
     }

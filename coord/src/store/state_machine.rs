@@ -9,6 +9,7 @@
 //!   revisions;
 //! - `g/…`: the master registry (see [`crate::registry::keys`]);
 //! - `l/<id>`: a lease (see [`crate::lease::keys`]);
+//! - `s/…`: services, versions, tasks and deployments (see [`crate::services::keys`]);
 //! - `r/<rev><n>`: what was written at revision `rev`, in write order: an op byte, the
 //!   revision of the version it replaced and the key, so compaction visits only the
 //!   revisions it discards and knows the dead versions without reading them.
@@ -43,6 +44,7 @@ use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore, Live};
 use crate::lease::Leases;
 use crate::registry::Registry;
+use crate::services::{Services, ServicesError};
 use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 pub(crate) const KEY_APPLIED: &[u8] = b"m/applied";
@@ -61,6 +63,7 @@ pub struct SmState {
     pub registry: Registry,
     pub ipam: Ipam,
     pub leases: Leases,
+    pub services: Services,
     pub cluster: ClusterMeta,
     pub ca: Option<CaRecord>,
     /// `ca`'s record digest, kept beside it: heartbeat sessions compare it every second.
@@ -376,6 +379,21 @@ impl StateMachineStore {
                         }
                         r
                     }
+                    Command::Services(c) => {
+                        let mut store = RocksIpam::for_apply(&self.db, hist.batch);
+                        let r = match st.services.apply(*time_ms, c, &mut st.ipam, &mut store) {
+                            Ok(o) => Ok(Output::Services(o)),
+                            Err(ServicesError::Storage(e)) => Err(ApplyError::Storage(e)),
+                            Err(e) => Err(ApplyError::Services(e)),
+                        };
+                        for (k, v) in st.services.take_changes() {
+                            match v {
+                                Some(v) => hist.batch.put_cf(cf, k, v),
+                                None => hist.batch.delete_cf(cf, k),
+                            }
+                        }
+                        r
+                    }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
                     Command::DeleteRange(d) => st.kv.apply_delete(d, &mut hist).map(Output::DeleteRange),
                     Command::Txn(t) => st.kv.apply_txn(t, &mut hist).map(Output::Txn),
@@ -530,6 +548,15 @@ fn load_state(db: &DB) -> io::Result<SmState> {
         }
     }
     st.ipam = Ipam::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(vec![b's', b'/' + 1]);
+    let mut records = Vec::new();
+    for item in
+        db.iterator_cf_opt(cf, ro, IteratorMode::From(crate::services::keys::PREFIX, rocksdb::Direction::Forward))
+    {
+        records.push(item.map_err(io_err)?);
+    }
+    st.services = Services::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;
     let all = KeyRange { start: Vec::new(), end: None };
     for kv in scan_history(db, cf, None, &all, i64::MAX)? {
         st.kv.live.insert(

@@ -2,6 +2,8 @@
 //! stopped when it loses it:
 //! - the liveness loop: refreshes `quorum_contact` and commits agents' state transitions;
 //! - the lease loop: counts leases down and commits their expiries;
+//! - the scheduler loop ([`crate::scheduler`]): places, replaces and kills tasks, and
+//!   moves deployments along;
 //! - housekeeping: finishing `init`, promoting caught-up learners, compacting KV history,
 //!   releasing leaked IP addresses.
 //!
@@ -52,6 +54,7 @@ impl Leadership {
                 tokio::spawn(liveness_loop(weak.clone())),
                 tokio::spawn(housekeeping_loop(weak.clone())),
                 tokio::spawn(lease_loop(weak.clone(), term)),
+                tokio::spawn(crate::scheduler::scheduler_loop(weak.clone())),
             ],
             node: weak,
         }

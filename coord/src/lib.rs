@@ -44,6 +44,7 @@ pub mod node;
 pub mod read;
 pub mod recipes;
 pub mod registry;
+pub mod scheduler;
 pub mod services;
 pub mod store;
 pub mod token;

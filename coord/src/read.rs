@@ -76,6 +76,15 @@ impl<'a> ReadView<'a> {
         &self.st.ipam
     }
 
+    pub fn services(&self) -> &crate::services::Services {
+        &self.st.services
+    }
+
+    /// The index of the last applied log entry (0 before any).
+    pub fn last_applied_index(&self) -> u64 {
+        self.st.last_applied.map_or(0, |l| l.index)
+    }
+
     pub fn leases(&self) -> &crate::lease::Leases {
         &self.st.leases
     }

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/cluster/cluster.proto",
             "proto/cluster/registry.proto",
             "proto/cluster/ipam.proto",
+            "proto/cluster/services.proto",
         ],
         &["proto"],
     )?;

@@ -18,6 +18,7 @@ pub mod ipam;
 pub mod kv;
 pub mod lease;
 pub mod registry;
+pub mod services;
 pub mod types;
 pub mod watch;
 

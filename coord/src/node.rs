@@ -118,6 +118,8 @@ pub struct CoordNode {
     pub liveness: Liveness,
     /// The last applied registry event index (changes on every registry event).
     pub registry_events: Arc<watch::Sender<u64>>,
+    /// Bumped when services or tasks change (see `StateMachineStore::services_events`).
+    pub services_events: Arc<watch::Sender<u64>>,
     /// Recent revisions' events and the applied revision (etcd watchers).
     events: Arc<crate::store::events::Events>,
     /// When this node applied which entry (a new leader's lease countdown starts there).
@@ -157,6 +159,7 @@ impl CoordNode {
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
         let state = sm.state();
         let registry_events = sm.registry_events();
+        let services_events = sm.services_events();
         let events = sm.events();
         let client_tls = opts.tls.client().map_err(|e| CoordError::InvalidArgument(format!("TLS client: {e}")))?;
         let raft = Raft::new(opts.node_id, raft_config, Network::new(client_tls.clone()), log, sm)
@@ -180,6 +183,7 @@ impl CoordNode {
             cluster_id_u64: std::sync::OnceLock::new(),
             liveness: Liveness::default(),
             registry_events,
+            services_events,
             events,
             applied_clock: Default::default(),
             lessor: Default::default(),

@@ -3,7 +3,8 @@
 //! - [`etcdserverpb`] and [`mvccpb`]: the etcd v3 subset (KV, Watch, Lease, Cluster,
 //!   Maintenance); [`v3lockpb`] and [`v3electionpb`]: etcd's Lock and Election services.
 //! - [`raftpb`]: Raft traffic between masters.
-//! - [`clusterpb`]: join, leave, members, status and tokens; the registry; IPAM.
+//! - [`clusterpb`]: join, leave, members, status and tokens; the registry; IPAM;
+//!   services, deployments and tasks.
 //! - [`consts`]: the only hand-written part: metadata header names and
 //!   `prefix_range_end`, shared by coord and the client library.
 

@@ -17,6 +17,7 @@ mod lock;
 pub(crate) mod quota;
 mod raft_service;
 pub mod registry;
+pub mod services;
 mod watch;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use proto::clusterpb::cluster_admin_server::ClusterAdminServer;
 use proto::clusterpb::ipam_server::IpamServer;
 use proto::clusterpb::registry_server::RegistryServer;
+use proto::clusterpb::services_server::ServicesServer;
 use proto::etcdserverpb::cluster_server::ClusterServer;
 use proto::etcdserverpb::kv_server::KvServer;
 use proto::etcdserverpb::lease_server::LeaseServer;
@@ -217,7 +219,13 @@ pub async fn serve(
             RegistryServer::new(registry::RegistryService::new(n.clone()))
                 .max_decoding_message_size(OTHER_MESSAGE_BYTES),
         )
-        .add_service(IpamServer::new(ipam::IpamService::new(n)).max_decoding_message_size(IPAM_MESSAGE_BYTES))
+        .add_service(IpamServer::new(ipam::IpamService::new(n.clone())).max_decoding_message_size(IPAM_MESSAGE_BYTES))
+        // Reports carry up to 10,000 statuses; app JSON is small.
+        .add_service(
+            ServicesServer::new(services::ServicesService::new(n))
+                .max_decoding_message_size(IPAM_MESSAGE_BYTES)
+                .max_encoding_message_size(64 << 20),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

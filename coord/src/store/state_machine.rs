@@ -222,6 +222,8 @@ pub struct StateMachineStore {
     snapshot_dir: PathBuf,
     /// The last applied registry event index, for registry watchers.
     registry_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The index of the last applied entry that changed services or tasks.
+    services_tx: Arc<tokio::sync::watch::Sender<u64>>,
     /// Recent revisions' events and the applied revision, for etcd watchers.
     events: Arc<Events>,
 }
@@ -267,6 +269,7 @@ impl StateMachineStore {
             state: Arc::new(RwLock::new(state)),
             snapshot_dir,
             registry_tx: Arc::new(registry_tx),
+            services_tx: Arc::new(tokio::sync::watch::channel(0).0),
             events,
         })
     }
@@ -280,6 +283,12 @@ impl StateMachineStore {
     /// value is the last event index.
     pub fn registry_events(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
         self.registry_tx.clone()
+    }
+
+    /// Changes whenever an entry that touches services or tasks is applied (or a
+    /// snapshot is installed); the value is that entry's index.
+    pub fn services_events(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        self.services_tx.clone()
     }
 
     /// Shared handle for readers (gRPC handlers).
@@ -631,7 +640,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut batch = WriteBatch::default();
             // The group's events, published once its batch is written.
             let mut events = Vec::new();
+            let mut services_changed = None;
             for (entry, responder) in group {
+                if matches!(&entry.payload, EntryPayload::Normal(LogEntry { cmd: Command::Services(_), .. })) {
+                    services_changed = Some(entry.log_id.index);
+                }
                 let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();
                 // Compaction and reads of past revisions look at the DB: it must hold
                 // every earlier entry first.
@@ -653,6 +666,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let revision = st.kv.revision;
             drop(st);
             self.registry_tx.send_if_modified(|v| std::mem::replace(v, last_event) != last_event);
+            if let Some(index) = services_changed {
+                self.services_tx.send_replace(index);
+            }
             self.events.publish(events, revision);
         }
         Ok(())
@@ -664,6 +680,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     #[instrument(level = "info", skip(self, snapshot), fields(last = ?meta.last_log_id))]
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let snapshot_index = meta.last_log_id.map_or(0, |l| l.index);
         let (db, state, dir, meta) = (self.db.clone(), self.state.clone(), self.snapshot_dir.clone(), meta.clone());
         tokio::task::spawn_blocking(move || install_snapshot_blocking(&db, &state, &dir, &meta, snapshot))
             .await
@@ -673,6 +690,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             (st.registry.last_event_index(), st.kv.revision)
         };
         self.registry_tx.send_replace(last_event);
+        self.services_tx.send_replace(snapshot_index);
         self.events.reset(revision);
         Ok(())
     }

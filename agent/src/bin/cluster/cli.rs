@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Availability, Client, GetOptions, NetworkSpec, Role, WatchOptions};
 
-use crate::commands::{backup, cluster, ipam, kv, lease, nodes};
+use crate::commands::{backup, cluster, ipam, kv, lease, nodes, services};
 
 /// cluster: a cluster manager whose masters coordinate through their own Raft log.
 ///
@@ -336,6 +336,28 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Services (Marathon apps): create from app JSON, list, inspect, update, scale,
+    /// restart, remove.
+    Service {
+        #[command(subcommand)]
+        op: ServiceOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Tasks: list and inspect.
+    Task {
+        #[command(subcommand)]
+        op: TaskOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Deployments: list, cancel (roll back).
+    Deployment {
+        #[command(subcommand)]
+        op: DeploymentOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Overlay networks: create, list, inspect, remove, check for leaks.
     Network {
         #[command(subcommand)]
@@ -555,6 +577,77 @@ pub enum NodeOp {
         /// Keep printing new events as they are committed.
         #[arg(long, short)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceOp {
+    /// Create a service from a Marathon app definition, then follow its deployment.
+    Create {
+        /// The app JSON file (`-`: standard input).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// Return at once instead of following the deployment.
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// List services with their task counts.
+    Ls,
+    /// A service's state and its current definition as Marathon JSON.
+    Inspect { id: String },
+    /// Replace a service's definition (a new version, rolled out under its strategy).
+    Update {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// Replace a deployment in progress.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Change the number of instances (tasks keep running; extra ones go youngest first).
+    Scale {
+        id: String,
+        instances: u32,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Replace every task, under the upgrade strategy.
+    Restart {
+        id: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Kill every task and remove the service.
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskOp {
+    /// List tasks (running ones; --all adds the last ended ones).
+    Ls {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// One task in full.
+    Inspect { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeploymentOp {
+    /// Deployments in progress, with how many new tasks are healthy.
+    Ls,
+    /// Cancel a deployment: roll back to the old version (--force: just stop it).
+    Cancel {
+        id: u64,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -928,6 +1021,9 @@ impl Cli {
             }
             Command::Nodes { client: o } => nodes::list(&o.client()?, o.format()).await,
             Command::Node { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Service { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Task { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Deployment { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Network { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Ip { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Snapshot { op } => op.run().await,
@@ -959,6 +1055,40 @@ impl NodeOp {
             NodeOp::Activate { node_id } => nodes::set_availability(c, f, node_id, Availability::Active).await,
             NodeOp::Rm { node_id, force } => nodes::remove(c, f, node_id, force).await,
             NodeOp::Events { from, follow } => nodes::events(c, f, from, follow).await,
+        }
+    }
+}
+
+impl ServiceOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            ServiceOp::Create { file, detach } => services::create(c, f, &file, detach).await,
+            ServiceOp::Ls => services::list(c, f).await,
+            ServiceOp::Inspect { id } => services::inspect(c, f, &id).await,
+            ServiceOp::Update { file, force, detach } => services::update(c, f, &file, force, detach).await,
+            ServiceOp::Scale { id, instances, force, detach } => {
+                services::scale(c, f, &id, instances, force, detach).await
+            }
+            ServiceOp::Restart { id, force, detach } => services::restart(c, f, &id, force, detach).await,
+            ServiceOp::Rm { id } => services::remove(c, f, &id).await,
+        }
+    }
+}
+
+impl TaskOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            TaskOp::Ls { service, all } => services::tasks(c, f, service.as_deref(), all).await,
+            TaskOp::Inspect { id } => services::task_inspect(c, f, &id).await,
+        }
+    }
+}
+
+impl DeploymentOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            DeploymentOp::Ls => services::deployments(c, f).await,
+            DeploymentOp::Cancel { id, force } => services::cancel_deployment(c, f, id, force).await,
         }
     }
 }

@@ -5,7 +5,8 @@
 //! - [`cluster`]: `token`, `status`, `members`, `leave`;
 //! - [`kv`]: `kv put|get|del`;
 //! - [`nodes`]: `nodes` and `node inspect|drain|activate|rm|events` (the registry);
-//! - [`ipam`]: `network create|ls|inspect|rm|check` and `ip allocate|release`.
+//! - [`ipam`]: `network create|ls|inspect|rm|check` and `ip allocate|release`;
+//! - [`services`]: `service …`, `task …`, `deployment …`.
 
 pub mod backup;
 pub mod cluster;
@@ -13,3 +14,4 @@ pub mod ipam;
 pub mod kv;
 pub mod lease;
 pub mod nodes;
+pub mod services;

@@ -1,0 +1,391 @@
+//! The Services service: Marathon apps in, services, tasks and deployments out; and the
+//! agents' two calls, the assignment stream and status reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::clusterpb as pb;
+use proto::clusterpb::services_client::ServicesClient;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::{authz, channel_stream, on_leader, unexpected, BoxStream};
+use crate::command::{Command, Output};
+use crate::node::CoordNode;
+use crate::services::spec::normalize_id;
+use crate::services::{
+    marathon, Deployment, Service, ServiceCommand, Services, ServicesOutput, Task, TaskState, TaskUpdate,
+};
+
+/// An assignment stream sends the whole list at least this often, changed or not.
+const ASSIGNMENT_RESEND: Duration = Duration::from_secs(10);
+/// Status updates one report may carry.
+const MAX_STATUSES: usize = 10_000;
+
+pub struct ServicesService {
+    node: Arc<CoordNode>,
+}
+
+impl ServicesService {
+    pub fn new(node: Arc<CoordNode>) -> Self {
+        ServicesService { node }
+    }
+}
+
+fn client(ch: Channel) -> ServicesClient<Channel> {
+    ServicesClient::new(ch).max_decoding_message_size(64 << 20)
+}
+
+async fn write(node: &CoordNode, cmd: ServiceCommand) -> Result<ServicesOutput, Status> {
+    match node.write(Command::Services(cmd)).await?.output {
+        Output::Services(o) => Ok(o),
+        o => Err(unexpected(o)),
+    }
+}
+
+fn change(o: ServicesOutput) -> Result<pb::ServiceChange, Status> {
+    match o {
+        ServicesOutput::Changed { id, version, deployment } => {
+            Ok(pb::ServiceChange { id, version, deployment: deployment.unwrap_or(0) })
+        }
+        ServicesOutput::Count(_) => Ok(pb::ServiceChange::default()),
+        o => Err(Status::internal(format!("unexpected services output {o:?}"))),
+    }
+}
+
+pub fn task_info(t: &Task) -> pb::TaskInfo {
+    pb::TaskInfo {
+        id: t.id.clone(),
+        service: t.service.clone(),
+        version: t.version,
+        agent: t.agent,
+        host: t.host.clone(),
+        ports: t.ports.iter().map(|&p| u32::from(p)).collect(),
+        ip: t.ip.map(|a| a.to_string()).unwrap_or_default(),
+        network: t.network.clone().unwrap_or_default(),
+        state: t.display_state().to_string(),
+        reason: t.reason.clone(),
+        exit_code: t.exit_code,
+        staged_ms: t.staged_ms,
+        started_ms: t.started_ms,
+        ended_ms: t.ended_ms,
+        updated_ms: t.updated_ms,
+    }
+}
+
+pub fn service_info(services: &Services, s: &Service) -> pb::ServiceInfo {
+    let mut info = pb::ServiceInfo {
+        id: s.id.clone(),
+        version: s.version,
+        instances: s.instances,
+        deployment: s.deployment.unwrap_or(0),
+        deleting: s.deleting,
+        app_json: services.current_spec(&s.id).map(|sp| marathon::to_json(&sp).to_string()).unwrap_or_default(),
+        created_ms: s.created_ms,
+        version_ms: s.version_ms,
+        delay_until_ms: s.delay_until_ms,
+        ..Default::default()
+    };
+    for t in services.active_tasks_of(&s.id) {
+        match (t.state, t.healthy) {
+            (TaskState::Staging | TaskState::Starting, _) => info.staged += 1,
+            (TaskState::Running, h) => {
+                info.running += 1;
+                match h {
+                    Some(true) => info.healthy += 1,
+                    Some(false) => info.unhealthy += 1,
+                    None => {}
+                }
+            }
+            (TaskState::Killing, _) => info.killing += 1,
+            _ => {}
+        }
+    }
+    info
+}
+
+pub fn deployment_info(services: &Services, d: &Deployment) -> pb::DeploymentInfo {
+    let checks = services.spec(&d.service, d.to_version).is_some_and(|s| !s.health_checks.is_empty());
+    let healthy_new = services
+        .active_tasks_of(&d.service)
+        .filter(|t| {
+            t.version == d.to_version
+                && t.state == TaskState::Running
+                && if checks { t.healthy == Some(true) } else { t.healthy != Some(false) }
+        })
+        .count() as u32;
+    pb::DeploymentInfo {
+        id: d.id,
+        service: d.service.clone(),
+        kind: d.kind.as_str().to_string(),
+        from_version: d.from_version.unwrap_or(0),
+        from_instances: d.from_instances,
+        to_version: d.to_version,
+        to_instances: d.to_instances,
+        started_ms: d.started_ms,
+        healthy_new,
+    }
+}
+
+fn assigned(services: &Services, t: &Task) -> Option<pb::AssignedTask> {
+    let spec = services.spec(&t.service, t.version)?;
+    Some(pb::AssignedTask {
+        id: t.id.clone(),
+        service: t.service.clone(),
+        version: t.version,
+        kill: t.state == TaskState::Killing,
+        cmd: spec.cmd.clone().unwrap_or_default(),
+        args: spec.args.clone(),
+        env: spec.env.clone().into_iter().collect(),
+        cpus_milli: spec.cpus_milli,
+        mem_mb: spec.mem_mb,
+        disk_mb: spec.disk_mb,
+        ports: t.ports.iter().map(|&p| u32::from(p)).collect(),
+        port_names: spec.ports.iter().map(|p| p.name.clone().unwrap_or_default()).collect(),
+        ip: t.ip.map(|a| a.to_string()).unwrap_or_default(),
+        host: t.host.clone(),
+        health_checks: spec
+            .health_checks
+            .iter()
+            .map(|h| pb::HealthCheckSpec {
+                protocol: h.kind.as_str().to_string(),
+                path: h.path.clone(),
+                port_index: h.port_index,
+                command: h.command.clone(),
+                grace_period_s: h.grace_period_s,
+                interval_s: h.interval_s,
+                timeout_s: h.timeout_s,
+                max_consecutive_failures: h.max_consecutive_failures,
+            })
+            .collect(),
+        state: t.state.as_str().to_string(),
+    })
+}
+
+fn parse_state(s: &str) -> Result<TaskState, Status> {
+    Ok(match s {
+        "starting" => TaskState::Starting,
+        "running" => TaskState::Running,
+        "finished" => TaskState::Finished,
+        "failed" => TaskState::Failed,
+        "killed" => TaskState::Killed,
+        "lost" => TaskState::Lost,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "task state {other:?}: use starting, running, finished, failed, killed or lost"
+            )))
+        }
+    })
+}
+
+#[tonic::async_trait]
+impl pb::services_server::Services for ServicesService {
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn create_service(&self, req: Request<pb::PutServiceRequest>) -> Result<Response<pb::ServiceChange>, Status> {
+        let spec = marathon::parse_app(&req.get_ref().app_json, None).map_err(Status::invalid_argument)?;
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| {
+                change(write(node, ServiceCommand::Put { spec: Box::new(spec), create: true, force: false }).await?)
+            },
+            async |ch, r| client(ch).create_service(r).await,
+        )
+        .await
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn update_service(&self, req: Request<pb::PutServiceRequest>) -> Result<Response<pb::ServiceChange>, Status> {
+        let spec = marathon::parse_app(&req.get_ref().app_json, None).map_err(Status::invalid_argument)?;
+        let force = req.get_ref().force;
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| change(write(node, ServiceCommand::Put { spec: Box::new(spec), create: false, force }).await?),
+            async |ch, r| client(ch).update_service(r).await,
+        )
+        .await
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn scale_service(
+        &self,
+        req: Request<pb::ScaleServiceRequest>,
+    ) -> Result<Response<pb::ServiceChange>, Status> {
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                let cmd = ServiceCommand::Scale { id: normalize_id(&r.id), instances: r.instances, force: r.force };
+                change(write(node, cmd).await?)
+            },
+            async |ch, r| client(ch).scale_service(r).await,
+        )
+        .await
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn restart_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ServiceChange>, Status> {
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| change(write(node, ServiceCommand::Restart { id: normalize_id(&r.id), force: r.force }).await?),
+            async |ch, r| client(ch).restart_service(r).await,
+        )
+        .await
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn remove_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ServiceChange>, Status> {
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| change(write(node, ServiceCommand::Remove { id: normalize_id(&r.id) }).await?),
+            async |ch, r| client(ch).remove_service(r).await,
+        )
+        .await
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let services = self.node.view(|v| {
+            let s = v.services();
+            s.services().map(|svc| service_info(s, svc)).collect()
+        });
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn get_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ServiceInfo>, Status> {
+        let id = normalize_id(&req.get_ref().id);
+        let info = self.node.view(|v| v.services().service(&id).map(|svc| service_info(v.services(), svc)));
+        info.map(Response::new).ok_or_else(|| Status::not_found(format!("service {id:?} not found")))
+    }
+
+    async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let service = (!r.service.is_empty()).then(|| normalize_id(&r.service));
+        let tasks = self.node.view(|v| {
+            v.services()
+                .tasks()
+                .filter(|t| service.as_ref().is_none_or(|s| &t.service == s))
+                .filter(|t| r.agent == 0 || t.agent == r.agent)
+                .filter(|t| r.all || !t.state.is_terminal())
+                .map(task_info)
+                .collect()
+        });
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn get_task(&self, req: Request<pb::TaskRef>) -> Result<Response<pb::TaskInfo>, Status> {
+        let id = req.get_ref().id.clone();
+        let info = self.node.view(|v| v.services().task(&id).map(task_info));
+        info.map(Response::new).ok_or_else(|| Status::not_found(format!("task {id:?} not found")))
+    }
+
+    async fn list_deployments(
+        &self,
+        _: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let deployments = self.node.view(|v| {
+            let s = v.services();
+            s.deployments().map(|d| deployment_info(s, d)).collect()
+        });
+        Ok(Response::new(pb::ListDeploymentsResponse { deployments }))
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn cancel_deployment(
+        &self,
+        req: Request<pb::CancelDeploymentRequest>,
+    ) -> Result<Response<pb::ServiceChange>, Status> {
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| change(write(node, ServiceCommand::CancelDeployment { id: r.id, rollback: !r.force }).await?),
+            async |ch, r| client(ch).cancel_deployment(r).await,
+        )
+        .await
+    }
+
+    type WatchAssignmentsStream = BoxStream<pb::Assignments>;
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id, agent = req.get_ref().node_id))]
+    async fn watch_assignments(
+        &self,
+        req: Request<pb::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        authz::acts_as(authz::caller(&req), req.get_ref().node_id)?;
+        let agent = req.get_ref().node_id;
+        let node = self.node.clone();
+        let mut changes = node.services_events.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<pb::AssignedTask>> = None;
+            loop {
+                let (index, tasks) = node.view(|v| {
+                    let s = v.services();
+                    let tasks: Vec<pb::AssignedTask> = s.tasks_on(agent).filter_map(|t| assigned(s, t)).collect();
+                    (v.last_applied_index(), tasks)
+                });
+                if last.as_ref() != Some(&tasks) {
+                    last = Some(tasks.clone());
+                    if tx.send(Ok(pb::Assignments { applied_index: index, tasks })).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(ASSIGNMENT_RESEND) => last = None,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(channel_stream(rx)))
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id, agent = req.get_ref().node_id))]
+    async fn report_tasks(
+        &self,
+        req: Request<pb::ReportTasksRequest>,
+    ) -> Result<Response<pb::ReportTasksResponse>, Status> {
+        authz::acts_as(authz::caller(&req), req.get_ref().node_id)?;
+        let r = req.get_ref();
+        if r.statuses.len() > MAX_STATUSES {
+            return Err(Status::invalid_argument(format!("at most {MAX_STATUSES} statuses per report")));
+        }
+        let updates: Vec<TaskUpdate> = r
+            .statuses
+            .iter()
+            .map(|s| {
+                Ok(TaskUpdate {
+                    task_id: s.task_id.clone(),
+                    agent: r.node_id,
+                    state: parse_state(&s.state)?,
+                    healthy: s.healthy,
+                    reason: s.reason.clone(),
+                    exit_code: s.exit_code,
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |_| match write(node, ServiceCommand::Update { updates }).await? {
+                ServicesOutput::Count(n) => Ok(pb::ReportTasksResponse { changed: n }),
+                o => Err(Status::internal(format!("unexpected services output {o:?}"))),
+            },
+            async |ch, r| client(ch).report_tasks(r).await,
+        )
+        .await
+    }
+}

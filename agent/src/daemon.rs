@@ -66,6 +66,9 @@ pub struct AgentFlags {
     pub disk_mb: Option<u64>,
     pub ports: Option<String>,
     pub labels: Vec<(String, String)>,
+    /// Recorded as the label `hostname`.
+    pub hostname: Option<String>,
+    pub no_cgroups: bool,
 }
 
 impl AgentFlags {
@@ -80,6 +83,12 @@ impl AgentFlags {
         s.ports = self.ports.clone().or(s.ports.take());
         if !self.labels.is_empty() {
             s.labels = self.labels.iter().cloned().collect();
+        }
+        if let Some(h) = &self.hostname {
+            s.labels.insert("hostname".to_string(), h.clone());
+        }
+        if self.no_cgroups {
+            s.no_cgroups = true;
         }
     }
 }
@@ -537,6 +546,51 @@ fn connector(creds: Arc<pki::Credentials>) -> session::Connect {
     })
 }
 
+/// Starts the task runner of this node's agent. Without a writable cgroup hierarchy it
+/// says so now and refuses tasks, unless the node runs with `--no-cgroups`.
+fn spawn_runner(
+    dir: &Path,
+    file: &NodeFile,
+    creds: &Arc<pki::Credentials>,
+    masters: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let (cgroups, refuse) = match crate::tasks::cgroup::Cgroups::detect(file.node_id) {
+        Ok(c) => {
+            info!(hierarchy = ?c.hierarchy, "tasks run in cgroups");
+            (Some(c), None)
+        }
+        Err(e) if file.agent.no_cgroups => {
+            warn!("{e}; --no-cgroups: tasks run without limits");
+            (None, None)
+        }
+        Err(e) => {
+            tracing::error!("{e}: this agent refuses tasks; start it with --no-cgroups to run them without limits");
+            (None, Some(format!("{e} (the agent runs without --no-cgroups)")))
+        }
+    };
+    let tls = match creds.client() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("the task runner has no client credential: {e}");
+            return;
+        }
+    };
+    let host = file.agent.labels.get("hostname").cloned().unwrap_or_else(|| {
+        let a = file.advertise.as_str();
+        a.rsplit_once(':').map_or(a, |(h, _)| h).trim_start_matches('[').trim_end_matches(']').to_string()
+    });
+    let cfg = crate::tasks::RunnerConfig {
+        node_id: file.node_id,
+        data_dir: dir.to_path_buf(),
+        cgroups,
+        refuse,
+        host,
+        masters,
+        tls,
+    };
+    tokio::spawn(crate::tasks::run(cfg));
+}
+
 /// A master's certificate keeper, and its own agent (unless `--no-worker`): a refusal
 /// is logged, the master stays up.
 fn spawn_own_agent(dir: &Path, file: &NodeFile, coord: Arc<CoordNode>) -> anyhow::Result<()> {
@@ -548,6 +602,13 @@ fn spawn_own_agent(dir: &Path, file: &NodeFile, coord: Arc<CoordNode>) -> anyhow
     }
     let mut masters = vec![file.advertise.clone()];
     masters.extend(file.masters.iter().filter(|m| **m != file.advertise).cloned());
+    {
+        let mut known = w.masters.lock().expect("masters");
+        if known.is_empty() {
+            *known = masters.clone();
+        }
+    }
+    spawn_runner(dir, file, &coord.tls, w.masters.clone());
     let connect = connector(coord.tls.clone());
     tokio::spawn(async move {
         if let Err(e) = session::run(id, masters, connect, w.hooks).await {
@@ -563,6 +624,7 @@ async fn run_worker(dir: &Path, file: NodeFile, tls: Arc<pki::Credentials>) -> a
     let (id, w) = agent_parts(dir, &file)?;
     spawn_keeper(dir, tls.clone(), crate::renewal::Signer::Remote(w.masters.clone()), &w);
     info!(node = file.node_id, masters = ?file.masters, "worker agent starting");
+    spawn_runner(dir, &file, &tls, w.masters.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let connect = connector(tls);
     tokio::select! {

@@ -7,6 +7,7 @@
 //!   quorum-loss recovery;
 //! - [`session`]: the agent's registration and heartbeat session, following the leader;
 //! - [`resources`]: what the machine offers, and label parsing;
+//! - [`tasks`]: the task runner: processes in cgroups, sandboxes, health checks, reports;
 //! - [`bench`]: `cluster bench …`: etcd v3 load, emulated agents, IPAM rates;
 //! - [`output`]: the output format and table/JSON printing shared with the binary.
 
@@ -18,3 +19,4 @@ pub mod output;
 pub mod renewal;
 pub mod resources;
 pub mod session;
+pub mod tasks;

@@ -24,6 +24,9 @@ pub struct AgentSettings {
     pub ports: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Run tasks without cgroups (`--no-cgroups`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cgroups: bool,
 }
 
 /// Parses `31000-32000,8080` into sorted inclusive ranges; refuses overlaps.

@@ -210,7 +210,11 @@ fn liveness_tick(node: &CoordNode, term: u64, in_flight: &AtomicBool) -> Option<
     let lease = Duration::from_millis(2 * node.config.election_timeout_max_ms);
     let contact = {
         use openraft::Instant as _;
-        node.metrics().last_quorum_acked.map(|t| t.elapsed() < lease).unwrap_or(true)
+        let m = node.metrics();
+        // A lone voter is its own quorum: nothing acks it, so the last ack (from its
+        // election after a restart) only grows old.
+        let alone = m.membership_config.membership().voter_ids().eq([node.id]);
+        alone || m.last_quorum_acked.map(|t| t.elapsed() < lease).unwrap_or(true)
     };
     node.quorum_contact.store(contact, Ordering::Relaxed);
     if !contact || in_flight.load(Ordering::SeqCst) {

@@ -154,6 +154,15 @@ pub struct AgentArgs {
     /// A label KEY=VALUE for placement constraints; repeat for several.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = agent::resources::parse_label)]
     pub labels: Vec<(String, String)>,
+    /// The host name placement constraints on `hostname` see (recorded as the label
+    /// hostname=NAME) [default: the host part of the advertised address]. Lets several
+    /// nodes on one machine count as different hosts.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Run tasks without cgroup limits when no cgroup hierarchy is writable (without
+    /// this, such an agent refuses its tasks).
+    #[arg(long)]
+    pub no_cgroups: bool,
 }
 
 impl AgentArgs {
@@ -165,6 +174,8 @@ impl AgentArgs {
             disk_mb: self.disk_mb,
             ports: self.ports,
             labels: self.labels,
+            hostname: self.hostname,
+            no_cgroups: self.no_cgroups,
         }
     }
 }

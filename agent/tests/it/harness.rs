@@ -370,6 +370,34 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill9(i);
         }
+        // Tasks outlive their agents by design: a test ends them itself.
+        for n in &self.nodes {
+            for r in agent::tasks::sandbox::load_all(&n.dir) {
+                if r.ended.is_none() && agent::tasks::sandbox::alive(r.pid, r.start_ticks) {
+                    // SAFETY: the task leads its own process group (setsid).
+                    unsafe {
+                        libc::kill(-r.pid, libc::SIGKILL);
+                    }
+                }
+                if let Some(g) = &r.group {
+                    g.signal_all(libc::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for n in &self.nodes {
+            for r in agent::tasks::sandbox::load_all(&n.dir) {
+                if let Some(g) = &r.group {
+                    g.remove();
+                    // The node's own level, empty once its tasks' groups are gone.
+                    for p in g.paths.values() {
+                        if let Some(parent) = p.parent() {
+                            let _ = std::fs::remove_dir(parent);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -13,3 +13,4 @@ mod t80_security;
 mod t90_watch;
 mod t91_lease;
 mod t92_lock;
+mod t93_tasks;

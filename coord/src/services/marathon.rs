@@ -412,6 +412,20 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_in_docs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "json") {
+                let s = parse_app(&std::fs::read(e.path()).unwrap(), None);
+                assert!(s.is_ok(), "{}: {:?}", e.path().display(), s.err());
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "examples found: {n}");
+    }
+
+    #[test]
     fn read_only_fields_from_a_get_are_ignored() {
         let s = parse_app(br#"{"id":"a","cmd":"x","version":"2026-01-01T00:00:00Z","tasksRunning":3}"#, None).unwrap();
         assert_eq!(s.id, "/a");

@@ -66,8 +66,8 @@ impl Decision {
                 reason: reason.clone(),
             }));
         }
-        if !self.kills.is_empty() {
-            out.push(Command::Services(ServiceCommand::Kill { tasks: self.kills.clone() }));
+        for chunk in self.kills.chunks(crate::services::MAX_BATCH) {
+            out.push(Command::Services(ServiceCommand::Kill { tasks: chunk.to_vec() }));
         }
         for chunk in self.launches.chunks(LAUNCH_BATCH) {
             out.push(Command::Services(ServiceCommand::Launch { tasks: chunk.to_vec() }));
@@ -124,6 +124,9 @@ pub fn decide(services: &Services, registry: &Registry, now_ms: u64, seed: u64, 
     }
     // Per service: kills, launches wanted, deployments done.
     let mut wanted: Vec<(String, u64, usize)> = Vec::new();
+    // Rolling services whose only way forward is a launch: if none of theirs is placed,
+    // one old task goes (service, that task).
+    let mut no_room_escape: Vec<(String, TaskId)> = Vec::new();
     for svc in services.services() {
         if svc.deleting {
             continue;
@@ -186,15 +189,23 @@ pub fn decide(services: &Services, registry: &Registry, now_ms: u64, seed: u64, 
         }
         // No room over capacity for another new task, none on its way to healthy, and no
         // old one may go: take one old task down anyway, or the deployment never moves.
-        let stuck = killed == 0 && launch == 0 && new.len() < target && new.iter().all(|t| is_healthy(services, t));
-        if stuck {
-            if let Some(t) = old.first() {
+        // The same when launches are allowed but none can be placed (checked below).
+        let waiting = killed == 0 && new.len() < target && new.iter().all(|t| is_healthy(services, t));
+        if let (true, Some(t)) = (waiting, old.first()) {
+            if launch == 0 {
                 d.kills.push((t.id.clone(), "replaced by a new version (no room to roll)".into()));
+            } else {
+                no_room_escape.push((svc.id.clone(), t.id.clone()));
             }
         }
     }
     if !wanted.is_empty() {
         place(services, registry, seed, max_launches, &wanted, &gone, &mut d);
+    }
+    for (service, old) in no_room_escape {
+        if !d.launches.iter().any(|l| l.service == service) {
+            d.kills.push((old, "replaced by a new version (no room to place a new one)".into()));
+        }
     }
     d
 }
@@ -328,9 +339,14 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
             "scheduler pass"
         );
         for cmd in decision.commands() {
-            if let Err(e) = node.write(cmd).await {
-                warn!("committing a scheduler decision failed; the next pass decides again: {e}");
-                break;
+            match node.write(cmd).await {
+                Ok(_) => {}
+                // Refused by the state machine: the others still stand on their own.
+                Err(crate::error::CoordError::Apply(e)) => warn!("a scheduler decision was refused: {e}"),
+                Err(e) => {
+                    warn!("committing a scheduler decision failed; the next pass decides again: {e}");
+                    break;
+                }
             }
         }
         // More may be waiting (a big scale): go again without waiting for the tick.
@@ -554,6 +570,55 @@ mod tests {
         let mut want = youngest.clone();
         want.sort();
         assert_eq!(killed, want);
+    }
+
+    #[test]
+    fn a_roll_with_no_room_to_place_still_moves() {
+        // Two agents, one task per host, instances 2 under the default strategy (keep all
+        // healthy, up to 2 extra): no new task fits until an old one goes.
+        let mut sim = Sim::new(2);
+        let mut s = spec(2);
+        s.constraints = vec![scheduler_core::Constraint::parse(&["hostname", "UNIQUE"]).unwrap()];
+        sim.cmd(ServiceCommand::Put { spec: Box::new(s.clone()), create: true, force: false });
+        sim.pass();
+        sim.agents_report();
+        sim.pass();
+        s.cmd = Some("serve --v2".into());
+        sim.cmd(ServiceCommand::Put { spec: Box::new(s), create: false, force: false });
+        for _ in 0..20 {
+            if !sim.pass().done.is_empty() {
+                break;
+            }
+            sim.agents_report();
+        }
+        let active: Vec<&Task> = sim.services.active_tasks_of("/web").collect();
+        assert_eq!(active.len(), 2);
+        assert!(active.iter().all(|t| t.version == 2), "the roll finished");
+        assert!(sim.services.service("/web").unwrap().deployment.is_none());
+    }
+
+    #[test]
+    fn a_launch_proposed_twice_does_not_overshoot() {
+        let mut sim = Sim::new(2);
+        sim.cmd(ServiceCommand::Put { spec: Box::new(spec(2)), create: true, force: false });
+        let d = decide(&sim.services, &sim.registry, sim.now, 7, MAX_LAUNCHES_PER_PASS);
+        for _ in 0..2 {
+            // A timed-out write that committed after all, then the same decision again.
+            for c in d.commands() {
+                let Command::Services(c) = c else { unreachable!() };
+                sim.cmd(c);
+            }
+        }
+        // The ceiling is instances × (1 + maximumOverCapacity) = 4.
+        assert_eq!(sim.services.active_tasks_of("/web").count(), 4);
+        let third = decide(&sim.services, &sim.registry, sim.now, 7, MAX_LAUNCHES_PER_PASS);
+        let mut extra = third.clone();
+        extra.launches = d.launches.clone();
+        for c in extra.commands() {
+            let Command::Services(c) = c else { unreachable!() };
+            sim.cmd(c);
+        }
+        assert!(sim.services.active_tasks_of("/web").filter(|t| t.state != TaskState::Killing).count() <= 4);
     }
 
     #[test]

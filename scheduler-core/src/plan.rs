@@ -26,6 +26,9 @@ use crate::{Field, Input, Placement, Plan, Strategy, Unplaced};
 pub const EXHAUSTIVE_MAX_TASKS: usize = 12;
 /// Search nodes the exhaustive search may visit before it keeps the greedy plan.
 pub const EXHAUSTIVE_BUDGET: u64 = 200_000;
+/// ... and at most this many eligible agents: every node tries each agent and clones the
+/// plan's state, so the search stays small only on small clusters.
+pub const EXHAUSTIVE_MAX_AGENTS: usize = 16;
 
 /// Plans `input`. Deterministic: the same input (seed included) gives the same plan.
 pub fn place(input: &Input) -> Plan {
@@ -214,7 +217,8 @@ impl<'a> Planner<'a> {
 
     fn run(mut self) -> Plan {
         let total_tasks: usize = self.input.groups.iter().map(|g| g.task_ids.len()).sum();
-        let before = (total_tasks <= EXHAUSTIVE_MAX_TASKS).then(|| self.world.clone());
+        let small = total_tasks <= EXHAUSTIVE_MAX_TASKS && self.eligible.len() <= EXHAUSTIVE_MAX_AGENTS;
+        let before = small.then(|| self.world.clone());
         let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(self.groups.len());
         let mut reasons: Vec<Option<String>> = Vec::with_capacity(self.groups.len());
         for gi in 0..self.groups.len() {

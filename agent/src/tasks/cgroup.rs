@@ -292,6 +292,21 @@ impl TaskGroup {
         }
     }
 
+    /// Removes the group once its last process is gone (rmdir fails while one is still
+    /// exiting); gives up after 10 s.
+    pub async fn remove_when_empty(&self) {
+        for _ in 0..100 {
+            if self.pids().is_empty() {
+                self.remove();
+                if self.paths.values().all(|d| !d.exists()) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(group = ?self.paths, "a task's cgroup could not be removed");
+    }
+
     /// Removes the (empty) group directories.
     pub fn remove(&self) {
         for d in self.paths.values() {

@@ -133,9 +133,11 @@ pub fn start(
                             return;
                         }
                     }
-                    // Until the first success, check every second so a new task becomes
-                    // healthy promptly; then at the configured interval.
-                    let wait = if rule.healthy.is_none() { interval.min(Duration::from_secs(1)) } else { interval };
+                    // Within the grace period and before the first success, check every
+                    // second so a new task becomes healthy promptly; otherwise at the
+                    // configured interval (so failures count at Marathon's pace).
+                    let early = rule.healthy.is_none() && started.elapsed() < rule.grace;
+                    let wait = if early { interval.min(Duration::from_secs(1)) } else { interval };
                     tokio::time::sleep(wait).await;
                 }
             })

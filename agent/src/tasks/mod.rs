@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use cgroup::{Cgroups, Limits};
+use cgroup::{Cgroups, Limits, TaskGroup};
 use sandbox::{Ended, Record};
 
 /// How long a task has between SIGTERM and SIGKILL.
@@ -231,7 +231,7 @@ impl Runner {
                             let g = g.clone();
                             async move {
                                 g.kill_all().await;
-                                g.remove();
+                                g.remove_when_empty().await;
                             }
                         });
                     }
@@ -397,13 +397,6 @@ impl Runner {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let open = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name));
         let (stdout, stderr) = (open("stdout")?, open("stderr")?);
-        let group = match &self.cfg.cgroups {
-            Some(c) => Some(
-                c.create(&t.id, Limits { cpus_milli: t.cpus_milli, mem_mb: t.mem_mb, pids_max: cgroup::PIDS_MAX })
-                    .context("creating the task's cgroup")?,
-            ),
-            None => None,
-        };
         let mut cmd = if !t.cmd.is_empty() {
             let mut c = std::process::Command::new("/bin/sh");
             c.arg("-c").arg(&t.cmd);
@@ -415,6 +408,14 @@ impl Runner {
         };
         cmd.env_clear().envs(self.env(t, &dir)).current_dir(&dir);
         cmd.stdin(std::process::Stdio::null()).stdout(stdout).stderr(stderr);
+        // Made last: every error before the spawn returns with nothing to undo.
+        let group = match &self.cfg.cgroups {
+            Some(c) => Some(
+                c.create(&t.id, Limits { cpus_milli: t.cpus_milli, mem_mb: t.mem_mb, pids_max: cgroup::PIDS_MAX })
+                    .context("creating the task's cgroup")?,
+            ),
+            None => None,
+        };
         // Prepared here: between fork and exec only async-signal-safe calls are allowed.
         let procs: Vec<CString> = group
             .as_ref()
@@ -446,17 +447,36 @@ impl Runner {
                 Ok(())
             });
         }
-        let mut child = tokio::process::Command::from(cmd).spawn().context("starting the process")?;
-        let pid = child.id().context("the process has no pid")? as i32;
+        let cleanup = |group: &Option<TaskGroup>| {
+            if let Some(g) = group.clone() {
+                tokio::spawn(async move {
+                    g.kill_all().await;
+                    g.remove_when_empty().await;
+                });
+            }
+        };
+        let mut child = match tokio::process::Command::from(cmd).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup(&group);
+                return Err(anyhow::Error::new(e).context("starting the process"));
+            }
+        };
+        let pid = child.id().unwrap_or(0) as i32;
         let rec = Record {
             id: t.id.clone(),
             service: t.service.clone(),
             pid,
             start_ticks: sandbox::start_ticks(pid).unwrap_or(0),
-            group,
+            group: group.clone(),
             ended: None,
         };
-        sandbox::save(&self.cfg.data_dir, &rec)?;
+        if let Err(e) = sandbox::save(&self.cfg.data_dir, &rec) {
+            // Unrecorded, it could not be found again after a restart: stop it now.
+            let _ = child.start_kill();
+            cleanup(&group);
+            return Err(anyhow::Error::new(e).context("recording the task"));
+        }
         let (tx, id) = (self.tx.clone(), t.id.clone());
         tokio::spawn(async move {
             use std::os::unix::process::ExitStatusExt;
@@ -532,7 +552,7 @@ impl Runner {
         for h in m.checks.drain(..) {
             h.abort();
         }
-        let (group, pid) = (m.rec.group.clone(), m.rec.pid);
+        let (group, pid, ticks) = (m.rec.group.clone(), m.rec.pid, m.rec.start_ticks);
         tokio::spawn(async move {
             match &group {
                 Some(g) => g.signal_all(libc::SIGTERM),
@@ -545,10 +565,13 @@ impl Runner {
             tokio::time::sleep(KILL_GRACE).await;
             match &group {
                 Some(g) => g.kill_all().await,
+                // Only if it is still our process: its pid (and group id) may be another
+                // task's by now.
                 // SAFETY: as above.
-                None => unsafe {
+                None if sandbox::alive(pid, ticks) => unsafe {
                     libc::kill(-pid, libc::SIGKILL);
                 },
+                None => {}
             }
         });
     }
@@ -582,8 +605,7 @@ impl Runner {
             // The main process is gone; anything it left behind goes too.
             tokio::spawn(async move {
                 g.kill_all().await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                g.remove();
+                g.remove_when_empty().await;
             });
         }
         self.queue(status(id, state, None, &reason, code));

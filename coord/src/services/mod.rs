@@ -728,6 +728,15 @@ impl Services {
                 out.push(Err(format!("version {} of {:?} is not kept", lt.version, lt.service)));
                 continue;
             };
+            // A safety net under the scheduler: a launch that a timed-out write already
+            // made, proposed again, must not take the service over its ceiling.
+            let ceiling =
+                svc.instances as usize + svc.instances as usize * spec.upgrade.max_over_permille as usize / 1000;
+            let live = self.active_tasks_of(&lt.service).filter(|t| t.state != TaskState::Killing).count();
+            if live >= ceiling.max(svc.instances as usize) {
+                out.push(Err(format!("service {:?} already runs {live} tasks, its ceiling", lt.service)));
+                continue;
+            }
             if lt.ports.len() != spec.ports.len() {
                 out.push(Err(format!("{} ports given, the spec has {}", lt.ports.len(), spec.ports.len())));
                 continue;

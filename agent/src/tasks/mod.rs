@@ -39,6 +39,9 @@ use sandbox::{Ended, Record};
 
 /// How long a task has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
+/// Ended tasks whose logs are kept (the newest); older ones keep only `task.json`, which
+/// still stops the id from being started again.
+pub const ENDED_LOGS_KEPT: usize = 50;
 
 /// Everything the runner needs from the daemon.
 pub struct RunnerConfig {
@@ -122,6 +125,7 @@ pub async fn run(cfg: RunnerConfig) {
         }
     });
     let mut rotate = tokio::time::interval(Duration::from_secs(5));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             Some(e) = rx.recv() => match e {
@@ -129,7 +133,13 @@ pub async fn run(cfg: RunnerConfig) {
                 Event::Exited { id, code, signal } => r.exited(&id, code, signal),
                 Event::Health(v) => r.health(v),
             },
-            _ = rotate.tick() => r.rotate_logs(),
+            _ = rotate.tick() => {
+                r.rotate_logs();
+                ticks += 1;
+                if ticks.is_multiple_of(12) {
+                    sandbox::prune_logs(&r.cfg.data_dir, ENDED_LOGS_KEPT);
+                }
+            }
         }
     }
 }

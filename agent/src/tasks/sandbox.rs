@@ -77,6 +77,31 @@ pub fn alive(pid: i32, ticks: u64) -> bool {
     state != "Z" && state != "X" && start_ticks(pid) == Some(ticks)
 }
 
+/// Deletes the logs of ended tasks but the `keep` that ended last (by when `task.json`
+/// was written), so a task that fails in a loop cannot fill the disk.
+pub fn prune_logs(data_dir: &Path, keep: usize) {
+    let mut ended: Vec<(std::time::SystemTime, PathBuf)> = load_all(data_dir)
+        .into_iter()
+        .filter(|r| r.ended.is_some())
+        .filter_map(|r| {
+            let d = dir(data_dir, &r.id);
+            let t = std::fs::metadata(d.join("task.json")).and_then(|m| m.modified()).ok()?;
+            Some((t, d))
+        })
+        .collect();
+    ended.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, d) in ended.into_iter().skip(keep) {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("stdout") || name.starts_with("stderr") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Copy-and-truncate rotation: the task keeps its descriptor (opened for append), so
 /// nothing is cut off mid-stream but the lines written during the copy.
 pub fn rotate_if_big(path: &Path) -> io::Result<bool> {
@@ -114,6 +139,23 @@ mod tests {
         assert_eq!(kept, (1..=LOG_KEEP).collect::<Vec<_>>());
         let newest = std::fs::read(p.with_file_name("stdout.1")).unwrap();
         assert_eq!(newest[0], b'a' + (LOG_KEEP + 1) as u8);
+    }
+
+    #[test]
+    fn only_the_newest_ended_tasks_keep_their_logs() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let id = format!("t.{i}");
+            std::fs::create_dir_all(dir(d.path(), &id)).unwrap();
+            std::fs::write(dir(d.path(), &id).join("stdout"), "x").unwrap();
+            let ended = (i != 4).then(|| Ended { state: "failed".into(), reason: String::new(), exit_code: Some(1) });
+            save(d.path(), &Record { id, service: "/t".into(), pid: 1, start_ticks: 1, group: None, ended }).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        prune_logs(d.path(), 2);
+        let has_log = |i: usize| dir(d.path(), &format!("t.{i}")).join("stdout").exists();
+        assert_eq!((0..5).map(has_log).collect::<Vec<_>>(), vec![false, false, true, true, true], "t.4 still runs");
+        assert!(dir(d.path(), "t.0").join("task.json").exists(), "the record stays");
     }
 
     #[test]

@@ -575,10 +575,7 @@ fn spawn_runner(
             return;
         }
     };
-    let host = file.agent.labels.get("hostname").cloned().unwrap_or_else(|| {
-        let a = file.advertise.as_str();
-        a.rsplit_once(':').map_or(a, |(h, _)| h).trim_start_matches('[').trim_end_matches(']').to_string()
-    });
+    let host = file.agent.labels.get("hostname").cloned().unwrap_or_else(|| coord::scheduler::host_of(&file.advertise));
     let cfg = crate::tasks::RunnerConfig {
         node_id: file.node_id,
         data_dir: dir.to_path_buf(),

@@ -79,25 +79,24 @@ impl Decision {
     }
 }
 
-/// The host part of an advertised address (`10.0.0.5:2379`, `[fd00::1]:2379`), or the
-/// `hostname` label (`--hostname`) when the node has one.
-pub fn hostname(n: &NodeRecord) -> String {
-    if let Some(h) = n.labels.get("hostname") {
-        return h.clone();
-    }
-    let a = n.addr.as_str();
-    if let Some(rest) = a.strip_prefix('[') {
+/// The host part of an advertised address (`10.0.0.5:2379`, `[fd00::1]:2379`).
+pub fn host_of(addr: &str) -> String {
+    if let Some(rest) = addr.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest).to_string();
     }
-    match a.rsplit_once(':') {
+    match addr.rsplit_once(':') {
         Some((h, _)) => h.to_string(),
-        None => a.to_string(),
+        None => addr.to_string(),
     }
 }
 
-fn is_healthy(services: &Services, t: &Task) -> bool {
-    let checks = services.spec(&t.service, t.version).is_some_and(|s| !s.health_checks.is_empty());
-    t.state == TaskState::Running && if checks { t.healthy == Some(true) } else { t.healthy != Some(false) }
+/// A node's host name for placement: the `hostname` label (`--hostname`) when it has
+/// one, else the host part of its advertised address.
+pub fn hostname(n: &NodeRecord) -> String {
+    match n.labels.get("hostname") {
+        Some(h) => h.clone(),
+        None => host_of(&n.addr),
+    }
 }
 
 /// Youngest first: Marathon's default kill selection.
@@ -155,7 +154,7 @@ pub fn decide(services: &Services, registry: &Registry, now_ms: u64, seed: u64, 
             } else if new.len() < target && launch_allowed {
                 wanted.push((svc.id.clone(), svc.version, target - new.len()));
             }
-            let settled = new.len() == target && stopping == 0 && new.iter().all(|t| is_healthy(services, t));
+            let settled = new.len() == target && stopping == 0 && new.iter().all(|t| services.is_healthy(t));
             if let Some(dep) = svc.deployment {
                 if settled {
                     d.done.push(dep);
@@ -169,16 +168,16 @@ pub fn decide(services: &Services, registry: &Registry, now_ms: u64, seed: u64, 
             .map_or((1000, 1000), |s| (s.upgrade.min_health_permille as usize, s.upgrade.max_over_permille as usize));
         let min_healthy = (target * min_permille).div_ceil(1000);
         let max_total = target + target * over_permille / 1000;
-        let mut healthy = live.iter().filter(|t| is_healthy(services, t)).count();
+        let mut healthy = live.iter().filter(|t| services.is_healthy(t)).count();
         let launch = target.saturating_sub(new.len()).min(max_total.saturating_sub(live.len()));
         if launch > 0 && launch_allowed {
             wanted.push((svc.id.clone(), svc.version, launch));
         }
         // Old tasks that are not healthy cost no health: they go first.
-        old.sort_by(|a, b| is_healthy(services, a).cmp(&is_healthy(services, b)).then(youngest_first(a, b)));
+        old.sort_by(|a, b| services.is_healthy(a).cmp(&services.is_healthy(b)).then(youngest_first(a, b)));
         let mut killed = 0;
         for t in &old {
-            let h = is_healthy(services, t);
+            let h = services.is_healthy(t);
             if !h || healthy > min_healthy {
                 d.kills.push((t.id.clone(), "replaced by a new version".into()));
                 killed += 1;
@@ -190,7 +189,7 @@ pub fn decide(services: &Services, registry: &Registry, now_ms: u64, seed: u64, 
         // No room over capacity for another new task, none on its way to healthy, and no
         // old one may go: take one old task down anyway, or the deployment never moves.
         // The same when launches are allowed but none can be placed (checked below).
-        let waiting = killed == 0 && new.len() < target && new.iter().all(|t| is_healthy(services, t));
+        let waiting = killed == 0 && new.len() < target && new.iter().all(|t| services.is_healthy(t));
         if let (true, Some(t)) = (waiting, old.first()) {
             if launch == 0 {
                 d.kills.push((t.id.clone(), "replaced by a new version (no room to roll)".into()));
@@ -444,7 +443,7 @@ mod tests {
         }
 
         fn healthy(&self, id: &str) -> usize {
-            self.services.active_tasks_of(id).filter(|t| is_healthy(&self.services, t)).count()
+            self.services.active_tasks_of(id).filter(|t| self.services.is_healthy(t)).count()
         }
     }
 
@@ -530,7 +529,7 @@ mod tests {
         }
         let active: Vec<&Task> = sim.services.active_tasks_of("/web").collect();
         assert_eq!(active.len(), 6);
-        assert!(active.iter().all(|t| t.version == 2 && is_healthy(&sim.services, t)));
+        assert!(active.iter().all(|t| t.version == 2 && sim.services.is_healthy(t)));
         assert!(sim.services.service("/web").unwrap().deployment.is_none());
     }
 

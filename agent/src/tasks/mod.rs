@@ -76,6 +76,20 @@ struct Managed {
     healthy: Option<bool>,
 }
 
+impl Managed {
+    fn new(rec: Record, assigned: Option<pb::AssignedTask>) -> Managed {
+        Managed {
+            rec,
+            assigned,
+            killing: false,
+            kill_reason: String::new(),
+            checks: Vec::new(),
+            verdicts: Vec::new(),
+            healthy: None,
+        }
+    }
+}
+
 /// Statuses waiting to be confirmed, newest per task.
 type Pending = Arc<Mutex<BTreeMap<String, pb::TaskStatus>>>;
 
@@ -250,18 +264,7 @@ impl Runner {
                     self.queue(status(&rec.id, &e.state, None, &e.reason, None));
                 }
             }
-            self.tasks.insert(
-                rec.id.clone(),
-                Managed {
-                    rec,
-                    assigned: None,
-                    killing: false,
-                    kill_reason: String::new(),
-                    checks: Vec::new(),
-                    verdicts: Vec::new(),
-                    healthy: None,
-                },
-            );
+            self.tasks.insert(rec.id.clone(), Managed::new(rec, None));
         }
     }
 
@@ -356,18 +359,7 @@ impl Runner {
         match spawned {
             Ok(rec) => {
                 info!(task = %id, pid = rec.pid, "task started");
-                self.tasks.insert(
-                    id.clone(),
-                    Managed {
-                        rec,
-                        assigned: Some(t),
-                        killing: false,
-                        kill_reason: String::new(),
-                        checks: Vec::new(),
-                        verdicts: Vec::new(),
-                        healthy: None,
-                    },
-                );
+                self.tasks.insert(id.clone(), Managed::new(rec, Some(t)));
                 self.start_checks(&id);
                 self.queue(status(&id, "running", None, "", None));
             }
@@ -384,18 +376,7 @@ impl Runner {
                 };
                 let _ = std::fs::create_dir_all(sandbox::dir(&self.cfg.data_dir, &id));
                 let _ = sandbox::save(&self.cfg.data_dir, &rec);
-                self.tasks.insert(
-                    id.clone(),
-                    Managed {
-                        rec,
-                        assigned: Some(t),
-                        killing: false,
-                        kill_reason: String::new(),
-                        checks: Vec::new(),
-                        verdicts: Vec::new(),
-                        healthy: None,
-                    },
-                );
+                self.tasks.insert(id.clone(), Managed::new(rec, Some(t)));
                 self.queue(status(&id, "failed", None, &reason, None));
             }
         }

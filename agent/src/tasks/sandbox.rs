@@ -60,21 +60,23 @@ pub fn load_all(data_dir: &Path) -> Vec<Record> {
     out
 }
 
-/// The start time of `pid`, if it is alive.
-pub fn start_ticks(pid: i32) -> Option<u64> {
+/// `pid`'s state letter and start time, from one read of /proc/<pid>/stat.
+fn stat(pid: i32) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    let state = rest.next()?.to_string();
+    Some((state, rest.nth(18)?.parse().ok()?))
+}
+
+/// The start time of `pid`, if it is alive.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, t)| t)
 }
 
 /// Whether `pid` is still the process recorded with `ticks` (and not a zombie).
 pub fn alive(pid: i32, ticks: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let Some(close) = stat.rfind(')') else { return false };
-    let rest = &stat[close + 2..];
-    let state = rest.split_whitespace().next().unwrap_or("");
-    state != "Z" && state != "X" && start_ticks(pid) == Some(ticks)
+    matches!(stat(pid), Some((state, t)) if t == ticks && state != "Z" && state != "X")
 }
 
 /// Deletes the logs of ended tasks but the `keep` that ended last (by when `task.json`

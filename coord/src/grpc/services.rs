@@ -106,15 +106,9 @@ pub fn service_info(services: &Services, s: &Service) -> pb::ServiceInfo {
 }
 
 pub fn deployment_info(services: &Services, d: &Deployment) -> pb::DeploymentInfo {
-    let checks = services.spec(&d.service, d.to_version).is_some_and(|s| !s.health_checks.is_empty());
-    let healthy_new = services
-        .active_tasks_of(&d.service)
-        .filter(|t| {
-            t.version == d.to_version
-                && t.state == TaskState::Running
-                && if checks { t.healthy == Some(true) } else { t.healthy != Some(false) }
-        })
-        .count() as u32;
+    let healthy_new =
+        services.active_tasks_of(&d.service).filter(|t| t.version == d.to_version && services.is_healthy(t)).count()
+            as u32;
     pb::DeploymentInfo {
         id: d.id,
         service: d.service.clone(),

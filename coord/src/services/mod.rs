@@ -44,6 +44,8 @@ pub const VERSIONS_KEPT: usize = 20;
 pub const MAX_REASON_BYTES: usize = 1024;
 pub const MAX_BATCH: usize = 10_000;
 
+/// Declared in lifecycle order: the live states (staging → starting → running → killing)
+/// compare as they may follow one another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TaskState {
     /// Assigned and addressed; the agent has not started it yet.
@@ -363,16 +365,6 @@ fn clip(reason: &str) -> String {
     reason[..end].to_string()
 }
 
-fn rank(s: TaskState) -> u8 {
-    match s {
-        TaskState::Staging => 0,
-        TaskState::Starting => 1,
-        TaskState::Running => 2,
-        TaskState::Killing => 3,
-        _ => 4,
-    }
-}
-
 impl Services {
     // ---- reads ----
 
@@ -414,6 +406,14 @@ impl Services {
         self.by_service.get(service).into_iter().flatten().filter_map(|t| self.tasks.get(t))
     }
 
+    /// Running and passing: with health checks, the last result was a pass; without,
+    /// nothing reported a failure. The scheduler's rolls and the deployment progress
+    /// shown to users both count with this.
+    pub fn is_healthy(&self, t: &Task) -> bool {
+        let checks = self.spec(&t.service, t.version).is_some_and(|s| !s.health_checks.is_empty());
+        t.state == TaskState::Running && if checks { t.healthy == Some(true) } else { t.healthy != Some(false) }
+    }
+
     /// Every task of the service, ended ones included.
     pub fn all_tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks.values().filter(move |t| t.service == service)
@@ -447,15 +447,15 @@ impl Services {
         store: &mut dyn IpamStore,
     ) -> Result<ServicesOutput> {
         match cmd {
-            ServiceCommand::Put { spec, create, force } => self.put(now_ms, spec, *create, *force, ipam, store),
+            ServiceCommand::Put { spec, create, force } => self.put(now_ms, spec, *create, *force, ipam),
             ServiceCommand::Scale { id, instances, force } => self.scale(now_ms, id, *instances, *force),
             ServiceCommand::Restart { id, force } => {
                 let spec = self.current_spec(id).ok_or_else(|| ServicesError::NotFound(id.clone()))?;
                 self.check_unlocked(id, *force)?;
                 self.new_version(now_ms, &spec, DeploymentKind::Restart)
             }
-            ServiceCommand::Remove { id } => self.remove(now_ms, id, ipam, store),
-            ServiceCommand::CancelDeployment { id, rollback } => self.cancel(now_ms, *id, *rollback, ipam, store),
+            ServiceCommand::Remove { id } => self.remove(now_ms, id),
+            ServiceCommand::CancelDeployment { id, rollback } => self.cancel(now_ms, *id, *rollback),
             ServiceCommand::DeploymentDone { id } => {
                 let d = self.deployments.remove(id).ok_or(ServicesError::DeploymentNotFound(*id))?;
                 self.dirty.deployments.insert(*id);
@@ -475,7 +475,7 @@ impl Services {
                 }
                 let mut n = 0;
                 for (id, reason) in tasks {
-                    if self.kill(now_ms, id, reason, ipam, store)? {
+                    if self.kill(now_ms, id, reason) {
                         n += 1;
                     }
                 }
@@ -524,8 +524,7 @@ impl Services {
         spec: &ServiceSpec,
         create: bool,
         force: bool,
-        ipam: &mut Ipam,
-        store: &mut dyn IpamStore,
+        ipam: &Ipam,
     ) -> Result<ServicesOutput> {
         spec.validate().map_err(ServicesError::Invalid)?;
         if let Some(n) = &spec.network {
@@ -533,7 +532,6 @@ impl Services {
                 return Err(ServicesError::Invalid(format!("networks: network {n:?} not found")));
             }
         }
-        let _ = store;
         match (self.services.contains_key(&spec.id), create) {
             (true, true) => return Err(ServicesError::Exists(spec.id.clone())),
             (false, false) => return Err(ServicesError::NotFound(spec.id.clone())),
@@ -638,7 +636,7 @@ impl Services {
         Ok(ServicesOutput::Changed { id: id.to_string(), version, deployment: Some(d) })
     }
 
-    fn remove(&mut self, now_ms: u64, id: &str, ipam: &mut Ipam, store: &mut dyn IpamStore) -> Result<ServicesOutput> {
+    fn remove(&mut self, now_ms: u64, id: &str) -> Result<ServicesOutput> {
         let s = self.services.get_mut(id).ok_or_else(|| ServicesError::NotFound(id.to_string()))?;
         if s.deleting {
             return Ok(ServicesOutput::Changed { id: id.to_string(), version: s.version, deployment: s.deployment });
@@ -649,20 +647,13 @@ impl Services {
         let d = self.start_deployment(now_ms, id, DeploymentKind::Remove, Some(version), from, version, 0);
         let active: Vec<TaskId> = self.by_service.get(id).into_iter().flatten().cloned().collect();
         for t in active {
-            self.kill(now_ms, &t, "service removed", ipam, store)?;
+            self.kill(now_ms, &t, "service removed");
         }
         self.purge_if_done(id);
         Ok(ServicesOutput::Changed { id: id.to_string(), version, deployment: Some(d) })
     }
 
-    fn cancel(
-        &mut self,
-        now_ms: u64,
-        did: u64,
-        rollback: bool,
-        ipam: &mut Ipam,
-        store: &mut dyn IpamStore,
-    ) -> Result<ServicesOutput> {
+    fn cancel(&mut self, now_ms: u64, did: u64, rollback: bool) -> Result<ServicesOutput> {
         let d = self.deployments.get(&did).cloned().ok_or(ServicesError::DeploymentNotFound(did))?;
         if !rollback {
             self.deployments.remove(&did);
@@ -674,7 +665,7 @@ impl Services {
             return Ok(ServicesOutput::Count(1));
         }
         match d.from_version {
-            None => self.remove(now_ms, &d.service, ipam, store),
+            None => self.remove(now_ms, &d.service),
             Some(v) => {
                 let s = self.services.get(&d.service).ok_or_else(|| ServicesError::NotFound(d.service.clone()))?;
                 if s.deleting {
@@ -790,25 +781,17 @@ impl Services {
     }
 
     /// Asks for `id` to stop; its agent kills it and reports the end.
-    fn kill(
-        &mut self,
-        now_ms: u64,
-        id: &str,
-        reason: &str,
-        ipam: &mut Ipam,
-        store: &mut dyn IpamStore,
-    ) -> Result<bool> {
-        let Some(t) = self.tasks.get_mut(id) else { return Ok(false) };
+    fn kill(&mut self, now_ms: u64, id: &str, reason: &str) -> bool {
+        let Some(t) = self.tasks.get_mut(id) else { return false };
         if t.state.is_terminal() || t.state == TaskState::Killing {
-            return Ok(false);
+            return false;
         }
         t.state = TaskState::Killing;
         t.kill_requested = true;
         t.reason = clip(reason);
         t.updated_ms = now_ms;
         self.dirty.tasks.insert(id.to_string());
-        let _ = (ipam, store);
-        Ok(true)
+        true
     }
 
     fn update(&mut self, now_ms: u64, u: &TaskUpdate, ipam: &mut Ipam, store: &mut dyn IpamStore) -> Result<bool> {
@@ -825,7 +808,8 @@ impl Services {
             return Ok(true);
         }
         let mut changed = false;
-        if rank(u.state) > rank(t.state) && u.state != TaskState::Killing {
+        // Both states are live here, and TaskState's order is their lifecycle order.
+        if u.state > t.state && u.state != TaskState::Killing {
             t.state = u.state;
             if u.state == TaskState::Running && t.started_ms == 0 {
                 t.started_ms = now_ms;

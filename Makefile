@@ -34,8 +34,9 @@ jepsen-short: jepsen-deps
 	bash .ci/jepsen.sh short
 
 ## The long matrices on 5 masters, 120 s per nemesis (partition-majority, primaries,
-## kill, pause), each with its canary: register, then watch, lock, lease and election.
-## PART=register or PART=coordination runs one; PART=all writes docs/jepsen.md's results.
+## kill, pause), each with its canary: register, then watch, lock, lease and election,
+## then tasks (also kill-agent). PART=register, coordination or tasks runs one;
+## PART=all writes docs/jepsen.md's results.
 PART ?= all
 jepsen-long: jepsen-deps
 	cargo build --release --locked -p agent -p jepsen-style-tests

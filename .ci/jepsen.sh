@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fault-injection matrices (needs root: network namespaces and iptables).
 #   .ci/jepsen.sh short   the CI matrix: a few minutes, every workload, canary must fail
-#   .ci/jepsen.sh long [register|coordination|all]
-#                         the 120 s 5-node matrices: register (issue #5, about 25 min) and
-#                         watch, lock, lease, election (issue #12, about 50 min), each
-#                         nemesis alone, then with the canary; writes the table into
-#                         docs/jepsen.md (default: all)
+#   .ci/jepsen.sh long [register|coordination|tasks|all]
+#                         the 120 s 5-node matrices: register (issue #5, about 25 min),
+#                         watch, lock, lease, election (issue #12, about 50 min) and tasks
+#                         (issue #13, about 15 min), each nemesis alone, then with the
+#                         canary; writes the table into docs/jepsen.md (default: all)
 # Reports go to store/ci-<stamp>/ (one folder per run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,11 +58,14 @@ case "$mode" in
     run canary-lock 1 --workload lock --nemesis kill --nodes 3 --time 20 --seed 13 --canary
     run canary-lease-kill 1 --workload lease --nemesis kill --nodes 3 --time 25 --seed 14 --canary
     run canary-election 1 --workload election --nemesis kill --nodes 3 --time 20 --seed 15 --canary
+    # Services scaled through master and agent faults; the canary leaves replaced tasks running.
+    run tasks-faults 0 --workload tasks --nemesis kill-agent,primaries,kill --nodes 3 --time 50 --seed 18
+    run canary-tasks 1 --workload tasks --nemesis kill-agent --nodes 3 --time 30 --seed 16 --canary
     ;;
   long)
     part="${2:-all}"
-    case "$part" in all|register|coordination) ;; *) echo "usage: $0 long [register|coordination|all]"; exit 2 ;; esac
-    if [ "$part" != coordination ]; then
+    case "$part" in all|register|coordination|tasks) ;; *) echo "usage: $0 long [register|coordination|tasks|all]"; exit 2 ;; esac
+    if [ "$part" = all ] || [ "$part" = register ]; then
       for n in partition-majority primaries kill pause; do
         run "register-$n" 0 --workload register --nemesis "$n" --nodes 5 --time 120 --seed 7
       done
@@ -77,7 +80,7 @@ case "$mode" in
         fi
       done
     fi
-    if [ "$part" != register ]; then
+    if [ "$part" = all ] || [ "$part" = coordination ]; then
       for w in watch lock lease election; do
         for n in partition-majority primaries kill pause; do
           run "$w-$n" 0 --workload "$w" --nemesis "$n" --nodes 5 --time 120 --seed 7
@@ -86,6 +89,12 @@ case "$mode" in
         # change (the lease canary needs a new leader; lock and election need none).
         run "canary-$w-kill" 1 --workload "$w" --nemesis kill --nodes 5 --time 120 --seed 7 --canary
       done
+    fi
+    if [ "$part" = all ] || [ "$part" = tasks ]; then
+      for n in partition-majority primaries kill kill-agent pause; do
+        run "tasks-$n" 0 --workload tasks --nemesis "$n" --nodes 5 --time 120 --seed 7
+      done
+      run canary-tasks-kill-agent 1 --workload tasks --nemesis kill-agent --nodes 5 --time 120 --seed 7 --canary
     fi
     ;;
   *) echo "usage: $0 short|long"; exit 2 ;;

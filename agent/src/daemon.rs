@@ -69,6 +69,7 @@ pub struct AgentFlags {
     /// Recorded as the label `hostname`.
     pub hostname: Option<String>,
     pub no_cgroups: bool,
+    pub canary_keep_replaced_tasks: bool,
 }
 
 impl AgentFlags {
@@ -90,6 +91,7 @@ impl AgentFlags {
         if self.no_cgroups {
             s.no_cgroups = true;
         }
+        s.canary_keep_replaced_tasks = self.canary_keep_replaced_tasks;
     }
 }
 
@@ -584,6 +586,7 @@ fn spawn_runner(
         host,
         masters,
         tls,
+        canary_keep_replaced: file.agent.canary_keep_replaced_tasks,
     };
     tokio::spawn(crate::tasks::run(cfg));
 }

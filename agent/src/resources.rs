@@ -27,6 +27,9 @@ pub struct AgentSettings {
     /// Run tasks without cgroups (`--no-cgroups`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cgroups: bool,
+    /// TEST ONLY (`--canary-keep-replaced-tasks`), for this run only: never recorded.
+    #[serde(skip)]
+    pub canary_keep_replaced_tasks: bool,
 }
 
 /// Parses `31000-32000,8080` into sorted inclusive ranges; refuses overlaps.

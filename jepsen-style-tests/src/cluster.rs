@@ -71,13 +71,14 @@ async fn load_admin_credential(data_dir: &Path) -> Result<()> {
 
 impl Cluster {
     /// Creates the namespaces and starts `masters` masters (init + joins, each waited for
-    /// until it is a voter) and `workers` worker-only agents.
+    /// until it is a voter) and `workers` worker-only agents, every one with `flags`
+    /// (also on restarts).
     pub async fn start(
         bin: &Path,
         dir: &Path,
         masters: usize,
         workers: usize,
-        canary_flag: Option<&str>,
+        flags: Vec<String>,
         faketime: bool,
     ) -> Result<Cluster> {
         if !bin.exists() {
@@ -105,10 +106,7 @@ impl Cluster {
                 removed: false,
             });
         }
-        let mut extra = vec![];
-        if let Some(f) = canary_flag {
-            extra.push(f.to_string());
-        }
+        let extra = flags;
         let clock_dir = if faketime {
             let d = dir.join("clock");
             std::fs::create_dir_all(&d)?;
@@ -164,8 +162,10 @@ impl Cluster {
     fn spawn(&mut self, i: usize, sub: &str, args: &[String]) -> Result<()> {
         let n = &self.nodes[i];
         let log = OpenOptions::new().create(true).append(true).open(&n.log)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &n.ns]).arg(&self.bin).arg(sub).args(args);
+        // nsenter enters only the network namespace: `ip netns exec` would also remount
+        // /sys for it, hiding the cgroup hierarchies the agents put tasks in.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", n.ns)).arg("--").arg(&self.bin).arg(sub).args(args);
         if let Some(d) = &self.clock_dir {
             let f = d.join(&n.name);
             if !f.exists() {

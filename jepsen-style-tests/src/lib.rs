@@ -22,4 +22,5 @@ pub mod net;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod tasks;
 pub mod workload;

@@ -45,6 +45,9 @@ enum Cmd {
         nemesis: Vec<Nemesis>,
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+        /// Worker-only agents (what kill-agent chooses from).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
         #[arg(long, default_value_t = 120)]
         time: u64,
         #[arg(long, default_value_t = 1)]
@@ -62,13 +65,15 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Kind::Register)]
     workload: Kind,
     /// Comma-separated: none, partition-one, partition-majority, partition-majorities-ring,
-    /// primaries, kill, pause, clock, member. Several take turns.
+    /// primaries, kill, pause, clock, member, kill-agent (a worker-only agent; needs
+    /// --workers). Several take turns.
     #[arg(long, value_delimiter = ',', default_value = "partition-majority")]
     nemesis: Vec<Nemesis>,
     /// Masters (each in its own namespace).
     #[arg(long, default_value_t = 5)]
     nodes: usize,
-    /// Worker-only agents, never faulted [default: 2 for the registry workload, else 0].
+    /// Worker-only agents, faulted only by kill-agent [default: 2 for the registry and
+    /// tasks workloads, else 0].
     #[arg(long)]
     workers: Option<usize>,
     /// Seconds of the fault phase (the heal and liveness phase come after).
@@ -178,7 +183,10 @@ async fn main_cmd(cmd: Cmd) -> Result<i32> {
                 Some(b) => b,
                 None => std::env::current_exe()?.parent().context("exe dir")?.join("cluster"),
             };
-            let workers = a.workers.unwrap_or(if a.workload == Kind::Registry { 2 } else { 0 });
+            let workers = a.workers.unwrap_or(if matches!(a.workload, Kind::Registry | Kind::Tasks) { 2 } else { 0 });
+            if workers == 0 && a.nemesis.contains(&Nemesis::KillAgent) {
+                bail!("the kill-agent nemesis needs worker-only agents: pass --workers N");
+            }
             let s = run::run(RunOpts {
                 workload: a.workload,
                 nemeses: a.nemesis,
@@ -227,6 +235,12 @@ async fn main_cmd(cmd: Cmd) -> Result<i32> {
                 Kind::Set => checker::set::check(&calls),
                 Kind::Ipam => checker::ipam::check(&calls),
                 Kind::Registry => bail!("the registry check needs the run's events and faults; read summary.json"),
+                Kind::Tasks => {
+                    let f = path.with_file_name("tasks-final.json");
+                    let text = std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?;
+                    let fin = serde_json::from_str(&text).with_context(|| format!("{}", f.display()))?;
+                    checker::tasks::check(&calls, &fin, jepsen_style_tests::tasks::INITIAL)
+                }
                 Kind::Watch | Kind::Lock | Kind::Lease | Kind::Election => {
                     bail!("this check needs the run's committed history and heal time; read summary.json")
                 }
@@ -234,8 +248,8 @@ async fn main_cmd(cmd: Cmd) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(exit_code(r.verdict))
         }
-        Cmd::Schedule { nemesis, nodes, time, seed } => {
-            println!("{}", serde_json::to_string_pretty(&schedule::plan(&nemesis, nodes, time, seed))?);
+        Cmd::Schedule { nemesis, nodes, workers, time, seed } => {
+            println!("{}", serde_json::to_string_pretty(&schedule::plan(&nemesis, nodes, workers, time, seed))?);
             Ok(0)
         }
         Cmd::Table { summaries } => {

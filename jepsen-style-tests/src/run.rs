@@ -86,17 +86,26 @@ pub struct Liveness {
 }
 
 pub async fn run(o: RunOpts) -> Result<Summary> {
-    let plan = schedule::plan(&o.nemeses, o.nodes, o.time_s, o.seed);
+    let plan = schedule::plan(&o.nemeses, o.nodes, o.workers, o.time_s, o.seed);
     std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     std::fs::write(o.out.join("schedule.json"), serde_json::to_vec_pretty(&plan)?)?;
     let faketime = o.nemeses.contains(&Nemesis::Clock);
     eprintln!("jepsen: starting {} masters and {} workers in network namespaces", o.nodes, o.workers);
-    let canary_flag = if o.canary { o.workload.canary_flag() } else { None };
-    let cluster = Cluster::start(&o.bin, &o.out, o.nodes, o.workers, canary_flag, faketime).await?;
+    let mut flags: Vec<String> = o.workload.cluster_flags().iter().map(|f| f.to_string()).collect();
+    if o.canary {
+        flags.extend(o.workload.canary_flag().map(String::from));
+    }
+    let cluster = Cluster::start(&o.bin, &o.out, o.nodes, o.workers, flags, faketime).await?;
     let ips: Vec<String> = cluster.nodes.iter().map(|n| n.ip.clone()).collect();
     let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     let leader = cluster.wait_healthy(Duration::from_secs(30)).await?;
     workload::setup(o.workload, &ips[leader]).await?;
+    if o.workload == Kind::Tasks {
+        if let Err(e) = crate::tasks::setup(&ips[leader]).await {
+            crate::tasks::teardown(&cluster);
+            return Err(e);
+        }
+    }
     let cluster = Arc::new(Mutex::new(cluster));
 
     let sh = Arc::new(Shared::new(o.workload, o.ops_per_key, Duration::from_millis(o.client_timeout_ms)));
@@ -205,10 +214,25 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
             registry_input = Some(workload::registry_events(&ips[l]).await);
         }
     }
+    let tasks_final = if o.workload == Kind::Tasks {
+        let c = cluster.lock().await;
+        let f = match &healthy {
+            // Lost tasks come back after backoff (at most 3 s), stale copies are killed when
+            // their agent reconnects: a minute is ample.
+            Ok(l) => crate::tasks::converge(&c, &ips[*l], Duration::from_secs(60)).await,
+            Err(_) => Default::default(),
+        };
+        std::fs::write(o.out.join("tasks-final.json"), serde_json::to_vec_pretty(&f)?)?;
+        Some(f)
+    } else {
+        None
+    };
     let node_ids: Vec<u64> = cluster.lock().await.nodes.iter().map(|n| n.id).collect();
     {
         let mut c = cluster.lock().await;
         c.stop_all();
+        // Task processes outlive their agents by design.
+        crate::tasks::teardown(&c);
         if !o.keep_data {
             let _ = std::fs::remove_dir_all(o.out.join("data"));
         }
@@ -229,6 +253,10 @@ pub async fn run(o: RunOpts) -> Result<Summary> {
         Kind::Register => checks.push(checker::register::check(&calls, Duration::from_secs(o.check_timeout_s))),
         Kind::Set => checks.push(checker::set::check(&calls)),
         Kind::Ipam => checks.push(checker::ipam::check(&calls)),
+        Kind::Tasks => {
+            let f = tasks_final.unwrap_or_default();
+            checks.push(checker::tasks::check(&calls, &f, crate::tasks::INITIAL))
+        }
         Kind::Registry => {
             let mut faults: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
             for a in &applied {
@@ -385,6 +413,15 @@ async fn apply(cluster: &Arc<Mutex<Cluster>>, w: &Window, sh: &Shared) -> Applie
                 a.nodes = vec![*node];
                 a.description = format!("clock of {} {:+} ms", name(&c, *node), offset_ms);
             }
+            Fault::KillAgent { worker } => {
+                let i = c.masters + worker;
+                if i >= c.nodes.len() {
+                    anyhow::bail!("kill-agent: there is no worker w{}", worker + 1);
+                }
+                c.kill(i);
+                a.nodes = vec![i];
+                a.description = format!("kill -9 agent {}", name(&c, i));
+            }
             Fault::Member { target } => {
                 let i = resolve(&c, *target).await;
                 a.nodes = vec![i];
@@ -412,7 +449,7 @@ async fn undo(cluster: &Arc<Mutex<Cluster>>, w: &Window, a: &mut Applied) {
     let res: Result<()> = async {
         match &w.fault {
             Fault::Partition { .. } | Fault::Primaries => c.net.heal()?,
-            Fault::Kill { .. } => {
+            Fault::Kill { .. } | Fault::KillAgent { .. } => {
                 for &i in &a.nodes {
                     c.restart(i)?;
                 }

@@ -43,6 +43,10 @@ pub enum Kind {
     /// Clients campaign, proclaim and resign while an observer per master watches.
     /// Checks leaders and observers against the committed history.
     Election,
+    /// Clients scale three services up and down and list tasks while masters and agents
+    /// are killed and partitioned. Checks after the heal that every service runs exactly
+    /// its instance count, that no task runs twice, and that no IP is held twice.
+    Tasks,
 }
 
 impl Kind {
@@ -56,6 +60,7 @@ impl Kind {
             Kind::Lock => "lock",
             Kind::Lease => "lease",
             Kind::Election => "election",
+            Kind::Tasks => "tasks",
         }
     }
     /// The operation types that must each succeed in the liveness phase.
@@ -69,6 +74,7 @@ impl Kind {
             Kind::Lock => &["acquire"],
             Kind::Lease => &["keepalive"],
             Kind::Election => &["campaign"],
+            Kind::Tasks => &["scale", "tasks"],
         }
     }
 
@@ -78,11 +84,25 @@ impl Kind {
         matches!(self, Kind::Lock | Kind::Lease | Kind::Election)
     }
 
-    /// The master flag that turns on this workload's canary, if the canary is in the
-    /// masters (the watch canary is in the client).
+    /// Flags every node of this workload's cluster gets.
+    pub fn cluster_flags(self) -> &'static [&'static str] {
+        match self {
+            // Agents are declared down 5 s after their last heartbeat (not 15 s), so most
+            // faults of 5-15 s get their tasks replaced, and the replaced copies must be
+            // killed when the agent comes back.
+            Kind::Tasks => {
+                &["--agent-heartbeat-interval-ms", "500", "--unreachable-after-ms", "2500", "--down-after-ms", "2500"]
+            }
+            _ => &[],
+        }
+    }
+
+    /// The node flag that turns on this workload's canary, if the canary is in the nodes
+    /// (the watch canary is in the client; the tasks canary is in the agents).
     pub fn canary_flag(self) -> Option<&'static str> {
         match self {
             Kind::Register | Kind::Set | Kind::Ipam | Kind::Registry => Some("--canary-unsafe-local-reads"),
+            Kind::Tasks => Some("--canary-keep-replaced-tasks"),
             Kind::Lock | Kind::Election => Some("--canary-lock-skip-reread"),
             Kind::Lease => Some("--canary-lease-skip-checkpoint"),
             Kind::Watch => None,
@@ -232,6 +252,17 @@ impl Client {
                     ("put".into(), Some(key), json!(n))
                 }
             }
+            Kind::Tasks => {
+                // One op in ten scales, to 1..=MAX: scale-downs kill the youngest tasks, so
+                // the oldest live long enough to be on an agent when it fails, and to be
+                // replaced.
+                if self.rng.below(10) != 0 {
+                    ("tasks".into(), None, Value::Null)
+                } else {
+                    let s = crate::tasks::SERVICES[self.rng.below(crate::tasks::SERVICES.len() as u64) as usize];
+                    ("scale".into(), Some(s.into()), json!(1 + self.rng.below(crate::tasks::MAX)))
+                }
+            }
             Kind::Lock | Kind::Lease | Kind::Election => ("none".into(), None, Value::Null),
         }
     }
@@ -241,7 +272,7 @@ impl Client {
         match tokio::time::timeout(sh.timeout, fut).await {
             Ok(d) => d,
             Err(_) => {
-                let kind = if matches!(f, "read" | "nodes") { OpType::Fail } else { OpType::Info };
+                let kind = if matches!(f, "read" | "nodes" | "tasks") { OpType::Fail } else { OpType::Info };
                 failed(kind, value.clone(), format!("client timeout after {:?}", sh.timeout))
             }
         }
@@ -319,6 +350,17 @@ impl Client {
             "delete" => match m.delete(key, false).await {
                 Ok(r) => ok(json!({ "rev": r.header.map_or(0, |h| h.revision), "deleted": r.deleted })),
                 Err(e) => write_error(Value::Null, e),
+            },
+            // Forced: a scale replaces a deployment still under way, as an operator's would.
+            "scale" => match m.scale_service(&key, value.as_u64().unwrap_or_default() as u32, true).await {
+                Ok(_) => ok(value.clone()),
+                Err(e) => write_error(value.clone(), e),
+            },
+            "tasks" => match m.list_tasks("", 0, false).await {
+                Ok(ts) => {
+                    ok(Value::Array(ts.into_iter().map(|t| json!([t.id, t.service, t.agent, t.ip, t.state])).collect()))
+                }
+                Err(e) => read_error(e),
             },
             "nodes" => match m.nodes().await {
                 Ok(r) => ok(json!(r.nodes.len())),

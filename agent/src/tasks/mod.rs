@@ -56,6 +56,8 @@ pub struct RunnerConfig {
     /// The masters to talk to (kept current by the agent session).
     pub masters: Arc<Mutex<Vec<String>>>,
     pub tls: pki::ClientTls,
+    /// TEST ONLY: leave replaced tasks running (the fault suite's canary).
+    pub canary_keep_replaced: bool,
 }
 
 enum Event {
@@ -314,6 +316,9 @@ impl Runner {
             .filter(|(id, m)| m.rec.ended.is_none() && !m.killing && !wanted.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
+        if self.cfg.canary_keep_replaced {
+            return;
+        }
         for id in stale {
             info!(task = %id, "killing a task the leader no longer assigns here (it was replaced)");
             self.kill(&id, "no longer assigned to this node (replaced elsewhere)");

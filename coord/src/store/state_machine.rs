@@ -492,7 +492,8 @@ impl StateMachineStore {
 
 type Payload = EntryPayload<LogEntry, NodeId, crate::types::NodeInfo>;
 
-/// True for entries whose apply reads the DB (old versions, IPAM owner records).
+/// True for entries whose apply reads the DB (old versions, IPAM records: services
+/// allocate and release their tasks' IPs through IPAM too).
 fn reads_history(p: &Payload) -> bool {
     fn past_read(list: &[RequestOp]) -> bool {
         list.iter().any(|op| match op {
@@ -502,7 +503,10 @@ fn reads_history(p: &Payload) -> bool {
         })
     }
     match p {
-        EntryPayload::Normal(LogEntry { cmd: Command::Compact { .. } | Command::Ipam(_), .. }) => true,
+        EntryPayload::Normal(LogEntry {
+            cmd: Command::Compact { .. } | Command::Ipam(_) | Command::Services(_),
+            ..
+        }) => true,
         EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
         _ => false,
     }

@@ -330,3 +330,61 @@ async fn ipam_survives_reopen_and_snapshot_install() {
     apply(&mut sm2, vec![next(7)]).await;
     assert_eq!(ipam(&sm1), ipam(&sm2));
 }
+
+/// Service entries allocate and release IPs through IPAM's records on disk, so entries
+/// applied in one group must see those of the entries before them. Found by the `tasks`
+/// fault workload: an entry that ended a task put its IP in quarantine, and two launches
+/// in the same group each expired that quarantine, the second freeing the address again
+/// (a panic in apply, on every master alike).
+#[tokio::test]
+async fn service_entries_in_one_group_see_each_others_ipam_writes() {
+    use coord::ipam::*;
+    use coord::services::{LaunchTask, ServiceCommand, ServiceSpec};
+    let d = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::new(open_db(&d.path().join("db")).unwrap(), d.path().join("snap")).unwrap();
+    let at = |index: u64, time_ms: u64, cmd: Command| {
+        let mut e = cmd_entry(index, cmd);
+        if let EntryPayload::Normal(ref mut le) = e.payload {
+            le.time_ms = time_ms;
+        }
+        e
+    };
+    let net = NetworkSpec {
+        name: "n".into(),
+        subnets: vec![parse_cidr("10.9.0.0/29").unwrap()],
+        gateways: vec![None],
+        reserve: vec![],
+        quarantine_ms: 100,
+    };
+    let mut spec = ServiceSpec::new("/web", "serve");
+    spec.instances = 3;
+    spec.network = Some("n".into());
+    let launch = |i, t| {
+        let task = LaunchTask { service: "/web".into(), version: 1, agent: 7, host: "h".into(), ports: vec![] };
+        at(i, t, Command::Services(ServiceCommand::Launch { tasks: vec![task] }))
+    };
+    let lost = |i, t, task: &str| {
+        let c = ServiceCommand::Lost { agent: 7, tasks: vec![task.into()], reason: "down".into() };
+        at(i, t, Command::Services(c))
+    };
+    apply(
+        &mut sm,
+        vec![
+            at(1, 1_000, Command::Ipam(IpamCommand::CreateNetwork(net))),
+            at(2, 1_000, Command::Services(ServiceCommand::Put { spec: Box::new(spec), create: true, force: false })),
+            launch(3, 1_010),
+            lost(4, 1_020, "web.1"),
+        ],
+    )
+    .await;
+    // The quarantine (100 ms) is over: the first launch frees web.1's address, and the
+    // second must see that it did. Then a task ends and another starts in one group.
+    apply(&mut sm, vec![launch(5, 2_000), launch(6, 2_010)]).await;
+    apply(&mut sm, vec![lost(7, 2_020, "web.2"), launch(8, 2_030), launch(9, 3_000)]).await;
+    let st = sm.state();
+    let st = st.read().unwrap();
+    let p = &st.ipam.networks["n"].pools[0];
+    assert_eq!((p.allocated, p.quarantined), (3, 0), "three tasks hold an address, none is quarantined");
+    let running: Vec<String> = st.services.tasks().filter(|t| !t.state.is_terminal()).map(|t| t.id.clone()).collect();
+    assert_eq!(running, ["web.3", "web.4", "web.5"]);
+}

@@ -11,6 +11,8 @@
 //!   holders never interleave.
 //! - [`lease`]: no lease ends before its promise; abandoned ones end.
 //! - [`election`]: one leader per revision, in create order, observed in order.
+//! - [`tasks`]: services end at exactly their instance count, no task runs twice, no IP
+//!   is held by two tasks.
 
 pub mod election;
 pub mod ipam;
@@ -20,6 +22,7 @@ pub mod lock;
 pub mod register;
 pub mod registry;
 pub mod set;
+pub mod tasks;
 pub mod watch;
 pub mod wgl;
 

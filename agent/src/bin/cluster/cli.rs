@@ -163,6 +163,10 @@ pub struct AgentArgs {
     /// this, such an agent refuses its tasks).
     #[arg(long)]
     pub no_cgroups: bool,
+    /// TEST ONLY, unsafe: the task runner leaves running the tasks the leader replaced
+    /// elsewhere (Swarm's rule broken), for the fault-injection suite's tasks canary.
+    #[arg(long, hide = true)]
+    pub canary_keep_replaced_tasks: bool,
 }
 
 impl AgentArgs {
@@ -176,6 +180,7 @@ impl AgentArgs {
             labels: self.labels,
             hostname: self.hostname,
             no_cgroups: self.no_cgroups,
+            canary_keep_replaced_tasks: self.canary_keep_replaced_tasks,
         }
     }
 }

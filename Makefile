@@ -57,9 +57,14 @@ bench-lease-failover:
 	bash .ci/bench-lease-failover.sh "$(BIN)"
 
 ## Placement: scheduler-core alone, 100,000 tasks onto 10,000 agents (placements/s,
-## peak memory); the numbers go in docs/benchmarks.md.
+## peak memory), then end to end: a 3-master cluster, 10,000 emulated agents that
+## acknowledge their tasks, 100,000 tasks (placements committed/s, time until all run,
+## leader CPU; writes the "Placement end to end" section of docs/benchmarks.md).
 bench-scheduler:
 	cargo run --release --locked -p scheduler-core --example bench
+	bash .ci/install-deps
+	cargo build --release --locked --bin cluster
+	bash .ci/bench-tasks.sh "$(BIN)"
 
 bench-agents:
 	bash .ci/install-deps

@@ -298,6 +298,22 @@ fn place(
     }
 }
 
+/// Whether a scheduler entry went through; a refusal by the state machine counts, since
+/// the other entries still stand on their own.
+fn committed<T>(r: Result<T, crate::error::CoordError>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(crate::error::CoordError::Apply(e)) => {
+            warn!("a scheduler decision was refused: {e}");
+            true
+        }
+        Err(e) => {
+            warn!("committing a scheduler decision failed; the next pass decides again: {e}");
+            false
+        }
+    }
+}
+
 /// The loop: one pass at a time, each reading the state its predecessor's entries left.
 pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
     let mut tick = tokio::time::interval(Duration::from_millis(PASS_INTERVAL_MS));
@@ -337,13 +353,31 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
             decide_ms,
             "scheduler pass"
         );
-        for cmd in decision.commands() {
-            match node.write(cmd).await {
-                Ok(_) => {}
-                // Refused by the state machine: the others still stand on their own.
-                Err(crate::error::CoordError::Apply(e)) => warn!("a scheduler decision was refused: {e}"),
-                Err(e) => {
-                    warn!("committing a scheduler decision failed; the next pass decides again: {e}");
+        // Lost and kill entries go first, one at a time: launches may need the room they
+        // free. Launch entries are independent of one another, so they are proposed
+        // together and their replication and apply overlap.
+        let (launches, others): (Vec<Command>, Vec<Command>) = decision
+            .commands()
+            .into_iter()
+            .partition(|c| matches!(c, Command::Services(ServiceCommand::Launch { .. })));
+        let (first, last): (Vec<Command>, Vec<Command>) =
+            others.into_iter().partition(|c| !matches!(c, Command::Services(ServiceCommand::DeploymentDone { .. })));
+        let mut ok = true;
+        for cmd in first {
+            ok = committed(node.write(cmd).await);
+            if !ok {
+                break;
+            }
+        }
+        if ok {
+            let results = futures::future::join_all(launches.into_iter().map(|c| node.write(c))).await;
+            // Every result is logged, so no short circuit.
+            let each: Vec<bool> = results.into_iter().map(committed).collect();
+            ok = each.iter().all(|b| *b);
+        }
+        if ok {
+            for cmd in last {
+                if !committed(node.write(cmd).await) {
                     break;
                 }
             }

@@ -28,7 +28,7 @@ use crate::session;
 
 const AGENTS_PER_CONN: usize = 100;
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -90,8 +90,47 @@ fn watch_election(masters: Vec<Client>) -> tokio::task::JoinHandle<Option<Instan
     })
 }
 
-pub async fn run(a: Options) -> anyhow::Result<()> {
-    let n = a.agents;
+/// Emulated agents joined through the real join path, each with a session of its own.
+pub(crate) struct Emulated {
+    pub ids: Vec<u64>,
+    pub id_set: Arc<std::collections::BTreeSet<u64>>,
+    /// Every master.
+    pub masters: Client,
+    /// Channels shared by the agents: (master address, slot) → channel.
+    pub pool: Arc<Mutex<BTreeMap<(String, usize), Channel>>>,
+    pub join_s: f64,
+}
+
+impl Emulated {
+    /// The channel agent `i` uses to `addr` (one per `AGENTS_PER_CONN` agents).
+    pub fn channel(&self, tls: &client::ClientTls, i: usize, addr: &str) -> Result<Channel, client::ClientError> {
+        connect_pooled(&self.pool, tls, i / AGENTS_PER_CONN, addr)
+    }
+}
+
+fn connect_pooled(
+    pool: &Mutex<BTreeMap<(String, usize), Channel>>,
+    tls: &client::ClientTls,
+    slot: usize,
+    addr: &str,
+) -> Result<Channel, client::ClientError> {
+    let mut p = pool.lock().expect("pool");
+    let key = (addr.to_string(), slot);
+    if let Some(c) = p.get(&key) {
+        return Ok(c.clone());
+    }
+    let c = client::channel(addr, tls)?;
+    p.insert(key, c.clone());
+    Ok(c)
+}
+
+/// Joins `n` worker ids, then starts their sessions (at 5,000/s) with `on_attach(i)`
+/// called whenever agent i opens a session with a leader.
+pub(crate) async fn start_agents(
+    a: &Options,
+    n: usize,
+    on_attach: impl Fn(usize) + Send + Sync + Clone + 'static,
+) -> anyhow::Result<Emulated> {
     if n == 0 {
         bail!("--agents must be > 0");
     }
@@ -111,8 +150,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         .map(|i| {
             let (ch, token, csr) = (leader_ch.clone(), token.clone(), csr.clone());
             async move {
-                let addr = format!("127.{}.{}.{}:7000", 100 + i / 65536, (i / 256) % 256, i % 256);
-                let req = pb::JoinRequest { token, advertise_addr: addr, name: format!("emu-{i}"), csr };
+                let req = pb::JoinRequest { token, advertise_addr: emulated_addr(i), name: format!("emu-{i}"), csr };
                 ClusterAdminClient::new(ch).join(req).await.map(|r| r.into_inner().node_id)
             }
         })
@@ -125,56 +163,22 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         .context("joining emulated agents")?;
     let join_s = t0.elapsed().as_secs_f64();
     let id_set: Arc<std::collections::BTreeSet<u64>> = Arc::new(ids.iter().copied().collect());
-
-    let start_index = {
-        let leader = a.client([leader_addr.clone()])?;
-        let mut s = leader.events(0, false).await?;
-        while s.next().await.is_some() {}
-        // Resume after whatever exists now: ask for the newest index through Nodes' term… the
-        // simplest exact way is an event replay from 1, bounded by retention.
-        let mut last = 0;
-        let mut s = leader.events(1, false).await?;
-        while let Some(Ok(e)) = s.next().await {
-            last = e.index;
-        }
-        last + 1
-    };
-    let false_transitions = watch_transitions(masters.clone(), start_index, id_set.clone());
-
-    // Connection pool: agent i uses connection i / AGENTS_PER_CONN to each master.
-    let conns = n.div_ceil(AGENTS_PER_CONN);
     let pool: Arc<Mutex<BTreeMap<(String, usize), Channel>>> = Arc::default();
-    let bench_start = Instant::now();
-    let attached_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-    let attaches = Arc::new(AtomicU64::new(0));
+    let tls = a.agent_tls.clone().context("emulated agents need a master's node certificate")?;
     for (i, &id) in ids.iter().enumerate() {
         // Agents come up at 5,000/s, not all in the same millisecond.
         if i % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let slot = i / AGENTS_PER_CONN;
-        let pool = pool.clone();
-        let tls = a.agent_tls.clone().context("emulated agents need a master's node certificate")?;
-        let connect: session::Connect = Arc::new(move |addr: &str| {
-            let mut p = pool.lock().expect("pool");
-            let key = (addr.to_string(), slot);
-            if let Some(c) = p.get(&key) {
-                return Ok(c.clone());
-            }
-            let c = client::channel(addr, &tls)?;
-            p.insert(key, c.clone());
-            Ok(c)
-        });
-        let (at, count) = (attached_at.clone(), attaches.clone());
-        let on_attach = Arc::new(move |_leader: u64| {
-            at[i].store(bench_start.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
-            count.fetch_add(1, Ordering::Relaxed);
-        });
+        let (pool, tls) = (pool.clone(), tls.clone());
+        let connect: session::Connect =
+            Arc::new(move |addr: &str| connect_pooled(&pool, &tls, i / AGENTS_PER_CONN, addr));
+        let on_attach = on_attach.clone();
         let identity = session::Identity {
             node_id: id,
             secret: format!("emulated-agent-{id}-{}", rand::random::<u64>()),
             name: format!("emu-{i}"),
-            addr: format!("127.{}.{}.{}:7000", 100 + i / 65536, (i / 256) % 256, i % 256),
+            addr: emulated_addr(i),
             role: Role::Worker,
             resources: pb::Resources {
                 cpus_milli: 4000,
@@ -184,7 +188,8 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
             },
             labels: [("emulated".to_string(), "true".to_string())].into(),
         };
-        let hooks = session::Hooks { on_attach: Some(on_attach), ..Default::default() };
+        let hooks =
+            session::Hooks { on_attach: Some(Arc::new(move |_leader: u64| on_attach(i))), ..Default::default() };
         let seeds = vec![leader_addr.clone()];
         tokio::spawn(async move {
             if let Err(e) = session::run(identity, seeds, connect, hooks).await {
@@ -192,21 +197,58 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
             }
         });
     }
+    Ok(Emulated { ids, id_set, masters, pool, join_s })
+}
 
-    // Until every emulated agent is active in the registry.
+/// Agent i's advertised address: its own loopback address, so each is its own host.
+fn emulated_addr(i: usize) -> String {
+    format!("127.{}.{}.{}:7000", 100 + i / 65536, (i / 256) % 256, i % 256)
+}
+
+/// Waits until every emulated agent is active in the registry (at most 300 s).
+pub(crate) async fn wait_active(eps: &Client, id_set: &std::collections::BTreeSet<u64>) -> anyhow::Result<()> {
     let t1 = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Ok(r) = eps.nodes().await {
             let active = r.nodes.iter().filter(|x| id_set.contains(&x.node_id) && x.state == "active").count();
-            if active == n {
-                break;
+            if active == id_set.len() {
+                return Ok(());
             }
             if t1.elapsed() > Duration::from_secs(300) {
-                bail!("only {active} of {n} emulated agents became active within 300 s");
+                bail!("only {active} of {} emulated agents became active within 300 s", id_set.len());
             }
         }
     }
+}
+
+pub async fn run(a: Options) -> anyhow::Result<()> {
+    let n = a.agents;
+    let eps = a.client(a.endpoints.clone())?;
+    let bench_start = Instant::now();
+    let attached_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let attaches = Arc::new(AtomicU64::new(0));
+    let (at, count) = (attached_at.clone(), attaches.clone());
+    let on_attach = move |i: usize| {
+        at[i].store(bench_start.elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
+        count.fetch_add(1, Ordering::Relaxed);
+    };
+    let start_index = {
+        // Transitions are counted from the newest registry event on.
+        let leader = a.client(a.endpoints.clone())?;
+        let mut last = 0;
+        let mut s = leader.events(1, false).await?;
+        while let Some(Ok(e)) = s.next().await {
+            last = e.index;
+        }
+        last + 1
+    };
+    let emu = start_agents(&a, n, on_attach).await?;
+    let (join_s, id_set, masters) = (emu.join_s, emu.id_set.clone(), emu.masters.clone());
+    let false_transitions = watch_transitions(masters.clone(), start_index, id_set.clone());
+    let conns = n.div_ceil(AGENTS_PER_CONN);
+    let t1 = Instant::now();
+    wait_active(&eps, &id_set).await?;
     let ramp_s = t1.elapsed().as_secs_f64();
     eprintln!(
         "{n} agents active ({join_s:.1} s to join, {ramp_s:.1} s to register and activate); measuring for {} s",

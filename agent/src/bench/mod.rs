@@ -2,6 +2,8 @@
 //!
 //! - [`etcd`]: `bench put|get`, closed-loop etcd v3 load that drives cluster and etcd alike;
 //! - [`agents`]: `bench agents`, emulated agents running the real session code;
+//! - [`tasks`]: `bench tasks`, placement end to end, on emulated agents that acknowledge
+//!   their tasks;
 //! - [`ipam`]: `bench ipam`, allocation rates, and memory of full pools;
 //! - [`coord`]: `bench watch|leases|expiry`, etcd Watch fan-out, kept-alive leases
 //!   beside puts, and an expiry storm, against cluster and etcd alike.
@@ -10,6 +12,7 @@ pub mod agents;
 pub mod coord;
 pub mod etcd;
 pub mod ipam;
+pub mod tasks;
 
 use crate::output::Format;
 
@@ -19,6 +22,7 @@ pub enum Op {
     Put,
     Get,
     Agents,
+    Tasks,
     Ipam,
     Watch,
     Leases,
@@ -49,6 +53,8 @@ pub struct Options {
     pub serializable: bool,
     pub target: Target,
     pub agents: usize,
+    /// tasks: instances in all.
+    pub tasks: usize,
     pub kill_leader_at_s: Option<f64>,
     pub batch: usize,
     pub fill: bool,
@@ -96,6 +102,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         Op::Put => etcd::run(etcd::KvOp::Put, o).await,
         Op::Get => etcd::run(etcd::KvOp::Get, o).await,
         Op::Agents => agents::run(o).await,
+        Op::Tasks => tasks::run(o).await,
         Op::Ipam => ipam::run(o).await,
         Op::Watch => coord::watch(o).await,
         Op::Leases => coord::leases(o).await,

@@ -15,8 +15,10 @@ use crate::command::{Command, Output};
 use crate::node::CoordNode;
 use crate::services::spec::normalize_id;
 use crate::services::{
-    marathon, Deployment, Service, ServiceCommand, Services, ServicesOutput, Task, TaskState, TaskUpdate,
+    marathon, AgentsTouched, Deployment, Service, ServiceCommand, Services, ServicesOutput, Task, TaskState, TaskUpdate,
 };
+use crate::types::NodeId;
+use std::collections::BTreeMap;
 
 /// An assignment stream sends the whole list at least this often, changed or not.
 const ASSIGNMENT_RESEND: Duration = Duration::from_secs(10);
@@ -25,11 +27,54 @@ const MAX_STATUSES: usize = 10_000;
 
 pub struct ServicesService {
     node: Arc<CoordNode>,
+    hub: Arc<AssignmentHub>,
 }
 
 impl ServicesService {
     pub fn new(node: Arc<CoordNode>) -> Self {
-        ServicesService { node }
+        let hub = Arc::new(AssignmentHub::default());
+        tokio::spawn(hub.clone().run(Arc::downgrade(&node)));
+        ServicesService { node, hub }
+    }
+}
+
+/// Wakes each assignment stream only when its own agent's tasks changed: with thousands
+/// of agents, waking every stream on every applied change would cost agents × changes.
+#[derive(Default)]
+struct AssignmentHub {
+    agents: std::sync::Mutex<BTreeMap<NodeId, tokio::sync::watch::Sender<()>>>,
+}
+
+impl AssignmentHub {
+    fn subscribe(&self, agent: NodeId) -> tokio::sync::watch::Receiver<()> {
+        let mut m = self.agents.lock().expect("hub");
+        m.entry(agent).or_insert_with(|| tokio::sync::watch::channel(()).0).subscribe()
+    }
+
+    async fn run(self: Arc<Self>, node: std::sync::Weak<CoordNode>) {
+        let Some(mut changes) = node.upgrade().map(|n| n.services_events.subscribe()) else { return };
+        let mut mark = (u64::MAX, 0);
+        loop {
+            if changes.changed().await.is_err() {
+                return;
+            }
+            let Some(n) = node.upgrade() else { return };
+            let (touched, next) = n.view(|v| (v.services().touched_since(mark), v.services().touched_mark()));
+            mark = next;
+            let mut m = self.agents.lock().expect("hub");
+            // Streams that ended leave their sender without receivers.
+            m.retain(|_, tx| tx.receiver_count() > 0);
+            match touched {
+                AgentsTouched::All => m.values().for_each(|tx| tx.send_replace(())),
+                AgentsTouched::Agents(list) => {
+                    for a in list {
+                        if let Some(tx) = m.get(&a) {
+                            tx.send_replace(());
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -320,7 +365,7 @@ impl pb::services_server::Services for ServicesService {
         authz::acts_as(authz::caller(&req), req.get_ref().node_id)?;
         let agent = req.get_ref().node_id;
         let node = self.node.clone();
-        let mut changes = node.services_events.subscribe();
+        let mut changes = self.hub.subscribe(agent);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut last: Option<Vec<pb::AssignedTask>> = None;

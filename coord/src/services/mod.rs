@@ -326,6 +326,31 @@ pub struct Services {
     by_agent: BTreeMap<NodeId, BTreeSet<TaskId>>,
     by_service: BTreeMap<String, BTreeSet<TaskId>>,
     dirty: Dirty,
+    /// In memory only, never applied from nor snapshotted: which agents' tasks changed,
+    /// so that each assignment stream wakes for its own agent only.
+    touched: Touched,
+}
+
+/// Agent → the step (a count of `take_changes` calls that changed some task) at which its
+/// tasks last changed. `epoch` tells this instance from one loaded later.
+#[derive(Debug, Default)]
+struct Touched {
+    epoch: u64,
+    step: u64,
+    agents: BTreeMap<NodeId, u64>,
+}
+
+/// Tells apart the Services instances one process loads (each restart or snapshot
+/// install makes a new one).
+static LOAD_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// What changed for assignment streams since a [`Services::touched_since`] mark.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AgentsTouched {
+    /// These agents' tasks changed.
+    Agents(Vec<NodeId>),
+    /// Another instance (reloaded): any agent may have changed.
+    All,
 }
 
 pub mod keys {
@@ -958,6 +983,13 @@ impl Services {
     /// write, `(key, None)` to delete.
     pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let d = std::mem::take(&mut self.dirty);
+        let agents: BTreeSet<NodeId> = d.tasks.iter().filter_map(|id| self.tasks.get(id)).map(|t| t.agent).collect();
+        if !agents.is_empty() {
+            self.touched.step += 1;
+            for a in agents {
+                self.touched.agents.insert(a, self.touched.step);
+            }
+        }
         let mut out = Vec::new();
         if d.meta {
             out.push((keys::META.to_vec(), Some(enc(&self.meta))));
@@ -988,9 +1020,23 @@ impl Services {
     }
 
     /// Rebuilds the area from its records (any order).
+    /// The mark to pass to [`Services::touched_since`] next: (epoch, step).
+    pub fn touched_mark(&self) -> (u64, u64) {
+        (self.touched.epoch, self.touched.step)
+    }
+
+    /// The agents whose tasks changed after `mark` was taken.
+    pub fn touched_since(&self, mark: (u64, u64)) -> AgentsTouched {
+        if mark.0 != self.touched.epoch {
+            return AgentsTouched::All;
+        }
+        AgentsTouched::Agents(self.touched.agents.iter().filter(|(_, s)| **s > mark.1).map(|(a, _)| *a).collect())
+    }
+
     pub fn load<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> std::io::Result<Services> {
         use crate::codec::decode;
         let mut s = Services::default();
+        s.touched.epoch = LOAD_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for (k, v) in records {
             if k == keys::META {
                 s.meta = decode(v)?;

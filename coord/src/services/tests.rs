@@ -246,3 +246,20 @@ fn ended_tasks_and_versions_are_bounded() {
     assert!(kept.contains(&1), "version 1 stays while a task runs it: {kept:?}");
     w.check_persistence();
 }
+
+#[test]
+fn touched_names_only_the_agents_whose_tasks_changed_and_a_reload_names_all() {
+    let mut w = World::new();
+    w.apply(ServiceCommand::Put { spec: Box::new(web(2)), create: true, force: false }).unwrap();
+    w.launch("/web", 1, 1, 1);
+    w.launch("/web", 1, 2, 1);
+    let mark = w.s.touched_mark();
+    assert_eq!(w.s.touched_since(mark), AgentsTouched::Agents(vec![]));
+    w.report("web.2", 2, TaskState::Running, None);
+    assert_eq!(w.s.touched_since(mark), AgentsTouched::Agents(vec![2]));
+    let mark = w.s.touched_mark();
+    w.apply(ServiceCommand::Kill { tasks: vec![("web.1".into(), "scale down".into())] }).unwrap();
+    assert_eq!(w.s.touched_since(mark), AgentsTouched::Agents(vec![1]));
+    let loaded = Services::load(w.s.records().iter().map(|(k, v)| (&k[..], &v[..]))).unwrap();
+    assert_eq!(loaded.touched_since(w.s.touched_mark()), AgentsTouched::All);
+}

@@ -848,9 +848,12 @@ pub struct BenchArgs {
     /// over all endpoints.
     #[arg(long, value_enum, default_value_t = BenchTarget::Leader)]
     pub target: BenchTarget,
-    /// agents: how many emulated agents.
+    /// agents, tasks: how many emulated agents.
     #[arg(long, default_value_t = 1_000)]
     pub agents: usize,
+    /// tasks: instances in all, in services of 1 to 1,000.
+    #[arg(long, default_value_t = 100_000)]
+    pub tasks: usize,
     /// agents: kill -9 the leader (it must run on this machine) this many seconds into
     /// the measured run.
     #[arg(long)]
@@ -910,14 +913,14 @@ impl BenchArgs {
         // certificate: they present the master's node certificate (a master may act for
         // any node). Real agents present their own.
         let agent_tls = match (self.op, &self.creds.data_dir) {
-            (BenchOp::Agents, Some(dir)) => Some(
+            (BenchOp::Agents | BenchOp::Tasks, Some(dir)) => Some(
                 daemon::node_credential(dir)
                     .load()
                     .with_context(|| format!("loading the node credential of {}", dir.display()))?
                     .client()?,
             ),
-            (BenchOp::Agents, None) => bail!(
-                "bench agents needs --data-dir (or CLUSTER_DATA_DIR) of a master on this machine: the emulated \
+            (BenchOp::Agents | BenchOp::Tasks, None) => bail!(
+                "bench agents and bench tasks need --data-dir (or CLUSTER_DATA_DIR) of a master on this machine: the emulated \
                  agents share connections and present that master's node certificate"
             ),
             _ => None,
@@ -927,6 +930,7 @@ impl BenchArgs {
                 BenchOp::Put => bench::Op::Put,
                 BenchOp::Get => bench::Op::Get,
                 BenchOp::Agents => bench::Op::Agents,
+                BenchOp::Tasks => bench::Op::Tasks,
                 BenchOp::Ipam => bench::Op::Ipam,
                 BenchOp::Watch => bench::Op::Watch,
                 BenchOp::Leases => bench::Op::Leases,
@@ -944,6 +948,7 @@ impl BenchArgs {
                 BenchTarget::All => bench::Target::All,
             },
             agents: self.agents,
+            tasks: self.tasks,
             kill_leader_at_s: self.kill_leader_at,
             batch: self.batch,
             fill: self.fill,
@@ -965,6 +970,9 @@ pub enum BenchOp {
     Get,
     /// Emulated agents: each registers and heartbeats over the real gRPC protocol.
     Agents,
+    /// Placement end to end: --agents emulated agents that acknowledge their tasks, then
+    /// services of --tasks instances in all; placements/s, time until all run, leader CPU.
+    Tasks,
     /// IP allocations: single and batched rates and latency, then memory of full pools.
     Ipam,
     /// Watch fan-out: --watchers watchers of one prefix, --rate puts/s into it; events/s

@@ -121,6 +121,28 @@ impl Client {
         self.call(|ch| async move { self.services(ch).watch_assignments(req).await }).await.map(|r| r.into_inner())
     }
 
+    /// A task's stdout (or stderr) from its agent's sandbox, relayed by the masters;
+    /// `tail_bytes` 0 is the whole file; with `follow`, until the task ends.
+    pub async fn task_logs(
+        &self,
+        task_id: &str,
+        follow: bool,
+        stderr: bool,
+        tail_bytes: u64,
+    ) -> Result<tonic::Streaming<pb::TaskLogChunk>, ClientError> {
+        let req = pb::TaskLogsRequest { task_id: task_id.to_string(), follow, stderr, tail_bytes, local_only: false };
+        // A followed log lives as long as the task: no request deadline.
+        let settings = crate::conn::Settings { request_timeout: None, ..self.settings().clone() };
+        let c = Client::with_settings(self.endpoints().to_vec(), self.tls().clone(), settings);
+        c.call(|ch| {
+            let req = req.clone();
+            let mut s = ServicesClient::new(ch).max_decoding_message_size(c.settings().max_response_bytes);
+            async move { s.task_logs(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
     /// Reports task statuses; answered once committed. Idempotent.
     pub async fn report_tasks(&self, node_id: u64, statuses: Vec<pb::TaskStatus>) -> Result<u32, ClientError> {
         let req = pb::ReportTasksRequest { node_id, statuses };

@@ -19,6 +19,7 @@
 
 pub mod cgroup;
 mod health;
+mod logs;
 pub mod sandbox;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,6 +133,7 @@ pub async fn run(cfg: RunnerConfig) {
     r.recover();
     tokio::spawn(report_loop(client_source(&r.cfg), r.cfg.node_id, r.pending.clone(), r.report_now.clone()));
     tokio::spawn(watch_loop(client_source(&r.cfg), r.cfg.node_id, tx.clone()));
+    tokio::spawn(logs::serve_loop(r.cfg.masters.clone(), r.cfg.tls.clone(), r.cfg.node_id, r.cfg.data_dir.clone()));
     let fwd = tx.clone();
     tokio::spawn(async move {
         while let Some(v) = health_rx.recv().await {

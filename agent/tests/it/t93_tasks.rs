@@ -137,6 +137,21 @@ async fn services_survive_leader_and_agent_failures_roll_and_respect_memory_limi
     for t in &t {
         assert!(serves(t.ports[0]).await, "{} does not serve on its PORT0 {}", t.id, t.ports[0]);
     }
+    // Each task's logs, from its agent's sandbox through the masters: what it printed
+    // at start (stdout) and the health checks it answered (http.server logs to stderr).
+    for t in &t {
+        let o = cli(&["task", "logs", &t.id, "--endpoints", &ep]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains(&format!("task {} at {} serving on {}", t.id, t.ip, t.ports[0])), "{}: {out:?}", t.id);
+        let o = cli(&["task", "logs", &t.id, "--stderr", "--endpoints", &ep]);
+        let err = String::from_utf8_lossy(&o.stdout);
+        assert!(err.contains("GET / HTTP/1.1"), "{}: {err:?}", t.id);
+        let o = cli(&["task", "logs", &t.id, "--stderr", "--tail-bytes", "300", "--endpoints", &ep]);
+        assert!(!o.stdout.is_empty() && o.stdout.len() <= 300, "{}: {} bytes", t.id, o.stdout.len());
+    }
+    let o = cli(&["task", "logs", "web.99999", "--endpoints", &ep]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not found"));
 
     // Two leader kills: zero restarts, nothing changes but leadership.
     let before = fingerprint(&t, &pids(&c, &workers));

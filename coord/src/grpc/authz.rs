@@ -92,6 +92,9 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     ("/cluster.v1.Services/CancelDeployment", Allow::Admins),
     ("/cluster.v1.Services/WatchAssignments", Allow::Nodes),
     ("/cluster.v1.Services/ReportTasks", Allow::Nodes),
+    // Logs may hold secrets: admins, and masters relaying for one.
+    ("/cluster.v1.Services/TaskLogs", Allow::Admins),
+    ("/cluster.v1.Services/AgentLogs", Allow::Nodes),
     ("/etcdserverpb.KV/Range", Allow::Readers),
     ("/etcdserverpb.KV/Put", Allow::Admins),
     ("/etcdserverpb.KV/DeleteRange", Allow::Admins),
@@ -347,6 +350,8 @@ mod tests {
         ("/cluster.v1.Services/CancelDeployment", "M A"),
         ("/cluster.v1.Services/WatchAssignments", "M W"),
         ("/cluster.v1.Services/ReportTasks", "M W"),
+        ("/cluster.v1.Services/TaskLogs", "M A"),
+        ("/cluster.v1.Services/AgentLogs", "M W"),
         ("/etcdserverpb.KV/Range", "M A R"),
         ("/etcdserverpb.KV/Put", "M A"),
         ("/etcdserverpb.KV/DeleteRange", "M A"),

@@ -14,6 +14,7 @@ mod etcd;
 pub mod ipam;
 mod lease;
 mod lock;
+mod logs;
 pub(crate) mod quota;
 mod raft_service;
 pub mod registry;

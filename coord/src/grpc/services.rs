@@ -28,13 +28,14 @@ const MAX_STATUSES: usize = 10_000;
 pub struct ServicesService {
     node: Arc<CoordNode>,
     hub: Arc<AssignmentHub>,
+    logs: Arc<super::logs::LogRelay>,
 }
 
 impl ServicesService {
     pub fn new(node: Arc<CoordNode>) -> Self {
         let hub = Arc::new(AssignmentHub::default());
         tokio::spawn(hub.clone().run(Arc::downgrade(&node)));
-        ServicesService { node, hub }
+        ServicesService { node, hub, logs: Arc::default() }
     }
 }
 
@@ -356,6 +357,67 @@ impl pb::services_server::Services for ServicesService {
     }
 
     type WatchAssignmentsStream = BoxStream<pb::Assignments>;
+    type TaskLogsStream = BoxStream<pb::TaskLogChunk>;
+    type AgentLogsStream = BoxStream<pb::AgentLogAsk>;
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id, task = %req.get_ref().task_id))]
+    async fn task_logs(&self, req: Request<pb::TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let r = req.into_inner();
+        let agent = self.node.view(|v| v.services().task(&r.task_id).map(|t| t.agent));
+        let agent = agent.ok_or_else(|| Status::not_found(format!("task {:?} not found", r.task_id)))?;
+        if let Some(rx) = self.logs.ask(agent, &r).await {
+            return Ok(Response::new(channel_stream(rx)));
+        }
+        if r.local_only {
+            return Err(Status::not_found(format!("agent {agent} has no log channel to this master")));
+        }
+        // Another master may hold the agent's channel.
+        let peers: Vec<String> = {
+            let m = self.node.metrics();
+            let me = self.node.id;
+            m.membership_config.membership().nodes().filter(|(id, _)| **id != me).map(|(_, n)| n.addr.clone()).collect()
+        };
+        let ask = pb::TaskLogsRequest { local_only: true, ..r.clone() };
+        for addr in peers {
+            let Ok(ch) = self.node.channel(&addr) else { continue };
+            let mut peer = client(ch);
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), peer.task_logs(ask.clone())).await {
+                let s = s.into_inner();
+                return Ok(Response::new(Box::pin(s)));
+            }
+        }
+        Err(Status::unavailable(format!(
+            "agent {agent} (running {}) has no log channel to any master: is its agent process running?",
+            r.task_id
+        )))
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn agent_logs(
+        &self,
+        req: Request<tonic::Streaming<pb::AgentLogReply>>,
+    ) -> Result<Response<Self::AgentLogsStream>, Status> {
+        let who = authz::caller(&req).cloned();
+        let mut replies = req.into_inner();
+        let hello = replies
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the first message must name the agent"))?;
+        authz::acts_as(who.as_ref(), hello.node_id)?;
+        let agent = hello.node_id;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentLogAsk>(64);
+        let id = self.logs.attach(agent, tx);
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = replies.message().await {
+                logs.deliver(agent, r).await;
+            }
+            logs.detach(agent, id);
+            logs.fail_channel(agent, id, &format!("agent {agent}'s log channel closed"));
+        });
+        let out = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|a| (Ok(a), rx)) });
+        Ok(Response::new(Box::pin(out)))
+    }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id, agent = req.get_ref().node_id))]
     async fn watch_assignments(

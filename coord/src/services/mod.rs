@@ -731,6 +731,9 @@ impl Services {
             return Err(ServicesError::Invalid(format!("at most {MAX_BATCH} tasks per entry")));
         }
         let mut out = Vec::with_capacity(tasks.len());
+        // Live tasks per service, counted once per entry and then kept up to date: an
+        // entry of 5,000 launches of one service must not count its tasks 5,000 times.
+        let mut live_of: BTreeMap<String, usize> = BTreeMap::new();
         for lt in tasks {
             let Some(svc) = self.services.get(&lt.service) else {
                 out.push(Err(format!("service {:?} not found", lt.service)));
@@ -748,7 +751,14 @@ impl Services {
             // made, proposed again, must not take the service over its ceiling.
             let ceiling =
                 svc.instances as usize + svc.instances as usize * spec.upgrade.max_over_permille as usize / 1000;
-            let live = self.active_tasks_of(&lt.service).filter(|t| t.state != TaskState::Killing).count();
+            let live = match live_of.get(&lt.service) {
+                Some(n) => *n,
+                None => {
+                    let n = self.active_tasks_of(&lt.service).filter(|t| t.state != TaskState::Killing).count();
+                    live_of.insert(lt.service.clone(), n);
+                    n
+                }
+            };
             if live >= ceiling.max(svc.instances as usize) {
                 out.push(Err(format!("service {:?} already runs {live} tasks, its ceiling", lt.service)));
                 continue;
@@ -800,6 +810,7 @@ impl Services {
             self.by_service.entry(lt.service.clone()).or_default().insert(id.clone());
             self.tasks.insert(id.clone(), task);
             self.dirty.tasks.insert(id.clone());
+            *live_of.entry(lt.service.clone()).or_default() += 1;
             out.push(Ok((id, ip)));
         }
         Ok(ServicesOutput::Launched(out))

@@ -263,3 +263,22 @@ fn touched_names_only_the_agents_whose_tasks_changed_and_a_reload_names_all() {
     let loaded = Services::load(w.s.records().iter().map(|(k, v)| (&k[..], &v[..]))).unwrap();
     assert_eq!(loaded.touched_since(w.s.touched_mark()), AgentsTouched::All);
 }
+
+#[test]
+fn launches_stop_at_the_ceiling_within_one_entry_and_across_entries() {
+    let mut w = World::new();
+    let mut spec = web(2);
+    spec.network = None;
+    spec.upgrade.max_over_permille = 500;
+    w.apply(ServiceCommand::Put { spec: Box::new(spec), create: true, force: false }).unwrap();
+    // Ceiling: 2 + 2 × 0.5 = 3.
+    let r = w.launch("/web", 1, 1, 5);
+    assert_eq!(r.iter().filter(|x| x.is_ok()).count(), 3, "{r:?}");
+    assert!(r[3].as_ref().unwrap_err().contains("ceiling"), "{r:?}");
+    let again = w.launch("/web", 1, 1, 1);
+    assert!(again[0].is_err(), "{again:?}");
+    // A task being killed does not count.
+    w.apply(ServiceCommand::Kill { tasks: vec![("web.1".into(), "scale down".into())] }).unwrap();
+    assert!(w.launch("/web", 1, 1, 1)[0].is_ok());
+    w.check_persistence();
+}

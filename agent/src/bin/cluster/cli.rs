@@ -653,6 +653,21 @@ pub enum TaskOp {
     },
     /// One task in full.
     Inspect { id: String },
+    /// A task's stdout (or --stderr) from its sandbox on its agent, relayed by the
+    /// masters. Works for ended tasks too while their logs are kept (the newest 50 per
+    /// agent).
+    Logs {
+        id: String,
+        /// Keep printing what the task writes, until it ends (or Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
+        /// stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Start this many bytes before the end of the log (0: the whole log).
+        #[arg(long, default_value_t = 0)]
+        tail_bytes: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1104,6 +1119,9 @@ impl TaskOp {
         match self {
             TaskOp::Ls { service, all } => services::tasks(c, f, service.as_deref(), all).await,
             TaskOp::Inspect { id } => services::task_inspect(c, f, &id).await,
+            TaskOp::Logs { id, follow, stderr, tail_bytes } => {
+                services::task_logs(c, &id, follow, stderr, tail_bytes).await
+            }
         }
     }
 }

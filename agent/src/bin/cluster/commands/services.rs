@@ -214,6 +214,18 @@ pub async fn task_inspect(c: &Client, f: Format, id: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Copies the log's bytes to stdout as they arrive.
+pub async fn task_logs(c: &Client, id: &str, follow: bool, stderr: bool, tail_bytes: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut s = c.task_logs(id, follow, stderr, tail_bytes).await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = s.message().await.map_err(client::ClientError::from)? {
+        out.write_all(&chunk.data)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 pub async fn deployments(c: &Client, f: Format) -> anyhow::Result<()> {
     let deps = c.list_deployments().await?;
     if f == Format::Json {

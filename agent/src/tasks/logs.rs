@@ -16,6 +16,8 @@ use super::sandbox;
 
 const CHUNK_BYTES: usize = 64 << 10;
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// Masters send an empty ask every 30 s; this long without one, the master is gone.
+const MASTER_SILENCE: Duration = Duration::from_secs(90);
 
 /// Keeps a log channel open to some master, for as long as the agent runs.
 pub(super) async fn serve_loop(masters: Arc<Mutex<Vec<String>>>, tls: pki::ClientTls, node_id: u64, dir: PathBuf) {
@@ -44,8 +46,20 @@ async fn serve_one(addr: &str, tls: &pki::ClientTls, node_id: u64, dir: &Path) -
     let mut asks =
         ServicesClient::new(ch).agent_logs(outbound).await.map_err(|e| e.message().to_string())?.into_inner();
     let mut running: std::collections::BTreeMap<u64, tokio::task::AbortHandle> = Default::default();
-    while let Some(ask) = asks.message().await.map_err(|e| e.message().to_string())? {
+    loop {
+        let next = tokio::time::timeout(MASTER_SILENCE, asks.message()).await;
+        let ask = match next {
+            Err(_) => break,
+            Ok(r) => match r.map_err(|e| e.message().to_string())? {
+                Some(a) => a,
+                None => break,
+            },
+        };
         running.retain(|_, h| !h.is_finished());
+        if ask.request == 0 {
+            // The master's keepalive.
+            continue;
+        }
         if ask.cancel {
             if let Some(h) = running.remove(&ask.request) {
                 h.abort();
@@ -82,7 +96,8 @@ async fn stream_file(ask: pb::AgentLogAsk, node_id: u64, data_dir: PathBuf, out:
     }
     let task_dir = sandbox::dir(&data_dir, &ask.task_id);
     let path = task_dir.join(if ask.stderr { "stderr" } else { "stdout" });
-    let mut f = match tokio::fs::File::open(&path).await {
+    // A task may replace its log with a symlink: never follow one.
+    let mut f = match tokio::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).await {
         Ok(f) => f,
         Err(e) => {
             let why = format!("task {} has no {} on this agent: {e}", ask.task_id, path.display());
@@ -181,5 +196,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         stream_file(pb::AgentLogAsk { task_id: "../etc".into(), ..Default::default() }, 3, d.path().into(), tx).await;
         assert!(rx.recv().await.unwrap().error.contains("not a task id"));
+        // A log replaced by a symlink is not followed out of the sandbox.
+        let t2 = sandbox::dir(d.path(), "web.2");
+        std::fs::create_dir_all(&t2).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", t2.join("stdout")).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        stream_file(pb::AgentLogAsk { task_id: "web.2".into(), ..Default::default() }, 3, d.path().into(), tx).await;
+        let r = rx.recv().await.unwrap();
+        assert!(r.end && r.data.is_empty() && !r.error.is_empty(), "{r:?}");
     }
 }

@@ -3,8 +3,10 @@
 //! the task's agent, directly or through the master it called (which asks its peers).
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use proto::clusterpb as pb;
 use tokio::sync::mpsc;
@@ -40,9 +42,10 @@ impl LogRelay {
         }
     }
 
-    /// Routes an agent's reply to the caller waiting for it; a caller that went away
-    /// gets the agent told to stop.
-    pub(crate) async fn deliver(&self, node: NodeId, r: pb::AgentLogReply) {
+    /// Routes an agent's reply to the caller waiting for it. A caller that reads too
+    /// slowly (its queue is full) or went away is cut off, and the agent told to stop:
+    /// one slow reader must not hold up the agent's other logs.
+    pub(crate) fn deliver(&self, node: NodeId, r: pb::AgentLogReply) {
         let tx = self
             .pending
             .lock()
@@ -51,39 +54,40 @@ impl LogRelay {
             .filter(|(n, _, _)| *n == node)
             .map(|(_, _, tx)| tx.clone());
         let Some(tx) = tx else { return };
-        let sent = if !r.error.is_empty() {
-            tx.send(Err(Status::not_found(r.error))).await.is_ok()
+        let item = if !r.error.is_empty() {
+            Some(Err(Status::not_found(r.error)))
         } else if !r.data.is_empty() {
-            tx.send(Ok(pb::TaskLogChunk { data: r.data })).await.is_ok()
+            Some(Ok(pb::TaskLogChunk { data: r.data }))
         } else {
-            true
+            None
         };
-        if r.end || !sent {
+        let sent = item.is_none_or(|i| tx.try_send(i).is_ok());
+        if r.end {
             self.pending.lock().expect("relay").remove(&r.request);
-        }
-        if !sent && !r.end {
-            self.cancel(node, r.request).await;
+        } else if !sent {
+            self.forget(r.request);
         }
     }
 
-    async fn cancel(&self, node: NodeId, request: u64) {
-        let agent = self.agents.lock().expect("relay").get(&node).map(|(_, tx)| tx.clone());
+    /// Drops a request still in flight and tells its agent to stop.
+    fn forget(&self, request: u64) {
+        let Some((node, reg, _)) = self.pending.lock().expect("relay").remove(&request) else { return };
+        let agent = self.agents.lock().expect("relay").get(&node).filter(|(r, _)| *r == reg).map(|(_, tx)| tx.clone());
         if let Some(tx) = agent {
-            let _ = tx.send(pb::AgentLogAsk { request, cancel: true, ..Default::default() }).await;
+            let _ = tx.try_send(pb::AgentLogAsk { request, cancel: true, ..Default::default() });
         }
     }
 
-    /// Asks agent `node` for a log, if its channel is held here; the chunks arrive on
-    /// the returned receiver.
-    pub(crate) async fn ask(
-        &self,
-        node: NodeId,
-        r: &pb::TaskLogsRequest,
-    ) -> Option<mpsc::Receiver<Result<pb::TaskLogChunk, Status>>> {
+    /// Asks agent `node` for a log, if its channel is held here. The stream ends the
+    /// request when it is dropped (the caller went away).
+    pub(crate) async fn ask(self: &Arc<Self>, node: NodeId, r: &pb::TaskLogsRequest) -> Option<LogStream> {
         let (reg, agent) = self.agents.lock().expect("relay").get(&node).cloned()?;
         let request = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(64);
         self.pending.lock().expect("relay").insert(request, (node, reg, tx));
+        let stream = LogStream { rx, relay: self.clone(), request };
+        // The channel may have closed (and its asks failed) since it was looked up.
+        let current = self.agents.lock().expect("relay").get(&node).is_some_and(|(r, _)| *r == reg);
         let ask = pb::AgentLogAsk {
             request,
             task_id: r.task_id.clone(),
@@ -92,11 +96,10 @@ impl LogRelay {
             tail_bytes: r.tail_bytes,
             cancel: false,
         };
-        if agent.send(ask).await.is_err() {
-            self.pending.lock().expect("relay").remove(&request);
+        if !current || agent.send(ask).await.is_err() {
             return None;
         }
-        Some(rx)
+        Some(stream)
     }
 
     /// Ends the asks in flight on agent `node`'s channel `reg`, which closed.
@@ -108,5 +111,72 @@ impl LogRelay {
                 let _ = tx.try_send(Err(Status::unavailable(why.to_string())));
             }
         }
+    }
+}
+
+/// The chunks of one `TaskLogs` request; dropping it ends the request.
+pub(crate) struct LogStream {
+    rx: mpsc::Receiver<Result<pb::TaskLogChunk, Status>>,
+    relay: Arc<LogRelay>,
+    request: u64,
+}
+
+impl futures::Stream for LogStream {
+    type Item = Result<pb::TaskLogChunk, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for LogStream {
+    fn drop(&mut self) {
+        self.relay.forget(self.request);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn reply(node: NodeId, request: u64, data: &[u8]) -> pb::AgentLogReply {
+        pb::AgentLogReply { node_id: node, request, data: data.to_vec(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn callers_that_leave_or_lag_end_their_request_and_only_the_asked_agent_answers() {
+        let relay = Arc::new(LogRelay::default());
+        let (tx, mut asks) = mpsc::channel(64);
+        let reg = relay.attach(5, tx);
+        let req = pb::TaskLogsRequest { task_id: "web.1".into(), follow: true, ..Default::default() };
+        let mut s = relay.ask(5, &req).await.unwrap();
+        let a = asks.recv().await.unwrap();
+        assert_eq!((a.task_id.as_str(), a.follow), ("web.1", true));
+        // Another agent's reply to it is ignored; its own arrives.
+        relay.deliver(6, reply(6, a.request, b"not yours"));
+        relay.deliver(5, reply(5, a.request, b"hello"));
+        assert_eq!(s.next().await.unwrap().unwrap().data, b"hello");
+        // The caller goes away: the request is forgotten and the agent told.
+        drop(s);
+        let c = asks.recv().await.unwrap();
+        assert!(c.cancel && c.request == a.request, "{c:?}");
+        assert!(relay.pending.lock().unwrap().is_empty());
+        // A caller that does not read is cut off once its queue is full.
+        let s = relay.ask(5, &req).await.unwrap();
+        let a = asks.recv().await.unwrap();
+        for _ in 0..65 {
+            relay.deliver(5, reply(5, a.request, b"x"));
+        }
+        let c = asks.recv().await.unwrap();
+        assert!(c.cancel && c.request == a.request, "{c:?}");
+        assert!(relay.pending.lock().unwrap().is_empty());
+        drop(s);
+        // A channel that closes fails what is in flight on it, and is asked no more.
+        let mut s = relay.ask(5, &req).await.unwrap();
+        relay.detach(5, reg);
+        relay.fail_channel(5, reg, "gone");
+        assert!(s.next().await.unwrap().is_err());
+        assert!(relay.ask(5, &req).await.is_none());
     }
 }

@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 
 /// An assignment stream sends the whole list at least this often, changed or not.
 const ASSIGNMENT_RESEND: Duration = Duration::from_secs(10);
+/// How often a master tells an agent's idle log channel that it is still there.
+const LOG_CHANNEL_BEAT: Duration = Duration::from_secs(30);
 /// Status updates one report may carry.
 const MAX_STATUSES: usize = 10_000;
 
@@ -34,7 +36,9 @@ pub struct ServicesService {
 impl ServicesService {
     pub fn new(node: Arc<CoordNode>) -> Self {
         let hub = Arc::new(AssignmentHub::default());
-        tokio::spawn(hub.clone().run(Arc::downgrade(&node)));
+        // Subscribed here, not in the task: no change may slip by before it starts.
+        let changes = node.services_events.subscribe();
+        tokio::spawn(hub.clone().run(Arc::downgrade(&node), changes));
         ServicesService { node, hub, logs: Arc::default() }
     }
 }
@@ -52,8 +56,7 @@ impl AssignmentHub {
         m.entry(agent).or_insert_with(|| tokio::sync::watch::channel(()).0).subscribe()
     }
 
-    async fn run(self: Arc<Self>, node: std::sync::Weak<CoordNode>) {
-        let Some(mut changes) = node.upgrade().map(|n| n.services_events.subscribe()) else { return };
+    async fn run(self: Arc<Self>, node: std::sync::Weak<CoordNode>, mut changes: tokio::sync::watch::Receiver<u64>) {
         let mut mark = (u64::MAX, 0);
         loop {
             if changes.changed().await.is_err() {
@@ -365,8 +368,8 @@ impl pb::services_server::Services for ServicesService {
         let r = req.into_inner();
         let agent = self.node.view(|v| v.services().task(&r.task_id).map(|t| t.agent));
         let agent = agent.ok_or_else(|| Status::not_found(format!("task {:?} not found", r.task_id)))?;
-        if let Some(rx) = self.logs.ask(agent, &r).await {
-            return Ok(Response::new(channel_stream(rx)));
+        if let Some(s) = self.logs.ask(agent, &r).await {
+            return Ok(Response::new(Box::pin(s)));
         }
         if r.local_only {
             return Err(Status::not_found(format!("agent {agent} has no log channel to this master")));
@@ -406,11 +409,23 @@ impl pb::services_server::Services for ServicesService {
         authz::acts_as(who.as_ref(), hello.node_id)?;
         let agent = hello.node_id;
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentLogAsk>(64);
+        // An empty ask (request 0) every 30 s: an idle agent learns that this master is
+        // still there, and moves on when it hears nothing.
+        let beat = tx.downgrade();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOG_CHANNEL_BEAT).await;
+                let Some(tx) = beat.upgrade() else { return };
+                if tx.send(pb::AgentLogAsk::default()).await.is_err() {
+                    return;
+                }
+            }
+        });
         let id = self.logs.attach(agent, tx);
         let logs = self.logs.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = replies.message().await {
-                logs.deliver(agent, r).await;
+                logs.deliver(agent, r);
             }
             logs.detach(agent, id);
             logs.fail_channel(agent, id, &format!("agent {agent}'s log channel closed"));

@@ -117,6 +117,11 @@ fn alive(pid: i32, ticks: u64) -> bool {
     state != "Z" && state != "X" && f.nth(18).and_then(|t| t.parse::<u64>().ok()) == Some(ticks)
 }
 
+/// A listed task as the checker reads it.
+pub fn row(t: proto::clusterpb::TaskInfo) -> TaskRow {
+    TaskRow { id: t.id, service: t.service, agent: t.agent, ip: t.ip, state: t.state }
+}
+
 /// One observation: the leader's view after a read barrier, and the nodes' processes.
 pub async fn observe(c: &Cluster, leader_ip: &str) -> Result<Final> {
     let m = master(leader_ip);
@@ -135,10 +140,7 @@ pub async fn observe(c: &Cluster, leader_ip: &str) -> Result<Final> {
             .filter(|s| SERVICES.contains(&s.id.as_str()))
             .map(|s| (s.id.clone(), s.instances))
             .collect(),
-        tasks: tasks
-            .into_iter()
-            .map(|t| TaskRow { id: t.id, service: t.service, agent: t.agent, ip: t.ip, state: t.state })
-            .collect(),
+        tasks: tasks.into_iter().map(row).collect(),
         processes: processes(c, &ids),
         ipam: net.allocations.into_iter().map(|a| (a.owner, a.address)).collect(),
         converged_after_ms: None,

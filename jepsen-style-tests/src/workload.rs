@@ -357,9 +357,9 @@ impl Client {
                 Err(e) => write_error(value.clone(), e),
             },
             "tasks" => match m.list_tasks("", 0, false).await {
-                Ok(ts) => {
-                    ok(Value::Array(ts.into_iter().map(|t| json!([t.id, t.service, t.agent, t.ip, t.state])).collect()))
-                }
+                Ok(ts) => ok(Value::Array(
+                    ts.into_iter().map(|t| crate::checker::tasks::row_json(&crate::tasks::row(t))).collect(),
+                )),
                 Err(e) => read_error(e),
             },
             "nodes" => match m.nodes().await {

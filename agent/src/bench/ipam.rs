@@ -22,7 +22,8 @@ use tonic::transport::Channel;
 use super::{percentile as pct, Options};
 use crate::output::Format;
 
-fn rss_mb(pid: u32) -> Option<f64> {
+/// Resident memory of `pid` in MiB.
+pub(crate) fn rss_mb(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::agents::{cpu_seconds, start_agents, wait_active};
+use super::ipam::rss_mb;
 use super::Options;
 use crate::output::Format;
 
@@ -89,13 +90,6 @@ async fn acker(node_id: u64, ch: Channel, acked: Arc<AtomicU64>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Resident memory of `pid` in MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 pub async fn run(a: Options) -> anyhow::Result<()> {
@@ -178,7 +172,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         "placements_per_second_from_create": total as f64 / placed_s,
         "all_running_seconds": running_s,
         "leader_cpu_percent": cpu.map(|c| (c * 1000.0).round() / 10.0),
-        "leader_rss_mib": rss_mib(st.pid),
+        "leader_rss_mib": rss_mb(st.pid),
         "acknowledged": acked.load(Ordering::Relaxed),
     });
     if a.output == Format::Json {

@@ -357,6 +357,12 @@ impl CoordNode {
 
     /// Reads this node's applied state as is (serializable): `f` runs under the state
     /// lock, so keep it short and never await in it.
+    /// Like [`view`](Self::view), for a long read (a scheduler pass): the worker it runs
+    /// on is handed over, so the runtime's other tasks go on meanwhile.
+    pub fn view_long<T>(&self, f: impl FnOnce(&ReadView<'_>) -> T) -> T {
+        blocking(|| self.view(f))
+    }
+
     pub fn view<T>(&self, f: impl FnOnce(&ReadView<'_>) -> T) -> T {
         let st = self.state.read().expect("sm lock");
         f(&ReadView::new(&st, &self.db))
@@ -641,5 +647,15 @@ impl CoordNode {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Runs `f`, which blocks (holds the state lock, writes RocksDB) for long enough that the
+/// runtime should move its other tasks to another worker meanwhile. On a current-thread
+/// runtime (tests) it just runs `f`.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

@@ -37,7 +37,7 @@ use crate::types::NodeId;
 /// How often the loop runs when nothing is pending.
 pub const PASS_INTERVAL_MS: u64 = 250;
 /// Tasks one pass places at most (one log entry each batch of [`LAUNCH_BATCH`]).
-pub const MAX_LAUNCHES_PER_PASS: usize = 20_000;
+pub const MAX_LAUNCHES_PER_PASS: usize = 50_000;
 pub const LAUNCH_BATCH: usize = 5_000;
 
 /// What one pass decided.
@@ -106,6 +106,40 @@ fn youngest_first(a: &&Task, b: &&Task) -> std::cmp::Ordering {
 
 /// One pass over the applied state at leader time `now_ms`.
 pub fn decide(services: &Services, registry: &Registry, now_ms: u64, seed: u64, max_launches: usize) -> Decision {
+    prepare(services, registry, now_ms, seed, max_launches).finish()
+}
+
+/// What a pass read from the state; [`Prepared::finish`] places the launches without it,
+/// so the leader holds the state lock only while reading, not while placing.
+pub struct Prepared {
+    d: Decision,
+    placement: Option<Placement>,
+    no_room_escape: Vec<(String, TaskId)>,
+}
+
+/// The placement problem, built from the state.
+struct Placement {
+    input: Input,
+    version_of: BTreeMap<String, u64>,
+}
+
+impl Prepared {
+    pub fn finish(self) -> Decision {
+        let mut d = self.d;
+        if let Some(p) = self.placement {
+            p.place(&mut d);
+        }
+        for (service, old) in self.no_room_escape {
+            if !d.launches.iter().any(|l| l.service == service) {
+                d.kills.push((old, "replaced by a new version (no room to place a new one)".into()));
+            }
+        }
+        d
+    }
+}
+
+/// The reading half of [`decide`].
+pub fn prepare(services: &Services, registry: &Registry, now_ms: u64, seed: u64, max_launches: usize) -> Prepared {
     let mut d = Decision::default();
     // Agents gone: their tasks are lost.
     let mut gone: BTreeSet<TaskId> = BTreeSet::new();
@@ -198,27 +232,19 @@ pub fn decide(services: &Services, registry: &Registry, now_ms: u64, seed: u64, 
             }
         }
     }
-    if !wanted.is_empty() {
-        place(services, registry, seed, max_launches, &wanted, &gone, &mut d);
-    }
-    for (service, old) in no_room_escape {
-        if !d.launches.iter().any(|l| l.service == service) {
-            d.kills.push((old, "replaced by a new version (no room to place a new one)".into()));
-        }
-    }
-    d
+    let placement = (!wanted.is_empty()).then(|| placement(services, registry, seed, max_launches, &wanted, &gone));
+    Prepared { d, placement, no_room_escape }
 }
 
-/// Places the wanted launches with scheduler-core.
-fn place(
+/// The placement problem of the wanted launches, for scheduler-core.
+fn placement(
     services: &Services,
     registry: &Registry,
     seed: u64,
     max_launches: usize,
     wanted: &[(String, u64, usize)],
     gone: &BTreeSet<TaskId>,
-    d: &mut Decision,
-) {
+) -> Placement {
     let mut agents = Vec::with_capacity(registry.nodes.len());
     let mut running = Vec::new();
     for n in registry.nodes.values() {
@@ -275,25 +301,33 @@ fn place(
         });
     }
     let input = Input { agents, running, groups, seed, sample_size: None };
-    let plan = scheduler_core::place(&input);
-    let host: BTreeMap<NodeId, &scheduler_core::Agent> = input.agents.iter().map(|a| (a.id, a)).collect();
-    let version_of: BTreeMap<&str, u64> = wanted.iter().map(|(id, v, _)| (id.as_str(), *v)).collect();
-    for p in plan.placements {
-        let service = p.task_id.split('#').next().unwrap_or_default().to_string();
-        let Some(version) = version_of.get(service.as_str()).copied() else { continue };
-        d.launches.push(LaunchTask {
-            service,
-            version,
-            agent: p.agent,
-            host: host.get(&p.agent).map(|a| a.hostname.clone()).unwrap_or_default(),
-            ports: p.ports,
-        });
-    }
-    let mut seen = BTreeSet::new();
-    for u in plan.unplaced {
-        let service = u.task_id.split('#').next().unwrap_or_default().to_string();
-        if seen.insert(service.clone()) {
-            d.unplaced.push((service, u.reason));
+    let version_of = wanted.iter().map(|(id, v, _)| (id.clone(), *v)).collect();
+    Placement { input, version_of }
+}
+
+impl Placement {
+    /// Places with scheduler-core and turns the plan into launches.
+    fn place(self, d: &mut Decision) {
+        let Placement { input, version_of } = self;
+        let plan = scheduler_core::place(&input);
+        let host: BTreeMap<NodeId, &scheduler_core::Agent> = input.agents.iter().map(|a| (a.id, a)).collect();
+        for p in plan.placements {
+            let service = p.task_id.split('#').next().unwrap_or_default().to_string();
+            let Some(version) = version_of.get(service.as_str()).copied() else { continue };
+            d.launches.push(LaunchTask {
+                service,
+                version,
+                agent: p.agent,
+                host: host.get(&p.agent).map(|a| a.hostname.clone()).unwrap_or_default(),
+                ports: p.ports,
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for u in plan.unplaced {
+            let service = u.task_id.split('#').next().unwrap_or_default().to_string();
+            if seen.insert(service.clone()) {
+                d.unplaced.push((service, u.reason));
+            }
         }
     }
 }
@@ -330,10 +364,12 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
             continue;
         }
         let started = std::time::Instant::now();
-        let decision = node.view(|v| {
+        // Reading holds the state lock (and so holds up apply); placing does not.
+        let prepared = node.view_long(|v| {
             let seed = v.last_applied_index();
-            decide(v.services(), v.registry(), now_ms(), seed, MAX_LAUNCHES_PER_PASS)
+            prepare(v.services(), v.registry(), now_ms(), seed, MAX_LAUNCHES_PER_PASS)
         });
+        let decision = crate::node::blocking(|| prepared.finish());
         let decide_ms = started.elapsed().as_millis() as u64;
         let unplaced: BTreeMap<String, String> = decision.unplaced.iter().cloned().collect();
         for (s, why) in &unplaced {
@@ -376,12 +412,10 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
             ok = each.iter().all(|b| *b);
         }
         if ok {
-            for cmd in last {
-                if !committed(node.write(cmd).await) {
-                    break;
-                }
-            }
+            // Finished deployments are independent of one another too.
+            futures::future::join_all(last.into_iter().map(|c| async { committed(node.write(c).await) })).await;
         }
+        info!(ok, total_ms = started.elapsed().as_millis() as u64, "scheduler pass committed");
         // More may be waiting (a big scale): go again without waiting for the tick.
         tick.reset_immediately();
     }

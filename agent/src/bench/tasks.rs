@@ -6,8 +6,9 @@
 //! placement also takes an IP.
 //!
 //! Printed: placements committed per second (tasks in committed launch entries, from the
-//! services' counts polled every 100 ms), the time until every task runs, the leader's
-//! CPU over that time, and its resident memory at the end.
+//! services' counts polled every 250 ms from the first create on), from the first create
+//! and from the first placement seen; the time until every task runs, the leader's CPU
+//! over that time, and its resident memory at the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,6 +93,43 @@ async fn acker(node_id: u64, ch: Channel, acked: Arc<AtomicU64>) {
     }
 }
 
+/// Polls the services every 250 ms until every task runs: when all were placed (staged
+/// or running), when all ran, and (time, placed) samples.
+async fn follow(
+    eps: &client::Client,
+    acked: &AtomicU64,
+    t0: Instant,
+    total: u64,
+) -> anyhow::Result<(Option<f64>, Option<f64>, Vec<(f64, u64)>)> {
+    let (mut placed_at, mut running_at) = (None, None);
+    let mut last_print = Instant::now();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    while running_at.is_none() {
+        // Listing every service costs the leader a walk over all tasks: not too often.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(list) = eps.list_services().await else { continue };
+        let ours = list.iter().filter(|s| s.id.starts_with("/bench/"));
+        let (placed, running) =
+            ours.fold((0u64, 0u64), |(p, r), s| (p + (s.staged + s.running) as u64, r + s.running as u64));
+        let t = t0.elapsed().as_secs_f64();
+        samples.push((t, placed));
+        if placed_at.is_none() && placed >= total {
+            placed_at = Some(t);
+        }
+        if running >= total {
+            running_at = Some(t);
+        }
+        if last_print.elapsed() > Duration::from_secs(2) {
+            eprintln!("{t:6.1} s: {placed} placed, {running} running, {} acknowledged", acked.load(Ordering::Relaxed));
+            last_print = Instant::now();
+        }
+        if t > 600.0 {
+            bail!("not every task ran within 600 s: {placed} placed, {running} running");
+        }
+    }
+    Ok((placed_at, running_at, samples))
+}
+
 pub async fn run(a: Options) -> anyhow::Result<()> {
     let (n, total) = (a.agents, a.tasks);
     if total == 0 {
@@ -123,6 +161,12 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
     eprintln!("creating {} services with {total} instances in all (leader pid {})", specs.len(), st.pid);
     let t0 = Instant::now();
     let cpu0 = cpu_seconds(st.pid);
+    // Counted from the first create on, while the others are still being created: the
+    // scheduler places the first services' tasks meanwhile.
+    let poll = {
+        let (eps, acked) = (eps.clone(), acked.clone());
+        tokio::spawn(async move { follow(&eps, &acked, t0, total as u64).await })
+    };
     let created: Vec<_> = futures::stream::iter(specs.iter())
         .map(|s| eps.create_service(s.to_string().into_bytes()))
         .buffer_unordered(16)
@@ -132,31 +176,7 @@ pub async fn run(a: Options) -> anyhow::Result<()> {
         r.context("creating a service")?;
     }
     let created_s = t0.elapsed().as_secs_f64();
-    let (mut placed_at, mut running_at) = (None, None);
-    let mut last_print = Instant::now();
-    let mut samples: Vec<(f64, u64)> = Vec::new();
-    while running_at.is_none() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(list) = eps.list_services().await else { continue };
-        let ours = list.iter().filter(|s| s.id.starts_with("/bench/"));
-        let (placed, running) =
-            ours.fold((0u64, 0u64), |(p, r), s| (p + (s.staged + s.running) as u64, r + s.running as u64));
-        let t = t0.elapsed().as_secs_f64();
-        samples.push((t, placed));
-        if placed_at.is_none() && placed >= total as u64 {
-            placed_at = Some(t);
-        }
-        if running >= total as u64 {
-            running_at = Some(t);
-        }
-        if last_print.elapsed() > Duration::from_secs(2) {
-            eprintln!("{t:6.1} s: {placed} placed, {running} running, {} acknowledged", acked.load(Ordering::Relaxed));
-            last_print = Instant::now();
-        }
-        if t > 600.0 {
-            bail!("not every task ran within 600 s: {placed} placed, {running} running");
-        }
-    }
+    let (placed_at, running_at, samples) = poll.await.context("the progress poller panicked")??;
     let (placed_s, running_s) = (placed_at.unwrap_or(f64::NAN), running_at.unwrap_or(f64::NAN));
     let cpu = cpu_seconds(st.pid).zip(cpu0).map(|(c1, c0)| (c1 - c0) / running_s);
     // The placement rate from the first placement on (creating the services is the

@@ -31,6 +31,7 @@ pub struct ServicesService {
     node: Arc<CoordNode>,
     hub: Arc<AssignmentHub>,
     logs: Arc<super::logs::LogRelay>,
+    reports: ReportBatcher,
 }
 
 impl ServicesService {
@@ -39,7 +40,84 @@ impl ServicesService {
         // Subscribed here, not in the task: no change may slip by before it starts.
         let changes = node.services_events.subscribe();
         tokio::spawn(hub.clone().run(Arc::downgrade(&node), changes));
-        ServicesService { node, hub, logs: Arc::default() }
+        let reports = ReportBatcher::start(Arc::downgrade(&node));
+        ServicesService { node, hub, logs: Arc::default(), reports }
+    }
+}
+
+/// Report writes one leader keeps in flight; the reports that arrive meanwhile wait and
+/// go together in the next entry.
+const REPORT_WRITES_IN_FLIGHT: usize = 4;
+
+struct PendingReport {
+    updates: Vec<TaskUpdate>,
+    reply: tokio::sync::oneshot::Sender<Result<u32, Status>>,
+}
+
+/// Coalesces the agents' status reports that reach the leader together into one
+/// `Reports` entry: ten thousand agents acknowledging their new tasks would otherwise be
+/// ten thousand log entries, each replicated, applied and written on every master. Each
+/// report still gets its own count, or the entry's error.
+struct ReportBatcher {
+    tx: tokio::sync::mpsc::Sender<PendingReport>,
+}
+
+impl ReportBatcher {
+    fn start(node: std::sync::Weak<CoordNode>) -> ReportBatcher {
+        let (tx, rx) = tokio::sync::mpsc::channel(16_384);
+        tokio::spawn(Self::run(node, rx));
+        ReportBatcher { tx }
+    }
+
+    async fn submit(&self, updates: Vec<TaskUpdate>) -> Result<u32, Status> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || Status::unavailable("the report writer stopped; retry");
+        self.tx.send(PendingReport { updates, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn run(node: std::sync::Weak<CoordNode>, mut rx: tokio::sync::mpsc::Receiver<PendingReport>) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(REPORT_WRITES_IN_FLIGHT));
+        let mut carried: Option<PendingReport> = None;
+        loop {
+            let first = match carried.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            // Waiting for a slot first is what lets reports pile up into one entry.
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let mut total = first.updates.len();
+            let mut batch = vec![first];
+            while let Ok(p) = rx.try_recv() {
+                if total + p.updates.len() > crate::services::MAX_BATCH {
+                    carried = Some(p);
+                    break;
+                }
+                total += p.updates.len();
+                batch.push(p);
+            }
+            let Some(node) = node.upgrade() else { return };
+            tokio::spawn(async move {
+                let _permit = permit;
+                let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.updates, p.reply)).unzip();
+                let n = replies.len();
+                match write(&node, ServiceCommand::Reports { reports }).await {
+                    Ok(ServicesOutput::Counts(counts)) if counts.len() == n => {
+                        for (reply, count) in replies.into_iter().zip(counts) {
+                            let _ = reply.send(Ok(count));
+                        }
+                    }
+                    Ok(o) => {
+                        let e = Status::internal(format!("unexpected services output {o:?}"));
+                        replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
+                    }
+                    Err(e) => replies.into_iter().for_each(|r| drop(r.send(Err(e.clone())))),
+                }
+            });
+        }
     }
 }
 
@@ -496,9 +574,16 @@ impl pb::services_server::Services for ServicesService {
         on_leader(
             node,
             req,
-            async |_| match write(node, ServiceCommand::Update { updates }).await? {
-                ServicesOutput::Count(n) => Ok(pb::ReportTasksResponse { changed: n }),
-                o => Err(Status::internal(format!("unexpected services output {o:?}"))),
+            async |_| {
+                // Only the leader coalesces; elsewhere the write is refused at once with the
+                // leader's address, and the report is forwarded there.
+                if node.is_leader() {
+                    return Ok(pb::ReportTasksResponse { changed: self.reports.submit(updates).await? });
+                }
+                match write(node, ServiceCommand::Update { updates }).await? {
+                    ServicesOutput::Count(n) => Ok(pb::ReportTasksResponse { changed: n }),
+                    o => Err(Status::internal(format!("unexpected services output {o:?}"))),
+                }
             },
             async |ch, r| client(ch).report_tasks(r).await,
         )

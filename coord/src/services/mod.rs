@@ -250,6 +250,11 @@ pub enum ServiceCommand {
     Update {
         updates: Vec<TaskUpdate>,
     },
+    /// Several agents' reports in one entry (the leader coalesces the reports that
+    /// arrive together), applied in order as if each were an `Update`; one count each.
+    Reports {
+        reports: Vec<Vec<TaskUpdate>>,
+    },
 }
 
 impl ServiceCommand {
@@ -265,7 +270,7 @@ impl ServiceCommand {
             ServiceCommand::Launch { .. } => "task_launch",
             ServiceCommand::Kill { .. } => "task_kill",
             ServiceCommand::Lost { .. } => "task_lost",
-            ServiceCommand::Update { .. } => "task_update",
+            ServiceCommand::Update { .. } | ServiceCommand::Reports { .. } => "task_update",
         }
     }
 }
@@ -278,6 +283,8 @@ pub enum ServicesOutput {
     Launched(Vec<std::result::Result<(TaskId, Option<IpAddr>), String>>),
     /// How many tasks changed.
     Count(u32),
+    /// How many tasks each report of a `Reports` entry changed, in order.
+    Counts(Vec<u32>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -528,6 +535,22 @@ impl Services {
                     }
                 }
                 Ok(ServicesOutput::Count(n))
+            }
+            ServiceCommand::Reports { reports } => {
+                if reports.iter().map(Vec::len).sum::<usize>() > MAX_BATCH {
+                    return Err(ServicesError::Invalid(format!("at most {MAX_BATCH} updates per entry")));
+                }
+                let mut counts = Vec::with_capacity(reports.len());
+                for updates in reports {
+                    let mut n = 0;
+                    for u in updates {
+                        if self.update(now_ms, u, ipam, store)? {
+                            n += 1;
+                        }
+                    }
+                    counts.push(n);
+                }
+                Ok(ServicesOutput::Counts(counts))
             }
         }
     }

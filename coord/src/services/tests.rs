@@ -282,3 +282,38 @@ fn launches_stop_at_the_ceiling_within_one_entry_and_across_entries() {
     assert!(w.launch("/web", 1, 1, 1)[0].is_ok());
     w.check_persistence();
 }
+
+#[test]
+fn coalesced_reports_apply_in_order_and_count_each_report_alone() {
+    let mut w = World::new();
+    w.apply(ServiceCommand::Put { spec: Box::new(web(2)), create: true, force: false }).unwrap();
+    w.launch("/web", 1, 3, 1);
+    w.launch("/web", 1, 4, 1);
+    let up = |task: &str, agent, state| TaskUpdate {
+        task_id: task.into(),
+        agent,
+        state,
+        healthy: None,
+        reason: String::new(),
+        exit_code: None,
+    };
+    let reports = vec![
+        vec![up("web.1", 3, TaskState::Running)],
+        // The same report again (a retry that was coalesced with its first try), then
+        // another agent's.
+        vec![up("web.1", 3, TaskState::Running)],
+        vec![up("web.2", 4, TaskState::Running), up("web.2", 4, TaskState::Failed)],
+        vec![],
+    ];
+    let out = w.apply(ServiceCommand::Reports { reports }).unwrap();
+    assert_eq!(out, ServicesOutput::Counts(vec![1, 0, 2, 0]));
+    assert_eq!(w.s.task("web.1").unwrap().state, TaskState::Running);
+    assert!(w.s.task("web.2").unwrap().state.is_terminal(), "the later update of one report applies after the earlier");
+    assert_eq!(w.holder("web.2"), None);
+    // Too many updates in all: refused whole, nothing changes.
+    let before = w.s.task("web.1").unwrap().clone();
+    let many = vec![vec![up("web.1", 3, TaskState::Failed)], vec![up("web.9", 3, TaskState::Running); MAX_BATCH]];
+    assert!(matches!(w.apply(ServiceCommand::Reports { reports: many }), Err(ServicesError::Invalid(_))));
+    assert_eq!(w.s.task("web.1").unwrap(), &before);
+    w.check_persistence();
+}

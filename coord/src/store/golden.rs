@@ -153,6 +153,7 @@ fn command_name(c: &Command) -> String {
                 ServiceCommand::Kill { .. } => "Kill",
                 ServiceCommand::Lost { .. } => "Lost",
                 ServiceCommand::Update { .. } => "Update",
+                ServiceCommand::Reports { .. } => "Reports",
             }
         ),
     }
@@ -296,6 +297,19 @@ fn command_samples() -> Vec<Command> {
                 reason: "OOM killed".into(),
                 exit_code: Some(137),
             }],
+        }),
+        Command::Services(ServiceCommand::Reports {
+            reports: vec![
+                vec![TaskUpdate {
+                    task_id: "prod_web.8".into(),
+                    agent: 5,
+                    state: TaskState::Running,
+                    healthy: Some(true),
+                    reason: String::new(),
+                    exit_code: None,
+                }],
+                vec![],
+            ],
         }),
     ]
 }

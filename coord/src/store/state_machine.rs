@@ -616,6 +616,48 @@ fn build_snapshot_blocking(view: &DbView, dir: &std::path::Path) -> io::Result<S
     Ok(Snapshot { meta, snapshot: data })
 }
 
+impl StateMachineStore {
+    /// Applies entries that were ready together under one lock, written in one batch.
+    fn apply_group(&self, group: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let mut replies = Vec::with_capacity(group.len());
+        let mut st = self.state.write().expect("sm lock");
+        let mut batch = WriteBatch::default();
+        // The group's events, published once its batch is written.
+        let mut events = Vec::new();
+        let mut services_changed = None;
+        for (entry, responder) in group {
+            if matches!(&entry.payload, EntryPayload::Normal(LogEntry { cmd: Command::Services(_), .. })) {
+                services_changed = Some(entry.log_id.index);
+            }
+            let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();
+            // Compaction and reads of past revisions look at the DB: it must hold
+            // every earlier entry first.
+            if reads_history(&entry.payload) && !batch.is_empty() {
+                self.flush(&st, &mut batch)?;
+            }
+            let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch, &mut events)?;
+            replies.push((responder, resp));
+        }
+        // Answer before the batch is written: the entries are committed in the log, and
+        // every reader waits on the state lock, held until the write is done.
+        for (responder, resp) in replies {
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        self.flush(&st, &mut batch)?;
+        let last_event = st.registry.last_event_index();
+        let revision = st.kv.revision;
+        drop(st);
+        self.registry_tx.send_if_modified(|v| std::mem::replace(v, last_event) != last_event);
+        if let Some(index) = services_changed {
+            self.services_tx.send_replace(index);
+        }
+        self.events.publish(events, revision);
+        Ok(())
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
@@ -639,41 +681,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     _ => break,
                 }
             }
-            let mut replies = Vec::with_capacity(group.len());
-            let mut st = self.state.write().expect("sm lock");
-            let mut batch = WriteBatch::default();
-            // The group's events, published once its batch is written.
-            let mut events = Vec::new();
-            let mut services_changed = None;
-            for (entry, responder) in group {
-                if matches!(&entry.payload, EntryPayload::Normal(LogEntry { cmd: Command::Services(_), .. })) {
-                    services_changed = Some(entry.log_id.index);
-                }
-                let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();
-                // Compaction and reads of past revisions look at the DB: it must hold
-                // every earlier entry first.
-                if reads_history(&entry.payload) && !batch.is_empty() {
-                    self.flush(&st, &mut batch)?;
-                }
-                let resp = self.apply_one(&mut st, &entry.log_id, &entry.payload, &mut batch, &mut events)?;
-                replies.push((responder, resp));
-            }
-            // Answer before the batch is written: the entries are committed in the log, and
-            // every reader waits on the state lock, held until the write is done.
-            for (responder, resp) in replies {
-                if let Some(r) = responder {
-                    r.send(resp);
-                }
-            }
-            self.flush(&st, &mut batch)?;
-            let last_event = st.registry.last_event_index();
-            let revision = st.kv.revision;
-            drop(st);
-            self.registry_tx.send_if_modified(|v| std::mem::replace(v, last_event) != last_event);
-            if let Some(index) = services_changed {
-                self.services_tx.send_replace(index);
-            }
-            self.events.publish(events, revision);
+            // The group holds the state lock and writes RocksDB for a while (a launch entry
+            // places thousands of tasks): tell the runtime, so that heartbeats and RPCs move to
+            // another worker instead of waiting behind it.
+            crate::node::blocking(|| self.apply_group(group))?;
         }
         Ok(())
     }

@@ -188,6 +188,16 @@ impl AgentArgs {
 /// Raft and storage tuning; the defaults suit most clusters.
 #[derive(Args, Debug, Clone)]
 pub struct Tuning {
+    /// How often the Raft leader sends heartbeats to the other masters (etcd's
+    /// --heartbeat-interval; etcd's default is 100).
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_interval_ms: u64,
+    /// A master that hears no leader for a random time between this and twice this starts
+    /// an election (etcd's --election-timeout, default 1000 there). Longer rides out
+    /// overloaded or slow machines, shorter replaces a dead leader sooner. At least twice
+    /// the heartbeat interval; give every master the same value.
+    #[arg(long, default_value_t = 150)]
+    pub election_timeout_ms: u64,
     /// Build a snapshot (and purge the log behind it) after this many applied entries.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
@@ -238,6 +248,9 @@ pub struct Tuning {
 impl Tuning {
     pub fn config(&self) -> coord::CoordConfig {
         coord::CoordConfig {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_min_ms: self.election_timeout_ms,
+            election_timeout_max_ms: self.election_timeout_ms.saturating_mul(2),
             snapshot_every_entries: self.snapshot_every_entries,
             request_timeout_ms: self.request_timeout_ms,
             agent_heartbeat_interval_ms: self.agent_heartbeat_interval_ms,

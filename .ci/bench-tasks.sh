@@ -14,11 +14,13 @@ CL=(127.0.0.1:21579 127.0.0.1:21580 127.0.0.1:21581)
 # etcd's heartbeat (100 ms) and an election timeout of 500 ms (etcd's is 1 s): three masters
 # and the emulator of 10,000 agents share two cores, where our 150 ms default elects anew
 # at every scheduling hiccup.
-MASTER_ARGS=${MASTER_ARGS:-"--heartbeat-interval-ms 100 --election-timeout-ms 500"}
+MASTER_ARGS=${MASTER_ARGS-"--heartbeat-interval-ms 100 --election-timeout-ms 500"}
 source "$ROOT/.ci/masters.sh"
-trap 'stop_masters; rm -rf "$DIR"' EXIT INT TERM
+trap 'stop_masters; rm -rf "$DIR"' EXIT
+trap 'exit 130' INT TERM
 
 RUNS=${RUNS:-3}
+if ! [ "$RUNS" -ge 1 ] 2>/dev/null; then echo "RUNS must be a number >= 1" >&2; exit 2; fi
 outs=()
 for run in $(seq "$RUNS"); do
   rm -rf "${DIR:?}"/*
@@ -30,7 +32,8 @@ for run in $(seq "$RUNS"); do
   fi
   elections=$(cat "$DIR"/c*.log | grep -c "leadership gained" || true)
   echo "$out"
-  outs+=("$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["leaders"]=int(sys.argv[2]); print(json.dumps(r))' "$out" "$elections")")
+  row=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["leaders"]=int(sys.argv[2]); print(json.dumps(r))' "$out" "$elections")
+  outs+=("$row")
   stop_masters
 done
 python3 - "$ROOT/docs/benchmarks.md" "${outs[@]}" <<'PY'

@@ -116,6 +116,8 @@ pub struct CoordNode {
     /// Heartbeat table; meaningful on the leader only (reset when leadership starts and
     /// ends).
     pub liveness: Liveness,
+    /// Retired masters and removed agents, outside the state lock (see `store::Gone`).
+    gone: Arc<std::sync::RwLock<Arc<crate::store::state_machine::Gone>>>,
     /// The last applied registry event index (changes on every registry event).
     pub registry_events: Arc<watch::Sender<u64>>,
     /// Bumped when services or tasks change (see `StateMachineStore::services_events`).
@@ -158,6 +160,7 @@ impl CoordNode {
         let sm = StateMachineStore::new(db.clone(), opts.data_dir.join("snapshot"))
             .map_err(|e| CoordError::Internal(format!("open state machine: {e}")))?;
         let state = sm.state();
+        let gone = sm.gone();
         let registry_events = sm.registry_events();
         let services_events = sm.services_events();
         let events = sm.events();
@@ -171,6 +174,7 @@ impl CoordNode {
             name: opts.name,
             raft,
             state,
+            gone,
             db,
             config: opts.config,
             advertise_addr: opts.advertise_addr,
@@ -355,14 +359,25 @@ impl CoordNode {
             .map(|revs| revs.into_iter().map(Arc::new).collect())
     }
 
-    /// Reads this node's applied state as is (serializable): `f` runs under the state
-    /// lock, so keep it short and never await in it.
+    /// Whether node `id`'s certificate is no longer honored: a master that left (`manager`)
+    /// or an agent removed. Takes no state lock: every request asks.
+    pub fn is_gone(&self, id: NodeId, manager: bool) -> bool {
+        let g = self.gone.read().expect("gone lock").clone();
+        if manager {
+            g.retired.contains(&id)
+        } else {
+            g.removed.contains(&id)
+        }
+    }
+
     /// Like [`view`](Self::view), for a long read (a scheduler pass): the worker it runs
     /// on is handed over, so the runtime's other tasks go on meanwhile.
     pub fn view_long<T>(&self, f: impl FnOnce(&ReadView<'_>) -> T) -> T {
         blocking(|| self.view(f))
     }
 
+    /// Reads this node's applied state as is (serializable): `f` runs under the state
+    /// lock, so keep it short and never await in it.
     pub fn view<T>(&self, f: impl FnOnce(&ReadView<'_>) -> T) -> T {
         let st = self.state.read().expect("sm lock");
         f(&ReadView::new(&st, &self.db))

@@ -203,8 +203,8 @@ pub(crate) fn still_stands(node: &CoordNode, who: &PeerIdentity) -> Result<(), S
         )));
     }
     let gone = match (who.role, who.node_id) {
-        (CertRole::Manager, Some(id)) => node.view(|v| v.retired().contains(&id)),
-        (CertRole::Worker, Some(id)) => node.view(|v| v.registry().removed.contains(&id)),
+        (CertRole::Manager, Some(id)) => node.is_gone(id, true),
+        (CertRole::Worker, Some(id)) => node.is_gone(id, false),
         _ => false,
     };
     if gone {

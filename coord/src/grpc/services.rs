@@ -45,19 +45,27 @@ impl ServicesService {
     }
 }
 
-/// Report writes one leader keeps in flight; the reports that arrive meanwhile wait and
-/// go together in the next entry.
-const REPORT_WRITES_IN_FLIGHT: usize = 4;
+/// A coalesced entry's reports stop growing at this many bytes of task ids and reasons
+/// (a report alone may be bigger; it goes alone), far below the Raft message limit.
+const REPORT_BATCH_BYTES: usize = 4 << 20;
 
 struct PendingReport {
     updates: Vec<TaskUpdate>,
     reply: tokio::sync::oneshot::Sender<Result<u32, Status>>,
 }
 
+impl PendingReport {
+    fn bytes(&self) -> usize {
+        self.updates.iter().map(|u| 64 + u.task_id.len() + u.reason.len()).sum()
+    }
+}
+
 /// Coalesces the agents' status reports that reach the leader together into one
 /// `Reports` entry: ten thousand agents acknowledging their new tasks would otherwise be
-/// ten thousand log entries, each replicated, applied and written on every master. Each
-/// report still gets its own count, or the entry's error.
+/// ten thousand log entries, each replicated, applied and written on every master. One
+/// entry is written at a time, in arrival order, while the next reports wait and gather;
+/// a report whose caller left before its turn is dropped unwritten, as an abandoned
+/// request was before. Each report gets its own count, or the entry's error.
 struct ReportBatcher {
     tx: tokio::sync::mpsc::Sender<PendingReport>,
 }
@@ -77,7 +85,6 @@ impl ReportBatcher {
     }
 
     async fn run(node: std::sync::Weak<CoordNode>, mut rx: tokio::sync::mpsc::Receiver<PendingReport>) {
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(REPORT_WRITES_IN_FLIGHT));
         let mut carried: Option<PendingReport> = None;
         loop {
             let first = match carried.take() {
@@ -87,36 +94,37 @@ impl ReportBatcher {
                     None => return,
                 },
             };
-            // Waiting for a slot first is what lets reports pile up into one entry.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-            let mut total = first.updates.len();
+            let (mut count, mut bytes) = (first.updates.len(), first.bytes());
             let mut batch = vec![first];
             while let Ok(p) = rx.try_recv() {
-                if total + p.updates.len() > crate::services::MAX_BATCH {
+                let b = p.bytes();
+                if count + p.updates.len() > crate::services::MAX_BATCH || bytes + b > REPORT_BATCH_BYTES {
                     carried = Some(p);
                     break;
                 }
-                total += p.updates.len();
+                count += p.updates.len();
+                bytes += b;
                 batch.push(p);
             }
+            batch.retain(|p| !p.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
             let Some(node) = node.upgrade() else { return };
-            tokio::spawn(async move {
-                let _permit = permit;
-                let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.updates, p.reply)).unzip();
-                let n = replies.len();
-                match write(&node, ServiceCommand::Reports { reports }).await {
-                    Ok(ServicesOutput::Counts(counts)) if counts.len() == n => {
-                        for (reply, count) in replies.into_iter().zip(counts) {
-                            let _ = reply.send(Ok(count));
-                        }
+            let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.updates, p.reply)).unzip();
+            let n = replies.len();
+            match write(&node, ServiceCommand::Reports { reports }).await {
+                Ok(ServicesOutput::Counts(counts)) if counts.len() == n => {
+                    for (reply, count) in replies.into_iter().zip(counts) {
+                        let _ = reply.send(Ok(count));
                     }
-                    Ok(o) => {
-                        let e = Status::internal(format!("unexpected services output {o:?}"));
-                        replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
-                    }
-                    Err(e) => replies.into_iter().for_each(|r| drop(r.send(Err(e.clone())))),
                 }
-            });
+                Ok(o) => {
+                    let e = Status::internal(format!("unexpected services output {o:?}"));
+                    replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
+                }
+                Err(e) => replies.into_iter().for_each(|r| drop(r.send(Err(e.clone())))),
+            }
         }
     }
 }
@@ -565,7 +573,8 @@ impl pb::services_server::Services for ServicesService {
                     agent: r.node_id,
                     state: parse_state(&s.state)?,
                     healthy: s.healthy,
-                    reason: s.reason.clone(),
+                    // Clipped as apply would, so that reports weigh what they will store.
+                    reason: crate::services::clip(&s.reason),
                     exit_code: s.exit_code,
                 })
             })

@@ -389,7 +389,7 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     crate::codec::encode(v).expect("services records encode")
 }
 
-fn clip(reason: &str) -> String {
+pub(crate) fn clip(reason: &str) -> String {
     let mut end = reason.len().min(MAX_REASON_BYTES);
     while !reason.is_char_boundary(end) {
         end -= 1;

@@ -44,7 +44,7 @@ use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore, Live};
 use crate::lease::Leases;
 use crate::registry::Registry;
-use crate::services::{Services, ServicesError};
+use crate::services::{ServiceCommand, Services, ServicesError};
 use crate::types::{LogEntry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 pub(crate) const KEY_APPLIED: &[u8] = b"m/applied";
@@ -226,6 +226,27 @@ pub struct StateMachineStore {
     services_tx: Arc<tokio::sync::watch::Sender<u64>>,
     /// Recent revisions' events and the applied revision, for etcd watchers.
     events: Arc<Events>,
+    /// The nodes whose certificates are no longer honored, published after each apply.
+    gone: Arc<RwLock<Arc<Gone>>>,
+}
+
+/// The masters that left and the agents removed: every request's credential is checked
+/// against them, so they are kept outside the state lock, which apply holds for long.
+#[derive(Debug, Default)]
+pub struct Gone {
+    pub retired: std::collections::BTreeSet<NodeId>,
+    pub removed: std::collections::BTreeSet<NodeId>,
+}
+
+impl Gone {
+    fn of(st: &SmState) -> Arc<Gone> {
+        Arc::new(Gone { retired: st.retired.clone(), removed: st.registry.removed.clone() })
+    }
+
+    /// Both sets only grow, so equal sizes mean equal sets.
+    fn matches(&self, st: &SmState) -> bool {
+        self.retired.len() == st.retired.len() && self.removed.len() == st.registry.removed.len()
+    }
 }
 
 /// A consistent view of the DB taken when a snapshot build starts.
@@ -264,7 +285,9 @@ impl StateMachineStore {
         let state = load_state(&db)?;
         let (registry_tx, _) = tokio::sync::watch::channel(state.registry.last_event_index());
         let events = Arc::new(Events::new(state.kv.revision));
+        let gone = Arc::new(RwLock::new(Gone::of(&state)));
         Ok(StateMachineStore {
+            gone,
             db,
             state: Arc::new(RwLock::new(state)),
             snapshot_dir,
@@ -289,6 +312,18 @@ impl StateMachineStore {
     /// snapshot is installed); the value is that entry's index.
     pub fn services_events(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
         self.services_tx.clone()
+    }
+
+    /// The retired masters and removed agents, readable without the state lock.
+    pub fn gone(&self) -> Arc<RwLock<Arc<Gone>>> {
+        self.gone.clone()
+    }
+
+    fn publish_gone(&self, st: &SmState, force: bool) {
+        let mut g = self.gone.write().expect("gone lock");
+        if force || !g.matches(st) {
+            *g = Gone::of(st);
+        }
     }
 
     /// Shared handle for readers (gRPC handlers).
@@ -512,6 +547,11 @@ fn reads_history(p: &Payload) -> bool {
     }
 }
 
+/// Entries that hold the state lock long enough to be applied in a group of their own.
+fn is_heavy(p: &Payload) -> bool {
+    matches!(p, EntryPayload::Normal(LogEntry { cmd: Command::Services(ServiceCommand::Launch { .. }), .. }))
+}
+
 /// Rebuilds the in-memory state from the `sm` column family.
 fn load_state(db: &DB) -> io::Result<SmState> {
     let cf = sm_cf(db);
@@ -646,6 +686,7 @@ impl StateMachineStore {
             }
         }
         self.flush(&st, &mut batch)?;
+        self.publish_gone(&st, false);
         let last_event = st.registry.last_event_index();
         let revision = st.kv.revision;
         drop(st);
@@ -675,16 +716,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // batch: one RocksDB write per group instead of per entry.
         while let Some(first) = entries.next().await {
             let mut group = vec![first?];
-            while group.len() < 4096 {
+            // A launch entry (thousands of tasks and addresses) ends its group: the state
+            // lock, which every reader waits on, is let go between two of them.
+            let mut heavy = is_heavy(&group[0].0.payload);
+            while group.len() < 4096 && !heavy {
                 match entries.next().now_or_never() {
-                    Some(Some(item)) => group.push(item?),
+                    Some(Some(item)) => {
+                        let item = item?;
+                        heavy = is_heavy(&item.0.payload);
+                        group.push(item);
+                    }
                     _ => break,
                 }
             }
-            // The group holds the state lock and writes RocksDB for a while (a launch entry
-            // places thousands of tasks): tell the runtime, so that heartbeats and RPCs move to
-            // another worker instead of waiting behind it.
-            crate::node::blocking(|| self.apply_group(group))?;
+            if heavy || group.len() > 64 {
+                // Long enough under the lock to tell the runtime, which moves heartbeats and
+                // RPCs to another worker meanwhile instead of stalling them.
+                crate::node::blocking(|| self.apply_group(group))?;
+            } else {
+                self.apply_group(group)?;
+            }
         }
         Ok(())
     }
@@ -702,6 +753,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(io_err)??;
         let (last_event, revision) = {
             let st = self.state.read().expect("sm lock");
+            self.publish_gone(&st, true);
             (st.registry.last_event_index(), st.kv.revision)
         };
         self.registry_tx.send_replace(last_event);

@@ -195,7 +195,9 @@ pub struct Tuning {
     /// A master that hears no leader for a random time between this and twice this starts
     /// an election (etcd's --election-timeout, default 1000 there). Longer rides out
     /// overloaded or slow machines, shorter replaces a dead leader sooner. At least twice
-    /// the heartbeat interval; give every master the same value.
+    /// the heartbeat interval, and --unreachable-after-ms must be at least 3 agent
+    /// heartbeats plus 4 times this (above 500, raise it too); give every master the same
+    /// value.
     #[arg(long, default_value_t = 150)]
     pub election_timeout_ms: u64,
     /// Build a snapshot (and purge the log behind it) after this many applied entries.

@@ -162,6 +162,9 @@ impl RegistryService {
             EventKind::State { from, to, reason } => {
                 (from.as_str().to_string(), to.as_str().to_string(), reason.clone())
             }
+            EventKind::StaleTaskKilled { task, reason } => {
+                (String::new(), String::new(), format!("task {task}: {reason}"))
+            }
             _ => Default::default(),
         };
         pb::RegistryEvent {

@@ -589,8 +589,8 @@ impl pb::services_server::Services for ServicesService {
                 if node.is_leader() {
                     return Ok(pb::ReportTasksResponse { changed: self.reports.submit(updates).await? });
                 }
-                match write(node, ServiceCommand::Update { updates }).await? {
-                    ServicesOutput::Count(n) => Ok(pb::ReportTasksResponse { changed: n }),
+                match write(node, ServiceCommand::Reports { reports: vec![updates] }).await? {
+                    ServicesOutput::Counts(n) if n.len() == 1 => Ok(pb::ReportTasksResponse { changed: n[0] }),
                     o => Err(Status::internal(format!("unexpected services output {o:?}"))),
                 }
             },

@@ -243,9 +243,19 @@ pub struct Transition {
 pub enum EventKind {
     Registered,
     Updated,
-    State { from: NodeState, to: NodeState, reason: String },
+    State {
+        from: NodeState,
+        to: NodeState,
+        reason: String,
+    },
     Availability(Availability),
     Removed,
+    /// The agent came back running a copy of a task that had been replaced (declared
+    /// lost while it was away), and killed it.
+    StaleTaskKilled {
+        task: String,
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -256,6 +266,7 @@ impl EventKind {
             EventKind::State { .. } => "state",
             EventKind::Availability(_) => "availability",
             EventKind::Removed => "removed",
+            EventKind::StaleTaskKilled { .. } => "stale_task_killed",
         }
     }
 }
@@ -406,6 +417,11 @@ impl Registry {
     /// Index of the oldest event still retained (`next_event` when none is).
     pub fn first_retained_index(&self) -> u64 {
         self.events.front().map(|e| e.index).unwrap_or(self.next_event)
+    }
+
+    /// Records that `node` killed its stale copy of `task` (see `Services`).
+    pub fn record_stale_task_killed(&mut self, time_ms: u64, node: NodeId, task: String, reason: String) {
+        self.push_event(time_ms, node, EventKind::StaleTaskKilled { task, reason });
     }
 
     fn push_event(&mut self, time_ms: u64, node_id: NodeId, kind: EventKind) {

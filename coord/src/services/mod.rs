@@ -251,7 +251,10 @@ pub enum ServiceCommand {
         updates: Vec<TaskUpdate>,
     },
     /// Several agents' reports in one entry (the leader coalesces the reports that
-    /// arrive together), applied in order as if each were an `Update`; one count each.
+    /// arrive together), applied in order as `Update` is, one count each; and, unlike
+    /// `Update`, a report that a task declared lost has ended on its agent (a copy left
+    /// running while the agent was cut off, killed on its return) is recorded once: in
+    /// the task's reason and as a registry event (see `take_stale_kills`).
     Reports {
         reports: Vec<Vec<TaskUpdate>>,
     },
@@ -333,6 +336,9 @@ pub struct Services {
     by_agent: BTreeMap<NodeId, BTreeSet<TaskId>>,
     by_service: BTreeMap<String, BTreeSet<TaskId>>,
     dirty: Dirty,
+    /// Stale copies recorded by the entry being applied; drained by the state machine
+    /// into registry events, never persisted here.
+    stale_kills: Vec<(NodeId, TaskId, String)>,
     /// In memory only, never applied from nor snapshotted: which agents' tasks changed,
     /// so that each assignment stream wakes for its own agent only.
     touched: Touched,
@@ -388,6 +394,9 @@ pub mod keys {
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     crate::codec::encode(v).expect("services records encode")
 }
+
+/// Ends a lost task's reason once its agent killed the copy that kept running.
+pub const STALE_COPY_MARK: &str = "its agent came back and killed the copy left running";
 
 pub(crate) fn clip(reason: &str) -> String {
     let mut end = reason.len().min(MAX_REASON_BYTES);
@@ -544,7 +553,7 @@ impl Services {
                 for updates in reports {
                     let mut n = 0;
                     for u in updates {
-                        if self.update(now_ms, u, ipam, store)? {
+                        if self.stale_copy_ended(now_ms, u) || self.update(now_ms, u, ipam, store)? {
                             n += 1;
                         }
                     }
@@ -851,6 +860,31 @@ impl Services {
         t.updated_ms = now_ms;
         self.dirty.tasks.insert(id.to_string());
         true
+    }
+
+    /// A report that a task the leader declared lost has ended on the agent it was on:
+    /// the copy that kept running there was killed. Recorded once (the reason carries
+    /// the mark), for [`Services::take_stale_kills`].
+    fn stale_copy_ended(&mut self, now_ms: u64, u: &TaskUpdate) -> bool {
+        let Some(t) = self.tasks.get_mut(&u.task_id) else { return false };
+        if t.agent != u.agent
+            || t.state != TaskState::Lost
+            || !u.state.is_terminal()
+            || u.state == TaskState::Lost
+            || t.reason.ends_with(STALE_COPY_MARK)
+        {
+            return false;
+        }
+        t.reason = format!("{}; {STALE_COPY_MARK}", clip(&t.reason));
+        t.updated_ms = now_ms;
+        self.dirty.tasks.insert(u.task_id.clone());
+        self.stale_kills.push((u.agent, u.task_id.clone(), clip(&u.reason)));
+        true
+    }
+
+    /// The stale copies recorded since the last call: (agent, task, the agent's reason).
+    pub fn take_stale_kills(&mut self) -> Vec<(NodeId, TaskId, String)> {
+        std::mem::take(&mut self.stale_kills)
     }
 
     fn update(&mut self, now_ms: u64, u: &TaskUpdate, ipam: &mut Ipam, store: &mut dyn IpamStore) -> Result<bool> {

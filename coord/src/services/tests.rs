@@ -317,3 +317,35 @@ fn coalesced_reports_apply_in_order_and_count_each_report_alone() {
     assert_eq!(w.s.task("web.1").unwrap(), &before);
     w.check_persistence();
 }
+
+#[test]
+fn a_lost_tasks_copy_killed_on_its_agents_return_is_recorded_once() {
+    let mut w = World::new();
+    w.apply(ServiceCommand::Put { spec: Box::new(web(1)), create: true, force: false }).unwrap();
+    w.launch("/web", 1, 3, 1);
+    w.report("web.1", 3, TaskState::Running, None);
+    w.apply(ServiceCommand::Lost { agent: 3, tasks: vec!["web.1".into()], reason: "agent down".into() }).unwrap();
+    let killed = |agent| TaskUpdate {
+        task_id: "web.1".into(),
+        agent,
+        state: TaskState::Killed,
+        healthy: None,
+        reason: "no longer assigned to this node".into(),
+        exit_code: None,
+    };
+    // An `Update` (the older entry) records nothing, so that old logs replay as before.
+    assert_eq!(w.report("web.1", 3, TaskState::Killed, None), 0);
+    assert!(w.s.take_stale_kills().is_empty());
+    // Another agent's word about it is not the copy's end.
+    let out = w.apply(ServiceCommand::Reports { reports: vec![vec![killed(4)]] }).unwrap();
+    assert_eq!(out, ServicesOutput::Counts(vec![0]));
+    let out = w.apply(ServiceCommand::Reports { reports: vec![vec![killed(3)], vec![killed(3)]] }).unwrap();
+    assert_eq!(out, ServicesOutput::Counts(vec![1, 0]), "once, even when repeated");
+    assert_eq!(w.s.take_stale_kills(), vec![(3, "web.1".to_string(), "no longer assigned to this node".to_string())]);
+    let t = w.s.task("web.1").unwrap();
+    assert_eq!(t.state, TaskState::Lost, "still lost: the end state does not move");
+    assert!(t.reason.starts_with("agent down; ") && t.reason.ends_with(STALE_COPY_MARK), "{}", t.reason);
+    w.apply(ServiceCommand::Reports { reports: vec![vec![killed(3)]] }).unwrap();
+    assert!(w.s.take_stale_kills().is_empty(), "a retry after the commit records nothing");
+    w.check_persistence();
+}

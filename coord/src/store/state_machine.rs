@@ -436,6 +436,18 @@ impl StateMachineStore {
                                 None => hist.batch.delete_cf(cf, k),
                             }
                         }
+                        let stale = st.services.take_stale_kills();
+                        if !stale.is_empty() {
+                            for (agent, task, reason) in stale {
+                                st.registry.record_stale_task_killed(*time_ms, agent, task, reason);
+                            }
+                            for (k, v) in st.registry.take_changes() {
+                                match v {
+                                    Some(v) => hist.batch.put_cf(cf, k, v),
+                                    None => hist.batch.delete_cf(cf, k),
+                                }
+                            }
+                        }
                         r
                     }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),

@@ -388,3 +388,60 @@ async fn service_entries_in_one_group_see_each_others_ipam_writes() {
     let running: Vec<String> = st.services.tasks().filter(|t| !t.state.is_terminal()).map(|t| t.id.clone()).collect();
     assert_eq!(running, ["web.3", "web.4", "web.5"]);
 }
+
+#[tokio::test]
+async fn a_stale_copy_killed_is_a_registry_event_that_survives_reopen() {
+    use coord::registry::EventKind;
+    use coord::services::{LaunchTask, ServiceCommand, ServiceSpec, TaskState, TaskUpdate};
+    let d = tempfile::tempdir().unwrap();
+    let open = || StateMachineStore::new(open_db(&d.path().join("db")).unwrap(), d.path().join("snap")).unwrap();
+    let mut sm = open();
+    let killed = TaskUpdate {
+        task_id: "web.1".into(),
+        agent: 7,
+        state: TaskState::Killed,
+        healthy: None,
+        reason: "replaced elsewhere".into(),
+        exit_code: None,
+    };
+    let task = LaunchTask { service: "/web".into(), version: 1, agent: 7, host: "h".into(), ports: vec![] };
+    apply(
+        &mut sm,
+        vec![
+            cmd_entry(
+                1,
+                Command::Services(ServiceCommand::Put {
+                    spec: Box::new(ServiceSpec::new("/web", "serve")),
+                    create: true,
+                    force: false,
+                }),
+            ),
+            cmd_entry(2, Command::Services(ServiceCommand::Launch { tasks: vec![task] })),
+            cmd_entry(
+                3,
+                Command::Services(ServiceCommand::Lost {
+                    agent: 7,
+                    tasks: vec!["web.1".into()],
+                    reason: "down".into(),
+                }),
+            ),
+            cmd_entry(4, Command::Services(ServiceCommand::Reports { reports: vec![vec![killed.clone()]] })),
+            cmd_entry(5, Command::Services(ServiceCommand::Reports { reports: vec![vec![killed]] })),
+        ],
+    )
+    .await;
+    drop(sm);
+    let sm = open();
+    let st = sm.state();
+    let st = st.read().unwrap();
+    let stale: Vec<_> = st
+        .registry
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StaleTaskKilled { task, reason } => Some((e.node_id, task.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stale, vec![(7, "web.1".to_string(), "replaced elsewhere".to_string())], "one event, after a reopen");
+}

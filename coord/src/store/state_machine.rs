@@ -320,9 +320,9 @@ impl StateMachineStore {
     }
 
     fn publish_gone(&self, st: &SmState, force: bool) {
-        let mut g = self.gone.write().expect("gone lock");
-        if force || !g.matches(st) {
-            *g = Gone::of(st);
+        // Every apply group asks; every request reads: look before taking the write lock.
+        if force || !self.gone.read().expect("gone lock").matches(st) {
+            *self.gone.write().expect("gone lock") = Gone::of(st);
         }
     }
 
@@ -393,12 +393,7 @@ impl StateMachineStore {
                             .apply(term, *time_ms, next_id, c)
                             .map(Output::Registry)
                             .map_err(ApplyError::from);
-                        for (k, v) in st.registry.take_changes() {
-                            match v {
-                                Some(v) => batch.put_cf(cf, k, v),
-                                None => batch.delete_cf(cf, k),
-                            }
-                        }
+                        write_changes(batch, cf, st.registry.take_changes());
                         r
                     }
                     Command::Ipam(c) => {
@@ -415,12 +410,7 @@ impl StateMachineStore {
                             log_id.committed_leader_id().term()
                         };
                         let r = st.leases.apply(log_id.index, term, c, &mut st.kv, &mut hist).map(Output::Lease);
-                        for (k, v) in st.leases.take_changes() {
-                            match v {
-                                Some(v) => hist.batch.put_cf(cf, k, v),
-                                None => hist.batch.delete_cf(cf, k),
-                            }
-                        }
+                        write_changes(hist.batch, cf, st.leases.take_changes());
                         r
                     }
                     Command::Services(c) => {
@@ -430,23 +420,13 @@ impl StateMachineStore {
                             Err(ServicesError::Storage(e)) => Err(ApplyError::Storage(e)),
                             Err(e) => Err(ApplyError::Services(e)),
                         };
-                        for (k, v) in st.services.take_changes() {
-                            match v {
-                                Some(v) => hist.batch.put_cf(cf, k, v),
-                                None => hist.batch.delete_cf(cf, k),
-                            }
-                        }
+                        write_changes(hist.batch, cf, st.services.take_changes());
                         let stale = st.services.take_stale_kills();
                         if !stale.is_empty() {
                             for (agent, task, reason) in stale {
                                 st.registry.record_stale_task_killed(*time_ms, agent, task, reason);
                             }
-                            for (k, v) in st.registry.take_changes() {
-                                match v {
-                                    Some(v) => hist.batch.put_cf(cf, k, v),
-                                    None => hist.batch.delete_cf(cf, k),
-                                }
-                            }
+                            write_changes(hist.batch, cf, st.registry.take_changes());
                         }
                         r
                     }
@@ -556,6 +536,16 @@ fn reads_history(p: &Payload) -> bool {
         }) => true,
         EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
         _ => false,
+    }
+}
+
+/// An area's changed records (`None`: deleted) into the apply batch.
+fn write_changes(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => batch.put_cf(cf, k, v),
+            None => batch.delete_cf(cf, k),
+        }
     }
 }
 

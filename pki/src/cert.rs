@@ -362,9 +362,13 @@ fn ca_name(cluster_id: &str, now: std::time::SystemTime) -> DistinguishedName {
     let mut n = DistinguishedName::new();
     n.push(DnType::OrganizationName, cluster_id);
     n.push(DnType::OrganizationalUnitName, "cluster-ca");
-    // Distinct per CA, so a rotated CA never shares a subject with the one it replaces.
+    // Distinct per CA, so a rotated CA never shares a subject with the one it replaces:
+    // trust after a rotation is decided by this name, and two CAs made in the same second
+    // (an `init` followed at once by a rotation) must still differ. The seconds are for
+    // people; the random part is what keeps names apart.
     let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    n.push(DnType::CommonName, format!("cluster CA {secs}"));
+    let tag: u32 = rand::random();
+    n.push(DnType::CommonName, format!("cluster CA {secs}-{tag:08x}"));
     n
 }
 
@@ -475,6 +479,15 @@ mod tests {
             validity: DEFAULT_CERT_VALIDITY,
             now: SystemTime::now(),
         }
+    }
+
+    #[test]
+    fn two_cas_made_in_the_same_second_have_different_names() {
+        // Trust after a rotation goes by the CA's name: an `init` and a rotation in the
+        // same second must not produce one name for two CAs.
+        let now = SystemTime::now();
+        let (a, b) = (Ca::generate("c1", now).unwrap(), Ca::generate("c1", now).unwrap());
+        assert_ne!(a.name(), b.name());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::CaRecord;
 use crate::ipam::{IpamCommand, IpamError, IpamOutput};
+use crate::jobs::{JobCommand, JobsError, JobsOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
 use crate::lease::{LeaseCommand, LeaseOutput};
 use crate::registry::{RegistryCommand, RegistryError, RegistryOutput};
@@ -62,6 +63,9 @@ pub enum Command {
     /// Services, deployments and tasks: users' changes, the leader's placements and
     /// kills, agents' status updates.
     Services(ServiceCommand),
+    /// Jobs: users' changes and runs, the leader's ticks (which decide due instants) and
+    /// placements.
+    Jobs(JobCommand),
 }
 
 impl Command {
@@ -81,6 +85,7 @@ impl Command {
             Command::RetireMaster { .. } => "retire_master",
             Command::Lease(c) => c.name(),
             Command::Services(c) => c.name(),
+            Command::Jobs(c) => c.name(),
         }
     }
 }
@@ -104,6 +109,7 @@ pub enum Output {
     Ipam(IpamOutput),
     Lease(LeaseOutput),
     Services(ServicesOutput),
+    Jobs(JobsOutput),
 }
 
 /// Deterministic refusals: every member reaches the same verdict for the same entry.
@@ -146,4 +152,6 @@ pub enum ApplyError {
     LeaseTtlTooLarge,
     #[error(transparent)]
     Services(ServicesError),
+    #[error(transparent)]
+    Jobs(JobsError),
 }

@@ -1,5 +1,6 @@
 //! coord's error type and its one conversion to `tonic::Status`.
 
+use crate::jobs::JobsError;
 use crate::services::ServicesError;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -82,6 +83,13 @@ impl From<CoordError> for Status {
                         ServicesError::Exists(_) => Code::AlreadyExists,
                         ServicesError::Locked { .. } | ServicesError::Deleting(_) => Code::FailedPrecondition,
                         ServicesError::Storage(_) => Code::Internal,
+                    },
+                    ApplyError::Jobs(ref e) => match e {
+                        JobsError::Invalid(_) => Code::InvalidArgument,
+                        JobsError::NotFound(_) => Code::NotFound,
+                        JobsError::Exists(_) => Code::AlreadyExists,
+                        JobsError::Deleting(_) | JobsError::Conflict(_) => Code::FailedPrecondition,
+                        JobsError::Storage(_) => Code::Internal,
                     },
                     ApplyError::Storage(_) => Code::Internal,
                     _ => Code::InvalidArgument,

@@ -5,6 +5,8 @@
 //! - [`registry`]: the master registry (agents, resources, liveness state, events);
 //! - [`ipam`]: overlay network address allocation (pools, cursors, quarantine);
 //! - [`lease`]: etcd leases (TTLs, checkpoints; their keys are in [`kv`]);
+//! - [`services`]: services, deployments and tasks; [`jobs`]: scheduled and dependent
+//!   jobs, whose runs are tasks of the services area;
 //! - [`cluster`]: the cluster's identity and node-id allocation;
 //! - [`command`]: the one `Command` enum that is the Raft log payload;
 //! - [`codec`]: value and key encodings, below everything else.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod ipam;
+pub mod jobs;
 pub mod kv;
 pub mod leader;
 pub mod lease;

@@ -339,6 +339,9 @@ pub struct Services {
     /// Stale copies recorded by the entry being applied; drained by the state machine
     /// into registry events, never persisted here.
     stale_kills: Vec<(NodeId, TaskId, String)>,
+    /// Job tasks ended by the entry being applied; drained by the state machine into the
+    /// jobs area in the same entry, never persisted here.
+    job_ends: Vec<crate::jobs::EndedTask>,
     /// In memory only, never applied from nor snapshotted: which agents' tasks changed,
     /// so that each assignment stream wakes for its own agent only.
     touched: Touched,
@@ -988,8 +991,108 @@ impl Services {
             }
             self.dirty.services.insert(service.clone());
         }
+        if crate::jobs::job_of_service(&service).is_some() {
+            let newest = self.versions_of(&service).last().map(|(v, _)| *v);
+            self.drop_job_versions(&service, newest);
+            let t = &self.tasks[id];
+            self.job_ends.push(crate::jobs::EndedTask {
+                id: id.to_string(),
+                state,
+                exit_code,
+                reason: t.reason.clone(),
+                kill_requested: t.kill_requested,
+            });
+        }
         self.prune_versions(&service);
         self.purge_if_done(&service);
+        Ok(())
+    }
+
+    // ---- for the jobs area (a job's runs are tasks here, under `job:<name>`) ----
+
+    /// Job tasks that ended since the last call.
+    pub fn take_job_ends(&mut self) -> Vec<crate::jobs::EndedTask> {
+        std::mem::take(&mut self.job_ends)
+    }
+
+    /// Records a job's task spec as `version` of task-service `id`; versions no task uses
+    /// any more go.
+    pub(crate) fn set_job_version(&mut self, id: &str, version: u64, spec: ServiceSpec) {
+        self.versions.insert((id.to_string(), version), spec);
+        self.dirty.versions.insert((id.to_string(), version));
+        self.drop_job_versions(id, Some(version));
+    }
+
+    /// Drops a job's task-spec versions that no task not ended runs, but `keep`.
+    pub(crate) fn drop_job_versions(&mut self, id: &str, keep: Option<u64>) {
+        let used: BTreeSet<u64> = self.active_tasks_of(id).map(|t| t.version).chain(keep).collect();
+        let all: Vec<u64> = self.versions_of(id).into_iter().map(|(v, _)| v).collect();
+        for v in all.into_iter().filter(|v| !used.contains(v)) {
+            self.versions.remove(&(id.to_string(), v));
+            self.dirty.versions.insert((id.to_string(), v));
+        }
+    }
+
+    /// Stops a task (a job's run when its job is removed).
+    pub(crate) fn kill_task(&mut self, now_ms: u64, id: &str, reason: &str) -> bool {
+        self.kill(now_ms, id, reason)
+    }
+
+    /// Forgets an ended task (a job run that left the job's history).
+    pub(crate) fn forget_task(&mut self, id: &str) {
+        if self.tasks.get(id).is_some_and(|t| t.state.is_terminal()) {
+            self.tasks.remove(id);
+            self.dirty.tasks.insert(id.to_string());
+        }
+    }
+
+    /// Creates a job run's task `id` as placed in `lt` (the jobs area checked that the
+    /// attempt is due). Job tasks have no overlay address.
+    pub(crate) fn launch_job_task(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        lt: &LaunchTask,
+        _ipam: &mut Ipam,
+        _store: &mut dyn IpamStore,
+    ) -> Result<()> {
+        let spec = self
+            .versions
+            .get(&(lt.service.clone(), lt.version))
+            .ok_or_else(|| ServicesError::Invalid(format!("version {} of {:?} is not kept", lt.version, lt.service)))?;
+        if lt.ports.len() != spec.ports.len() {
+            return Err(ServicesError::Invalid(format!(
+                "{} ports given, the spec has {}",
+                lt.ports.len(),
+                spec.ports.len()
+            )));
+        }
+        if self.tasks.contains_key(id) {
+            return Err(ServicesError::Invalid(format!("task {id} exists already")));
+        }
+        let task = Task {
+            id: id.to_string(),
+            service: lt.service.clone(),
+            version: lt.version,
+            agent: lt.agent,
+            host: lt.host.clone(),
+            ports: lt.ports.clone(),
+            network: None,
+            ip: None,
+            state: TaskState::Staging,
+            healthy: None,
+            reason: String::new(),
+            exit_code: None,
+            kill_requested: false,
+            staged_ms: now_ms,
+            started_ms: 0,
+            ended_ms: 0,
+            updated_ms: now_ms,
+        };
+        self.by_agent.entry(lt.agent).or_default().insert(id.to_string());
+        self.by_service.entry(lt.service.clone()).or_default().insert(id.to_string());
+        self.tasks.insert(id.to_string(), task);
+        self.dirty.tasks.insert(id.to_string());
         Ok(())
     }
 
@@ -1019,6 +1122,11 @@ impl Services {
     /// Keeps the versions that the service, its deployment or a task not ended uses, and
     /// the newest others up to [`VERSIONS_KEPT`].
     fn prune_versions(&mut self, id: &str) {
+        // A job's versions follow the job (`drop_job_versions`): it has no service record
+        // here to say which one is current.
+        if crate::jobs::job_of_service(id).is_some() {
+            return;
+        }
         let kept = self.versions_of(id).len();
         if kept <= VERSIONS_KEPT {
             return;

@@ -30,6 +30,7 @@ use crate::cluster::{CaRecord, ClusterMeta};
 use crate::codec::{decode, encode};
 use crate::command::Command;
 use crate::ipam::{self, IpamCommand, NetworkSpec};
+use crate::jobs::{Job, JobCommand, JobSpec, Missed, Run, RunState, Trigger};
 use crate::kv::types::*;
 use crate::lease::LeaseCommand;
 use crate::registry::{Availability, NodeResources, NodeState, Registration, RegistryCommand, Role, Transition};
@@ -154,6 +155,16 @@ fn command_name(c: &Command) -> String {
                 ServiceCommand::Lost { .. } => "Lost",
                 ServiceCommand::Update { .. } => "Update",
                 ServiceCommand::Reports { .. } => "Reports",
+            }
+        ),
+        Command::Jobs(j) => format!(
+            "Jobs.{}",
+            match j {
+                JobCommand::Put { .. } => "Put",
+                JobCommand::Remove { .. } => "Remove",
+                JobCommand::Run { .. } => "Run",
+                JobCommand::Tick => "Tick",
+                JobCommand::Launch { .. } => "Launch",
             }
         ),
     }
@@ -311,7 +322,49 @@ fn command_samples() -> Vec<Command> {
                 vec![],
             ],
         }),
+        Command::Jobs(JobCommand::Put { spec: Box::new(job_spec()), create: true }),
+        Command::Jobs(JobCommand::Remove { name: "nightly".into() }),
+        Command::Jobs(JobCommand::Run { name: "nightly".into() }),
+        Command::Jobs(JobCommand::Tick),
+        Command::Jobs(JobCommand::Launch {
+            job: "nightly".into(),
+            instant_ms: 1_900_000_000_000,
+            attempt: 2,
+            task: LaunchTask {
+                service: "job:nightly".into(),
+                version: 3,
+                agent: 5,
+                host: "node-5".into(),
+                ports: vec![],
+            },
+        }),
     ]
+}
+
+/// A job spec with every field set away from its default.
+fn job_spec() -> JobSpec {
+    JobSpec {
+        name: "nightly".into(),
+        cmd: None,
+        args: vec!["/usr/bin/backup".into(), "--all".into()],
+        cpus_milli: 500,
+        mem_mb: 256,
+        disk_mb: 100,
+        env: [("MODE".to_string(), "full".to_string())].into(),
+        constraints: vec![scheduler_core::Constraint::parse(&["rack", "IS", "a"]).unwrap()],
+        schedule: "R5/2030-01-01T02:30:00/P1D".into(),
+        cron: String::new(),
+        time_zone: "Europe/Berlin".into(),
+        retries: 3,
+        epsilon_ms: 30_000,
+        concurrent: true,
+        parents: vec!["extract".into()],
+        disabled: true,
+        missed: Missed::CatchUpOnce,
+        owner: "ops@example.com".into(),
+        owner_name: "Ops".into(),
+        description: "the nightly backup".into(),
+    }
 }
 
 /// A spec with every field set away from its default.
@@ -462,6 +515,51 @@ fn every_persisted_record_decodes_from_its_golden_bytes() {
                 started_ms: 11,
                 ended_ms: 0,
                 updated_ms: 12,
+            },
+        )],
+    );
+    check(
+        "records-jobs-job.txt",
+        vec![(
+            "j.j".to_string(),
+            Job {
+                spec: job_spec(),
+                version: 3,
+                created_ms: 1,
+                updated_ms: 2,
+                next: Some((4, 1_900_000_000_000)),
+                consumed: [("extract".to_string(), 1_800_000_000_000)].into(),
+                last_success: Some(1_800_000_000_000),
+                last_success_ms: 3,
+                last_error_ms: 4,
+                success_count: 5,
+                error_count: 6,
+                skipped_count: 7,
+                errors_since_success: 8,
+                history: [1_800_000_000_000u64].into(),
+                deleting: true,
+            },
+        )],
+    );
+    check(
+        "records-jobs-run.txt",
+        vec![(
+            "j.r".to_string(),
+            Run {
+                job: "nightly".into(),
+                instant_ms: 1_900_000_000_000,
+                trigger: Trigger::Parents(vec![("extract".into(), 1_800_000_000_000)]),
+                state: RunState::Failed,
+                attempts: 2,
+                tasks: vec!["job-nightly.1900000000000.1".into(), "job-nightly.1900000000000.2".into()],
+                agent: 5,
+                host: "node-5".into(),
+                exit_code: Some(3),
+                reason: "attempt 2 exited with 3".into(),
+                created_ms: 1,
+                started_ms: 2,
+                ended_ms: 3,
+                version: 3,
             },
         )],
     );

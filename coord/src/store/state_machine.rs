@@ -10,6 +10,7 @@
 //! - `g/…`: the master registry (see [`crate::registry::keys`]);
 //! - `l/<id>`: a lease (see [`crate::lease::keys`]);
 //! - `s/…`: services, versions, tasks and deployments (see [`crate::services::keys`]);
+//! - `j/…`: jobs and their runs (see [`crate::jobs::keys`]);
 //! - `r/<rev><n>`: what was written at revision `rev`, in write order: an op byte, the
 //!   revision of the version it replaced and the key, so compaction visits only the
 //!   revisions it discards and knows the dead versions without reading them.
@@ -40,6 +41,7 @@ use crate::cluster::{self, CaRecord, ClusterMeta};
 use crate::codec::{decode, encode, escape_key, key_u64, u64_key, unescape_key};
 use crate::command::{ApplyError, Command, Output, Response};
 use crate::ipam::{Ipam, IpamError};
+use crate::jobs::{Jobs, JobsError};
 use crate::kv::types::{KeyValue, RequestOp};
 use crate::kv::{History, KeyRange, KvStore, Live};
 use crate::lease::Leases;
@@ -64,6 +66,7 @@ pub struct SmState {
     pub ipam: Ipam,
     pub leases: Leases,
     pub services: Services,
+    pub jobs: Jobs,
     pub cluster: ClusterMeta,
     pub ca: Option<CaRecord>,
     /// `ca`'s record digest, kept beside it: heartbeat sessions compare it every second.
@@ -420,6 +423,13 @@ impl StateMachineStore {
                             Err(ServicesError::Storage(e)) => Err(ApplyError::Storage(e)),
                             Err(e) => Err(ApplyError::Services(e)),
                         };
+                        let ended = st.services.take_job_ends();
+                        if !ended.is_empty() {
+                            for t in &ended {
+                                st.jobs.task_ended(*time_ms, t, &mut st.services);
+                            }
+                            write_changes(hist.batch, cf, st.jobs.take_changes());
+                        }
                         write_changes(hist.batch, cf, st.services.take_changes());
                         let stale = st.services.take_stale_kills();
                         if !stale.is_empty() {
@@ -428,6 +438,17 @@ impl StateMachineStore {
                             }
                             write_changes(hist.batch, cf, st.registry.take_changes());
                         }
+                        r
+                    }
+                    Command::Jobs(c) => {
+                        let mut store = RocksIpam::for_apply(&self.db, hist.batch);
+                        let r = match st.jobs.apply(*time_ms, c, &mut st.services, &mut st.ipam, &mut store) {
+                            Ok(o) => Ok(Output::Jobs(o)),
+                            Err(JobsError::Storage(e)) => Err(ApplyError::Storage(e)),
+                            Err(e) => Err(ApplyError::Jobs(e)),
+                        };
+                        write_changes(hist.batch, cf, st.jobs.take_changes());
+                        write_changes(hist.batch, cf, st.services.take_changes());
                         r
                     }
                     Command::Put(p) => st.kv.apply_put(p, &mut hist).map(Output::Put),
@@ -531,7 +552,7 @@ fn reads_history(p: &Payload) -> bool {
     }
     match p {
         EntryPayload::Normal(LogEntry {
-            cmd: Command::Compact { .. } | Command::Ipam(_) | Command::Services(_),
+            cmd: Command::Compact { .. } | Command::Ipam(_) | Command::Services(_) | Command::Jobs(_),
             ..
         }) => true,
         EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
@@ -612,6 +633,13 @@ fn load_state(db: &DB) -> io::Result<SmState> {
         records.push(item.map_err(io_err)?);
     }
     st.services = Services::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(vec![b'j', b'/' + 1]);
+    let mut records = Vec::new();
+    for item in db.iterator_cf_opt(cf, ro, IteratorMode::From(crate::jobs::keys::PREFIX, rocksdb::Direction::Forward)) {
+        records.push(item.map_err(io_err)?);
+    }
+    st.jobs = Jobs::load(records.iter().map(|(k, v)| (&k[..], &v[..])))?;
     let all = KeyRange { start: Vec::new(), end: None };
     for kv in scan_history(db, cf, None, &all, i64::MAX)? {
         st.kv.live.insert(
@@ -668,7 +696,11 @@ impl StateMachineStore {
         let mut events = Vec::new();
         let mut services_changed = None;
         for (entry, responder) in group {
-            if matches!(&entry.payload, EntryPayload::Normal(LogEntry { cmd: Command::Services(_), .. })) {
+            // A job's launch creates a task too.
+            if matches!(
+                &entry.payload,
+                EntryPayload::Normal(LogEntry { cmd: Command::Services(_) | Command::Jobs(_), .. })
+            ) {
                 services_changed = Some(entry.log_id.index);
             }
             let _g = tracing::debug_span!("apply", index = entry.log_id.index).entered();

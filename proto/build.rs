@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/cluster/registry.proto",
             "proto/cluster/ipam.proto",
             "proto/cluster/services.proto",
+            "proto/cluster/jobs.proto",
         ],
         &["proto"],
     )?;

@@ -7,7 +7,7 @@
 //! - [`types`]: wire enums ([`Role`], [`RaftRole`], [`Availability`]) and their strings;
 //! - typed calls, as methods of [`Client`]: [`admin`] (status, members, leave, token, snapshot save),
 //!   [`kv`] (get, put, delete, txn), [`registry`] (nodes, drain, remove, events) and
-//!   [`ipam`] (networks and addresses);
+//!   [`ipam`] (networks and addresses), [`services`] and [`jobs`];
 //! - [`lease`]: etcd leases, locks and elections;
 //! - [`watch`]: a resumable etcd watch that moves to another master when its own fails.
 
@@ -15,6 +15,7 @@ pub mod admin;
 pub mod conn;
 pub mod error;
 pub mod ipam;
+pub mod jobs;
 pub mod kv;
 pub mod lease;
 pub mod registry;

@@ -80,6 +80,10 @@ impl<'a> ReadView<'a> {
         &self.st.services
     }
 
+    pub fn jobs(&self) -> &crate::jobs::Jobs {
+        &self.st.jobs
+    }
+
     /// The index of the last applied log entry (0 before any).
     pub fn last_applied_index(&self) -> u64 {
         self.st.last_applied.map_or(0, |l| l.index)

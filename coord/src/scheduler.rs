@@ -29,6 +29,7 @@ use scheduler_core::{AgentState, Input, Resources, Running, TaskGroup};
 use tracing::{info, warn};
 
 use crate::command::Command;
+use crate::jobs::{self, JobCommand, Jobs};
 use crate::node::{now_ms, CoordNode};
 use crate::registry::{Availability, NodeRecord, NodeState, Registry};
 use crate::services::{LaunchTask, ServiceCommand, Services, Task, TaskId, TaskState};
@@ -49,11 +50,20 @@ pub struct Decision {
     pub done: Vec<u64>,
     /// Services with tasks that could not be placed, and why.
     pub unplaced: Vec<(String, String)>,
+    /// Jobs' runs placed: `JobCommand::Launch` entries.
+    pub job_launches: Vec<JobCommand>,
+    /// Some job has an instant due: commit a `JobCommand::Tick`.
+    pub tick: bool,
 }
 
 impl Decision {
     pub fn is_empty(&self) -> bool {
-        self.lost.is_empty() && self.kills.is_empty() && self.launches.is_empty() && self.done.is_empty()
+        self.lost.is_empty()
+            && self.kills.is_empty()
+            && self.launches.is_empty()
+            && self.done.is_empty()
+            && self.job_launches.is_empty()
+            && !self.tick
     }
 
     /// The entries to commit, in order: lost, kills, launches in batches, done.
@@ -74,6 +84,10 @@ impl Decision {
         }
         for id in &self.done {
             out.push(Command::Services(ServiceCommand::DeploymentDone { id: *id }));
+        }
+        out.extend(self.job_launches.iter().cloned().map(Command::Jobs));
+        if self.tick {
+            out.push(Command::Jobs(JobCommand::Tick));
         }
         out
     }
@@ -140,7 +154,20 @@ impl Prepared {
 
 /// The reading half of [`decide`].
 pub fn prepare(services: &Services, registry: &Registry, now_ms: u64, seed: u64, max_launches: usize) -> Prepared {
-    let mut d = Decision::default();
+    prepare_with_jobs(services, registry, &Jobs::default(), now_ms, seed, max_launches)
+}
+
+/// [`prepare`], with the jobs area: a `Tick` when an instant is due, and the pending
+/// runs placed like a service's missing tasks.
+pub fn prepare_with_jobs(
+    services: &Services,
+    registry: &Registry,
+    jobs: &Jobs,
+    now_ms: u64,
+    seed: u64,
+    max_launches: usize,
+) -> Prepared {
+    let mut d = Decision { tick: jobs.due(now_ms), ..Decision::default() };
     // Agents gone: their tasks are lost.
     let mut gone: BTreeSet<TaskId> = BTreeSet::new();
     for agent in services.agents_with_tasks() {
@@ -232,7 +259,9 @@ pub fn prepare(services: &Services, registry: &Registry, now_ms: u64, seed: u64,
             }
         }
     }
-    let placement = (!wanted.is_empty()).then(|| placement(services, registry, seed, max_launches, &wanted, &gone));
+    let runs = jobs.wanted();
+    let placement = (!wanted.is_empty() || !runs.is_empty())
+        .then(|| placement(services, registry, seed, max_launches, &wanted, &runs, &gone));
     Prepared { d, placement, no_room_escape }
 }
 
@@ -243,6 +272,7 @@ fn placement(
     seed: u64,
     max_launches: usize,
     wanted: &[(String, u64, usize)],
+    runs: &[jobs::Wanted],
     gone: &BTreeSet<TaskId>,
 ) -> Placement {
     let mut agents = Vec::with_capacity(registry.nodes.len());
@@ -300,6 +330,29 @@ fn placement(
             strategy: spec.placement,
         });
     }
+    // One group per job; each pending run is a task named by its run and attempt.
+    let mut by_job: BTreeMap<&str, Vec<&jobs::Wanted>> = BTreeMap::new();
+    for r in runs {
+        by_job.entry(r.job.as_str()).or_default().push(r);
+    }
+    for (job, runs) in by_job {
+        let id = jobs::task_service(job);
+        let version = runs[0].version;
+        let Some(spec) = services.spec(&id, version) else { continue };
+        let n = runs.len().min(budget);
+        if n == 0 {
+            break;
+        }
+        budget -= n;
+        groups.push(TaskGroup {
+            service: id.clone(),
+            task_ids: runs[..n].iter().map(|r| format!("{id}#{version}#{}.{}", r.instant_ms, r.attempt)).collect(),
+            resources: Resources { cpus_milli: spec.cpus_milli, mem_mb: spec.mem_mb, disk_mb: spec.disk_mb },
+            ports: spec.ports.iter().map(|p| p.port).collect(),
+            constraints: spec.constraints.clone(),
+            strategy: spec.placement,
+        });
+    }
     let input = Input { agents, running, groups, seed, sample_size: None };
     let version_of = wanted.iter().map(|(id, v, _)| (id.clone(), *v)).collect();
     Placement { input, version_of }
@@ -312,7 +365,22 @@ impl Placement {
         let plan = scheduler_core::place(&input);
         let host: BTreeMap<NodeId, &scheduler_core::Agent> = input.agents.iter().map(|a| (a.id, a)).collect();
         for p in plan.placements {
-            let service = p.task_id.split('#').next().unwrap_or_default().to_string();
+            let mut parts = p.task_id.split('#');
+            let service = parts.next().unwrap_or_default().to_string();
+            if let Some(job) = jobs::job_of_service(&service) {
+                let version = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let run = parts.next().and_then(|r| r.split_once('.'));
+                let Some((Ok(instant_ms), Ok(attempt))) = run.map(|(i, a)| (i.parse(), a.parse())) else { continue };
+                let task = LaunchTask {
+                    service: service.clone(),
+                    version,
+                    agent: p.agent,
+                    host: host.get(&p.agent).map(|a| a.hostname.clone()).unwrap_or_default(),
+                    ports: p.ports,
+                };
+                d.job_launches.push(JobCommand::Launch { job: job.to_string(), instant_ms, attempt, task });
+                continue;
+            }
             let Some(version) = version_of.get(service.as_str()).copied() else { continue };
             d.launches.push(LaunchTask {
                 service,
@@ -367,7 +435,7 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
         // Reading holds the state lock (and so holds up apply); placing does not.
         let prepared = node.view_long(|v| {
             let seed = v.last_applied_index();
-            prepare(v.services(), v.registry(), now_ms(), seed, MAX_LAUNCHES_PER_PASS)
+            prepare_with_jobs(v.services(), v.registry(), v.jobs(), now_ms(), seed, MAX_LAUNCHES_PER_PASS)
         });
         let decision = crate::node::blocking(|| prepared.finish());
         let decide_ms = started.elapsed().as_millis() as u64;
@@ -386,6 +454,8 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
             kills = decision.kills.len(),
             launches = decision.launches.len(),
             done = decision.done.len(),
+            job_launches = decision.job_launches.len(),
+            tick = decision.tick,
             decide_ms,
             "scheduler pass"
         );

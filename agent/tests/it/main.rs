@@ -14,3 +14,4 @@ mod t90_watch;
 mod t91_lease;
 mod t92_lock;
 mod t93_tasks;
+mod t94_jobs;

@@ -12,6 +12,7 @@ mod authz;
 mod convert;
 mod etcd;
 pub mod ipam;
+pub mod jobs;
 mod lease;
 mod lock;
 mod logs;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use proto::clusterpb::cluster_admin_server::ClusterAdminServer;
 use proto::clusterpb::ipam_server::IpamServer;
+use proto::clusterpb::jobs_server::JobsServer;
 use proto::clusterpb::registry_server::RegistryServer;
 use proto::clusterpb::services_server::ServicesServer;
 use proto::etcdserverpb::cluster_server::ClusterServer;
@@ -222,6 +224,7 @@ pub async fn serve(
         )
         .add_service(IpamServer::new(ipam::IpamService::new(n.clone())).max_decoding_message_size(IPAM_MESSAGE_BYTES))
         // Reports carry up to 10,000 statuses; app JSON is small.
+        .add_service(JobsServer::new(jobs::JobsService::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES))
         .add_service(
             ServicesServer::new(services::ServicesService::new(n))
                 .max_decoding_message_size(IPAM_MESSAGE_BYTES)

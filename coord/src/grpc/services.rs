@@ -257,6 +257,19 @@ pub fn deployment_info(services: &Services, d: &Deployment) -> pb::DeploymentInf
     }
 }
 
+/// What a job run's command learns of its run: the job, the scheduled instant (so that
+/// a run can tell which instant it serves, whichever attempt it is) and the attempt.
+fn job_env(t: &Task) -> Vec<(String, String)> {
+    let Some((job, instant_ms, attempt)) = crate::jobs::parse_task_id(&t.id) else { return Vec::new() };
+    let utc = crate::jobs::schedule::show_utc(instant_ms);
+    vec![
+        ("CLUSTER_JOB_NAME".into(), job.to_string()),
+        ("CLUSTER_JOB_INSTANT".into(), utc),
+        ("CLUSTER_JOB_INSTANT_MS".into(), instant_ms.to_string()),
+        ("CLUSTER_JOB_ATTEMPT".into(), attempt.to_string()),
+    ]
+}
+
 fn assigned(services: &Services, t: &Task) -> Option<pb::AssignedTask> {
     let spec = services.spec(&t.service, t.version)?;
     Some(pb::AssignedTask {
@@ -266,7 +279,7 @@ fn assigned(services: &Services, t: &Task) -> Option<pb::AssignedTask> {
         kill: t.state == TaskState::Killing,
         cmd: spec.cmd.clone().unwrap_or_default(),
         args: spec.args.clone(),
-        env: spec.env.clone().into_iter().collect(),
+        env: job_env(t).into_iter().chain(spec.env.clone()).collect(),
         cpus_milli: spec.cpus_milli,
         mem_mb: spec.mem_mb,
         disk_mb: spec.disk_mb,
@@ -400,7 +413,14 @@ impl pb::services_server::Services for ServicesService {
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
         let r = req.into_inner();
-        let service = (!r.service.is_empty()).then(|| normalize_id(&r.service));
+        // A job's runs are listed under their task-service, `job:<name>`.
+        let service = (!r.service.is_empty()).then(|| {
+            if r.service.starts_with(crate::jobs::TASK_SERVICE_PREFIX) {
+                r.service.clone()
+            } else {
+                normalize_id(&r.service)
+            }
+        });
         let tasks = self.node.view(|v| {
             v.services()
                 .tasks()

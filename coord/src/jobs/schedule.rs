@@ -183,6 +183,11 @@ pub fn show(ms: u64, tz: &TimeZone) -> String {
     }
 }
 
+/// An instant in UTC, ISO 8601 (`2030-03-08T19:00:00Z`).
+pub fn show_utc(ms: u64) -> String {
+    show(ms, &TimeZone::UTC)
+}
+
 /// An ISO 8601 duration only (jiff also reads a friendlier form, `5 minutes`, which
 /// Chronos does not).
 fn iso_span(text: &str) -> Option<Span> {

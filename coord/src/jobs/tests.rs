@@ -285,3 +285,73 @@ fn task_ids_name_their_run() {
     assert_eq!(job_of_service("job:x"), Some("x"));
     assert_eq!(job_of_service("/x"), None);
 }
+
+/// Drives a job through leader time hour by hour, as the leader's loop would, and returns
+/// the instants it ran, shown in its zone.
+fn runs_over(spec: JobSpec, from: &str, hours: u64) -> Vec<String> {
+    let mut w = World::new();
+    let from = from.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64;
+    w.now = from;
+    let tz = schedule::zone(&spec.time_zone).unwrap();
+    let name = spec.name.clone();
+    w.create(spec);
+    for h in 0..hours {
+        w.now = from + h * 3_600_000;
+        for t in w.tick_and_launch() {
+            w.report(&t, TaskState::Finished, Some(0));
+        }
+    }
+    w.jobs
+        .runs_of(&name)
+        .map(|r| {
+            assert_eq!(r.state, RunState::Succeeded, "{r:?}");
+            schedule::show(r.instant_ms, &tz)
+        })
+        .collect()
+}
+
+#[test]
+fn a_daily_0230_job_runs_on_its_zones_calendar_across_daylight_saving_changes() {
+    // Europe/Berlin moves clocks forward on 2030-03-31 (02:00 → 03:00) and back on
+    // 2030-10-27 (03:00 → 02:00).
+    let mut s = JobSpec::new("nightly", "true");
+    s.schedule = "R/2030-03-29T02:30:00/P1D".into();
+    s.time_zone = "Europe/Berlin".into();
+    s.epsilon_ms = 3_600_000;
+    assert_eq!(
+        runs_over(s.clone(), "2030-03-28T12:00:00Z", 24 * 4),
+        [
+            "2030-03-29T02:30:00+01:00[Europe/Berlin]",
+            "2030-03-30T02:30:00+01:00[Europe/Berlin]",
+            "2030-03-31T03:30:00+02:00[Europe/Berlin]",
+            "2030-04-01T02:30:00+02:00[Europe/Berlin]",
+        ]
+    );
+    s.schedule = "R/2030-10-25T02:30:00/P1D".into();
+    assert_eq!(
+        runs_over(s, "2030-10-24T12:00:00Z", 24 * 4),
+        [
+            "2030-10-25T02:30:00+02:00[Europe/Berlin]",
+            "2030-10-26T02:30:00+02:00[Europe/Berlin]",
+            // 02:30 happens twice that night: it runs once, at the first.
+            "2030-10-27T02:30:00+02:00[Europe/Berlin]",
+            "2030-10-28T02:30:00+01:00[Europe/Berlin]",
+        ]
+    );
+    // The same with cron, in New York, whose clocks go back at 02:00 on 2030-11-03 (to
+    // 01:00): 02:30 comes once that night, already at the winter offset.
+    let mut s = JobSpec::new("nightly", "true");
+    s.cron = "30 2 * * *".into();
+    s.time_zone = "America/New_York".into();
+    s.epsilon_ms = 3_600_000;
+    let runs = runs_over(s, "2030-11-01T12:00:00Z", 24 * 4);
+    assert_eq!(
+        runs,
+        [
+            "2030-11-02T02:30:00-04:00[America/New_York]",
+            "2030-11-03T02:30:00-05:00[America/New_York]",
+            "2030-11-04T02:30:00-05:00[America/New_York]",
+            "2030-11-05T02:30:00-05:00[America/New_York]",
+        ]
+    );
+}

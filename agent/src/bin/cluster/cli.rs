@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Availability, Client, GetOptions, NetworkSpec, Role, WatchOptions};
 
-use crate::commands::{backup, cluster, ipam, kv, lease, nodes, services};
+use crate::commands::{backup, cluster, ipam, jobs, kv, lease, nodes, services};
 
 /// cluster: a cluster manager whose masters coordinate through their own Raft log.
 ///
@@ -382,6 +382,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Jobs (Chronos): run a command on an ISO 8601 or cron schedule, in a time zone, or
+    /// after other jobs; each scheduled instant runs once, across failovers.
+    Job {
+        #[command(subcommand)]
+        op: JobOp,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Deployments: list, cancel (roll back).
     Deployment {
         #[command(subcommand)]
@@ -683,6 +691,36 @@ pub enum TaskOp {
         #[arg(long, default_value_t = 0)]
         tail_bytes: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobOp {
+    /// Create a job from a Chronos job definition: `name`, `command`, and one of
+    /// `schedule` (R[n]/start/period, e.g. R/2030-01-01T02:30:00/P1D), `cron` (e.g.
+    /// "30 2 * * *") or `parents`; optional `scheduleTimeZone` (a tz name), `epsilon`
+    /// (PT60S), `retries` (2), `concurrent`, `missedRuns` (skip | catch-up-once), `cpus`,
+    /// `mem`, `disk`, `environmentVariables`, `constraints`, `disabled`.
+    Create {
+        /// The job JSON file (`-`: standard input).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Replace a job's definition (runs going finish on the old one).
+    Update {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// List jobs with their next run and their last result.
+    Ls,
+    /// A job's state, runs going and definition.
+    Inspect { name: String },
+    /// Start a run now.
+    Run { name: String },
+    /// The kept runs (the newest 100): instant, trigger, result, exit code, duration, the
+    /// task whose logs `cluster task logs` shows, and why a run was skipped or failed.
+    History { name: String },
+    /// Remove a job (a run going is killed).
+    Rm { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1077,6 +1115,7 @@ impl Cli {
             Command::Node { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Service { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Task { op, client: o } => op.run(&o.client()?, o.format()).await,
+            Command::Job { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Deployment { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Network { op, client: o } => op.run(&o.client()?, o.format()).await,
             Command::Ip { op, client: o } => op.run(&o.client()?, o.format()).await,
@@ -1137,6 +1176,20 @@ impl TaskOp {
             TaskOp::Logs { id, follow, stderr, tail_bytes } => {
                 services::task_logs(c, &id, follow, stderr, tail_bytes).await
             }
+        }
+    }
+}
+
+impl JobOp {
+    async fn run(self, c: &Client, f: Format) -> anyhow::Result<()> {
+        match self {
+            JobOp::Create { file } => jobs::create(c, f, &file).await,
+            JobOp::Update { file } => jobs::update(c, f, &file).await,
+            JobOp::Ls => jobs::list(c, f).await,
+            JobOp::Inspect { name } => jobs::inspect(c, f, &name).await,
+            JobOp::Run { name } => jobs::run(c, f, &name).await,
+            JobOp::History { name } => jobs::history(c, f, &name).await,
+            JobOp::Rm { name } => jobs::remove(c, f, &name).await,
         }
     }
 }

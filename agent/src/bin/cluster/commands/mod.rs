@@ -6,11 +6,13 @@
 //! - [`kv`]: `kv put|get|del`;
 //! - [`nodes`]: `nodes` and `node inspect|drain|activate|rm|events` (the registry);
 //! - [`ipam`]: `network create|ls|inspect|rm|check` and `ip allocate|release`;
-//! - [`services`]: `service …`, `task …`, `deployment …`.
+//! - [`services`]: `service …`, `task …`, `deployment …`;
+//! - [`jobs`]: `job …`.
 
 pub mod backup;
 pub mod cluster;
 pub mod ipam;
+pub mod jobs;
 pub mod kv;
 pub mod lease;
 pub mod nodes;

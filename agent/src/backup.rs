@@ -155,6 +155,7 @@ pub async fn restore(spec: RestoreSpec, progress: Progress<'_>) -> anyhow::Resul
         no_worker: false,
         agent: Default::default(),
         masters: vec![advertise.clone()],
+        http_listen: None,
     };
     daemon::write_node_file(&spec.data_dir, &file).map_err(undo)?;
     Ok(Restored {

@@ -70,6 +70,8 @@ pub struct AgentFlags {
     pub hostname: Option<String>,
     pub no_cgroups: bool,
     pub canary_keep_replaced_tasks: bool,
+    /// A master's HTTP face (Marathon and Chronos REST): host:port, kept for `start`.
+    pub http_listen: Option<String>,
 }
 
 impl AgentFlags {
@@ -118,10 +120,16 @@ pub(crate) struct NodeFile {
     /// Master addresses, as last pushed by the leader: where a restarted agent looks.
     #[serde(default)]
     pub(crate) masters: Vec<String>,
+    /// Where a master serves its HTTP face; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) http_listen: Option<String>,
 }
 
 impl NodeFile {
     fn merge_agent_flags(&mut self, a: &AgentFlags) {
+        if a.http_listen.is_some() {
+            self.http_listen = a.http_listen.clone();
+        }
         a.merge_into(&mut self.no_worker, &mut self.agent);
     }
 }
@@ -212,6 +220,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
         no_worker: false,
         agent: AgentSettings::default(),
         masters: vec![advertise.clone()],
+        http_listen: None,
     };
     file.merge_agent_flags(&node.agent);
     // Fail before anything is written if the agent's resources are malformed.
@@ -220,7 +229,8 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     write_node_file(&node.data_dir, &file)?;
     let coord = open(&node.data_dir, &file, &node.config, load_node_credential(&node.data_dir)?).await?;
     coord.initialize().await.context("initialize the Raft group")?;
-    let serving = serve(coord.clone(), listener);
+    let http = bind_http(&file).await?;
+    let serving = serve(coord.clone(), listener, http);
     wait_for_identity(&coord).await?;
     crate::renewal::save_record_digest(&node.data_dir, &coord.ca_record_digest());
     // The join secrets now live in the replicated state; node.json keeps none.
@@ -361,6 +371,7 @@ pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result
         no_worker,
         agent,
         masters,
+        http_listen: node.agent.http_listen.clone(),
     };
     node_credential(&node.data_dir).save(&trusted, &chain, &key)?;
     crate::renewal::save_record_digest(&node.data_dir, &resp.ca_record_digest);
@@ -441,8 +452,9 @@ async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, config: 
         return run_worker(dir, file, tls).await;
     }
     let listener = listener.context("a master needs its listener")?;
+    let http = bind_http(&file).await?;
     let coord = open(dir, &file, config, tls).await?;
-    let serving = serve(coord.clone(), listener);
+    let serving = serve(coord.clone(), listener, http);
     spawn_own_agent(dir, &file, coord.clone())?;
     serving.await
 }
@@ -667,13 +679,39 @@ async fn open(
     Ok(CoordNode::open(opts).await?)
 }
 
+/// The HTTP face's listener, when this master has one.
+async fn bind_http(file: &NodeFile) -> anyhow::Result<Option<TcpListener>> {
+    match &file.http_listen {
+        Some(addr) if file.role != Role::Worker => {
+            Ok(Some(bind(addr).await.with_context(|| format!("--http-listen {addr}"))?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Serves until Ctrl-C, SIGTERM or removal from the cluster, then shuts Raft down.
-fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Future<Output = anyhow::Result<()>> {
+fn serve(
+    coord: Arc<CoordNode>,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> {
     let mut removed = coord.removed();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(coord::grpc::serve(coord.clone(), listener, async move {
         let _ = stop_rx.await;
     }));
+    if let Some(l) = http {
+        let c = coord.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = http_stop_rx.await;
+            };
+            if let Err(e) = coord::http::serve(c, l, stop).await {
+                warn!("the HTTP face stopped: {e}");
+            }
+        });
+    }
     async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let reason = tokio::select! {
@@ -696,6 +734,7 @@ fn serve(coord: Arc<CoordNode>, listener: TcpListener) -> impl std::future::Futu
         };
         info!("shutting down: {reason}");
         let _ = stop_tx.send(());
+        let _ = http_stop_tx.send(());
         if tokio::time::timeout(Duration::from_secs(3), coord.shutdown()).await.is_err() {
             warn!("raft shutdown timed out");
         }

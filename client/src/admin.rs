@@ -74,6 +74,33 @@ impl Client {
         .map(|r| r.into_inner().token)
     }
 
+    /// A bearer token for the HTTP face, `role` "admin" or "reader"; returned only here.
+    pub async fn issue_http_token(&self, role: &str, name: &str) -> Result<pb::IssueHttpTokenResponse, ClientError> {
+        let req = pb::IssueHttpTokenRequest { role: role.into(), name: name.into() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { self.admin(ch).issue_http_token(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    pub async fn revoke_http_token(&self, id: &str) -> Result<(), ClientError> {
+        let req = pb::RevokeHttpTokenRequest { id: id.into() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { self.admin(ch).revoke_http_token(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn list_http_tokens(&self) -> Result<Vec<pb::HttpTokenInfo>, ClientError> {
+        self.call(|ch| async move { self.admin(ch).list_http_tokens(pb::ListHttpTokensRequest {}).await })
+            .await
+            .map(|r| r.into_inner().tokens)
+    }
+
     /// Replaces the join secret for `role`; returns the new token. The old one is refused
     /// from then on.
     pub async fn rotate_token(&self, role: Role) -> Result<String, ClientError> {

@@ -161,3 +161,63 @@ mod tests {
         assert_eq!(cur, Some(b));
     }
 }
+
+/// The key of the HTTP bearer tokens (a `BTreeMap<String, HttpToken>` by id).
+pub const HTTP_TOKENS_KEY: &[u8] = b"m/http_tokens";
+/// Tokens kept at most (issued and not revoked).
+pub const MAX_HTTP_TOKENS: usize = 1_000;
+
+/// A bearer token for the HTTP face (`cluster token issue-http`). Only its hash is in the
+/// log: the secret is drawn by the master that serves the request and shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpToken {
+    /// Public part of the token, `[0-9a-f]{16}`; names it for listing and revoking.
+    pub id: String,
+    /// SHA-256 of the whole token, hex.
+    pub hash: String,
+    /// "admin" or "reader".
+    pub role: String,
+    /// Who or what it is for, free text.
+    pub name: String,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpTokenCommand {
+    Issue(HttpToken),
+    Revoke { id: String },
+}
+
+/// Applies an [`HttpTokenCommand`]; an issued token takes the entry's time.
+pub fn apply_http_token(
+    tokens: &mut std::collections::BTreeMap<String, HttpToken>,
+    now_ms: u64,
+    cmd: &HttpTokenCommand,
+) -> Result<(), ApplyError> {
+    match cmd {
+        HttpTokenCommand::Issue(t) => {
+            let hex16 = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex16(&t.id, 16) || !hex16(&t.hash, 64) {
+                return Err(ApplyError::Other("a token needs a 16-hex-digit id and a SHA-256 hash".into()));
+            }
+            if t.role != "admin" && t.role != "reader" {
+                return Err(ApplyError::Other(format!("token role {:?}: use admin or reader", t.role)));
+            }
+            if t.name.len() > 256 {
+                return Err(ApplyError::Other("a token's name is at most 256 bytes".into()));
+            }
+            if tokens.contains_key(&t.id) {
+                return Err(ApplyError::Other(format!("token {} exists already", t.id)));
+            }
+            if tokens.len() >= MAX_HTTP_TOKENS {
+                return Err(ApplyError::Other(format!("at most {MAX_HTTP_TOKENS} tokens: revoke unused ones first")));
+            }
+            tokens.insert(t.id.clone(), HttpToken { created_ms: now_ms, ..t.clone() });
+            Ok(())
+        }
+        HttpTokenCommand::Revoke { id } => match tokens.remove(id) {
+            Some(_) => Ok(()),
+            None => Err(ApplyError::Other(format!("token {id:?} not found"))),
+        },
+    }
+}

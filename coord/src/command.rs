@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::CaRecord;
+use crate::cluster::{CaRecord, HttpTokenCommand};
 use crate::ipam::{IpamCommand, IpamError, IpamOutput};
 use crate::jobs::{JobCommand, JobsError, JobsOutput};
 use crate::kv::types::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse};
@@ -66,6 +66,8 @@ pub enum Command {
     /// Jobs: users' changes and runs, the leader's ticks (which decide due instants) and
     /// placements.
     Jobs(JobCommand),
+    /// Bearer tokens of the HTTP face: issued (only the hash) and revoked.
+    HttpToken(HttpTokenCommand),
 }
 
 impl Command {
@@ -86,6 +88,8 @@ impl Command {
             Command::Lease(c) => c.name(),
             Command::Services(c) => c.name(),
             Command::Jobs(c) => c.name(),
+            Command::HttpToken(HttpTokenCommand::Issue(_)) => "http_token_issue",
+            Command::HttpToken(HttpTokenCommand::Revoke { .. }) => "http_token_revoke",
         }
     }
 }

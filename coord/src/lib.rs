@@ -35,6 +35,8 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod http;
+pub mod http_token;
 pub mod ipam;
 pub mod jobs;
 pub mod kv;

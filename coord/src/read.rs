@@ -84,6 +84,11 @@ impl<'a> ReadView<'a> {
         &self.st.jobs
     }
 
+    /// The HTTP face's bearer tokens (hashes only), by id.
+    pub fn http_tokens(&self) -> &std::collections::BTreeMap<String, crate::cluster::HttpToken> {
+        &self.st.http_tokens
+    }
+
     /// The index of the last applied log entry (0 before any).
     pub fn last_applied_index(&self) -> u64 {
         self.st.last_applied.map_or(0, |l| l.index)

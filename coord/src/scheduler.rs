@@ -462,10 +462,9 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
         // Lost and kill entries go first, one at a time: launches may need the room they
         // free. Launch entries are independent of one another, so they are proposed
         // together and their replication and apply overlap.
-        let (launches, others): (Vec<Command>, Vec<Command>) = decision
-            .commands()
-            .into_iter()
-            .partition(|c| matches!(c, Command::Services(ServiceCommand::Launch { .. })));
+        let (launches, others): (Vec<Command>, Vec<Command>) = decision.commands().into_iter().partition(|c| {
+            matches!(c, Command::Services(ServiceCommand::Launch { .. }) | Command::Jobs(JobCommand::Launch { .. }))
+        });
         let (first, last): (Vec<Command>, Vec<Command>) =
             others.into_iter().partition(|c| !matches!(c, Command::Services(ServiceCommand::DeploymentDone { .. })));
         let mut ok = true;

@@ -144,6 +144,15 @@ impl Credentials {
         Ok(Arc::new(c))
     }
 
+    /// [`Credentials::server_config`] for the HTTP face: the same certificates and
+    /// optional client certificate, speaking HTTP/1.1 as well as HTTP/2 (browsers, curl,
+    /// HAProxy and scripts).
+    pub fn http_server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, PkiError> {
+        let mut c = Arc::unwrap_or_clone(self.server_config()?);
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(c))
+    }
+
     /// A client of masters: verifies [`SERVER_NAME`] against the trusted CAs and presents
     /// this process's certificate when it has one.
     pub fn client_config(self: &Arc<Self>) -> Result<Arc<ClientConfig>, PkiError> {

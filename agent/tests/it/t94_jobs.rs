@@ -96,7 +96,7 @@ async fn scheduled_instants_run_exactly_once_across_leader_kills_and_children_on
         String::from_utf8_lossy(&o.stderr)
     );
 
-    let start = (now_ms() / 1000 + 5) * 1000;
+    let start = (now_ms() / 1000 + 8) * 1000;
     let job = write_job(
         &c,
         "ticker",

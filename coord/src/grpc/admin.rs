@@ -359,6 +359,77 @@ impl pb::cluster_admin_server::ClusterAdmin for Admin {
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn issue_http_token(
+        &self,
+        req: Request<pb::IssueHttpTokenRequest>,
+    ) -> Result<Response<pb::IssueHttpTokenResponse>, Status> {
+        let r = req.get_ref();
+        if r.role != "admin" && r.role != "reader" {
+            return Err(Status::invalid_argument(format!("role {:?}: use admin or reader", r.role)));
+        }
+        if r.name.len() > 256 {
+            return Err(Status::invalid_argument("name: at most 256 bytes"));
+        }
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                let (id, token, hash) = crate::http_token::draw();
+                let t = crate::cluster::HttpToken {
+                    id: id.clone(),
+                    hash,
+                    role: r.role.clone(),
+                    name: r.name.clone(),
+                    created_ms: 0,
+                };
+                node.write(Command::HttpToken(crate::cluster::HttpTokenCommand::Issue(t))).await?;
+                info!(id, role = r.role, "HTTP token issued");
+                Ok(pb::IssueHttpTokenResponse { id, token })
+            },
+            async |ch, r| ClusterAdminClient::new(ch).issue_http_token(r).await,
+        )
+        .await
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn revoke_http_token(
+        &self,
+        req: Request<pb::RevokeHttpTokenRequest>,
+    ) -> Result<Response<pb::RevokeHttpTokenResponse>, Status> {
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                node.write(Command::HttpToken(crate::cluster::HttpTokenCommand::Revoke { id: r.id.clone() })).await?;
+                info!(id = r.id, "HTTP token revoked");
+                Ok(pb::RevokeHttpTokenResponse {})
+            },
+            async |ch, r| ClusterAdminClient::new(ch).revoke_http_token(r).await,
+        )
+        .await
+    }
+
+    async fn list_http_tokens(
+        &self,
+        _: Request<pb::ListHttpTokensRequest>,
+    ) -> Result<Response<pb::ListHttpTokensResponse>, Status> {
+        let tokens = self.node.view(|v| {
+            v.http_tokens()
+                .values()
+                .map(|t| pb::HttpTokenInfo {
+                    id: t.id.clone(),
+                    role: t.role.clone(),
+                    name: t.name.clone(),
+                    created_ms: t.created_ms,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListHttpTokensResponse { tokens }))
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
     async fn rotate_ca(&self, req: Request<pb::RotateCaRequest>) -> Result<Response<pb::RotateCaResponse>, Status> {
         let phase = req.get_ref().phase.clone();
         if phase != "start" && phase != "finish" {

@@ -8,7 +8,7 @@
 //! through [`leader_view`].
 
 mod admin;
-mod authz;
+pub(crate) mod authz;
 mod convert;
 mod etcd;
 pub mod ipam;

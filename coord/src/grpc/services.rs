@@ -260,6 +260,9 @@ pub fn deployment_info(services: &Services, d: &Deployment) -> pb::DeploymentInf
 /// What a job run's command learns of its run: the job, the scheduled instant (so that
 /// a run can tell which instant it serves, whichever attempt it is) and the attempt.
 fn job_env(t: &Task) -> Vec<(String, String)> {
+    if crate::jobs::job_of_service(&t.service).is_none() {
+        return Vec::new();
+    }
     let Some((job, instant_ms, attempt)) = crate::jobs::parse_task_id(&t.id) else { return Vec::new() };
     let utc = crate::jobs::schedule::show_utc(instant_ms);
     vec![
@@ -279,7 +282,8 @@ fn assigned(services: &Services, t: &Task) -> Option<pb::AssignedTask> {
         kill: t.state == TaskState::Killing,
         cmd: spec.cmd.clone().unwrap_or_default(),
         args: spec.args.clone(),
-        env: job_env(t).into_iter().chain(spec.env.clone()).collect(),
+        // A job's own variables last: the spec's env cannot hide them.
+        env: spec.env.clone().into_iter().chain(job_env(t)).collect(),
         cpus_milli: spec.cpus_milli,
         mem_mb: spec.mem_mb,
         disk_mb: spec.disk_mb,

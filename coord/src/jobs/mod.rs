@@ -43,6 +43,11 @@ pub const HISTORY_KEPT: usize = 100;
 /// Instants one `Tick` decides per job at most (a job missed for a long time is caught
 /// up over several entries).
 pub const MAX_INSTANTS_PER_TICK: usize = 1_000;
+/// Runs of one job that may wait for placement at once; an instant due while this many
+/// wait is skipped (recorded, with the reason) rather than queued without end.
+pub const MAX_PENDING_RUNS: usize = 10;
+/// Instants one `Tick` decides over all jobs at most; the rest wait for the next one.
+pub const MAX_INSTANTS_PER_ENTRY: usize = 10_000;
 /// Prefix of the task-service id under which a job's runs are tasks.
 pub const TASK_SERVICE_PREFIX: &str = "job:";
 
@@ -141,10 +146,13 @@ pub struct Job {
     /// The next scheduled instant not yet decided: (its index in an ISO schedule, Unix
     /// ms). `None`: no more (a finished `R<n>`, or no schedule).
     pub next: Option<(u64, u64)>,
-    /// For a dependent job: per parent, the instant of the successful parent run the
-    /// last run of this job consumed.
+    /// For a dependent job: per parent, that parent's `success_count` when a run of this
+    /// job last started on its success (at creation: its count then). A parent that has
+    /// succeeded since counts more; successes are told apart by their order, not by
+    /// their runs' instants (an older run may succeed after a newer one).
     pub consumed: BTreeMap<String, u64>,
-    /// The instant of the latest successful run.
+    /// The instant of the run that succeeded last (the most recent success, whichever
+    /// instant it served).
     pub last_success: Option<u64>,
     pub last_success_ms: u64,
     pub last_error_ms: u64,
@@ -444,7 +452,9 @@ impl Jobs {
         for p in &spec.parents {
             match self.jobs.get(p) {
                 None => return Err(JobsError::Invalid(format!("parents: job {p:?} not found"))),
-                Some(j) if j.deleting => return Err(JobsError::Deleting(p.clone())),
+                Some(j) if j.deleting => {
+                    return Err(JobsError::Invalid(format!("parents: job {p:?} is being removed")))
+                }
                 _ => {}
             }
             if self.depends_on(p, &spec.name) {
@@ -456,6 +466,7 @@ impl Jobs {
         }
         let name = spec.name.clone();
         match (self.jobs.get(&name), create) {
+            (Some(j), true) if j.deleting => return Err(JobsError::Deleting(name)),
             (Some(_), true) => return Err(JobsError::Exists(name)),
             (None, false) => return Err(JobsError::NotFound(name)),
             (Some(j), false) if j.deleting => return Err(JobsError::Deleting(name)),
@@ -469,13 +480,20 @@ impl Jobs {
             Some(o) if o.spec.same_timing(spec) => o.next,
             _ => first_instant(spec, created_ms, now_ms)?,
         };
+        let timed = !spec.schedule.is_empty() || !spec.cron.is_empty();
+        if timed && next.is_none() && !spec.disabled && old.as_ref().is_none_or(|o| !o.spec.same_timing(spec)) {
+            return Err(JobsError::Invalid(format!(
+                "{}: no instant of it is still to come; it would never run",
+                if spec.schedule.is_empty() { "cron" } else { "schedule" }
+            )));
+        }
         // A new child counts only parent runs that succeed from now on.
         let consumed = spec
             .parents
             .iter()
             .map(|p| {
                 let prior = old.as_ref().and_then(|o| o.consumed.get(p).copied());
-                let latest = self.jobs.get(p).and_then(|j| j.last_success).unwrap_or(0);
+                let latest = self.jobs.get(p).map_or(0, |j| j.success_count);
                 (p.clone(), prior.unwrap_or(latest))
             })
             .collect();
@@ -561,6 +579,7 @@ impl Jobs {
                     r.ended_ms = now_ms;
                     self.dirty.runs.insert(key.clone());
                     self.unset_active(name, i);
+                    self.ended(name, i);
                 }
                 _ => {}
             }
@@ -629,9 +648,23 @@ impl Jobs {
             ended_ms: 0,
             version: job.version,
         };
+        let waiting = self.active.get(name).map_or(0, |s| {
+            s.iter()
+                .filter(|i| self.runs.get(&(name.to_string(), **i)).is_some_and(|r| r.state == RunState::Pending))
+                .count()
+        });
         if let (false, Some(g)) = (job.spec.concurrent, going) {
+            let placed = self.runs.get(&(name.to_string(), g)).is_some_and(|r| r.state == RunState::Running);
             run.state = RunState::Skipped;
-            run.reason = format!("the run of {g} was still going and concurrent is false");
+            run.reason = if placed {
+                format!("the run of {g} was still going and concurrent is false")
+            } else {
+                format!("the run of {g} was still waiting for an agent with room and concurrent is false")
+            };
+            run.ended_ms = now_ms;
+        } else if waiting >= MAX_PENDING_RUNS {
+            run.state = RunState::Skipped;
+            run.reason = format!("{waiting} runs were already waiting for an agent with room");
             run.ended_ms = now_ms;
         }
         let state = run.state;
@@ -656,7 +689,7 @@ impl Jobs {
                 job.success_count += 1;
                 job.errors_since_success = 0;
                 job.last_success_ms = at;
-                job.last_success = Some(job.last_success.map_or(instant, |s| s.max(instant)));
+                job.last_success = Some(instant);
             }
             RunState::Failed => {
                 job.error_count += 1;
@@ -692,7 +725,10 @@ impl Jobs {
             .collect();
         let mut decided = 0;
         for name in names {
-            for _ in 0..MAX_INSTANTS_PER_TICK {
+            if decided as usize >= MAX_INSTANTS_PER_ENTRY {
+                break;
+            }
+            for _ in 0..MAX_INSTANTS_PER_TICK.min(MAX_INSTANTS_PER_ENTRY - decided as usize) {
                 let job = self.jobs.get(&name).expect("listed above");
                 let Some((k, at)) = job.next.filter(|(_, t)| *t <= now_ms) else { break };
                 let after = following(&job.spec, job.created_ms, k, at);
@@ -817,10 +853,8 @@ impl Jobs {
         } else {
             let what = match (t.state, t.exit_code) {
                 (TaskState::Lost, _) => format!("lost: {}", t.reason),
-                (_, Some(c)) => format!(
-                    "exited with {c}{}",
-                    if t.reason.is_empty() { String::new() } else { format!(": {}", t.reason) }
-                ),
+                (_, Some(c)) if t.reason.is_empty() || t.reason.contains("exit") => format!("exited with {c}"),
+                (_, Some(c)) => format!("exited with {c}: {}", t.reason),
                 (s, None) => format!("{}: {}", s.as_str(), t.reason),
             };
             if !deleting && r.attempts <= retries {
@@ -844,6 +878,10 @@ impl Jobs {
         if state == RunState::Succeeded {
             self.start_children(now_ms, &name);
         }
+        if state.is_ended() {
+            // Parents that succeeded while this run went on are taken up now.
+            self.start_if_satisfied(now_ms, &name);
+        }
         for f in std::mem::take(&mut self.forgotten) {
             services.forget_task(&f);
         }
@@ -856,30 +894,43 @@ impl Jobs {
         let children: Vec<String> = self
             .jobs
             .values()
-            .filter(|j| !j.deleting && !j.spec.disabled && j.spec.parents.iter().any(|p| p == parent))
+            .filter(|j| j.spec.parents.iter().any(|p| p == parent))
             .map(|j| j.spec.name.clone())
             .collect();
         for c in children {
-            let child = self.jobs.get(&c).expect("listed above");
-            let mut by = Vec::new();
-            for p in &child.spec.parents {
-                let latest = self.jobs.get(p).and_then(|j| j.last_success);
-                match latest {
-                    Some(s) if s > child.consumed.get(p).copied().unwrap_or(0) => by.push((p.clone(), s)),
-                    _ => break,
-                }
-            }
-            if by.len() != child.spec.parents.len() {
-                continue;
-            }
-            let child = self.jobs.get_mut(&c).expect("listed above");
-            for (p, s) in &by {
-                child.consumed.insert(p.clone(), *s);
-            }
-            self.dirty.jobs.insert(c.clone());
-            let instant = self.free_instant(&c, now_ms);
-            self.start_run(now_ms, &c, instant, Trigger::Parents(by));
+            self.start_if_satisfied(now_ms, &c);
         }
+    }
+
+    /// Starts a run of dependent job `c` if every parent has succeeded since its last
+    /// run, and a run may start now (not removed or disabled; without `concurrent`, none
+    /// going). Its parents' successes are consumed only by a run that starts, so a
+    /// success that comes while a run is going is taken up when that run ends.
+    fn start_if_satisfied(&mut self, now_ms: u64, c: &str) {
+        let Some(child) = self.jobs.get(c) else { return };
+        if child.deleting || child.spec.disabled || child.spec.parents.is_empty() {
+            return;
+        }
+        if !child.spec.concurrent && self.active.contains_key(c) {
+            return;
+        }
+        let mut by = Vec::new();
+        let mut counts = Vec::new();
+        for p in &child.spec.parents {
+            let Some(pj) = self.jobs.get(p) else { return };
+            if pj.success_count <= child.consumed.get(p).copied().unwrap_or(0) {
+                return;
+            }
+            by.push((p.clone(), pj.last_success.unwrap_or(0)));
+            counts.push((p.clone(), pj.success_count));
+        }
+        let child = self.jobs.get_mut(c).expect("checked");
+        for (p, n) in counts {
+            child.consumed.insert(p, n);
+        }
+        self.dirty.jobs.insert(c.to_string());
+        let instant = self.free_instant(c, now_ms);
+        self.start_run(now_ms, c, instant, Trigger::Parents(by));
     }
 
     // ---- persistence ----

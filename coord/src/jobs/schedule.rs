@@ -142,7 +142,8 @@ impl Iso {
             _ => 0,
         };
         // The guess can overshoot for a calendar period (months differ in length).
-        while k > 0 && self.instant(k - 1).is_some_and(|t| t >= at_ms) {
+        // Past the repeat count the guess finds no instant: step back over those too.
+        while k > 0 && self.instant(k - 1).is_none_or(|t| t >= at_ms) {
             k -= 1;
         }
         for _ in 0..MAX_STEPS {
@@ -152,7 +153,7 @@ impl Iso {
                 Some(_) => k += 1,
             }
         }
-        Err(format!("no run within {MAX_STEPS} periods"))
+        Err(format!("schedule: no run within {MAX_STEPS} periods of {at_ms} ms"))
     }
 }
 

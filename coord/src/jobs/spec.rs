@@ -174,6 +174,11 @@ impl JobSpec {
         if self.epsilon_ms > 366 * 86_400_000 {
             return Err("epsilon: at most a year".into());
         }
+        // The leader decides due instants a few times a second: a smaller epsilon would
+        // skip runs that were on time.
+        if self.epsilon_ms < 1000 {
+            return Err("epsilon: at least PT1S".into());
+        }
         for (f, v) in [("owner", &self.owner), ("ownerName", &self.owner_name), ("description", &self.description)] {
             if v.len() > MAX_TEXT_BYTES {
                 return Err(format!("{f}: longer than {MAX_TEXT_BYTES} bytes"));

@@ -143,7 +143,7 @@ fn catch_up_once_runs_only_the_newest_missed_instant() {
     let mut w = World::new();
     let mut s = every_5s("a");
     s.missed = Missed::CatchUpOnce;
-    s.epsilon_ms = 0;
+    s.epsilon_ms = 1000;
     w.create(s);
     w.now = T0 + 22_000;
     let tasks = w.tick_and_launch();
@@ -263,7 +263,7 @@ fn a_removed_job_kills_its_run_and_goes_with_it() {
 fn history_is_bounded_and_the_dropped_runs_tasks_go_too() {
     let mut w = World::new();
     let mut s = every_5s("a");
-    s.epsilon_ms = 0;
+    s.epsilon_ms = 1000;
     w.create(s);
     let mut first = None;
     for i in 1..=(HISTORY_KEPT as u64 + 5) {
@@ -354,4 +354,88 @@ fn a_daily_0230_job_runs_on_its_zones_calendar_across_daylight_saving_changes() 
             "2030-11-05T02:30:00-05:00[America/New_York]",
         ]
     );
+}
+
+#[test]
+fn an_older_parent_run_succeeding_after_a_newer_one_still_starts_a_child_run() {
+    let mut w = World::new();
+    let mut p = every_5s("p");
+    p.concurrent = true;
+    w.create(p);
+    let mut c = JobSpec::new("c", "echo child");
+    c.parents = vec!["p".into()];
+    c.concurrent = true;
+    w.create(c);
+    w.now = T0 + 5000;
+    let t5 = w.tick_and_launch();
+    w.now = T0 + 10_000;
+    let t10 = w.tick_and_launch();
+    // The newer run succeeds first, then the older one.
+    w.report(&t10[0], TaskState::Finished, Some(0));
+    w.report(&t5[0], TaskState::Finished, Some(0));
+    let triggers: Vec<Trigger> = w.jobs.runs_of("c").map(|r| r.trigger.clone()).collect();
+    assert_eq!(
+        triggers,
+        vec![Trigger::Parents(vec![("p".into(), T0 + 10_000)]), Trigger::Parents(vec![("p".into(), T0 + 5000)])]
+    );
+}
+
+#[test]
+fn a_parent_success_during_a_childs_run_is_taken_up_when_that_run_ends() {
+    let mut w = World::new();
+    let mut p = every_5s("p");
+    p.concurrent = true;
+    w.create(p);
+    let mut c = JobSpec::new("c", "echo child");
+    c.parents = vec!["p".into()];
+    w.create(c);
+    w.now = T0 + 5000;
+    let t = w.tick_and_launch();
+    w.report(&t[0], TaskState::Finished, Some(0));
+    let child = w.tick_and_launch();
+    assert_eq!(child.len(), 1);
+    // The parent succeeds again while the child (not concurrent) still runs.
+    w.now = T0 + 10_000;
+    let t = w.tick_and_launch();
+    let t: Vec<&TaskId> = t.iter().filter(|id| id.starts_with("job-p.")).collect();
+    w.report(t[0], TaskState::Finished, Some(0));
+    assert_eq!(w.jobs.runs_of("c").count(), 1, "no second child run while one goes");
+    w.report(&child[0], TaskState::Finished, Some(0));
+    let runs: Vec<&Run> = w.jobs.runs_of("c").collect();
+    assert_eq!(runs.len(), 2, "the second parent success starts one when the first child run ends");
+    assert_eq!(runs[1].state, RunState::Pending);
+    w.check_reload();
+}
+
+#[test]
+fn a_run_that_cannot_be_placed_does_not_queue_without_end() {
+    let mut w = World::new();
+    let mut s = every_5s("a");
+    s.concurrent = true;
+    w.create(s);
+    for i in 1..=(MAX_PENDING_RUNS as u64 + 3) {
+        w.now = T0 + 5000 * i;
+        w.job(JobCommand::Tick).unwrap();
+    }
+    assert_eq!(w.jobs.wanted().len(), MAX_PENDING_RUNS);
+    let last = w.jobs.run("a", T0 + 5000 * (MAX_PENDING_RUNS as u64 + 3)).unwrap();
+    assert_eq!(last.state, RunState::Skipped);
+    assert!(last.reason.contains("already waiting"), "{}", last.reason);
+}
+
+#[test]
+fn a_schedule_with_nothing_left_to_run_is_refused() {
+    let mut w = World::new();
+    let mut s = JobSpec::new("old", "true");
+    s.schedule = "R2/2001-01-01T00:00:00Z/PT1H".into();
+    let e = w.job(JobCommand::Put { spec: Box::new(s), create: true }).unwrap_err();
+    assert!(e.to_string().contains("would never run"), "{e}");
+    assert!(w.jobs.job("old").is_none());
+    // R<n> with a calendar period, created near its end, still finds its last runs.
+    let mut s = JobSpec::new("monthly", "true");
+    s.schedule = "R40/2030-02-01T00:00:00Z/P1M".into();
+    w.now = "2033-04-15T00:00:00Z".parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64;
+    w.create(s);
+    let next = w.jobs.job("monthly").unwrap().next.unwrap();
+    assert_eq!((next.0, schedule::show_utc(next.1)), (39, "2033-05-01T00:00:00Z".to_string()));
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use super::state_machine::HistRecord;
 use super::{open_db, sm_cf, StateMachineStore};
-use crate::cluster::{CaRecord, ClusterMeta};
+use crate::cluster::{CaRecord, ClusterMeta, HttpToken, HttpTokenCommand};
 use crate::codec::{decode, encode};
 use crate::command::Command;
 use crate::ipam::{self, IpamCommand, NetworkSpec};
@@ -165,6 +165,13 @@ fn command_name(c: &Command) -> String {
                 JobCommand::Run { .. } => "Run",
                 JobCommand::Tick => "Tick",
                 JobCommand::Launch { .. } => "Launch",
+            }
+        ),
+        Command::HttpToken(t) => format!(
+            "HttpToken.{}",
+            match t {
+                HttpTokenCommand::Issue(_) => "Issue",
+                HttpTokenCommand::Revoke { .. } => "Revoke",
             }
         ),
     }
@@ -338,7 +345,19 @@ fn command_samples() -> Vec<Command> {
                 ports: vec![],
             },
         }),
+        Command::HttpToken(HttpTokenCommand::Issue(http_token())),
+        Command::HttpToken(HttpTokenCommand::Revoke { id: "0123456789abcdef".into() }),
     ]
+}
+
+fn http_token() -> HttpToken {
+    HttpToken {
+        id: "0123456789abcdef".into(),
+        hash: "ab".repeat(32),
+        role: "reader".into(),
+        name: "grafana".into(),
+        created_ms: 7,
+    }
 }
 
 /// A job spec with every field set away from its default.
@@ -517,6 +536,10 @@ fn every_persisted_record_decodes_from_its_golden_bytes() {
                 updated_ms: 12,
             },
         )],
+    );
+    check(
+        "records-http-tokens.txt",
+        vec![("m.http_tokens".to_string(), BTreeMap::from([("0123456789abcdef".to_string(), http_token())]))],
     );
     check(
         "records-jobs-job.txt",

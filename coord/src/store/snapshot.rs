@@ -82,6 +82,8 @@ pub fn area_of(key: &[u8]) -> &'static str {
         Some(b'g') => "registry",
         Some(b'i') => "ipam",
         Some(b's') => "services",
+        Some(b'j') => "jobs",
+        Some(b'l') => "leases",
         Some(b'm') => "meta",
         _ => "other",
     }

@@ -73,6 +73,8 @@ pub struct SmState {
     pub ca_digest: String,
     /// Masters that left (see `Command::RetireMaster`).
     pub retired: std::collections::BTreeSet<NodeId>,
+    /// The HTTP face's bearer tokens, by id (only their hashes).
+    pub http_tokens: BTreeMap<String, cluster::HttpToken>,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
 }
@@ -372,6 +374,13 @@ impl StateMachineStore {
                     Command::SetJoinSecret { role, secret } => {
                         st.cluster.set_join_secret(role, secret).map(|()| Output::Unit)
                     }
+                    Command::HttpToken(c) => {
+                        let r = cluster::apply_http_token(&mut st.http_tokens, *time_ms, c).map(|()| Output::Unit);
+                        if r.is_ok() {
+                            hist.batch.put_cf(cf, cluster::HTTP_TOKENS_KEY, encode(&st.http_tokens)?);
+                        }
+                        r
+                    }
                     Command::RetireMaster { node_id } => {
                         st.retired.insert(*node_id);
                         hist.batch.put_cf(cf, cluster::RETIRED_KEY, encode(&st.retired)?);
@@ -552,7 +561,7 @@ fn reads_history(p: &Payload) -> bool {
     }
     match p {
         EntryPayload::Normal(LogEntry {
-            cmd: Command::Compact { .. } | Command::Ipam(_) | Command::Services(_) | Command::Jobs(_),
+            cmd: Command::Compact { .. } | Command::Ipam(_) | Command::Services(_),
             ..
         }) => true,
         EntryPayload::Normal(LogEntry { cmd: Command::Txn(t), .. }) => past_read(&t.success) || past_read(&t.failure),
@@ -597,6 +606,9 @@ fn load_state(db: &DB) -> io::Result<SmState> {
     }
     if let Some(b) = get(cluster::RETIRED_KEY)? {
         st.retired = decode(&b)?;
+    }
+    if let Some(b) = get(cluster::HTTP_TOKENS_KEY)? {
+        st.http_tokens = decode(&b)?;
     }
     if let Some(b) = get(cluster::CA_KEY)? {
         let ca: CaRecord = decode(&b)?;

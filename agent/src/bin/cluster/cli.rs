@@ -167,6 +167,12 @@ pub struct AgentArgs {
     /// elsewhere (Swarm's rule broken), for the fault-injection suite's tasks canary.
     #[arg(long, hide = true)]
     pub canary_keep_replaced_tasks: bool,
+    /// Masters: host:port for the HTTP face (Marathon's /v2 and Chronos' /v1 REST APIs,
+    /// /health, /ready), over TLS with the cluster's certificates. Callers present a
+    /// client certificate or a token from `cluster token issue-http`. Off unless given;
+    /// kept for `start`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
 }
 
 impl AgentArgs {
@@ -181,6 +187,7 @@ impl AgentArgs {
             hostname: self.hostname,
             no_cgroups: self.no_cgroups,
             canary_keep_replaced_tasks: self.canary_keep_replaced_tasks,
+            http_listen: self.http_listen,
         }
     }
 }
@@ -309,14 +316,26 @@ pub enum Command {
     },
     /// Print the join token for a role: `cluster token worker`. Or replace its secret:
     /// `cluster token rotate worker` prints the new token, and the old one is refused
-    /// from then on (nodes that already joined are not affected).
+    /// from then on (nodes that already joined are not affected). HTTP bearer tokens:
+    /// `cluster token issue-http --role reader --name grafana`, `ls-http`,
+    /// `revoke-http --id ID`.
     Token {
-        /// manager, worker, or rotate (then the role follows).
+        /// manager, worker, rotate (then the role follows), issue-http, revoke-http or
+        /// ls-http.
         #[arg(value_enum)]
         action: TokenAction,
         /// With rotate: the role whose token to replace.
         #[arg(value_enum)]
         role: Option<TokenRole>,
+        /// With issue-http: what the token may do.
+        #[arg(long = "role", value_enum)]
+        http_role: Option<ClientRole>,
+        /// With issue-http: who or what the token is for.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// With revoke-http: the token's id (`ls-http` lists them).
+        #[arg(long)]
+        id: Option<String>,
         /// Print only the token.
         #[arg(short, long)]
         quiet: bool,
@@ -532,6 +551,12 @@ pub enum TokenAction {
     Manager,
     Worker,
     Rotate,
+    /// A bearer token for the HTTP face (`--role admin|reader`, `--name`), shown once.
+    IssueHttp,
+    /// Refuse an HTTP token from now on (`--id`).
+    RevokeHttp,
+    /// The HTTP tokens issued and not revoked (ids, roles, names; never the tokens).
+    LsHttp,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1075,7 +1100,24 @@ impl Cli {
             Command::Start { data_dir, listen, agent, tuning } => {
                 daemon::start(data_dir, listen, agent.flags(), tuning.config()).await
             }
-            Command::Token { action, role, quiet, client: o } => match (action, role) {
+            Command::Token { action: TokenAction::IssueHttp, http_role, name, quiet, client: o, .. } => {
+                let role = match http_role {
+                    Some(ClientRole::Admin) => "admin",
+                    Some(ClientRole::Reader) => "reader",
+                    None => bail!("which role? `cluster token issue-http --role reader` (or admin)"),
+                };
+                cluster::issue_http_token(&o.client()?, o.format(), role, &name, quiet).await
+            }
+            Command::Token { action: TokenAction::RevokeHttp, id, client: o, .. } => {
+                let Some(id) = id else {
+                    bail!("which token? `cluster token revoke-http --id ID` (`ls-http` lists them)")
+                };
+                cluster::revoke_http_token(&o.client()?, o.format(), &id).await
+            }
+            Command::Token { action: TokenAction::LsHttp, client: o, .. } => {
+                cluster::list_http_tokens(&o.client()?, o.format()).await
+            }
+            Command::Token { action, role, quiet, client: o, .. } => match (action, role) {
                 (TokenAction::Manager, None) => cluster::token(&o.client()?, o.format(), Role::Manager, quiet).await,
                 (TokenAction::Worker, None) => cluster::token(&o.client()?, o.format(), Role::Worker, quiet).await,
                 (TokenAction::Rotate, Some(r)) => {
@@ -1083,6 +1125,9 @@ impl Cli {
                 }
                 (TokenAction::Rotate, None) => bail!("which token? `cluster token rotate manager` or `… worker`"),
                 (_, Some(_)) => bail!("one role only: `cluster token worker`, or `cluster token rotate worker`"),
+                (TokenAction::IssueHttp | TokenAction::RevokeHttp | TokenAction::LsHttp, None) => {
+                    unreachable!("matched above")
+                }
             },
             Command::Cert { op: CertOp::Issue { role, out, name, days }, client: o } => {
                 let role = match role {

@@ -98,6 +98,46 @@ pub async fn leave(c: &Client, f: Format, node_id: Option<u64>) -> anyhow::Resul
     Ok(())
 }
 
+pub async fn issue_http_token(c: &Client, f: Format, role: &str, name: &str, quiet: bool) -> anyhow::Result<()> {
+    let r = c.issue_http_token(role, name).await?;
+    if quiet {
+        println!("{}", r.token);
+    } else if f == Format::Json {
+        json(&json!({ "id": r.id, "role": role, "name": name, "token": r.token }));
+    } else {
+        println!("HTTP token {} ({role}); it is shown only now:", r.id);
+        println!("    {}", r.token);
+        println!("Send it as `Authorization: Bearer <token>`; `cluster token revoke-http --id {}` revokes it.", r.id);
+    }
+    Ok(())
+}
+
+pub async fn revoke_http_token(c: &Client, f: Format, id: &str) -> anyhow::Result<()> {
+    c.revoke_http_token(id).await?;
+    if f == Format::Json {
+        json(&json!({ "id": id, "revoked": true }));
+    } else {
+        println!("HTTP token {id} revoked");
+    }
+    Ok(())
+}
+
+pub async fn list_http_tokens(c: &Client, f: Format) -> anyhow::Result<()> {
+    let tokens = c.list_http_tokens().await?;
+    if f == Format::Json {
+        let v: Vec<_> = tokens
+            .iter()
+            .map(|t| json!({"id": t.id, "role": t.role, "name": t.name, "created_ms": t.created_ms}))
+            .collect();
+        json(&json!({ "tokens": v }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> =
+        tokens.iter().map(|t| vec![t.id.clone(), t.role.clone(), t.name.clone(), t.created_ms.to_string()]).collect();
+    agent::output::table(&["ID", "ROLE", "NAME", "CREATED MS"], &rows);
+    Ok(())
+}
+
 pub async fn rotate_token(c: &Client, f: Format, role: Role, quiet: bool) -> anyhow::Result<()> {
     let t = c.rotate_token(role).await?;
     if quiet {

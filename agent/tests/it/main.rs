@@ -15,3 +15,4 @@ mod t91_lease;
 mod t92_lock;
 mod t93_tasks;
 mod t94_jobs;
+mod t95_http;

@@ -70,7 +70,6 @@ pub fn task_json(t: &pb::TaskInfo) -> Value {
         "id": t.id,
         "appId": t.service,
         "host": t.host,
-        "agentId": t.agent.to_string(),
         "slaveId": t.agent.to_string(),
         "ports": t.ports,
         "servicePorts": [],
@@ -88,6 +87,11 @@ fn app_json(s: &pb::ServiceInfo, tasks: Option<&[pb::TaskInfo]>) -> Value {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
+    // Our one field beyond Marathon's: shown only when it is not the default, since
+    // Marathon's client libraries refuse fields they do not know.
+    if m.get("placement").and_then(Value::as_str) == Some("binpack") {
+        m.remove("placement");
+    }
     m.insert("version".into(), iso(s.version_ms).into());
     m.insert(
         "versionInfo".into(),
@@ -148,8 +152,28 @@ async fn list_apps(State(h): State<Http>, Query(q): Query<AppsQuery>) -> ApiResu
 
 #[derive(serde::Deserialize, Default)]
 struct ForceQuery {
-    force: Option<bool>,
-    scale: Option<bool>,
+    force: Option<String>,
+    scale: Option<String>,
+}
+
+/// A boolean query parameter as clients spell it (`true`, `True`, `1`; Python sends
+/// `False`).
+fn flag(name: &str, v: &Option<String>) -> ApiResult<bool> {
+    match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") | Some("0") | Some("") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(o) => Err(ApiError(StatusCode::BAD_REQUEST, format!("{name}={o:?}: use true or false"))),
+    }
+}
+
+impl ForceQuery {
+    fn force(&self) -> ApiResult<bool> {
+        flag("force", &self.force)
+    }
+
+    fn scale(&self) -> ApiResult<bool> {
+        flag("scale", &self.scale)
+    }
 }
 
 async fn create_app(State(h): State<Http>, body: Bytes) -> ApiResult<Response> {
@@ -214,7 +238,7 @@ async fn app_put(
     if !sub.is_empty() {
         return Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("{method} /v2/apps{id}/{sub} is not supported")));
     }
-    let force = q.force.unwrap_or(false);
+    let force = q.force()?;
     let Value::Object(given) = body_json(&body)? else {
         return Err(ApiError(StatusCode::BAD_REQUEST, "an app definition is a JSON object".into()));
     };
@@ -287,8 +311,8 @@ async fn app_delete(
         // Marathon kills the app's tasks (they are replaced); with scale=true it also
         // scales the app down by as many, here to 0.
         "tasks" => {
-            let force = q.force.unwrap_or(false);
-            let c = if q.scale.unwrap_or(false) {
+            let force = q.force()?;
+            let c = if q.scale()? {
                 h.services.scale_service(req(pb::ScaleServiceRequest { id: id.clone(), instances: 0, force })).await?
             } else {
                 h.services.restart_service(req(pb::ServiceRef { id: id.clone(), force })).await?
@@ -309,11 +333,7 @@ async fn app_post(
     if sub != "restart" {
         return Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("POST /v2/apps{id}/{sub} is not supported")));
     }
-    let c = h
-        .services
-        .restart_service(req(pb::ServiceRef { id: id.clone(), force: q.force.unwrap_or(false) }))
-        .await?
-        .into_inner();
+    let c = h.services.restart_service(req(pb::ServiceRef { id: id.clone(), force: q.force()? })).await?.into_inner();
     Ok(Json(change_json(&c, service(&h, &id).await?.version_ms)))
 }
 
@@ -418,11 +438,8 @@ async fn cancel_deployment(
     Query(q): Query<ForceQuery>,
 ) -> ApiResult<Json<Value>> {
     let n: u64 = id.parse().map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("deployment {id:?} not found")))?;
-    let c = h
-        .services
-        .cancel_deployment(req(pb::CancelDeploymentRequest { id: n, force: q.force.unwrap_or(false) }))
-        .await?
-        .into_inner();
+    let c =
+        h.services.cancel_deployment(req(pb::CancelDeploymentRequest { id: n, force: q.force()? })).await?.into_inner();
     Ok(Json(json!({"deploymentId": c.deployment.to_string(), "version": c.version.to_string()})))
 }
 
@@ -455,6 +472,8 @@ async fn info(State(h): State<Http>) -> Json<Value> {
         "frameworkId": cluster_id,
         "marathon_config": {"master": "cluster", "hostname": h.node.advertise_addr.clone()},
         "http_config": {"https_port": Value::Null},
+        // Marathon's clients expect the object; there is no ZooKeeper to describe.
+        "zookeeper_config": {},
     }))
 }
 

@@ -409,6 +409,20 @@ mod tests {
     }
 
     #[test]
+    fn the_job_examples_in_docs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/jobs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "json") {
+                let s = parse_job(&std::fs::read(e.path()).unwrap(), None);
+                assert!(s.is_ok(), "{}: {:?}", e.path().display(), s.err());
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "examples found: {n}");
+    }
+
+    #[test]
     fn bad_jobs_are_refused_by_field() {
         for (bad, why) in [
             (

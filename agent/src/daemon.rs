@@ -207,6 +207,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node.listen, node.advertise.as_deref())?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
+    check_http_listen(&node.agent).await?;
     let cluster_id = hex_id();
     let mut file = NodeFile {
         node_id: 1,
@@ -327,6 +328,9 @@ pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result
     crate::resources::resolve(&agent, probe)?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
+    // Before the cluster admits this node: a node that joined and then cannot start
+    // would weaken the quorum.
+    check_http_listen(&node.agent).await?;
     let (key, csr) = pki::cert::new_key_and_csr()?;
     let req = JoinRequest {
         token: token.clone(),
@@ -429,13 +433,16 @@ pub async fn start(
     if let Some(l) = listen {
         file.listen = l;
     }
-    let before = (file.no_worker, file.agent.clone(), file.node_secret.clone());
+    if file.role == Role::Worker && agent.http_listen.is_some() {
+        anyhow::bail!("--http-listen is for masters: a worker serves no HTTP");
+    }
+    let before = (file.no_worker, file.agent.clone(), file.node_secret.clone(), file.http_listen.clone());
     file.merge_agent_flags(&agent);
     crate::resources::resolve(&file.agent, &data_dir)?;
     if file.node_secret.is_empty() {
         file.node_secret = secret();
     }
-    if before != (file.no_worker, file.agent.clone(), file.node_secret.clone()) {
+    if before != (file.no_worker, file.agent.clone(), file.node_secret.clone(), file.http_listen.clone()) {
         write_node_file(&data_dir, &file)?;
     }
     info!(node = file.node_id, role = %file.role, "restarting node from {}", data_dir.display());
@@ -677,6 +684,15 @@ async fn open(
         tls,
     };
     Ok(CoordNode::open(opts).await?)
+}
+
+/// Fails early when `--http-listen` cannot be bound (a typo, a port in use), before
+/// anything is written or joined.
+async fn check_http_listen(a: &AgentFlags) -> anyhow::Result<()> {
+    if let Some(addr) = &a.http_listen {
+        drop(bind(addr).await.with_context(|| format!("--http-listen {addr}"))?);
+    }
+    Ok(())
 }
 
 /// The HTTP face's listener, when this master has one.

@@ -94,13 +94,16 @@ async fn put_job(h: &Http, body: &[u8], dependent: bool) -> ApiResult<StatusCode
         };
         return Err(ApiError(StatusCode::BAD_REQUEST, why.into()));
     }
-    let name = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-    let exists = h.jobs.get_job(tonic::Request::new(pb::JobRef { name })).await.is_ok();
-    let req = tonic::Request::new(pb::PutJobRequest { job_json: body.to_vec() });
-    if exists {
-        h.jobs.update_job(req).await?;
-    } else {
-        h.jobs.create_job(req).await?;
+    // Replace the job of that name, or create it: decided by the leader's answer, not by
+    // this master's (possibly older) state.
+    let put = || tonic::Request::new(pb::PutJobRequest { job_json: body.to_vec() });
+    match h.jobs.update_job(put()).await {
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            h.jobs.create_job(put()).await?;
+        }
+        r => {
+            r?;
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

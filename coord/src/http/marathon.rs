@@ -114,6 +114,20 @@ fn change_json(c: &pb::ServiceChange, version_ms: u64) -> Value {
     json!({"version": iso(version_ms), "deploymentId": c.deployment.to_string()})
 }
 
+/// The app right after a write the leader accepted: a follower may apply it a moment
+/// later, so a missing app is looked for again for up to 3 s.
+async fn service_after_write(h: &Http, id: &str) -> ApiResult<pb::ServiceInfo> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match service(h, id).await {
+            Err(ApiError(StatusCode::NOT_FOUND, _)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            r => return r,
+        }
+    }
+}
+
 async fn service(h: &Http, id: &str) -> ApiResult<pb::ServiceInfo> {
     Ok(h.services.get_service(req(pb::ServiceRef { id: id.to_string(), force: false })).await?.into_inner())
 }
@@ -126,31 +140,48 @@ async fn tasks_of(h: &Http, id: &str) -> ApiResult<Vec<pb::TaskInfo>> {
         .tasks)
 }
 
-#[derive(serde::Deserialize, Default)]
-struct AppsQuery {
-    embed: Option<String>,
-    id: Option<String>,
-    cmd: Option<String>,
-}
-
-async fn list_apps(State(h): State<Http>, Query(q): Query<AppsQuery>) -> ApiResult<Json<Value>> {
+async fn list_apps(State(h): State<Http>, Query(q): Query<Vec<(String, String)>>) -> ApiResult<Json<Value>> {
+    let (mut embed_tasks, mut id, mut cmd) = (false, None, None);
+    for (k, v) in q {
+        match k.as_str() {
+            // Repeated by clients (`embed=apps.tasks&embed=apps.counts`); counts are always in.
+            "embed" => embed_tasks |= v.contains("tasks"),
+            "id" => id = Some(v),
+            "cmd" => cmd = Some(v),
+            other => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("query parameter {other:?} is not supported (supported: embed, id, cmd)"),
+                ))
+            }
+        }
+    }
     let all = h.services.list_services(req(pb::ListServicesRequest {})).await?.into_inner().services;
-    let embed_tasks = q.embed.as_deref().is_some_and(|e| e.contains("tasks"));
+    let mut by_app: std::collections::BTreeMap<String, Vec<pb::TaskInfo>> = std::collections::BTreeMap::new();
+    if embed_tasks {
+        let tasks =
+            h.services.list_tasks(req(pb::ListTasksRequest { service: String::new(), agent: 0, all: false })).await?;
+        for t in tasks.into_inner().tasks {
+            by_app.entry(t.service.clone()).or_default().push(t);
+        }
+    }
     let mut apps = Vec::new();
     for s in all.iter().filter(|s| !s.deleting) {
-        if q.id.as_ref().is_some_and(|i| !s.id.contains(i.as_str())) {
+        let skip = id.as_ref().is_some_and(|i| !s.id.contains(i.as_str()))
+            || cmd.as_ref().is_some_and(|c| !s.app_json.contains(c.as_str()));
+        if skip {
             continue;
         }
-        if q.cmd.as_ref().is_some_and(|c| !s.app_json.contains(c.as_str())) {
-            continue;
-        }
-        let tasks = if embed_tasks { Some(tasks_of(&h, &s.id).await?) } else { None };
+        let tasks = embed_tasks.then(|| by_app.remove(&s.id).unwrap_or_default());
         apps.push(app_json(s, tasks.as_deref()));
     }
     Ok(Json(json!({"apps": apps})))
 }
 
+/// `force` and `scale`; any other parameter (Marathon's `host`, `wipe`,
+/// `partialUpdate`) is refused by name, never ignored.
 #[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ForceQuery {
     force: Option<String>,
     scale: Option<String>,
@@ -183,7 +214,7 @@ async fn create_app(State(h): State<Http>, body: Bytes) -> ApiResult<Response> {
         .create_service(req(pb::PutServiceRequest { app_json: body.to_vec(), force: false }))
         .await?
         .into_inner();
-    let s = service(&h, &c.id).await?;
+    let s = service_after_write(&h, &c.id).await?;
     let mut r = (StatusCode::CREATED, Json(app_json(&s, None))).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&format!("/v2/apps{}", c.id)) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -242,6 +273,14 @@ async fn app_put(
     let Value::Object(given) = body_json(&body)? else {
         return Err(ApiError(StatusCode::BAD_REQUEST, "an app definition is a JSON object".into()));
     };
+    if given.contains_key("version") {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a rollback by version is not supported: send the old definition, or cancel the deployment \
+             (DELETE /v2/deployments/{id})"
+                .into(),
+        ));
+    }
     if let Some(other) = given.get("id").and_then(Value::as_str) {
         if normalize_id(other) != id {
             return Err(ApiError(
@@ -264,7 +303,7 @@ async fn app_put(
             .create_service(req(pb::PutServiceRequest { app_json: Value::Object(app).to_string().into_bytes(), force }))
             .await?
             .into_inner();
-        return Ok(Json(change_json(&c, service(&h, &c.id).await?.version_ms)));
+        return Ok(Json(change_json(&c, service_after_write(&h, &c.id).await?.version_ms)));
     };
     if given.len() == 1 && given.contains_key("instances")
         || given.len() == 2 && given.contains_key("instances") && given.contains_key("id")
@@ -305,7 +344,7 @@ async fn app_delete(
     match sub {
         "" => {
             let s = service(&h, &id).await?;
-            let c = h.services.remove_service(req(pb::ServiceRef { id, force: false })).await?.into_inner();
+            let c = h.services.remove_service(req(pb::ServiceRef { id, force: q.force()? })).await?.into_inner();
             Ok(Json(change_json(&c, s.version_ms)))
         }
         // Marathon kills the app's tasks (they are replaced); with scale=true it also
@@ -395,13 +434,11 @@ async fn all_tasks(State(h): State<Http>, Query(q): Query<TasksQuery>, headers: 
         })
         .collect();
     if wants_text(&headers) {
-        let mut by_app: Vec<(String, Vec<pb::TaskInfo>)> = Vec::new();
+        let mut grouped: std::collections::BTreeMap<String, Vec<pb::TaskInfo>> = std::collections::BTreeMap::new();
         for t in tasks {
-            match by_app.iter_mut().find(|(id, _)| *id == t.service) {
-                Some((_, v)) => v.push(t),
-                None => by_app.push((t.service.clone(), vec![t])),
-            }
+            grouped.entry(t.service.clone()).or_default().push(t);
         }
+        let by_app: Vec<(String, Vec<pb::TaskInfo>)> = grouped.into_iter().collect();
         return Ok(tasks_text(&by_app));
     }
     Ok(Json(json!({"tasks": tasks.iter().map(task_json).collect::<Vec<_>>()})).into_response())

@@ -37,6 +37,14 @@ use crate::node::CoordNode;
 
 /// Request bodies are app and job definitions: small.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A request's headers must arrive within this (a slow client holds nothing longer).
+pub const HEADER_READ_TIMEOUT_S: u64 = 10;
+/// A connection is closed after this long, whatever it does (clients reconnect).
+pub const MAX_CONNECTION_S: u64 = 3600;
+/// A handler answers within this, or the request fails with 503.
+pub const HANDLER_TIMEOUT_S: u64 = 30;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -104,41 +112,60 @@ pub async fn unsupported(req: Request) -> ApiError {
 /// The token in an `Authorization` header, in any of the forms clients send.
 fn presented_token(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
-        return Some(t.trim().to_string());
-    }
     if let Some(t) = v.strip_prefix("token=") {
         return Some(t.trim().to_string());
     }
-    if let Some(b) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) {
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_string());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
         use base64::Engine;
-        let raw = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
         let text = String::from_utf8(raw).ok()?;
         return text.split_once(':').map(|(_, p)| p.to_string());
     }
     None
 }
 
-/// Who is calling, or why they may not.
+/// Who is calling, or why they may not: the higher of what its certificate and its
+/// token allow.
 fn access(h: &Http, peer: Option<&PeerInfo>, headers: &HeaderMap) -> Result<Access, ApiError> {
-    if let Some(who) = peer.and_then(|p| p.identity.as_ref()) {
-        crate::grpc::authz::still_stands(&h.node, who)
-            .map_err(|s| ApiError(StatusCode::UNAUTHORIZED, s.message().into()))?;
-        let cluster_id = h.node.tls.identity().map(|i| i.cluster_id).unwrap_or_default();
-        if who.cluster_id == cluster_id {
-            return Ok(match who.role {
-                CertRole::Admin | CertRole::Manager => Access::Admin,
-                CertRole::Reader => Access::Reader,
-                // A worker's certificate is for its agent's own calls.
-                _ => {
-                    return Err(ApiError(
-                        StatusCode::FORBIDDEN,
-                        "a worker's certificate gives no access to the HTTP API".into(),
-                    ))
-                }
-            });
-        }
+    let by_cert = access_by_cert(h, peer);
+    if presented_token(headers).is_none() || matches!(by_cert, Ok(Some(Access::Admin))) {
+        return match by_cert {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => access_by_token(h, headers),
+            Err(e) => Err(e),
+        };
     }
+    match (access_by_token(h, headers), by_cert) {
+        (Ok(t), Ok(Some(c))) => Ok(t.max(c)),
+        (Ok(t), _) => Ok(t),
+        (Err(_), Ok(Some(c))) => Ok(c),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// A client certificate's standing; `None` without one.
+fn access_by_cert(h: &Http, peer: Option<&PeerInfo>) -> Result<Option<Access>, ApiError> {
+    let Some(who) = peer.and_then(|p| p.identity.as_ref()) else { return Ok(None) };
+    crate::grpc::authz::still_stands(&h.node, who)
+        .map_err(|s| ApiError(StatusCode::UNAUTHORIZED, s.message().into()))?;
+    let cluster_id = h.node.tls.identity().map(|i| i.cluster_id).unwrap_or_default();
+    if who.cluster_id != cluster_id {
+        return Ok(None);
+    }
+    match who.role {
+        CertRole::Admin | CertRole::Manager => Ok(Some(Access::Admin)),
+        CertRole::Reader => Ok(Some(Access::Reader)),
+        // A worker's certificate is for its agent's own calls.
+        _ => Err(ApiError(StatusCode::FORBIDDEN, "a worker's certificate gives no access to the HTTP API".into())),
+    }
+}
+
+/// A bearer token's standing.
+fn access_by_token(h: &Http, headers: &HeaderMap) -> Result<Access, ApiError> {
     let Some(token) = presented_token(headers) else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -171,7 +198,14 @@ async fn authorize(State(h): State<Http>, req: Request, next: Next) -> Response 
                 )
                 .into_response();
             }
-            next.run(req).await
+            let limit = std::time::Duration::from_secs(HANDLER_TIMEOUT_S);
+            match tokio::time::timeout(limit, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {HANDLER_TIMEOUT_S} s; retry"))
+                        .into_response()
+                }
+            }
         }
         Err(e) => {
             let mut r = e.into_response();
@@ -230,7 +264,12 @@ pub async fn serve(
     let app = router(h);
     let mut incoming = Box::pin(pki::net::incoming(listener, tls, pki::net::AcceptLimits::default()));
     let mut shutdown = Box::pin(shutdown);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => return Ok(()),
+        };
         let conn = tokio::select! {
             c = incoming.next() => match c {
                 Some(Ok(c)) => c,
@@ -242,12 +281,25 @@ pub async fn serve(
         let info = conn.connect_info();
         let svc = app.clone().layer(axum::Extension(info));
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let r = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(conn), svc)
-                .await;
-            if let Err(e) = r {
-                tracing::debug!("HTTP connection ended: {e}");
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Without a timer hyper enforces no header timeout at all.
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(HEADER_READ_TIMEOUT_S))
+                .max_buf_size(64 << 10);
+            b.http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(std::time::Duration::from_secs(10))
+                .keep_alive_timeout(std::time::Duration::from_secs(20))
+                .max_header_list_size(64 << 10)
+                .max_concurrent_streams(256);
+            let serving = b.serve_connection_with_upgrades(TokioIo::new(conn), svc);
+            match tokio::time::timeout(std::time::Duration::from_secs(MAX_CONNECTION_S), serving).await {
+                Ok(Err(e)) => tracing::debug!("HTTP connection ended: {e}"),
+                Ok(Ok(())) => {}
+                Err(_) => tracing::debug!("HTTP connection closed after {MAX_CONNECTION_S} s"),
             }
         });
     }

@@ -33,7 +33,6 @@ use serde::{Deserialize, Serialize};
 
 pub use spec::{JobSpec, Missed};
 
-use crate::ipam::{Ipam, IpamStore};
 use crate::services::{clip, LaunchTask, Services, ServicesError, TaskId, TaskState};
 use crate::types::NodeId;
 
@@ -254,7 +253,6 @@ pub struct EndedTask {
     pub state: TaskState,
     pub exit_code: Option<i32>,
     pub reason: String,
-    pub kill_requested: bool,
 }
 
 /// A pending run the scheduler should place.
@@ -367,11 +365,6 @@ impl Jobs {
         self.jobs.values().any(|j| !j.spec.disabled && !j.deleting && j.next.is_some_and(|(_, t)| t <= now_ms))
     }
 
-    /// The earliest undecided instant of any enabled job.
-    pub fn next_due_ms(&self) -> Option<u64> {
-        self.jobs.values().filter(|j| !j.spec.disabled && !j.deleting).filter_map(|j| j.next.map(|n| n.1)).min()
-    }
-
     /// Pending runs, each with the attempt to launch next.
     pub fn wanted(&self) -> Vec<Wanted> {
         let mut out = Vec::new();
@@ -398,29 +391,15 @@ impl Jobs {
 
     // ---- apply ----
 
-    pub fn apply(
-        &mut self,
-        now_ms: u64,
-        cmd: &JobCommand,
-        services: &mut Services,
-        ipam: &mut Ipam,
-        store: &mut dyn IpamStore,
-    ) -> Result<JobsOutput> {
-        let r = self.apply_inner(now_ms, cmd, services, ipam, store);
+    pub fn apply(&mut self, now_ms: u64, cmd: &JobCommand, services: &mut Services) -> Result<JobsOutput> {
+        let r = self.apply_inner(now_ms, cmd, services);
         for f in std::mem::take(&mut self.forgotten) {
             services.forget_task(&f);
         }
         r
     }
 
-    fn apply_inner(
-        &mut self,
-        now_ms: u64,
-        cmd: &JobCommand,
-        services: &mut Services,
-        ipam: &mut Ipam,
-        store: &mut dyn IpamStore,
-    ) -> Result<JobsOutput> {
+    fn apply_inner(&mut self, now_ms: u64, cmd: &JobCommand, services: &mut Services) -> Result<JobsOutput> {
         match cmd {
             JobCommand::Put { spec, create } => self.put(now_ms, spec, *create, services),
             JobCommand::Remove { name } => self.remove(now_ms, name, services),
@@ -437,12 +416,12 @@ impl Jobs {
                     }
                 }
                 let instant = self.free_instant(name, now_ms);
-                self.start_run(now_ms, name, instant, Trigger::Manual);
+                self.start_run(now_ms, name, instant, Trigger::Manual, None);
                 Ok(JobsOutput::Run { job: name.clone(), instant_ms: instant })
             }
             JobCommand::Tick => Ok(JobsOutput::Count(self.tick(now_ms))),
             JobCommand::Launch { job, instant_ms, attempt, task } => {
-                self.launch(now_ms, job, *instant_ms, *attempt, task, services, ipam, store)
+                self.launch(now_ms, job, *instant_ms, *attempt, task, services)
             }
         }
     }
@@ -627,9 +606,9 @@ impl Jobs {
         }
     }
 
-    /// Records a new run: pending, or skipped when the job does not overlap runs and one
-    /// is going.
-    fn start_run(&mut self, now_ms: u64, name: &str, instant: u64, trigger: Trigger) -> RunState {
+    /// Records a new run: pending; or skipped, for the reason `skip` gives, or when the
+    /// job does not overlap runs and one is going, or too many wait.
+    fn start_run(&mut self, now_ms: u64, name: &str, instant: u64, trigger: Trigger, skip: Option<String>) -> RunState {
         let Some(job) = self.jobs.get(name) else { return RunState::Skipped };
         let going = self.active.get(name).and_then(|s| s.iter().next().copied());
         let mut run = Run {
@@ -653,7 +632,11 @@ impl Jobs {
                 .filter(|i| self.runs.get(&(name.to_string(), **i)).is_some_and(|r| r.state == RunState::Pending))
                 .count()
         });
-        if let (false, Some(g)) = (job.spec.concurrent, going) {
+        if let Some(reason) = skip {
+            run.state = RunState::Skipped;
+            run.reason = reason;
+            run.ended_ms = now_ms;
+        } else if let (false, Some(g)) = (job.spec.concurrent, going) {
             let placed = self.runs.get(&(name.to_string(), g)).is_some_and(|r| r.state == RunState::Running);
             run.state = RunState::Skipped;
             run.reason = if placed {
@@ -749,43 +732,13 @@ impl Jobs {
                     // A manual run took this millisecond: the instant is decided already.
                     continue;
                 }
-                match skip {
-                    Some(reason) => {
-                        let key = (name.clone(), at);
-                        let version = self.jobs.get(&name).map_or(0, |j| j.version);
-                        self.runs.insert(
-                            key.clone(),
-                            Run {
-                                job: name.clone(),
-                                instant_ms: at,
-                                trigger: Trigger::Schedule,
-                                state: RunState::Skipped,
-                                attempts: 0,
-                                tasks: Vec::new(),
-                                agent: 0,
-                                host: String::new(),
-                                exit_code: None,
-                                reason,
-                                created_ms: now_ms,
-                                started_ms: 0,
-                                ended_ms: now_ms,
-                                version,
-                            },
-                        );
-                        self.dirty.runs.insert(key);
-                        self.ended(&name, at);
-                    }
-                    None => {
-                        self.start_run(now_ms, &name, at, Trigger::Schedule);
-                    }
-                }
+                self.start_run(now_ms, &name, at, Trigger::Schedule, skip);
                 decided += 1;
             }
         }
         decided
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn launch(
         &mut self,
         now_ms: u64,
@@ -794,8 +747,6 @@ impl Jobs {
         attempt: u32,
         lt: &LaunchTask,
         services: &mut Services,
-        ipam: &mut Ipam,
-        store: &mut dyn IpamStore,
     ) -> Result<JobsOutput> {
         let job = self.jobs.get(name).ok_or_else(|| JobsError::NotFound(name.to_string()))?;
         if job.deleting {
@@ -815,7 +766,7 @@ impl Jobs {
         let mut lt = lt.clone();
         lt.service = task_service(name);
         lt.version = version;
-        services.launch_job_task(now_ms, &id, &lt, ipam, store).map_err(|e| match e {
+        services.launch_job_task(now_ms, &id, &lt).map_err(|e| match e {
             ServicesError::Storage(s) => JobsError::Storage(s),
             other => JobsError::Conflict(other.to_string()),
         })?;
@@ -930,7 +881,7 @@ impl Jobs {
         }
         self.dirty.jobs.insert(c.to_string());
         let instant = self.free_instant(c, now_ms);
-        self.start_run(now_ms, c, instant, Trigger::Parents(by));
+        self.start_run(now_ms, c, instant, Trigger::Parents(by), None);
     }
 
     // ---- persistence ----

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::schedule;
+use crate::services::marathon::nonneg;
 use crate::services::spec::ServiceSpec;
 
 pub const MAX_NAME_BYTES: usize = 64;
@@ -262,14 +263,6 @@ struct JobJson {
 struct EnvVar {
     name: String,
     value: String,
-}
-
-fn nonneg(v: f64, what: &str) -> Result<f64, String> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{what} must be a non-negative number, not {v}"))
-    }
 }
 
 /// Parses one Chronos job definition. `default_name` fills a missing name (a path that

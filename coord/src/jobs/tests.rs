@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::ipam::tests::MemStore;
+use crate::ipam::Ipam;
 use crate::services::{ServiceCommand, TaskUpdate};
 
 /// The jobs and services areas as the state machine drives them, with what their
@@ -40,7 +41,7 @@ impl World {
     }
 
     fn job(&mut self, cmd: JobCommand) -> Result<JobsOutput> {
-        let r = self.jobs.apply(self.now, &cmd, &mut self.services, &mut self.ipam, &mut self.store);
+        let r = self.jobs.apply(self.now, &cmd, &mut self.services);
         self.persist();
         r
     }

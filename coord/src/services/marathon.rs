@@ -141,7 +141,7 @@ fn seconds_ms(v: f64, what: &str) -> Result<u64, String> {
     Ok((v * 1000.0).round() as u64)
 }
 
-fn nonneg(v: f64, what: &str) -> Result<f64, String> {
+pub(crate) fn nonneg(v: f64, what: &str) -> Result<f64, String> {
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {

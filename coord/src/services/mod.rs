@@ -822,29 +822,7 @@ impl Services {
             };
             self.meta.next_task += 1;
             self.dirty.meta = true;
-            let task = Task {
-                id: id.clone(),
-                service: lt.service.clone(),
-                version: lt.version,
-                agent: lt.agent,
-                host: lt.host.clone(),
-                ports: lt.ports.clone(),
-                network,
-                ip,
-                state: TaskState::Staging,
-                healthy: None,
-                reason: String::new(),
-                exit_code: None,
-                kill_requested: false,
-                staged_ms: now_ms,
-                started_ms: 0,
-                ended_ms: 0,
-                updated_ms: now_ms,
-            };
-            self.by_agent.entry(lt.agent).or_default().insert(id.clone());
-            self.by_service.entry(lt.service.clone()).or_default().insert(id.clone());
-            self.tasks.insert(id.clone(), task);
-            self.dirty.tasks.insert(id.clone());
+            self.insert_staged(now_ms, &id, lt, network, ip);
             *live_of.entry(lt.service.clone()).or_default() += 1;
             out.push(Ok((id, ip)));
         }
@@ -1000,7 +978,6 @@ impl Services {
                 state,
                 exit_code,
                 reason: t.reason.clone(),
-                kill_requested: t.kill_requested,
             });
         }
         self.prune_versions(&service);
@@ -1048,14 +1025,7 @@ impl Services {
 
     /// Creates a job run's task `id` as placed in `lt` (the jobs area checked that the
     /// attempt is due). Job tasks have no overlay address.
-    pub(crate) fn launch_job_task(
-        &mut self,
-        now_ms: u64,
-        id: &str,
-        lt: &LaunchTask,
-        _ipam: &mut Ipam,
-        _store: &mut dyn IpamStore,
-    ) -> Result<()> {
+    pub(crate) fn launch_job_task(&mut self, now_ms: u64, id: &str, lt: &LaunchTask) -> Result<()> {
         let spec = self
             .versions
             .get(&(lt.service.clone(), lt.version))
@@ -1070,6 +1040,13 @@ impl Services {
         if self.tasks.contains_key(id) {
             return Err(ServicesError::Invalid(format!("task {id} exists already")));
         }
+        self.insert_staged(now_ms, id, lt, None, None);
+        Ok(())
+    }
+
+    /// Records task `id` as placed in `lt`, staging, in the tasks and their indexes: a
+    /// service's launch and a job run's attempt both start here.
+    fn insert_staged(&mut self, now_ms: u64, id: &str, lt: &LaunchTask, network: Option<String>, ip: Option<IpAddr>) {
         let task = Task {
             id: id.to_string(),
             service: lt.service.clone(),
@@ -1077,8 +1054,8 @@ impl Services {
             agent: lt.agent,
             host: lt.host.clone(),
             ports: lt.ports.clone(),
-            network: None,
-            ip: None,
+            network,
+            ip,
             state: TaskState::Staging,
             healthy: None,
             reason: String::new(),
@@ -1093,7 +1070,6 @@ impl Services {
         self.by_service.entry(lt.service.clone()).or_default().insert(id.to_string());
         self.tasks.insert(id.to_string(), task);
         self.dirty.tasks.insert(id.to_string());
-        Ok(())
     }
 
     /// A removed service goes once its last task has ended.

@@ -450,8 +450,7 @@ impl StateMachineStore {
                         r
                     }
                     Command::Jobs(c) => {
-                        let mut store = RocksIpam::for_apply(&self.db, hist.batch);
-                        let r = match st.jobs.apply(*time_ms, c, &mut st.services, &mut st.ipam, &mut store) {
+                        let r = match st.jobs.apply(*time_ms, c, &mut st.services) {
                             Ok(o) => Ok(Output::Jobs(o)),
                             Err(JobsError::Storage(e)) => Err(ApplyError::Storage(e)),
                             Err(e) => Err(ApplyError::Jobs(e)),

@@ -3,19 +3,11 @@
 use std::path::Path;
 
 use agent::output::{json, table, Format};
-use anyhow::Context;
 use client::Client;
 use proto::clusterpb as pb;
 use serde_json::{json, Value};
 
-fn read_job(file: &Path) -> anyhow::Result<Vec<u8>> {
-    if file == Path::new("-") {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
-        return Ok(b);
-    }
-    std::fs::read(file).with_context(|| format!("reading {}", file.display()))
-}
+use super::services::read_input;
 
 fn run_json(r: &pb::RunInfo) -> Value {
     json!({
@@ -46,7 +38,7 @@ fn job_json(j: &pb::JobInfo) -> Value {
 }
 
 pub async fn create(c: &Client, f: Format, file: &Path) -> anyhow::Result<()> {
-    let ch = c.create_job(read_job(file)?).await?;
+    let ch = c.create_job(read_input(file)?).await?;
     let j = c.get_job(&ch.name).await?;
     if f == Format::Json {
         json(&job_json(&j));
@@ -59,7 +51,7 @@ pub async fn create(c: &Client, f: Format, file: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn update(c: &Client, f: Format, file: &Path) -> anyhow::Result<()> {
-    let ch = c.update_job(read_job(file)?).await?;
+    let ch = c.update_job(read_input(file)?).await?;
     if f == Format::Json {
         json(&json!({"name": ch.name, "version": ch.version}));
     } else {

@@ -51,7 +51,8 @@ fn deployment_json(d: &pb::DeploymentInfo) -> Value {
     })
 }
 
-fn read_app(file: &Path) -> anyhow::Result<Vec<u8>> {
+/// A definition file's bytes (`-`: standard input): apps here, jobs in `jobs.rs`.
+pub(crate) fn read_input(file: &Path) -> anyhow::Result<Vec<u8>> {
     if file == Path::new("-") {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -96,12 +97,12 @@ async fn follow(c: &Client, f: Format, change: pb::ServiceChange, detach: bool) 
 }
 
 pub async fn create(c: &Client, f: Format, file: &Path, detach: bool) -> anyhow::Result<()> {
-    let change = c.create_service(read_app(file)?).await?;
+    let change = c.create_service(read_input(file)?).await?;
     follow(c, f, change, detach).await
 }
 
 pub async fn update(c: &Client, f: Format, file: &Path, force: bool, detach: bool) -> anyhow::Result<()> {
-    let change = c.update_service(read_app(file)?, force).await?;
+    let change = c.update_service(read_input(file)?, force).await?;
     follow(c, f, change, detach).await
 }
 

@@ -156,6 +156,7 @@ pub async fn restore(spec: RestoreSpec, progress: Progress<'_>) -> anyhow::Resul
         agent: Default::default(),
         masters: vec![advertise.clone()],
         http_listen: None,
+        dns: None,
     };
     daemon::write_node_file(&spec.data_dir, &file).map_err(undo)?;
     Ok(Restored {

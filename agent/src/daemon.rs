@@ -72,6 +72,10 @@ pub struct AgentFlags {
     pub canary_keep_replaced_tasks: bool,
     /// A master's HTTP face (Marathon and Chronos REST): host:port, kept for `start`.
     pub http_listen: Option<String>,
+    /// A master's DNS face: `IP[:PORT]`, kept for `start`.
+    pub dns_listen: Option<String>,
+    pub dns_domain: Option<String>,
+    pub dns_ttl_s: Option<u32>,
 }
 
 impl AgentFlags {
@@ -123,6 +127,47 @@ pub(crate) struct NodeFile {
     /// Where a master serves its HTTP face; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) http_listen: Option<String>,
+    /// Where and for which domain a master serves DNS; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) dns: Option<DnsSettings>,
+}
+
+/// The DNS face after `a`'s flags are applied over what was recorded.
+fn dns_settings(a: &AgentFlags, recorded: Option<DnsSettings>) -> Option<DnsSettings> {
+    let mut dns = match (&a.dns_listen, recorded) {
+        (Some(listen), r) => {
+            let d = coord::dns::DnsConfig::default();
+            Some(DnsSettings {
+                listen: listen.clone(),
+                domain: r.as_ref().map_or(d.domain, |b| b.domain.clone()),
+                ttl_s: r.as_ref().map_or(d.ttl_s, |b| b.ttl_s),
+            })
+        }
+        (None, r) => r,
+    };
+    if let Some(dns) = &mut dns {
+        if let Some(domain) = &a.dns_domain {
+            dns.domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
+        if let Some(ttl) = a.dns_ttl_s {
+            dns.ttl_s = ttl;
+        }
+    }
+    dns
+}
+
+/// A master's DNS face, as recorded in node.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DnsSettings {
+    pub(crate) listen: String,
+    pub(crate) domain: String,
+    pub(crate) ttl_s: u32,
+}
+
+impl DnsSettings {
+    fn config(&self) -> coord::dns::DnsConfig {
+        coord::dns::DnsConfig { domain: self.domain.clone(), ttl_s: self.ttl_s }
+    }
 }
 
 impl NodeFile {
@@ -130,6 +175,7 @@ impl NodeFile {
         if a.http_listen.is_some() {
             self.http_listen = a.http_listen.clone();
         }
+        self.dns = dns_settings(a, self.dns.take());
         a.merge_into(&mut self.no_worker, &mut self.agent);
     }
 }
@@ -222,6 +268,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
         agent: AgentSettings::default(),
         masters: vec![advertise.clone()],
         http_listen: None,
+        dns: None,
     };
     file.merge_agent_flags(&node.agent);
     // Fail before anything is written if the agent's resources are malformed.
@@ -230,8 +277,8 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     write_node_file(&node.data_dir, &file)?;
     let coord = open(&node.data_dir, &file, &node.config, load_node_credential(&node.data_dir)?).await?;
     coord.initialize().await.context("initialize the Raft group")?;
-    let http = bind_http(&file).await?;
-    let serving = serve(coord.clone(), listener, http);
+    let faces = Faces { http: bind_http(&file).await?, dns: bind_dns(&file).await? };
+    let serving = serve(coord.clone(), listener, faces);
     wait_for_identity(&coord).await?;
     crate::renewal::save_record_digest(&node.data_dir, &coord.ca_record_digest());
     // The join secrets now live in the replicated state; node.json keeps none.
@@ -376,6 +423,7 @@ pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result
         agent,
         masters,
         http_listen: node.agent.http_listen.clone(),
+        dns: dns_settings(&node.agent, None),
     };
     node_credential(&node.data_dir).save(&trusted, &chain, &key)?;
     crate::renewal::save_record_digest(&node.data_dir, &resp.ca_record_digest);
@@ -436,13 +484,20 @@ pub async fn start(
     if file.role == Role::Worker && agent.http_listen.is_some() {
         anyhow::bail!("--http-listen is for masters: a worker serves no HTTP");
     }
-    let before = (file.no_worker, file.agent.clone(), file.node_secret.clone(), file.http_listen.clone());
+    if file.role == Role::Worker && (agent.dns_listen.is_some() || agent.dns_domain.is_some()) {
+        anyhow::bail!("--dns-listen is for masters: a worker serves no DNS");
+    }
+    check_dns_flags(&agent, file.dns.as_ref())?;
+    let before =
+        (file.no_worker, file.agent.clone(), file.node_secret.clone(), file.http_listen.clone(), file.dns.clone());
     file.merge_agent_flags(&agent);
     crate::resources::resolve(&file.agent, &data_dir)?;
     if file.node_secret.is_empty() {
         file.node_secret = secret();
     }
-    if before != (file.no_worker, file.agent.clone(), file.node_secret.clone(), file.http_listen.clone()) {
+    if before
+        != (file.no_worker, file.agent.clone(), file.node_secret.clone(), file.http_listen.clone(), file.dns.clone())
+    {
         write_node_file(&data_dir, &file)?;
     }
     info!(node = file.node_id, role = %file.role, "restarting node from {}", data_dir.display());
@@ -459,9 +514,9 @@ async fn run(dir: &Path, file: NodeFile, listener: Option<TcpListener>, config: 
         return run_worker(dir, file, tls).await;
     }
     let listener = listener.context("a master needs its listener")?;
-    let http = bind_http(&file).await?;
+    let faces = Faces { http: bind_http(&file).await?, dns: bind_dns(&file).await? };
     let coord = open(dir, &file, config, tls).await?;
-    let serving = serve(coord.clone(), listener, http);
+    let serving = serve(coord.clone(), listener, faces);
     spawn_own_agent(dir, &file, coord.clone())?;
     serving.await
 }
@@ -692,7 +747,62 @@ async fn check_http_listen(a: &AgentFlags) -> anyhow::Result<()> {
     if let Some(addr) = &a.http_listen {
         drop(bind(addr).await.with_context(|| format!("--http-listen {addr}"))?);
     }
+    check_dns_flags(a, None)?;
+    let probe = NodeFile { dns: dns_settings(a, None), ..placeholder_file() };
+    drop(bind_dns(&probe).await?);
     Ok(())
+}
+
+/// `--dns-domain` and `--dns-ttl-s` refine a DNS face: one given (now, or recorded).
+fn check_dns_flags(a: &AgentFlags, recorded: Option<&DnsSettings>) -> anyhow::Result<()> {
+    if a.dns_listen.is_none() && recorded.is_none() && (a.dns_domain.is_some() || a.dns_ttl_s.is_some()) {
+        anyhow::bail!("--dns-domain and --dns-ttl-s need --dns-listen (this master serves no DNS yet)");
+    }
+    if let Some(l) = &a.dns_listen {
+        coord::dns::parse_listen(l).map_err(|e| anyhow::anyhow!("--dns-listen: {e}"))?;
+    }
+    let cfg = coord::dns::DnsConfig {
+        domain: a
+            .dns_domain
+            .as_deref()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .or(recorded.map(|r| r.domain.clone()))
+            .unwrap_or_else(|| coord::dns::DEFAULT_DOMAIN.into()),
+        ttl_s: a.dns_ttl_s.or(recorded.map(|r| r.ttl_s)).unwrap_or(coord::dns::DEFAULT_TTL_S),
+    };
+    cfg.validate().map_err(|e| anyhow::anyhow!("--dns-domain/--dns-ttl-s: {e}"))
+}
+
+/// A node file with nothing in it, to apply flags to for a check.
+fn placeholder_file() -> NodeFile {
+    NodeFile {
+        node_id: 0,
+        name: String::new(),
+        cluster_id: String::new(),
+        role: Role::Manager,
+        listen: String::new(),
+        advertise: String::new(),
+        init: None,
+        node_secret: String::new(),
+        no_worker: false,
+        agent: Default::default(),
+        masters: Vec::new(),
+        http_listen: None,
+        dns: None,
+    }
+}
+
+/// The DNS face's sockets (UDP and TCP on one address), when this master has one.
+async fn bind_dns(
+    file: &NodeFile,
+) -> anyhow::Result<Option<(tokio::net::UdpSocket, TcpListener, coord::dns::DnsConfig)>> {
+    let Some(d) = file.dns.as_ref().filter(|_| file.role != Role::Worker) else { return Ok(None) };
+    let addr = coord::dns::parse_listen(&d.listen).map_err(|e| anyhow::anyhow!("--dns-listen: {e}"))?;
+    let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
+        format!("--dns-listen {addr} (UDP){}", if addr.port() < 1024 { ": ports below 1024 need root" } else { "" })
+    })?;
+    let tcp = TcpListener::bind(addr).await.with_context(|| format!("--dns-listen {addr} (TCP)"))?;
+    Ok(Some((udp, tcp, d.config())))
 }
 
 /// The HTTP face's listener, when this master has one.
@@ -705,15 +815,34 @@ async fn bind_http(file: &NodeFile) -> anyhow::Result<Option<TcpListener>> {
     }
 }
 
+/// A master's faces besides gRPC, bound before Raft opens (a port in use fails fast).
+struct Faces {
+    http: Option<TcpListener>,
+    dns: Option<(tokio::net::UdpSocket, TcpListener, coord::dns::DnsConfig)>,
+}
+
 /// Serves until Ctrl-C, SIGTERM or removal from the cluster, then shuts Raft down.
 fn serve(
     coord: Arc<CoordNode>,
     listener: TcpListener,
-    http: Option<TcpListener>,
+    faces: Faces,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> {
     let mut removed = coord.removed();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (dns_stop_tx, dns_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = faces.http;
+    if let Some((udp, tcp, cfg)) = faces.dns {
+        let c = coord.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = dns_stop_rx.await;
+            };
+            if let Err(e) = coord::dns::serve(c, udp, tcp, cfg, stop).await {
+                warn!("the DNS face stopped: {e}");
+            }
+        });
+    }
     let server = tokio::spawn(coord::grpc::serve(coord.clone(), listener, async move {
         let _ = stop_rx.await;
     }));
@@ -751,6 +880,7 @@ fn serve(
         info!("shutting down: {reason}");
         let _ = stop_tx.send(());
         let _ = http_stop_tx.send(());
+        let _ = dns_stop_tx.send(());
         if tokio::time::timeout(Duration::from_secs(3), coord.shutdown()).await.is_err() {
             warn!("raft shutdown timed out");
         }

@@ -55,6 +55,17 @@ impl Client {
         .map(|r| r.into_inner())
     }
 
+    /// Kills tasks of services (each is replaced); all or none.
+    pub async fn kill_tasks(&self, ids: &[String]) -> Result<u32, ClientError> {
+        let req = pb::KillTasksRequest { task_ids: ids.to_vec() };
+        self.call(|ch| {
+            let req = req.clone();
+            async move { self.services(ch).kill_tasks(req).await }
+        })
+        .await
+        .map(|r| r.into_inner().killed)
+    }
+
     pub async fn remove_service(&self, id: &str) -> Result<pb::ServiceChange, ClientError> {
         let req = pb::ServiceRef { id: id.to_string(), force: false };
         self.call(|ch| {

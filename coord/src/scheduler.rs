@@ -439,6 +439,8 @@ pub(crate) async fn scheduler_loop(weak: Weak<CoordNode>) {
         });
         let decision = crate::node::blocking(|| prepared.finish());
         let decide_ms = started.elapsed().as_millis() as u64;
+        crate::metrics::global().placement.observe(started.elapsed().as_secs_f64());
+        crate::metrics::global().placements.inc_by((decision.launches.len() + decision.job_launches.len()) as u64);
         let unplaced: BTreeMap<String, String> = decision.unplaced.iter().cloned().collect();
         for (s, why) in &unplaced {
             if last_unplaced.get(s) != Some(why) {

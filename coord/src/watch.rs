@@ -111,6 +111,12 @@ struct Stream {
     notify_every: Duration,
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        crate::metrics::global().watchers.sub(self.watchers.len() as i64);
+    }
+}
+
 /// Serves one Watch stream: reads `requests` until they end, and answers on `out` until
 /// the client goes away. Returns when `out` is closed or the node stops.
 pub async fn serve_stream(node: Arc<CoordNode>, mut requests: mpsc::Receiver<Request>, out: mpsc::Sender<Response>) {
@@ -253,6 +259,7 @@ impl Stream {
             },
         );
         self.key_bytes += key_bytes;
+        crate::metrics::global().watchers.inc();
         self.send(Response { revision, watch_id: id, created: true, ..Default::default() }).await
     }
 
@@ -402,6 +409,7 @@ impl Stream {
     /// Forgets watcher `id` and the key bytes it held; false if there was none.
     fn remove(&mut self, id: i64) -> bool {
         let Some(w) = self.watchers.remove(&id) else { return false };
+        crate::metrics::global().watchers.dec();
         self.key_bytes -= w.key_bytes;
         true
     }

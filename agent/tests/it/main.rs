@@ -16,3 +16,5 @@ mod t92_lock;
 mod t93_tasks;
 mod t94_jobs;
 mod t95_http;
+mod t96_discovery;
+mod t97_dashboard;

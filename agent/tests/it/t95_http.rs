@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{cli, Cluster};
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = std::env::var("CLUSTER_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cluster-venv"));
@@ -21,18 +21,18 @@ fn python() -> PathBuf {
     py
 }
 
-fn py(script: &str, args: &[&str]) -> Output {
+pub(crate) fn py(script: &str, args: &[&str]) -> Output {
     let path = format!("{}/tests/it/py/{script}", env!("CARGO_MANIFEST_DIR"));
     Command::new(python()).arg(path).args(args).output().expect("run python")
 }
 
-fn ok(o: &Output, what: &str, c: &Cluster) -> String {
+pub(crate) fn ok(o: &Output, what: &str, c: &Cluster) -> String {
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "{what} failed:\n{out}\n{}\n{}", String::from_utf8_lossy(&o.stderr), c.logs());
     out
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

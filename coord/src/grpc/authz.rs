@@ -83,6 +83,7 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     ("/cluster.v1.Services/UpdateService", Allow::Admins),
     ("/cluster.v1.Services/ScaleService", Allow::Admins),
     ("/cluster.v1.Services/RestartService", Allow::Admins),
+    ("/cluster.v1.Services/KillTasks", Allow::Admins),
     ("/cluster.v1.Services/RemoveService", Allow::Admins),
     ("/cluster.v1.Services/ListServices", Allow::Readers),
     ("/cluster.v1.Services/GetService", Allow::Readers),
@@ -265,6 +266,19 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let known = TABLE.iter().any(|(p, _)| *p == req.uri().path());
+        let call = crate::metrics::GrpcCall::start(req.uri().path(), known);
+        let answer = self.answer(req);
+        Box::pin(async move { answer.await.map(|r| call.finish(r)) })
+    }
+}
+
+impl<S> Authz<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    fn answer(&mut self, req: Request<Body>) -> futures::future::BoxFuture<'static, Result<Response<Body>, S::Error>> {
         let who = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.as_ref());
         let path = req.uri().path();
         let allow = rule(path);
@@ -351,6 +365,7 @@ mod tests {
         ("/cluster.v1.Services/UpdateService", "M A"),
         ("/cluster.v1.Services/ScaleService", "M A"),
         ("/cluster.v1.Services/RestartService", "M A"),
+        ("/cluster.v1.Services/KillTasks", "M A"),
         ("/cluster.v1.Services/RemoveService", "M A"),
         ("/cluster.v1.Services/ListServices", "M A R"),
         ("/cluster.v1.Services/GetService", "M A R"),

@@ -7,7 +7,7 @@
 //! go through [`on_leader`], the one forwarding rule; views only the leader holds go
 //! through [`leader_view`].
 
-mod admin;
+pub mod admin;
 pub(crate) mod authz;
 mod convert;
 mod etcd;
@@ -176,6 +176,7 @@ pub async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?local, node = node.id, "serving gRPC over mutual TLS");
+    crate::metrics::spawn_leader_watch(&node);
     // Every connection is TLS; the client's certificate, if any, names who calls. The
     // accept stream also turns Nagle off (a small response must not wait for the
     // client's delayed ACK: 40 ms).

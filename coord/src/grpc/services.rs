@@ -387,6 +387,41 @@ impl pb::services_server::Services for ServicesService {
     }
 
     #[instrument(level = "info", skip_all, fields(node = self.node.id))]
+    async fn kill_tasks(&self, req: Request<pb::KillTasksRequest>) -> Result<Response<pb::KillTasksResponse>, Status> {
+        let node = &self.node;
+        on_leader(
+            node,
+            req,
+            async |r| {
+                if r.task_ids.is_empty() || r.task_ids.len() > crate::services::MAX_BATCH {
+                    return Err(Status::invalid_argument(format!("name 1 to {} task ids", crate::services::MAX_BATCH)));
+                }
+                let unknown: Vec<&String> = node.view(|v| {
+                    r.task_ids
+                        .iter()
+                        .filter(|id| {
+                            !v.services().task(id).is_some_and(|t| t.service.starts_with('/') && !t.state.is_terminal())
+                        })
+                        .collect()
+                });
+                if !unknown.is_empty() {
+                    return Err(Status::not_found(format!(
+                        "not a running task of a service: {}",
+                        unknown.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                let tasks = r.task_ids.iter().map(|id| (id.clone(), "killed by request".to_string())).collect();
+                match write(node, ServiceCommand::Kill { tasks }).await? {
+                    ServicesOutput::Count(n) => Ok(pb::KillTasksResponse { killed: n }),
+                    other => Err(Status::internal(format!("unexpected answer to a kill: {other:?}"))),
+                }
+            },
+            async |ch, r| client(ch).kill_tasks(r).await,
+        )
+        .await
+    }
+
+    #[instrument(level = "info", skip_all, fields(node = self.node.id))]
     async fn remove_service(&self, req: Request<pb::ServiceRef>) -> Result<Response<pb::ServiceChange>, Status> {
         let node = &self.node;
         on_leader(

@@ -25,7 +25,7 @@ pub fn routes() -> Router<Http> {
         .route("/v2/apps", get(list_apps).post(create_app))
         .route("/v2/apps/{*rest}", get(app_get).put(app_put).patch(app_put).delete(app_delete).post(app_post))
         .route("/v2/tasks", get(all_tasks))
-        .route("/v2/tasks/delete", post(unsupported_task_kill))
+        .route("/v2/tasks/delete", post(kill_tasks))
         .route("/v2/deployments", get(deployments))
         .route("/v2/deployments/{id}", delete(cancel_deployment))
         .route("/v2/queue", get(queue))
@@ -376,11 +376,50 @@ async fn app_post(
     Ok(Json(change_json(&c, service(&h, &id).await?.version_ms)))
 }
 
-async fn unsupported_task_kill() -> ApiError {
-    ApiError(
-        StatusCode::NOT_IMPLEMENTED,
-        "POST /v2/tasks/delete (killing chosen tasks) is not supported yet: scale the app, or restart it".into(),
-    )
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KillQuery {
+    force: Option<String>,
+    scale: Option<String>,
+    wipe: Option<String>,
+}
+
+/// Kills the tasks named in `{"ids": […]}`; their apps replace them. `scale=true`
+/// (kill and shrink the app) and `wipe=true` are refused: scale the app instead.
+async fn kill_tasks(State(h): State<Http>, Query(q): Query<KillQuery>, body: Bytes) -> ApiResult<Json<Value>> {
+    flag("force", &q.force)?;
+    if flag("scale", &q.scale)? {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scale=true is not supported: kill the tasks (they are replaced), or set the app's instances".into(),
+        ));
+    }
+    if flag("wipe", &q.wipe)? {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wipe=true is not supported (tasks keep no reservations)".into(),
+        ));
+    }
+    let v = body_json(&body)?;
+    let ids: Vec<String> = match v.get("ids").and_then(Value::as_array) {
+        Some(a) if v.as_object().is_some_and(|o| o.len() == 1) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError(StatusCode::UNPROCESSABLE_ENTITY, "ids: a list of task id strings".into()))?,
+        _ => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the body is {\"ids\": [task id, …]} and nothing else".into(),
+            ))
+        }
+    };
+    let mut killed = Vec::new();
+    for id in &ids {
+        killed.push(h.services.get_task(req(pb::TaskRef { id: id.clone() })).await?.into_inner());
+    }
+    h.services.kill_tasks(req(pb::KillTasksRequest { task_ids: ids })).await?;
+    Ok(Json(json!({"tasks": killed.iter().map(task_json).collect::<Vec<_>>()})))
 }
 
 fn wants_text(headers: &HeaderMap) -> bool {

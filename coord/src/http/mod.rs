@@ -14,7 +14,9 @@
 //! this master's applied state.
 
 pub mod chronos;
+pub mod events;
 pub mod marathon;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -184,7 +186,7 @@ fn access_by_token(h: &Http, headers: &HeaderMap) -> Result<Access, ApiError> {
 
 async fn authorize(State(h): State<Http>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/health" || path == "/ready" {
+    if path == "/health" || path == "/ready" || ui::is_static(path) {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<PeerInfo>().cloned();
@@ -197,6 +199,10 @@ async fn authorize(State(h): State<Http>, req: Request, next: Next) -> Response 
                     "this credential may read, not change things: it needs the admin role".into(),
                 )
                 .into_response();
+            }
+            // A long poll bounds its own wait (events::MAX_WAIT_S).
+            if path_has_own_deadline(req.uri().path()) {
+                return next.run(req).await;
             }
             let limit = std::time::Duration::from_secs(HANDLER_TIMEOUT_S);
             match tokio::time::timeout(limit, next.run(req)).await {
@@ -214,6 +220,32 @@ async fn authorize(State(h): State<Http>, req: Request, next: Next) -> Response 
             r
         }
     }
+}
+
+/// Prometheus' text format (see [`crate::metrics`]).
+async fn metrics(State(h): State<Http>) -> Response {
+    let text = crate::node::blocking(|| crate::metrics::render(&h.node));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// Counts every answer by method and status (`cluster_http_requests_total`).
+async fn count(req: Request, next: Next) -> Response {
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    };
+    let r = next.run(req).await;
+    crate::metrics::global().http_requests.with_label_values(&[method, r.status().as_str()]).inc();
+    r
+}
+
+fn path_has_own_deadline(path: &str) -> bool {
+    path == "/v1/discovery"
 }
 
 async fn health() -> &'static str {
@@ -240,10 +272,15 @@ pub fn router(h: Http) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v2/events", get(events::marathon_events))
+        .route("/v1/discovery", get(events::discovery))
         .merge(marathon::routes())
         .merge(chronos::routes())
+        .merge(ui::routes())
         .fallback(unsupported)
         .layer(axum::middleware::from_fn_with_state(h.clone(), authorize))
+        .layer(axum::middleware::from_fn(count))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(h)
 }

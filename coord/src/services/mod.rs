@@ -437,6 +437,12 @@ impl Services {
         self.versions.range((id.to_string(), 0)..=(id.to_string(), u64::MAX)).map(|((_, v), s)| (*v, s)).collect()
     }
 
+    /// Tasks ever launched (the counter task ids are made from): replicated, so its
+    /// rate is the placement rate whichever master is asked.
+    pub fn tasks_launched(&self) -> u64 {
+        self.meta.next_task
+    }
+
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id)
     }

@@ -110,6 +110,14 @@ pub struct LogStore {
     sync_inline: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// One fsync of the log, timed for `cluster_disk_wal_fsync_duration_seconds`.
+fn timed_fsync(db: &DB) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    let r = db.flush_wal(true).map_err(io_err);
+    crate::metrics::global().wal_fsync.observe(started.elapsed().as_secs_f64());
+    r
+}
+
 impl LogStore {
     pub fn new(db: Arc<DB>) -> LogStore {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
@@ -124,7 +132,7 @@ impl LogStore {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let res = match sync_db.upgrade() {
-                        Some(db) => db.flush_wal(true).map_err(io_err),
+                        Some(db) => timed_fsync(&db),
                         None => Err(io::Error::other("the database was closed")),
                     };
                     for cb in waiting {
@@ -285,7 +293,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         drop(recent);
         if self.sync_inline.load(std::sync::atomic::Ordering::Relaxed) {
-            callback.io_completed(self.db.flush_wal(true).map_err(io_err));
+            callback.io_completed(timed_fsync(&self.db));
             return Ok(());
         }
         self.syncer.send(callback).map_err(|_| io::Error::other("log sync thread stopped"))

@@ -173,6 +173,19 @@ pub struct AgentArgs {
     /// kept for `start`.
     #[arg(long, value_name = "HOST:PORT")]
     pub http_listen: Option<String>,
+    /// Masters: IP[:PORT] for the DNS face, UDP and TCP: <service>.<domain> (healthy
+    /// tasks), <task-id>.<service>.<domain>, SRV _<port-name>._tcp.<service>.<domain>,
+    /// leader.<domain>, masters.<domain>. The port defaults to 53 as root, else 8600.
+    /// Off unless given; kept for `start`.
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub dns_listen: Option<String>,
+    /// The DNS face's domain [default: cluster.local].
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_domain: Option<String>,
+    /// The TTL of DNS answers, in seconds [default: 1]: short, so that clients follow
+    /// tasks as they come and go.
+    #[arg(long, value_name = "SECONDS")]
+    pub dns_ttl_s: Option<u32>,
 }
 
 impl AgentArgs {
@@ -188,6 +201,9 @@ impl AgentArgs {
             no_cgroups: self.no_cgroups,
             canary_keep_replaced_tasks: self.canary_keep_replaced_tasks,
             http_listen: self.http_listen,
+            dns_listen: self.dns_listen,
+            dns_domain: self.dns_domain,
+            dns_ttl_s: self.dns_ttl_s,
         }
     }
 }
@@ -701,6 +717,12 @@ pub enum TaskOp {
     },
     /// One task in full.
     Inspect { id: String },
+    /// Kill tasks of services; each service starts a replacement (as when a task
+    /// fails). Every id must name a running task, or none is killed.
+    Kill {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// A task's stdout (or --stderr) from its sandbox on its agent, relayed by the
     /// masters. Works for ended tasks too while their logs are kept (the newest 50 per
     /// agent).
@@ -1218,6 +1240,7 @@ impl TaskOp {
         match self {
             TaskOp::Ls { service, all } => services::tasks(c, f, service.as_deref(), all).await,
             TaskOp::Inspect { id } => services::task_inspect(c, f, &id).await,
+            TaskOp::Kill { ids } => services::kill_tasks(c, f, &ids).await,
             TaskOp::Logs { id, follow, stderr, tail_bytes } => {
                 services::task_logs(c, &id, follow, stderr, tail_bytes).await
             }

@@ -126,6 +126,16 @@ pub async fn remove(c: &Client, f: Format, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn kill_tasks(c: &Client, f: Format, ids: &[String]) -> anyhow::Result<()> {
+    let killed = c.kill_tasks(ids).await?;
+    if f == Format::Json {
+        json(&json!({"killed": killed}));
+    } else {
+        println!("killing {killed} task(s); their services start replacements");
+    }
+    Ok(())
+}
+
 pub async fn list(c: &Client, f: Format) -> anyhow::Result<()> {
     let services = c.list_services().await?;
     if f == Format::Json {

@@ -296,12 +296,28 @@ pub fn render(node: &CoordNode) -> String {
             v.storage_size_bytes() as i64,
         );
         gauge(&state, "cluster_leases", "Leases granted and not expired or revoked.", v.leases().by_id.len() as i64);
-        let mut agents: BTreeMap<String, i64> = BTreeMap::new();
+        // Every state is shown, 0 included: a series that vanishes reads as no data.
+        let mut agents: BTreeMap<String, i64> =
+            ["registered", "active", "unreachable", "down"].iter().map(|s| (s.to_string(), 0)).collect();
         for n in v.registry().nodes.values() {
             *agents.entry(n.state.as_str().to_string()).or_default() += 1;
         }
         gauge_vec(&state, "cluster_agents", "Registered nodes by state.", "state", &agents);
-        let mut tasks: BTreeMap<String, i64> = BTreeMap::new();
+        let mut tasks: BTreeMap<String, i64> = [
+            "staging",
+            "starting",
+            "running",
+            "healthy",
+            "unhealthy",
+            "killing",
+            "finished",
+            "failed",
+            "killed",
+            "lost",
+        ]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
         for t in v.services().tasks() {
             *tasks.entry(t.display_state().to_string()).or_default() += 1;
         }

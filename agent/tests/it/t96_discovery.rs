@@ -299,6 +299,8 @@ async fn metrics_parse_and_count_a_leader_change_and_events_follow_an_app() {
     let url = format!("https://{}", http[f]);
     wait_ready(&c, &ca, &url).await;
     let admin = token(&ep, "admin");
+    let o = cli(&["network", "create", "overlay", "--subnet", "10.98.0.0/24", "--endpoints", &ep]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // marathon-python follows /v2/events while it creates and deletes an app.
     let out = ok(&py("marathon_events.py", &[&url, &admin, &ca, "/events"]), "marathon events", &c);

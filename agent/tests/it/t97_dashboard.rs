@@ -32,7 +32,7 @@ async fn dashboard_pages_load_clean_and_show_a_new_leader_within_2_s() {
     let o = cli(&["service", "create", "-d", "-f", app.to_str().unwrap(), "--endpoints", &ep]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let job = tmp.join("job.json");
-    std::fs::write(&job, r#"{"name": "tick", "command": "echo tick", "schedule": "R/PT5S", "cpus": 0.1, "mem": 16}"#)
+    std::fs::write(&job, r#"{"name": "tick", "command": "echo tick", "schedule": "R//PT5S", "cpus": 0.1, "mem": 16}"#)
         .unwrap();
     let o = cli(&["job", "create", "-f", job.to_str().unwrap(), "--endpoints", &ep]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -42,11 +42,13 @@ jepsen-long: jepsen-deps
 	cargo build --release --locked -p agent -p jepsen-style-tests
 	bash .ci/jepsen.sh long $(PART)
 
-## cluster vs etcd (Debian's etcd-server) on this machine; writes docs/benchmarks.md.
+## cluster vs etcd (Debian's etcd-server) on this machine, then the HTTP face's cost to
+## writes (plain vs scraped); writes docs/benchmarks.md.
 bench:
 	bash .ci/install-deps --bench
 	cargo build --release --locked --bin cluster
 	bash .ci/bench.sh "$(BIN)"
+	bash .ci/bench-http.sh "$(BIN)"
 
 ## Registry scale: 1k-15k emulated agents against a 3-master cluster, leader killed
 ## mid-run; writes the "Registry scale" section of docs/benchmarks.md.

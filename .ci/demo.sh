@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # A local 3-master cluster a newcomer can watch: init, two joins, a worker, writes through
 # etcdctl and the cluster CLI, a leader killed with kill -9 and replaced (agents follow
-# it without being marked unreachable), the node restarted.
+# it without being marked unreachable), the node restarted; then the HTTP face (the
+# dashboard, Marathon's API) and DNS that every master serves.
 # Leaves the cluster running until Ctrl-C, then removes everything it made.
 set -euo pipefail
 BIN=${1:-cluster}
 DIR=$(mktemp -d /tmp/cluster-demo.XXXXXX)
 # All below 32768, outside the ephemeral port range.
 PORTS=(2379 12379 22379)
+# Each master's HTTP face (dashboard, Marathon and Chronos APIs, metrics) and DNS face.
+HTTP=(8080 18080 28080)
+DNS=(8600 18600 28600)
 # The worker's --listen (2380) is only its advertised address for now.
 PIDS=()
 cleanup() {
@@ -16,7 +20,7 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT INT TERM
-for p in "${PORTS[@]}"; do
+for p in "${PORTS[@]}" "${HTTP[@]}" "${DNS[@]}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "port $p is in use; stop whatever listens there (another demo?) and retry" >&2; exit 1
   fi
@@ -27,7 +31,8 @@ run() { echo; echo "\$ $*"; "$@"; }
 wait_up() { for _ in $(seq 100); do "$BIN" status --endpoints "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "node $1 did not come up" >&2; return 1; }
 
 echo "== 1. cluster init on node 1 (logs in $DIR/n1.log)"
-"$BIN" init --data-dir "$DIR/n1" --listen "127.0.0.1:${PORTS[0]}" >"$DIR/n1.out" 2>"$DIR/n1.log" &
+"$BIN" init --data-dir "$DIR/n1" --listen "127.0.0.1:${PORTS[0]}" \
+  --http-listen "127.0.0.1:${HTTP[0]}" --dns-listen "127.0.0.1:${DNS[0]}" >"$DIR/n1.out" 2>"$DIR/n1.log" &
 PIDS[0]=$!
 # Every connection is mutual TLS: CLI commands use the admin credential init writes
 # into its data dir (tls/admin.crt, tls/admin.key, tls/ca.crt).
@@ -40,6 +45,7 @@ echo; echo "== 2. cluster join on nodes 2 and 3"
 for i in 1 2; do
   echo "\$ cluster join --data-dir $DIR/n$((i+1)) --listen 127.0.0.1:${PORTS[$i]} --token ${TOKEN:0:24}… 127.0.0.1:${PORTS[0]}"
   "$BIN" join --data-dir "$DIR/n$((i+1))" --listen "127.0.0.1:${PORTS[$i]}" --token "$TOKEN" "127.0.0.1:${PORTS[0]}" \
+    --http-listen "127.0.0.1:${HTTP[$i]}" --dns-listen "127.0.0.1:${DNS[$i]}" \
     >"$DIR/n$((i+1)).out" 2>"$DIR/n$((i+1)).log" &
   PIDS[$i]=$!
 done
@@ -102,12 +108,30 @@ run "$BIN" nodes
 echo "the same owner still gets the same address from the new leader:"
 run "$BIN" ip allocate blue --owner web-2
 
+echo; echo "== 6. every master's HTTP face and DNS"
+HTOKEN=$("$BIN" token issue-http --role admin --name demo -q)
+if command -v dig >/dev/null; then
+  run dig +short @127.0.0.1 -p "${DNS[1]}" leader.cluster.local
+  run dig +short @127.0.0.1 -p "${DNS[2]}" 2.agents.cluster.local
+fi
+python3 - "$DIR/n1/tls/ca.crt" "$HTOKEN" "${HTTP[1]}" <<'PY'
+import json, ssl, sys, urllib.request
+ca, token, port = sys.argv[1:4]
+req = urllib.request.Request(f"https://127.0.0.1:{port}/v2/info", headers={"Authorization": f"Bearer {token}"})
+info = json.load(urllib.request.urlopen(req, context=ssl.create_default_context(cafile=ca), timeout=5))
+print(f"\n$ GET https://127.0.0.1:{port}/v2/info (Marathon's API, on a follower)")
+print(json.dumps({k: info[k] for k in ("name", "version", "leader", "elected")}))
+PY
+
 echo
 echo "The cluster keeps running. Try, in another shell:"
 echo "    export CLUSTER_ENDPOINTS=$EPS CLUSTER_DATA_DIR=$DIR/n1"
 echo "    $BIN status;  $BIN kv put k v"
 echo "    ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:${PORTS[0]} --cacert $DIR/n1/tls/ca.crt \\"
 echo "        --cert $DIR/n1/tls/admin.crt --key $DIR/n1/tls/admin.key get k"
+echo "Dashboard: https://127.0.0.1:${HTTP[0]}/ui/ (or ${HTTP[1]}, ${HTTP[2]}); the cluster's CA is $DIR/n1/tls/ca.crt,"
+echo "    and the login token: $HTOKEN"
+echo "DNS: dig @127.0.0.1 -p ${DNS[0]} masters.cluster.local"
 echo "Logs: $DIR/n*.log. Press Ctrl-C to stop and clean up."
 if [ -n "${CI:-}" ] || [ ! -t 0 ]; then exit 0; fi
 wait

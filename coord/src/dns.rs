@@ -46,6 +46,8 @@ pub const UNPRIVILEGED_PORT: u16 = 8600;
 /// Address records in one UDP answer: 24 A records fit the 512 bytes every resolver
 /// takes; a client that wants them all asks over TCP.
 pub const MAX_UDP_ADDRESSES: usize = 24;
+/// The largest UDP answer, whatever buffer a query offers.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// A TCP client that sends nothing for this long is dropped.
 pub const TCP_IDLE_TIMEOUT_S: u64 = 10;
 
@@ -134,6 +136,8 @@ pub struct Endpoint {
 pub trait Directory {
     /// The service's tasks that have not ended; `None` when there is no such service.
     fn endpoints(&self, service: &str) -> Option<Vec<Endpoint>>;
+    /// Whether some service's id starts with `prefix` + `/` (a group, in Marathon's words).
+    fn has_services_under(&self, prefix: &str) -> bool;
     fn agent_ip(&self, agent: NodeId) -> Option<IpAddr>;
     /// Every master's address, the leader's flagged.
     fn masters(&self) -> Vec<(IpAddr, bool)>;
@@ -285,6 +289,7 @@ pub fn resolve(d: &dyn Directory, cfg: &DnsConfig, qname: &str, qtype: RecordTyp
         return found(answers);
     }
     // <task-id>.<service>: the task id has dots of its own, so try each split.
+    let mut below = d.has_services_under(&service_id(&labels));
     for split in 1..labels.len() {
         let Some(eps) = d.endpoints(&service_id(&labels[split..])) else { continue };
         let task_id = labels[..split].join(".");
@@ -295,6 +300,14 @@ pub fn resolve(d: &dyn Directory, cfg: &DnsConfig, qname: &str, qtype: RecordTyp
                 .unwrap_or_default();
             return found(answers);
         }
+        // Part of a task's name, or `_tcp` above the service's SRV names.
+        let tail = format!(".{task_id}");
+        below |= eps.iter().any(|e| e.task_id.to_ascii_lowercase().ends_with(&tail))
+            || (split == 1 && matches!(labels[0], "_tcp" | "_udp"));
+    }
+    // A name with names below it exists (RFC 8020): no data, not NXDOMAIN.
+    if below {
+        return found(Vec::new());
     }
     Lookup::NxDomain
 }
@@ -348,6 +361,11 @@ impl Directory for Live<'_> {
         )
     }
 
+    fn has_services_under(&self, prefix: &str) -> bool {
+        let group = format!("{prefix}/");
+        self.view.services().services().any(|s| s.id.starts_with(&group))
+    }
+
     fn agent_ip(&self, agent: NodeId) -> Option<IpAddr> {
         self.view.registry().nodes.get(&agent).and_then(|n| host_ip(&n.addr))
     }
@@ -378,7 +396,9 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
         let edns = request.edns.as_ref().map(|e| {
             let mut out = Edns::new();
-            out.set_max_payload(e.max_payload().max(512));
+            // DNS flag day 2020's size: no fragments, and a bounded answer to a spoofed
+            // query however large a buffer it claims.
+            out.set_max_payload(e.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             out
         });
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());

@@ -130,31 +130,41 @@ pub fn grpc_labels(path: &str, known: bool) -> (&str, &str) {
     }
 }
 
-/// One gRPC call being counted: started now, handled when its status is known (the
-/// response's headers for an error, its trailers for a stream or a success; a client
-/// that goes away first counts as `Canceled`).
+/// One gRPC call being counted: started now, handled once, when its status is known
+/// (the response's headers for an error, its trailers for a stream or a success); a
+/// call dropped before that (the client went away) counts as `Canceled`.
 pub struct GrpcCall {
     service: String,
     method: String,
+    counted: bool,
 }
 
 impl GrpcCall {
     pub fn start(path: &str, known: bool) -> GrpcCall {
         let (service, method) = grpc_labels(path, known);
         global().grpc_started.with_label_values(&[service, method]).inc();
-        GrpcCall { service: service.to_string(), method: method.to_string() }
+        GrpcCall { service: service.to_string(), method: method.to_string(), counted: false }
     }
 
-    fn handled(&self, code: i32) {
-        global().grpc_handled.with_label_values(&[&self.service, &self.method, grpc_code_name(code)]).inc();
+    fn handled(&mut self, code: i32) {
+        if !self.counted {
+            self.counted = true;
+            global().grpc_handled.with_label_values(&[&self.service, &self.method, grpc_code_name(code)]).inc();
+        }
     }
 
-    pub fn finish(self, r: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    pub fn finish(mut self, r: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
         if let Some(code) = status_of(r.headers()) {
             self.handled(code);
             return r;
         }
         r.map(|body| tonic::body::Body::new(CountedBody { inner: body, call: Some(self) }))
+    }
+}
+
+impl Drop for GrpcCall {
+    fn drop(&mut self) {
+        self.handled(tonic::Code::Cancelled as i32);
     }
 }
 
@@ -184,7 +194,7 @@ impl http_body::Body for CountedBody {
                 None => Some(0),
             };
             if let Some(code) = code {
-                if let Some(call) = self.call.take() {
+                if let Some(mut call) = self.call.take() {
                     call.handled(code);
                 }
             }
@@ -201,13 +211,6 @@ impl http_body::Body for CountedBody {
     }
 }
 
-impl Drop for CountedBody {
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            call.handled(tonic::Code::Cancelled as i32);
-        }
-    }
-}
 
 /// go-grpc-prometheus' spelling of a status code.
 pub fn grpc_code_name(code: i32) -> &'static str {

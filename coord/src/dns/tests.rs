@@ -14,6 +14,9 @@ impl Directory for Fixture {
     fn endpoints(&self, service: &str) -> Option<Vec<Endpoint>> {
         self.services.get(service).cloned()
     }
+    fn has_services_under(&self, prefix: &str) -> bool {
+        self.services.keys().any(|s| s.starts_with(&format!("{prefix}/")))
+    }
     fn agent_ip(&self, agent: NodeId) -> Option<IpAddr> {
         self.agents.get(&agent).copied()
     }
@@ -139,7 +142,7 @@ fn known_names_without_that_type_are_nodata_not_nxdomain() {
 #[test]
 fn unknown_names_are_nxdomain_and_foreign_ones_refused() {
     assert_eq!(ask("nope.cluster.local", RecordType::A), Lookup::NxDomain);
-    assert_eq!(ask("prod.cluster.local", RecordType::A), Lookup::NxDomain);
+    assert_eq!(ask("web.nope.cluster.local", RecordType::A), Lookup::NxDomain);
     assert_eq!(ask("example.com", RecordType::A), Lookup::Refused);
     assert_eq!(ask("xcluster.local", RecordType::A), Lookup::Refused);
     assert_eq!(ask("_x._tcp.cluster.local", RecordType::SRV), Lookup::NxDomain);
@@ -156,6 +159,16 @@ fn names_are_case_insensitive_and_the_domain_configurable() {
         other => panic!("{other:?}"),
     }
     assert_eq!(resolve(&fixture(), &cfg, "db.cluster.local", RecordType::A), Lookup::Refused);
+}
+
+#[test]
+fn names_with_names_below_them_are_nodata_not_nxdomain() {
+    // RFC 8020: NXDOMAIN would deny everything below, and resolvers believe it.
+    let empty = Vec::<String>::new();
+    assert_eq!(texts(&ask("prod.cluster.local", RecordType::A)).0, empty, "a group");
+    assert_eq!(texts(&ask("_tcp.web.prod.cluster.local", RecordType::A)).0, empty, "above SRV names");
+    assert_eq!(texts(&ask("3.web.prod.cluster.local", RecordType::A)).0, empty, "part of a task's name");
+    assert_eq!(ask("4.web.prod.cluster.local", RecordType::A), Lookup::NxDomain);
 }
 
 #[test]

@@ -205,6 +205,20 @@ struct Follow {
     last: Snap,
     pending: VecDeque<(&'static str, Value)>,
     only: BTreeSet<String>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A place among the streams this master serves at once, or 503.
+fn stream_permit(h: &Http) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    h.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this master serves {} event streams and long polls already; retry, or ask another master",
+                super::MAX_STREAMS
+            ),
+        )
+    })
 }
 
 /// `GET /v2/events`: Marathon's event bus as server-sent events.
@@ -233,12 +247,20 @@ pub async fn marathon_events(
             }
         }
     }
+    let permit = stream_permit(&h)?;
     let changes = h.node.services_events.subscribe();
     let last = h.node.view(snapshot);
     let at = crate::jobs::schedule::show_utc(crate::node::now_ms());
     let remote = peer.and_then(|p| p.0.remote).map(|a| a.to_string()).unwrap_or_default();
     let attached = json!({"eventType": "event_stream_attached", "timestamp": at, "remoteAddress": remote});
-    let f = Follow { h, changes, last, pending: VecDeque::from([("event_stream_attached", attached)]), only };
+    let f = Follow {
+        h,
+        changes,
+        last,
+        pending: VecDeque::from([("event_stream_attached", attached)]),
+        only,
+        _permit: permit,
+    };
     let stream = futures::stream::unfold(f, |mut f| async move {
         loop {
             if let Some((kind, data)) = f.pending.pop_front() {
@@ -335,7 +357,9 @@ pub async fn discovery(
     if wants_stream {
         let resume =
             headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).or(q.index);
-        let stream = futures::stream::unfold((h, changes, resume), |(h, mut changes, after)| async move {
+        let permit = stream_permit(&h)?;
+        let state = (h, changes, resume, permit);
+        let stream = futures::stream::unfold(state, |(h, mut changes, after, permit)| async move {
             loop {
                 let index = *changes.borrow_and_update();
                 if after.is_none_or(|a| index > a) {
@@ -344,7 +368,7 @@ pub async fn discovery(
                         .event("endpoints")
                         .id(index.to_string())
                         .data(json!({"index": index, "services": body}).to_string());
-                    return Some((Ok::<_, Infallible>(e), (h, changes, Some(index))));
+                    return Some((Ok::<_, Infallible>(e), (h, changes, Some(index), permit)));
                 }
                 changes.changed().await.ok()?;
             }
@@ -353,6 +377,7 @@ pub async fn discovery(
         return Ok(sse.into_response());
     }
     if let Some(after) = q.index {
+        let _permit = stream_permit(&h)?;
         let deadline = tokio::time::Instant::now() + wait;
         while *changes.borrow_and_update() <= after {
             match tokio::time::timeout_at(deadline, changes.changed()).await {

@@ -414,6 +414,12 @@ async fn kill_tasks(State(h): State<Http>, Query(q): Query<KillQuery>, body: Byt
             ))
         }
     };
+    if ids.is_empty() || ids.len() > crate::services::MAX_BATCH {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("ids: 1 to {} task ids", crate::services::MAX_BATCH),
+        ));
+    }
     let mut killed = Vec::new();
     for id in &ids {
         killed.push(h.services.get_task(req(pb::TaskRef { id: id.clone() })).await?.into_inner());

@@ -45,6 +45,9 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const HEADER_READ_TIMEOUT_S: u64 = 10;
 /// A connection is closed after this long, whatever it does (clients reconnect).
 pub const MAX_CONNECTION_S: u64 = 3600;
+/// Event streams and long polls served at once: each holds a snapshot of the services'
+/// state and redoes it on every change, so they are counted apart from connections.
+pub const MAX_STREAMS: usize = 256;
 /// A handler answers within this, or the request fails with 503.
 pub const HANDLER_TIMEOUT_S: u64 = 30;
 
@@ -54,6 +57,8 @@ pub struct Http {
     pub node: Arc<CoordNode>,
     pub services: Arc<ServicesService>,
     pub jobs: Arc<JobsService>,
+    /// Event streams and long polls open at once (see [`MAX_STREAMS`]).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The caller's standing, from its certificate or token.
@@ -192,13 +197,20 @@ async fn authorize(State(h): State<Http>, req: Request, next: Next) -> Response 
     let peer = req.extensions().get::<PeerInfo>().cloned();
     match access(&h, peer.as_ref(), req.headers()) {
         Ok(a) => {
-            let need = if matches!(*req.method(), Method::GET | Method::HEAD) { Access::Reader } else { Access::Admin };
-            if a < need {
-                return ApiError(
-                    StatusCode::FORBIDDEN,
-                    "this credential may read, not change things: it needs the admin role".into(),
-                )
-                .into_response();
+            let read = matches!(*req.method(), Method::GET | Method::HEAD);
+            if a < needs(read, req.uri().path()) {
+                let why = if read {
+                    "task logs need the admin role (as gRPC's TaskLogs does): they may hold secrets"
+                } else {
+                    "this credential may read, not change things: it needs the admin role"
+                };
+                return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
+            }
+            if !read {
+                let authority = req.uri().authority().map(|a| a.as_str().to_string());
+                if let Err(e) = same_origin(req.headers(), authority.as_deref()) {
+                    return e.into_response();
+                }
             }
             // A long poll bounds its own wait (events::MAX_WAIT_S).
             if path_has_own_deadline(req.uri().path()) {
@@ -242,6 +254,38 @@ async fn count(req: Request, next: Next) -> Response {
     let r = next.run(req).await;
     crate::metrics::global().http_requests.with_label_values(&[method, r.status().as_str()]).inc();
     r
+}
+
+/// What a request needs: reading needs a reader, except task logs (admin, as the gRPC
+/// `TaskLogs` rule says); anything else an admin.
+fn needs(read: bool, path: &str) -> Access {
+    let logs = path.starts_with("/v1/tasks/") && path.ends_with("/logs");
+    if read && !logs {
+        Access::Reader
+    } else {
+        Access::Admin
+    }
+}
+
+/// A browser that holds a client certificate sends it on a form posted from any site:
+/// a change must come from this origin (or from a client that is no browser, which
+/// sends neither header).
+fn same_origin(headers: &HeaderMap, authority: Option<&str>) -> Result<(), ApiError> {
+    let refused = |why: String| Err(ApiError(StatusCode::FORBIDDEN, why));
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site == "cross-site" || site == "same-site" {
+            return refused(format!("a {site} request may not change anything here (Sec-Fetch-Site)"));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        // HTTP/2 names the host in the :authority pseudo-header, HTTP/1.1 in Host.
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or(authority).unwrap_or("");
+        let from = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if from != host {
+            return refused(format!("a request from origin {origin:?} may not change anything on {host:?}"));
+        }
+    }
+    Ok(())
 }
 
 fn path_has_own_deadline(path: &str) -> bool {
@@ -294,6 +338,7 @@ pub async fn serve(
     tracing::info!(addr = ?listener.local_addr().ok(), node = node.id, "serving HTTP (Marathon and Chronos REST) over TLS");
     let tls = node.tls.http_server_config().map_err(|e| std::io::Error::other(e.to_string()))?;
     let h = Http {
+        streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         services: Arc::new(ServicesService::new(node.clone())),
         jobs: Arc::new(JobsService::new(node.clone())),
         node,
@@ -339,5 +384,38 @@ pub async fn serve(
                 Err(_) => tracing::debug!("HTTP connection closed after {MAX_CONNECTION_S} s"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_logs_need_an_admin_even_to_read() {
+        assert_eq!(needs(true, "/v2/apps"), Access::Reader);
+        assert_eq!(needs(true, "/v1/tasks/web.1/logs"), Access::Admin);
+        assert_eq!(needs(false, "/v2/apps"), Access::Admin);
+    }
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, header::HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn changes_from_another_site_are_refused() {
+        // A client that is no browser sends neither header.
+        assert!(same_origin(&h(&[]), None).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin"), ("origin", "https://m:8080"), ("host", "m:8080")]), None)
+            .is_ok());
+        assert!(same_origin(&h(&[("origin", "https://m:8080")]), Some("m:8080")).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "cross-site")]), None).is_err());
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-site")]), None).is_err());
+        assert!(same_origin(&h(&[("origin", "https://evil.example"), ("host", "m:8080")]), None).is_err());
+        assert!(same_origin(&h(&[("origin", "null"), ("host", "m:8080")]), None).is_err());
     }
 }

@@ -291,13 +291,17 @@ impl StateMachineStore {
         let (registry_tx, _) = tokio::sync::watch::channel(state.registry.last_event_index());
         let events = Arc::new(Events::new(state.kv.revision));
         let gone = Arc::new(RwLock::new(Gone::of(&state)));
+        // The services' index starts where the state is, not at 0: a discovery client
+        // that resumes from an index after this master restarts must not wait for a
+        // change it already missed.
+        let services_index = state.last_applied.map_or(0, |l| l.index);
         Ok(StateMachineStore {
             gone,
             db,
             state: Arc::new(RwLock::new(state)),
             snapshot_dir,
             registry_tx: Arc::new(registry_tx),
-            services_tx: Arc::new(tokio::sync::watch::channel(0).0),
+            services_tx: Arc::new(tokio::sync::watch::channel(services_index).0),
             events,
         })
     }

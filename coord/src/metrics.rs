@@ -211,7 +211,6 @@ impl http_body::Body for CountedBody {
     }
 }
 
-
 /// go-grpc-prometheus' spelling of a status code.
 pub fn grpc_code_name(code: i32) -> &'static str {
     match tonic::Code::from_i32(code) {

@@ -137,16 +137,16 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 
 /// Who is calling, or why they may not: the higher of what its certificate and its
 /// token allow.
-fn access(h: &Http, peer: Option<&PeerInfo>, headers: &HeaderMap) -> Result<Access, ApiError> {
+async fn access(h: &Http, peer: Option<&PeerInfo>, headers: &HeaderMap) -> Result<Access, ApiError> {
     let by_cert = access_by_cert(h, peer);
     if presented_token(headers).is_none() || matches!(by_cert, Ok(Some(Access::Admin))) {
         return match by_cert {
             Ok(Some(a)) => Ok(a),
-            Ok(None) => access_by_token(h, headers),
+            Ok(None) => access_by_token(h, headers).await,
             Err(e) => Err(e),
         };
     }
-    match (access_by_token(h, headers), by_cert) {
+    match (access_by_token(h, headers).await, by_cert) {
         (Ok(t), Ok(Some(c))) => Ok(t.max(c)),
         (Ok(t), _) => Ok(t),
         (Err(_), Ok(Some(c))) => Ok(c),
@@ -171,8 +171,11 @@ fn access_by_cert(h: &Http, peer: Option<&PeerInfo>) -> Result<Option<Access>, A
     }
 }
 
-/// A bearer token's standing.
-fn access_by_token(h: &Http, headers: &HeaderMap) -> Result<Access, ApiError> {
+/// A bearer token's standing. A token this master does not know yet may have just been
+/// issued through another: it is looked for again once this master has applied what the
+/// leader had committed (a read barrier), so a token works everywhere as soon as
+/// `issue-http` returns.
+async fn access_by_token(h: &Http, headers: &HeaderMap) -> Result<Access, ApiError> {
     let Some(token) = presented_token(headers) else {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
@@ -181,7 +184,12 @@ fn access_by_token(h: &Http, headers: &HeaderMap) -> Result<Access, ApiError> {
                 .into(),
         ));
     };
-    let role = h.node.view(|v| crate::http_token::check(v.http_tokens(), &token).map(|t| t.role.clone()));
+    let check =
+        |v: &crate::read::ReadView<'_>| crate::http_token::check(v.http_tokens(), &token).map(|t| t.role.clone());
+    let mut role = h.node.view(check);
+    if role.is_none() {
+        role = h.node.read(crate::read::Consistency::Linearizable, check).await.ok().flatten();
+    }
     match role.as_deref() {
         Some("admin") => Ok(Access::Admin),
         Some("reader") => Ok(Access::Reader),
@@ -195,7 +203,7 @@ async fn authorize(State(h): State<Http>, req: Request, next: Next) -> Response 
         return next.run(req).await;
     }
     let peer = req.extensions().get::<PeerInfo>().cloned();
-    match access(&h, peer.as_ref(), req.headers()) {
+    match access(&h, peer.as_ref(), req.headers()).await {
         Ok(a) => {
             let read = matches!(*req.method(), Method::GET | Method::HEAD);
             if a < needs(read, req.uri().path()) {
@@ -410,8 +418,11 @@ mod tests {
     fn changes_from_another_site_are_refused() {
         // A client that is no browser sends neither header.
         assert!(same_origin(&h(&[]), None).is_ok());
-        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin"), ("origin", "https://m:8080"), ("host", "m:8080")]), None)
-            .is_ok());
+        assert!(same_origin(
+            &h(&[("sec-fetch-site", "same-origin"), ("origin", "https://m:8080"), ("host", "m:8080")]),
+            None
+        )
+        .is_ok());
         assert!(same_origin(&h(&[("origin", "https://m:8080")]), Some("m:8080")).is_ok());
         assert!(same_origin(&h(&[("sec-fetch-site", "cross-site")]), None).is_err());
         assert!(same_origin(&h(&[("sec-fetch-site", "same-site")]), None).is_err());

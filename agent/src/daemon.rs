@@ -843,7 +843,8 @@ fn serve(
             }
         });
     }
-    let server = tokio::spawn(coord::grpc::serve(coord.clone(), listener, async move {
+    let shared = coord::grpc::Shared::new(coord.clone());
+    let server = tokio::spawn(coord::grpc::serve(coord.clone(), shared.clone(), listener, async move {
         let _ = stop_rx.await;
     }));
     if let Some(l) = http {
@@ -852,7 +853,7 @@ fn serve(
             let stop = async move {
                 let _ = http_stop_rx.await;
             };
-            if let Err(e) = coord::http::serve(c, l, stop).await {
+            if let Err(e) = coord::http::serve(c, shared, l, stop).await {
                 warn!("the HTTP face stopped: {e}");
             }
         });

@@ -168,9 +168,55 @@ pub(crate) fn unexpected(o: Output) -> Status {
     Status::internal(format!("unexpected apply output {o:?}"))
 }
 
+/// Waits until this master has applied everything the leader had committed when asked:
+/// the leader's read barrier, or on a follower the leader's commit index (its `Status`)
+/// reached by this master's apply. For reads a follower answers itself that must see a
+/// write just acknowledged elsewhere (a token issued a moment ago).
+pub async fn caught_up_with_leader(node: &CoordNode) -> Result<(), Status> {
+    use proto::clusterpb::cluster_admin_client::ClusterAdminClient;
+    if node.is_leader() {
+        return Ok(node.read_barrier().await?);
+    }
+    let (Some(_), Some(addr)) = node.leader() else {
+        return Err(Status::unavailable("no leader is known"));
+    };
+    let limit = node.request_timeout();
+    let ch = node.channel(&addr)?;
+    let status = tokio::time::timeout(limit, ClusterAdminClient::new(ch).status(proto::clusterpb::StatusRequest {}))
+        .await
+        .map_err(|_| Status::unavailable("the leader did not answer in time"))??
+        .into_inner();
+    node.raft
+        .wait(Some(limit))
+        .applied_index_at_least(status.commit_index, "caught up with the leader")
+        .await
+        .map_err(|e| Status::unavailable(format!("not caught up with the leader: {e}")))?;
+    Ok(())
+}
+
+/// The service implementations that hold state of their own (the agents' assignment
+/// hub, the report batcher, the task-log relay): one per master, shared by the gRPC
+/// server and the HTTP face, so that a log asked for over HTTP finds the agents' log
+/// channels that gRPC holds.
+#[derive(Clone)]
+pub struct Shared {
+    pub services: Arc<services::ServicesService>,
+    pub jobs: Arc<jobs::JobsService>,
+}
+
+impl Shared {
+    pub fn new(node: Arc<CoordNode>) -> Shared {
+        Shared {
+            services: Arc::new(services::ServicesService::new(node.clone())),
+            jobs: Arc::new(jobs::JobsService::new(node)),
+        }
+    }
+}
+
 /// Serves every service of `node` on `listener` until `shutdown` resolves.
 pub async fn serve(
     node: Arc<CoordNode>,
+    shared: Shared,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -225,9 +271,9 @@ pub async fn serve(
         )
         .add_service(IpamServer::new(ipam::IpamService::new(n.clone())).max_decoding_message_size(IPAM_MESSAGE_BYTES))
         // Reports carry up to 10,000 statuses; app JSON is small.
-        .add_service(JobsServer::new(jobs::JobsService::new(n.clone())).max_decoding_message_size(OTHER_MESSAGE_BYTES))
+        .add_service(JobsServer::from_arc(shared.jobs).max_decoding_message_size(OTHER_MESSAGE_BYTES))
         .add_service(
-            ServicesServer::new(services::ServicesService::new(n))
+            ServicesServer::from_arc(shared.services)
                 .max_decoding_message_size(IPAM_MESSAGE_BYTES)
                 .max_encoding_message_size(64 << 20),
         )

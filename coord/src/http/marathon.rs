@@ -264,7 +264,7 @@ async fn app_put(
     Query(q): Query<ForceQuery>,
     method: Method,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (id, sub) = split(&rest);
     if !sub.is_empty() {
         return Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("{method} /v2/apps{id}/{sub} is not supported")));
@@ -303,7 +303,9 @@ async fn app_put(
             .create_service(req(pb::PutServiceRequest { app_json: Value::Object(app).to_string().into_bytes(), force }))
             .await?
             .into_inner();
-        return Ok(Json(change_json(&c, service_after_write(&h, &c.id).await?.version_ms)));
+        // Created, as Marathon answers a PUT that made the app.
+        let body = Json(change_json(&c, service_after_write(&h, &c.id).await?.version_ms));
+        return Ok((StatusCode::CREATED, [(header::LOCATION, format!("/v2/apps{id}"))], body).into_response());
     };
     if given.len() == 1 && given.contains_key("instances")
         || given.len() == 2 && given.contains_key("instances") && given.contains_key("id")
@@ -316,7 +318,7 @@ async fn app_put(
             .scale_service(req(pb::ScaleServiceRequest { id: id.clone(), instances: n, force }))
             .await?
             .into_inner();
-        return Ok(Json(change_json(&c, service(&h, &id).await?.version_ms)));
+        return Ok(Json(change_json(&c, service(&h, &id).await?.version_ms)).into_response());
     }
     let mut app: Map<String, Value> = match serde_json::from_str(&current.app_json) {
         Ok(Value::Object(m)) => m,
@@ -332,7 +334,7 @@ async fn app_put(
         .update_service(req(pb::PutServiceRequest { app_json: Value::Object(app).to_string().into_bytes(), force }))
         .await?
         .into_inner();
-    Ok(Json(change_json(&c, service(&h, &id).await?.version_ms)))
+    Ok(Json(change_json(&c, service(&h, &id).await?.version_ms)).into_response())
 }
 
 async fn app_delete(

@@ -173,8 +173,7 @@ fn access_by_cert(h: &Http, peer: Option<&PeerInfo>) -> Result<Option<Access>, A
 
 /// A bearer token's standing. A token this master does not know yet may have just been
 /// issued through another: it is looked for again once this master has applied what the
-/// leader had committed (a read barrier), so a token works everywhere as soon as
-/// `issue-http` returns.
+/// leader had committed, so a token works everywhere as soon as `issue-http` returns.
 async fn access_by_token(h: &Http, headers: &HeaderMap) -> Result<Access, ApiError> {
     let Some(token) = presented_token(headers) else {
         return Err(ApiError(
@@ -187,8 +186,8 @@ async fn access_by_token(h: &Http, headers: &HeaderMap) -> Result<Access, ApiErr
     let check =
         |v: &crate::read::ReadView<'_>| crate::http_token::check(v.http_tokens(), &token).map(|t| t.role.clone());
     let mut role = h.node.view(check);
-    if role.is_none() {
-        role = h.node.read(crate::read::Consistency::Linearizable, check).await.ok().flatten();
+    if role.is_none() && crate::grpc::caught_up_with_leader(&h.node).await.is_ok() {
+        role = h.node.view(check);
     }
     match role.as_deref() {
         Some("admin") => Ok(Access::Admin),
@@ -340,15 +339,16 @@ pub fn router(h: Http) -> Router {
 /// Serves the HTTP face of `node` on `listener` until `shutdown` resolves.
 pub async fn serve(
     node: Arc<CoordNode>,
+    shared: crate::grpc::Shared,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing::info!(addr = ?listener.local_addr().ok(), node = node.id, "serving HTTP (Marathon and Chronos REST) over TLS");
+    tracing::info!(addr = ?listener.local_addr().ok(), node = node.id, "serving HTTP (REST, metrics, dashboard) over TLS");
     let tls = node.tls.http_server_config().map_err(|e| std::io::Error::other(e.to_string()))?;
     let h = Http {
         streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
-        services: Arc::new(ServicesService::new(node.clone())),
-        jobs: Arc::new(JobsService::new(node.clone())),
+        services: shared.services,
+        jobs: shared.jobs,
         node,
     };
     let app = router(h);

@@ -2,7 +2,7 @@
 Selenium from PyPI): logs in with a token, opens every page, fails on any console
 error, saves a screenshot of each; then, on the masters page, waits for a line `go` on
 stdin (the test has killed the leader) and reports how long the page took to show
-another leader, without a reload.
+another leader, without a reload. On the tasks page it also tails a task's log.
 
 Usage: dashboard.py URL TOKEN SCREENSHOT_DIR
 Prints `leader <text>` when ready, then `new-leader <text> <ms>`.
@@ -62,6 +62,11 @@ try:
         wait(f"the {page} page's {shows}", lambda: d.find_element(By.ID, shows).is_displayed())
         if page == "events":
             wait("an event in the feed", lambda: d.find_elements(By.CSS_SELECTOR, "#feed li"))
+        if page == "tasks":
+            # A task's log, tailed through the masters' log relay.
+            wait("a task's Tail button", lambda: d.find_elements(By.XPATH, "//button[text()='Tail']"))
+            d.find_elements(By.XPATH, "//button[text()='Tail']")[0].click()
+            wait("the task's log", lambda: "serving" in d.find_element(By.ID, "log-text").text)
         time.sleep(1.5)  # two samples: the charts have a line
         text = d.find_element(By.ID, "content").text
         assert "Could not read" not in text, f"{page}: {text}"

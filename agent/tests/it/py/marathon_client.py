@@ -31,6 +31,9 @@ print("created", created.id, created.instances)
 
 wait("1 task running", lambda: len([t for t in c.list_tasks(app_id) if t.state == "TASK_RUNNING"]) == 1)
 print("running 1")
+# As with Marathon, an app is locked while a deployment of it runs (409 without force):
+# scripts wait for the deployment to finish.
+wait("the create deployment done", lambda: not c.get_app(app_id).deployments)
 
 d = c.scale_app(app_id, instances=3)
 assert "deploymentId" in d, d
@@ -38,6 +41,7 @@ tasks = wait("3 tasks running", lambda: (lambda t: t if len(t) == 3 else None)(
     [t for t in c.list_tasks(app_id) if t.state == "TASK_RUNNING"]))
 print("scaled to", len(tasks), sorted(t.id for t in tasks))
 assert c.get_app(app_id).instances == 3
+wait("the scale deployment done", lambda: not c.get_app(app_id).deployments)
 assert any(a.id == app_id for a in c.list_apps())
 
 before = {t.id for t in tasks}

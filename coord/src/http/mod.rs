@@ -59,6 +59,8 @@ pub struct Http {
     pub jobs: Arc<JobsService>,
     /// Event streams and long polls open at once (see [`MAX_STREAMS`]).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The dashboard charts' last hour.
+    pub history: Arc<ui::History>,
 }
 
 /// The caller's standing, from its certificate or token.
@@ -347,6 +349,7 @@ pub async fn serve(
     let tls = node.tls.http_server_config().map_err(|e| std::io::Error::other(e.to_string()))?;
     let h = Http {
         streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        history: ui::History::spawn(Arc::downgrade(&node)),
         services: shared.services,
         jobs: shared.jobs,
         node,

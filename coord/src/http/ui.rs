@@ -40,6 +40,7 @@ pub fn routes() -> Router<Http> {
         .route("/ui/app.js", get(|| async { file("text/javascript; charset=utf-8", APP_JS) }))
         .route("/ui/style.css", get(|| async { file("text/css; charset=utf-8", STYLE_CSS) }))
         .route("/v1/ui/overview", get(overview))
+        .route("/v1/ui/history", get(history))
         .route("/v1/ui/agents", get(agents))
         .route("/v1/ui/networks", get(networks))
         .route("/v1/ui/jobs", get(jobs))
@@ -60,6 +61,50 @@ fn file(ctype: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// How often the charts' history is sampled, and how much of it is kept (an hour).
+pub const HISTORY_EVERY_S: u64 = 5;
+pub const HISTORY_KEPT: usize = 720;
+
+/// The replicated counters the charts draw, sampled on this master since it started, so
+/// that a page opened now shows the last hour, not only what it saw itself.
+#[derive(Default)]
+pub struct History {
+    samples: std::sync::Mutex<std::collections::VecDeque<Value>>,
+}
+
+impl History {
+    /// Samples `node` every `HISTORY_EVERY_S` until the node is gone.
+    pub fn spawn(node: std::sync::Weak<crate::node::CoordNode>) -> std::sync::Arc<History> {
+        let h = std::sync::Arc::new(History::default());
+        let me = h.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(HISTORY_EVERY_S));
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                let m = node.metrics();
+                let launched = node.view(|v| v.services().tasks_launched());
+                let sample = json!({
+                    "t": crate::node::now_ms(),
+                    "c": {"committed": m.local_committed.map_or(0, |l| l.index), "tasksLaunched": launched,
+                          "term": m.current_term},
+                });
+                let mut s = me.samples.lock().expect("history lock");
+                s.push_back(sample);
+                while s.len() > HISTORY_KEPT {
+                    s.pop_front();
+                }
+            }
+        });
+        h
+    }
+}
+
+async fn history(State(h): State<Http>) -> Json<Value> {
+    let samples: Vec<Value> = h.history.samples.lock().expect("history lock").iter().cloned().collect();
+    Json(json!({"everyS": HISTORY_EVERY_S, "samples": samples}))
 }
 
 /// The masters (with lag, from the leader when it answers), this master's indexes, and
@@ -95,6 +140,8 @@ async fn overview(State(h): State<Http>) -> Json<Value> {
         "node": {"id": s.node_id, "state": s.state, "term": s.term, "commit": s.commit_index, "applied": s.applied_index,
                  "lastLog": s.last_log_index, "snapshot": s.snapshot_index},
         "clusterId": s.cluster_id,
+        // The master's clock: the charts put its samples beside the history's.
+        "nowMs": crate::node::now_ms(),
         "leader": {"id": s.leader_id, "addr": s.leader_addr},
         "members": members,
         "counters": {

@@ -1,12 +1,13 @@
 // The dashboard: one page, hash routes, no libraries. It reads the HTTP face's JSON
-// (Marathon's /v2, Chronos-style jobs and /v1/ui) with the tab's token, samples the
-// overview twice a second for the masters page and the charts, and follows /v2/events
-// for the event feed. Data goes into the page as text nodes, never as HTML.
+// (Marathon's /v2, Chronos-style jobs and /v1/ui) with the tab's token, starts the
+// charts from the master's last hour (/v1/ui/history), samples the overview twice a
+// second for the masters page and the charts, and follows /v2/events for the event
+// feed. Data goes into the page as text nodes, never as HTML.
 'use strict';
 
 const SAMPLE_MS = 500;
 const REFRESH_MS = 2000;
-const SAMPLES_KEPT = 240;
+const HISTORY_MS = 3600 * 1000;
 const FEED_KEPT = 200;
 
 const state = {
@@ -84,29 +85,31 @@ function card(label, value, extra) {
   return el('div', { class: 'card' }, el('div', { class: 'label' }, label), el('div', { class: 'value' }, value), extra);
 }
 
-// A sparkline of `values` (numbers), scaled to its own range.
-function chart(values, id) {
+// A sparkline of `points` ({t, v}) over time, scaled to its own range.
+function chart(points, id) {
   const ns = 'http://www.w3.org/2000/svg';
   const svg = document.createElementNS(ns, 'svg');
   svg.setAttribute('class', 'chart');
   svg.setAttribute('viewBox', '0 0 260 60');
   if (id) svg.setAttribute('id', id);
-  const max = Math.max(1, ...values);
-  const n = Math.max(2, values.length);
-  const pts = values.map((v, i) => ((260 * i) / (n - 1)).toFixed(1) + ',' + (58 - (56 * v) / max).toFixed(1));
+  const max = Math.max(1, ...points.map((p) => p.v));
+  const t0 = points.length ? points[0].t : 0;
+  const span = Math.max(1, points.length ? points[points.length - 1].t - t0 : 1);
+  const pts = points.map((p) => ((260 * (p.t - t0)) / span).toFixed(1) + ',' + (58 - (56 * p.v) / max).toFixed(1));
   const line = document.createElementNS(ns, 'polyline');
   line.setAttribute('points', pts.join(' '));
   svg.appendChild(line);
   return svg;
 }
 
+// Per-second rates of a counter between consecutive samples, at each sample's time.
 function rates(key) {
   const out = [];
   for (let i = 1; i < state.samples.length; i++) {
     const a = state.samples[i - 1];
     const b = state.samples[i];
     const dt = (b.t - a.t) / 1000;
-    out.push(dt > 0 ? Math.max(0, (b.c[key] - a.c[key]) / dt) : 0);
+    out.push({ t: b.t, v: dt > 0 ? Math.max(0, (b.c[key] - a.c[key]) / dt) : 0 });
   }
   return out;
 }
@@ -124,8 +127,9 @@ function mastersPage() {
   const leaderText = leader ? leader.name + ' (' + leader.id + ')' : 'none known';
   const writes = rates('committed');
   const places = rates('tasksLaunched');
-  const terms = state.samples.map((s) => s.c.term - (state.samples[0] ? state.samples[0].c.term : 0));
-  const last = (xs) => (xs.length ? xs[xs.length - 1].toFixed(1) : '0');
+  const first = state.samples.length ? state.samples[0].c.term : 0;
+  const terms = state.samples.map((s) => ({ t: s.t, v: s.c.term - first }));
+  const last = (xs) => (xs.length ? xs[xs.length - 1].v.toFixed(1) : '0');
   return [
     el('h1', {}, 'Masters'),
     el('div', { class: 'cards' },
@@ -136,7 +140,7 @@ function mastersPage() {
     el('div', { class: 'cards' },
       card('Writes/s (log entries)', last(writes), chart(writes, 'chart-writes')),
       card('Placements/s (tasks launched)', last(places), chart(places, 'chart-placements')),
-      card('Leader changes (elections since this page opened)', String(terms.length ? terms[terms.length - 1] : 0),
+      card('Leader changes (elections, last hour)', String(terms.length ? terms[terms.length - 1].v : 0),
         chart(terms, 'chart-terms'))),
     table(['Id', 'Name', 'Address', 'Role', 'Leader', 'Matched index', 'Lag'],
       o.members.map((m) => el('tr', {},
@@ -363,8 +367,8 @@ async function sample() {
   try {
     const o = await api('/v1/ui/overview');
     state.overview = o;
-    state.samples.push({ t: Date.now(), c: o.counters });
-    if (state.samples.length > SAMPLES_KEPT) state.samples.shift();
+    state.samples.push({ t: o.nowMs, c: o.counters });
+    while (state.samples.length && state.samples[0].t < o.nowMs - HISTORY_MS) state.samples.shift();
     const leader = o.members.find((m) => m.leader);
     setStatus((leader ? 'leader ' + leader.name + ' (' + leader.id + ')' : 'no leader') + ' · term ' + o.node.term +
       ' · via ' + o.node.state + ' ' + o.node.id);
@@ -425,8 +429,14 @@ function route() {
   if (state.page !== 'masters' && state.page !== 'events') state.refresh = setInterval(draw, REFRESH_MS);
 }
 
-function start() {
+async function start() {
   clearInterval(state.sampler);
+  try {
+    const h = await api('/v1/ui/history');
+    state.samples = h.samples;
+  } catch (_) {
+    state.samples = [];
+  }
   state.sampler = setInterval(sample, SAMPLE_MS);
   sample();
   if (!state.feedAbort) followEvents();

@@ -108,10 +108,12 @@ async fn services_survive_leader_and_agent_failures_roll_and_respect_memory_limi
     let mut flags = vec!["--no-worker"];
     flags.extend(FLAGS);
     let mut c = Cluster::start_with(3, &flags).await;
-    // Workers share this machine: each gets its own port range and host name.
+    // Workers share this machine: each gets its own port range and host name. The ranges
+    // are below 32768: a port in the ephemeral range can be held by any outgoing
+    // connection on the machine, and a task given it fails to bind.
     let mut workers = Vec::new();
     for i in 0..4 {
-        let ports = format!("{}-{}", 41_000 + i * 1000, 41_099 + i * 1000);
+        let ports = format!("{}-{}", 24_000 + i * 1000, 24_099 + i * 1000);
         let host = format!("worker-{i}");
         let rack = format!("rack={}", i % 2);
         let w = c.add_worker(
@@ -177,7 +179,12 @@ async fn services_survive_leader_and_agent_failures_roll_and_respect_memory_limi
         .list_tasks("/web", 0, true)
         .await
         .unwrap();
-    assert_eq!(all.len(), 6, "no task ended: {:?}", all.iter().map(|t| (&t.id, &t.state)).collect::<Vec<_>>());
+    assert_eq!(
+        all.len(),
+        6,
+        "no task ended: {:?}",
+        all.iter().map(|t| (&t.id, &t.state, &t.reason)).collect::<Vec<_>>()
+    );
 
     // An agent killed with -9 and restarted adopts its tasks: same processes.
     let busy = *per_agent(&t).iter().find(|(_, n)| **n == 2).map(|(a, _)| a).expect("a worker with 2 tasks");

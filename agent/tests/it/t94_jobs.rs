@@ -79,7 +79,7 @@ async fn scheduled_instants_run_exactly_once_across_leader_kills_and_children_on
     flags.extend(FLAGS);
     let mut c = Cluster::start_with(3, &flags).await;
     for i in 0..2 {
-        let ports = format!("{}-{}", 43_000 + i * 1000, 43_099 + i * 1000);
+        let ports = format!("{}-{}", 28_000 + i * 1000, 28_099 + i * 1000);
         let host = format!("worker-{i}");
         c.add_worker(i, &["--hostname", &host, "--ports", &ports, "--cpus", "2", "--memory-mb", "2048"]);
     }
@@ -213,7 +213,7 @@ async fn scheduled_instants_run_exactly_once_across_leader_kills_and_children_on
     let l = kill_leader(&mut c).await;
     c.add_worker(
         if l == 0 { 1 } else { 0 },
-        &["--hostname", "batch-0", "--label", "role=batch", "--ports", "45000-45099"],
+        &["--hostname", "batch-0", "--label", "role=batch", "--ports", "30000-30099"],
     );
     wait_runs(&c, "load", Duration::from_secs(30), "the child succeeded", |h| h.iter().any(|r| r.state == "succeeded"))
         .await;

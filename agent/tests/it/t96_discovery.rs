@@ -129,7 +129,7 @@ async fn dns_and_haproxy_follow_a_task_kill_and_its_replacement() {
     let (http, dns) = with_faces(&mut c, 3, true).await;
     let mut workers = Vec::new();
     for i in 0..2 {
-        let ports = format!("{}-{}", 46_000 + i * 1000, 46_099 + i * 1000);
+        let ports = format!("{}-{}", 30_200 + i * 300, 30_299 + i * 300);
         let host = format!("worker-{i}");
         workers
             .push(c.add_worker(i % 3, &["--hostname", &host, "--ports", &ports, "--cpus", "2", "--memory-mb", "1024"]));

@@ -12,13 +12,8 @@ BIN=${1:-cluster}
 DUR=${DURATION:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=$(mktemp -d /tmp/cluster-bench-http.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
+# PIDS and the cleanup on exit (its fixed-port systems are not used here).
+source "$ROOT/.ci/systems.sh"
 # Below 32768, away from bench.sh's ports.
 A=(127.0.0.1:21479 127.0.0.1:21480 127.0.0.1:21481)
 B=(127.0.0.1:21579 127.0.0.1:21580 127.0.0.1:21581)

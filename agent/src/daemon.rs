@@ -253,7 +253,7 @@ pub async fn init(node: NodeSpec) -> anyhow::Result<()> {
     let (listen, advertise) = resolve_addrs(&node.listen, node.advertise.as_deref())?;
     require_empty_dir(&node.data_dir)?;
     let listener = bind(&listen).await?;
-    check_http_listen(&node.agent).await?;
+    check_faces(&node.agent).await?;
     let cluster_id = hex_id();
     let mut file = NodeFile {
         node_id: 1,
@@ -377,7 +377,7 @@ pub async fn join(node: NodeSpec, token: String, seed: String) -> anyhow::Result
     let listener = bind(&listen).await?;
     // Before the cluster admits this node: a node that joined and then cannot start
     // would weaken the quorum.
-    check_http_listen(&node.agent).await?;
+    check_faces(&node.agent).await?;
     let (key, csr) = pki::cert::new_key_and_csr()?;
     let req = JoinRequest {
         token: token.clone(),
@@ -741,15 +741,16 @@ async fn open(
     Ok(CoordNode::open(opts).await?)
 }
 
-/// Fails early when `--http-listen` cannot be bound (a typo, a port in use), before
-/// anything is written or joined.
-async fn check_http_listen(a: &AgentFlags) -> anyhow::Result<()> {
+/// Fails early when `--http-listen` or `--dns-listen` cannot be bound, or the DNS flags
+/// are malformed (a typo, a port in use), before anything is written or joined.
+async fn check_faces(a: &AgentFlags) -> anyhow::Result<()> {
     if let Some(addr) = &a.http_listen {
         drop(bind(addr).await.with_context(|| format!("--http-listen {addr}"))?);
     }
     check_dns_flags(a, None)?;
-    let probe = NodeFile { dns: dns_settings(a, None), ..placeholder_file() };
-    drop(bind_dns(&probe).await?);
+    if let Some(d) = dns_settings(a, None) {
+        drop(bind_dns_at(&d).await?);
+    }
     Ok(())
 }
 
@@ -758,51 +759,29 @@ fn check_dns_flags(a: &AgentFlags, recorded: Option<&DnsSettings>) -> anyhow::Re
     if a.dns_listen.is_none() && recorded.is_none() && (a.dns_domain.is_some() || a.dns_ttl_s.is_some()) {
         anyhow::bail!("--dns-domain and --dns-ttl-s need --dns-listen (this master serves no DNS yet)");
     }
-    if let Some(l) = &a.dns_listen {
-        coord::dns::parse_listen(l).map_err(|e| anyhow::anyhow!("--dns-listen: {e}"))?;
-    }
-    let cfg = coord::dns::DnsConfig {
-        domain: a
-            .dns_domain
-            .as_deref()
-            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-            .or(recorded.map(|r| r.domain.clone()))
-            .unwrap_or_else(|| coord::dns::DEFAULT_DOMAIN.into()),
-        ttl_s: a.dns_ttl_s.or(recorded.map(|r| r.ttl_s)).unwrap_or(coord::dns::DEFAULT_TTL_S),
-    };
-    cfg.validate().map_err(|e| anyhow::anyhow!("--dns-domain/--dns-ttl-s: {e}"))
+    let Some(d) = dns_settings(a, recorded.cloned()) else { return Ok(()) };
+    coord::dns::parse_listen(&d.listen).map_err(|e| anyhow::anyhow!("--dns-listen: {e}"))?;
+    d.config().validate().map_err(|e| anyhow::anyhow!("--dns-domain/--dns-ttl-s: {e}"))
 }
 
-/// A node file with nothing in it, to apply flags to for a check.
-fn placeholder_file() -> NodeFile {
-    NodeFile {
-        node_id: 0,
-        name: String::new(),
-        cluster_id: String::new(),
-        role: Role::Manager,
-        listen: String::new(),
-        advertise: String::new(),
-        init: None,
-        node_secret: String::new(),
-        no_worker: false,
-        agent: Default::default(),
-        masters: Vec::new(),
-        http_listen: None,
-        dns: None,
+type DnsSockets = (tokio::net::UdpSocket, TcpListener, coord::dns::DnsConfig);
+
+/// The DNS face's sockets, when this master has one.
+async fn bind_dns(file: &NodeFile) -> anyhow::Result<Option<DnsSockets>> {
+    match file.dns.as_ref().filter(|_| file.role != Role::Worker) {
+        Some(d) => Ok(Some(bind_dns_at(d).await?)),
+        None => Ok(None),
     }
 }
 
-/// The DNS face's sockets (UDP and TCP on one address), when this master has one.
-async fn bind_dns(
-    file: &NodeFile,
-) -> anyhow::Result<Option<(tokio::net::UdpSocket, TcpListener, coord::dns::DnsConfig)>> {
-    let Some(d) = file.dns.as_ref().filter(|_| file.role != Role::Worker) else { return Ok(None) };
+/// UDP and TCP on the one address the settings name.
+async fn bind_dns_at(d: &DnsSettings) -> anyhow::Result<DnsSockets> {
     let addr = coord::dns::parse_listen(&d.listen).map_err(|e| anyhow::anyhow!("--dns-listen: {e}"))?;
     let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
         format!("--dns-listen {addr} (UDP){}", if addr.port() < 1024 { ": ports below 1024 need root" } else { "" })
     })?;
     let tcp = TcpListener::bind(addr).await.with_context(|| format!("--dns-listen {addr} (TCP)"))?;
-    Ok(Some((udp, tcp, d.config())))
+    Ok((udp, tcp, d.config()))
 }
 
 /// The HTTP face's listener, when this master has one.
@@ -818,7 +797,7 @@ async fn bind_http(file: &NodeFile) -> anyhow::Result<Option<TcpListener>> {
 /// A master's faces besides gRPC, bound before Raft opens (a port in use fails fast).
 struct Faces {
     http: Option<TcpListener>,
-    dns: Option<(tokio::net::UdpSocket, TcpListener, coord::dns::DnsConfig)>,
+    dns: Option<DnsSockets>,
 }
 
 /// Serves until Ctrl-C, SIGTERM or removal from the cluster, then shuts Raft down.

@@ -221,12 +221,8 @@ pub fn resolve(d: &dyn Directory, cfg: &DnsConfig, qname: &str, qtype: RecordTyp
                 .filter(|(ip, is_leader)| (*is_leader || !leader_only) && wants(qtype, ip))
                 .map(|(ip, _)| ip)
                 .collect();
-            let answers = ips.into_iter().map(|ip| addr_record(&owner, ttl, ip)).collect();
-            if leader_only && !d.masters().iter().any(|(_, l)| *l) {
-                // No leader known now: say nothing rather than something stale.
-                return found(Vec::new());
-            }
-            return found(answers);
+            // Without a known leader, `leader` answers nothing rather than something stale.
+            return found(ips.into_iter().map(|ip| addr_record(&owner, ttl, ip)).collect());
         }
         ["agents"] => return found(Vec::new()),
         [id, "agents"] => {
@@ -328,7 +324,8 @@ pub struct Live<'a> {
     pub masters: &'a MastersView,
 }
 
-fn host_ip(addr: &str) -> Option<IpAddr> {
+/// The IP of an advertised `host:port` (none when the host is a name).
+pub(crate) fn host_ip(addr: &str) -> Option<IpAddr> {
     addr.parse::<SocketAddr>().map(|a| a.ip()).ok().or_else(|| addr.parse::<IpAddr>().ok())
 }
 

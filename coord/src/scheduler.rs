@@ -93,6 +93,14 @@ impl Decision {
     }
 }
 
+/// What a task takes of its agent: its version's cpus, memory and disk.
+pub fn task_resources(services: &Services, t: &Task) -> Resources {
+    services
+        .spec(&t.service, t.version)
+        .map(|s| Resources { cpus_milli: s.cpus_milli, mem_mb: s.mem_mb, disk_mb: s.disk_mb })
+        .unwrap_or_default()
+}
+
 /// The host part of an advertised address (`10.0.0.5:2379`, `[fd00::1]:2379`).
 pub fn host_of(addr: &str) -> String {
     if let Some(rest) = addr.strip_prefix('[') {
@@ -286,10 +294,7 @@ fn placement(
         let mut used = Resources::default();
         let mut ports = BTreeSet::new();
         for t in services.tasks_on(n.node_id).filter(|t| !gone.contains(&t.id)) {
-            if let Some(s) = services.spec(&t.service, t.version) {
-                used =
-                    used.saturating_add(Resources { cpus_milli: s.cpus_milli, mem_mb: s.mem_mb, disk_mb: s.disk_mb });
-            }
+            used = used.saturating_add(task_resources(services, t));
             ports.extend(t.ports.iter().copied());
             if t.state != TaskState::Killing {
                 running.push(Running { service: t.service.clone(), agent: n.node_id });

@@ -130,9 +130,13 @@ pub(crate) const TABLE: &[(&str, Allow)] = &[
     ("/v3electionpb.Election/Resign", Allow::Admins),
 ];
 
-/// The rule for a gRPC path.
-pub(crate) fn rule(path: &str) -> Allow {
-    TABLE.iter().find(|(p, _)| *p == path).map_or(Allow::Managers, |(_, a)| *a)
+/// The rule for a gRPC path, and whether the table names it: a path it does not name
+/// (none we serve) is for managers only.
+pub(crate) fn rule(path: &str) -> (Allow, bool) {
+    match TABLE.iter().find(|(p, _)| *p == path) {
+        Some((_, a)) => (*a, true),
+        None => (Allow::Managers, false),
+    }
 }
 
 /// Whether `who` (none: no certificate) may call a method with rule `allow`, on a node
@@ -266,9 +270,11 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let known = TABLE.iter().any(|(p, _)| *p == req.uri().path());
-        let call = crate::metrics::GrpcCall::start(req.uri().path(), known);
-        let answer = self.answer(req);
+        // One look in the table decides both the rule and whether the path is named in
+        // the metrics (it is on every call's path).
+        let (allow, listed) = rule(req.uri().path());
+        let call = crate::metrics::GrpcCall::start(req.uri().path(), listed);
+        let answer = self.answer(req, allow);
         Box::pin(async move { answer.await.map(|r| call.finish(r)) })
     }
 }
@@ -278,10 +284,13 @@ where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    fn answer(&mut self, req: Request<Body>) -> futures::future::BoxFuture<'static, Result<Response<Body>, S::Error>> {
+    fn answer(
+        &mut self,
+        req: Request<Body>,
+        allow: Allow,
+    ) -> futures::future::BoxFuture<'static, Result<Response<Body>, S::Error>> {
         let who = req.extensions().get::<PeerInfo>().and_then(|p| p.identity.as_ref());
         let path = req.uri().path();
-        let allow = rule(path);
         let verdict = admits(allow, who, &self.cluster_id).and_then(|()| match who {
             Some(w) if allow != Allow::Anyone => still_stands(&self.node, w),
             _ => Ok(()),
@@ -419,11 +428,11 @@ mod tests {
             let want: Vec<&str> = want.split(' ').collect();
             for (tag, role) in callers {
                 let who = role.map(|r| id(r, "c1"));
-                let got = admits(rule(path), who.as_ref(), "c1").is_ok();
+                let got = admits(rule(path).0, who.as_ref(), "c1").is_ok();
                 assert_eq!(got, want.contains(&tag), "{path} as {tag}");
             }
             // A certificate of another cluster gets nothing but what anyone gets.
-            let other = admits(rule(path), Some(&id(Manager, "c2")), "c1").is_ok();
+            let other = admits(rule(path).0, Some(&id(Manager, "c2")), "c1").is_ok();
             assert_eq!(other, want.contains(&"-"), "{path} with another cluster's certificate");
         }
         assert_eq!(EXPECTED.len(), TABLE.len() + 1, "a table row without an expectation");

@@ -30,6 +30,7 @@ use futures::Stream;
 use pki::net::PeerInfo;
 use serde_json::{json, Value};
 
+use super::marathon::{deployment_action, ip_addresses, marathon_state};
 use super::{ApiError, ApiResult, Http};
 use crate::read::ReadView;
 
@@ -95,31 +96,8 @@ fn snapshot(v: &ReadView) -> Snap {
     out
 }
 
-fn marathon_status(state: &str) -> &'static str {
-    match state {
-        "staging" => "TASK_STAGING",
-        "starting" => "TASK_STARTING",
-        "running" => "TASK_RUNNING",
-        "killing" => "TASK_KILLING",
-        "finished" => "TASK_FINISHED",
-        "failed" => "TASK_FAILED",
-        "killed" => "TASK_KILLED",
-        "lost" => "TASK_LOST",
-        _ => "TASK_UNKNOWN",
-    }
-}
-
-fn action(kind: &str) -> &'static str {
-    match kind {
-        "create" => "StartApplication",
-        "remove" => "StopApplication",
-        "scale" => "ScaleApplication",
-        _ => "RestartApplication",
-    }
-}
-
 fn plan(id: u64, service: &str, kind: &str, at: &str) -> Value {
-    let step = json!({"actions": [{"action": action(kind), "app": service}]});
+    let step = json!({"actions": [{"action": deployment_action(kind), "app": service}]});
     json!({
         "id": id.to_string(),
         "version": at,
@@ -136,11 +114,7 @@ fn diff(old: &Snap, new: &Snap, at: &str) -> Vec<(&'static str, Value)> {
     for (id, t) in &new.tasks {
         let before = old.tasks.get(id);
         if before.map(|b| b.state) != Some(t.state) {
-            let ips: Vec<Value> = if t.ip.is_empty() {
-                vec![]
-            } else {
-                vec![json!({"ipAddress": t.ip, "protocol": if t.ip.contains(':') { "IPv6" } else { "IPv4" }})]
-            };
+            let ips = ip_addresses(&t.ip);
             out.push((
                 "status_update_event",
                 json!({
@@ -148,7 +122,7 @@ fn diff(old: &Snap, new: &Snap, at: &str) -> Vec<(&'static str, Value)> {
                     "timestamp": at,
                     "slaveId": t.agent.to_string(),
                     "taskId": id,
-                    "taskStatus": marathon_status(t.state),
+                    "taskStatus": marathon_state(t.state),
                     "message": t.reason,
                     "appId": t.service,
                     "host": t.host,
@@ -299,8 +273,8 @@ fn endpoints(v: &ReadView) -> Value {
                     .registry()
                     .nodes
                     .get(&t.agent)
-                    .and_then(|n| n.addr.parse::<std::net::SocketAddr>().ok())
-                    .map(|a| a.ip().to_string())
+                    .and_then(|n| crate::dns::host_ip(&n.addr))
+                    .map(|ip| ip.to_string())
                     .unwrap_or_else(|| t.host.clone());
                 json!({
                     "taskId": t.id,

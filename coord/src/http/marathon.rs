@@ -41,7 +41,8 @@ fn iso(ms: u64) -> String {
     crate::jobs::schedule::show_utc(ms)
 }
 
-fn marathon_state(s: &str) -> &'static str {
+/// Marathon's task status for a task state as we show it (health included).
+pub(crate) fn marathon_state(s: &str) -> &'static str {
     match s {
         "staging" => "TASK_STAGING",
         "starting" => "TASK_STARTING",
@@ -55,17 +56,32 @@ fn marathon_state(s: &str) -> &'static str {
     }
 }
 
+/// Marathon's `ipAddresses` for a task's overlay address (none: empty).
+pub(crate) fn ip_addresses(ip: &str) -> Vec<Value> {
+    if ip.is_empty() {
+        vec![]
+    } else {
+        vec![json!({"ipAddress": ip, "protocol": if ip.contains(':') { "IPv6" } else { "IPv4" }})]
+    }
+}
+
+/// Marathon's deployment action for a deployment kind.
+pub(crate) fn deployment_action(kind: &str) -> &'static str {
+    match kind {
+        "create" => "StartApplication",
+        "remove" => "StopApplication",
+        "scale" => "ScaleApplication",
+        _ => "RestartApplication",
+    }
+}
+
 pub fn task_json(t: &pb::TaskInfo) -> Value {
     let health: Vec<Value> = match t.state.as_str() {
         "healthy" => vec![json!({"alive": true, "taskId": t.id})],
         "unhealthy" => vec![json!({"alive": false, "taskId": t.id})],
         _ => vec![],
     };
-    let ips: Vec<Value> = if t.ip.is_empty() {
-        vec![]
-    } else {
-        vec![json!({"ipAddress": t.ip, "protocol": if t.ip.contains(':') { "IPv6" } else { "IPv4" }})]
-    };
+    let ips = ip_addresses(&t.ip);
     json!({
         "id": t.id,
         "appId": t.service,
@@ -496,12 +512,7 @@ async fn deployments(State(h): State<Http>) -> ApiResult<Json<Value>> {
     let out: Vec<Value> = ds
         .iter()
         .map(|d| {
-            let action = match d.kind.as_str() {
-                "create" => "StartApplication",
-                "remove" => "StopApplication",
-                "scale" => "ScaleApplication",
-                _ => "RestartApplication",
-            };
+            let action = deployment_action(&d.kind);
             json!({
                 "id": d.id.to_string(),
                 "version": iso(d.started_ms),

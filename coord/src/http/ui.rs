@@ -163,21 +163,18 @@ async fn agents(State(h): State<Http>) -> Json<Value> {
             .nodes
             .values()
             .map(|n| {
-                let (mut cpus, mut mem, mut disk, mut count) = (0u64, 0u64, 0u64, 0usize);
+                let mut used = scheduler_core::Resources::default();
+                let mut count = 0usize;
                 let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
                 for t in s.tasks_on(n.node_id) {
                     count += 1;
                     *by_state.entry(t.display_state()).or_default() += 1;
-                    if let Some(spec) = s.spec(&t.service, t.version) {
-                        cpus += spec.cpus_milli;
-                        mem += spec.mem_mb;
-                        disk += spec.disk_mb;
-                    }
+                    used = used.saturating_add(crate::scheduler::task_resources(s, t));
                 }
                 json!({
                     "id": n.node_id, "name": n.name, "addr": n.addr, "role": n.role.as_str(),
                     "state": n.state.as_str(), "availability": n.availability.as_str(), "labels": n.labels,
-                    "used": {"cpus": cpus as f64 / 1000.0, "memMb": mem, "diskMb": disk},
+                    "used": {"cpus": used.cpus_milli as f64 / 1000.0, "memMb": used.mem_mb, "diskMb": used.disk_mb},
                     "total": {"cpus": n.resources.cpus_milli as f64 / 1000.0, "memMb": n.resources.memory_mb,
                               "diskMb": n.resources.disk_mb},
                     "tasks": count, "tasksByState": by_state,
